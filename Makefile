@@ -1,0 +1,69 @@
+# vsearch: every target creates and reuses the virtual environment by itself.
+#   make demo    data -> train -> siamese -> eval, end to end
+#   make test    the test suite (no network)
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+VSEARCH := $(VENV)/bin/vsearch
+SHARED ?= ../shared
+# Offline copies, used when present: the dataset and the ImageNet weights Keras would download.
+SOURCE ?= $(if $(wildcard $(SHARED)/datasets/clothing-dataset-small/train),$(SHARED)/datasets/clothing-dataset-small,)
+SHARED_WEIGHTS := $(SHARED)/keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
+KERAS_HOME ?= $(CURDIR)/.cache/keras
+export KERAS_HOME
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+PRESET ?= default
+ARGS ?=
+
+.PHONY: help venv weights data train siamese eval demo test test-integration docs clean
+
+help:
+	@echo "make demo   - data, train, siamese, eval end to end (SOURCE=DIR for a local dataset copy)"
+	@echo "make test   - run the tests"
+	@echo "make data | train | siamese | eval | docs | test-integration | clean"
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Keras looks for its download in $KERAS_HOME/models; link the local copy there when there is one.
+weights:
+	@mkdir -p "$(KERAS_HOME)/models"
+	@if [ -f "$(SHARED_WEIGHTS)" ] && [ ! -e "$(KERAS_HOME)/models/$(notdir $(SHARED_WEIGHTS))" ]; then \
+		ln -s "$(abspath $(SHARED_WEIGHTS))" "$(KERAS_HOME)/models/" && echo "linked $(SHARED_WEIGHTS) into $(KERAS_HOME)/models"; fi
+
+data: venv
+	$(VSEARCH) data $(if $(SOURCE),--source "$(SOURCE)")
+
+train: venv weights
+	$(VSEARCH) train --preset $(PRESET) $(ARGS)
+
+siamese: venv
+	$(VSEARCH) siamese --preset $(PRESET) $(ARGS)
+
+eval: venv weights
+	$(VSEARCH) eval --preset $(PRESET) $(ARGS)
+
+demo: data train siamese eval
+
+test: venv
+	$(PY) -m pytest -q
+
+test-integration: venv weights
+	VSEARCH_INTEGRATION=1 $(PY) -m pytest -q -m integration
+
+# The pictures the README shows, from the latest real `make eval`.
+docs:
+	@test -f reports/retrieval.png || { echo "run make eval first"; exit 2; }
+	mkdir -p docs
+	cp reports/retrieval.png reports/retrieval_grid.png reports/embedding_map.png reports/customer_photo.png docs/
+	cp reports/eval.md docs/eval.md
+	cp saved_models/classifier/training_curves.png saved_models/classifier/confusion_matrix.png docs/
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache reports/* saved_models/smoke

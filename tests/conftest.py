@@ -1,0 +1,110 @@
+"""Shared fixtures: tiny synthetic image folders, awkward image files, one smoke pipeline run."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+CLASSES = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (200, 40, 40)}
+
+
+def _photo(colour, index: int, size=(40, 48)) -> Image.Image:
+    """A solid colour with a shape whose position depends on the index: classes by colour, items by shape."""
+    rng = np.random.default_rng(index)
+    arr = np.empty((size[1], size[0], 3), np.uint8)
+    arr[:] = colour
+    arr = np.clip(arr.astype(int) + rng.integers(-25, 25, arr.shape), 0, 255).astype(np.uint8)
+    x, y = (index * 7) % (size[0] - 12), (index * 5) % (size[1] - 12)
+    arr[y:y + 12, x:x + 12] = 255 - np.asarray(colour, np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def make_image_folder(root: Path, per_class: dict[str, int] | int = 6, split_counts=(("train", 6), ("validation", 3))):
+    """Writes root/{train,validation}/<class>/*.jpg|png of synthetic photos."""
+    for split, count in split_counts:
+        for c, (name, colour) in enumerate(CLASSES.items()):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                index = c * 100 + i + (50 if split == "validation" else 0)
+                ext = "png" if i % 3 == 2 else "jpg"
+                _photo(colour, index).save(folder / f"{name}_{i}.{ext}")
+    return root
+
+
+def jpeg_bytes(img: Image.Image, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", **kwargs)
+    return buf.getvalue()
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def awkward_files(folder: Path) -> dict[str, Path]:
+    """The bad and unusual files of a real catalog, one each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = _photo((200, 40, 40), 3)
+    files = {}
+    files["corrupt"] = folder / "corrupt.jpg"
+    files["corrupt"].write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    files["truncated"] = folder / "truncated.jpg"
+    files["truncated"].write_bytes(jpeg_bytes(base.resize((200, 200)))[:600])
+    files["empty"] = folder / "empty.jpg"
+    files["empty"].write_bytes(b"")
+    files["text"] = folder / "notes.txt"
+    files["text"].write_text("not an image")
+    files["gray"] = folder / "gray.png"
+    base.convert("L").save(files["gray"])
+    files["rgba"] = folder / "rgba.png"
+    rgba = base.convert("RGBA")
+    alpha = np.zeros(rgba.size[::-1], np.uint8)
+    alpha[:, : rgba.size[0] // 2] = 255
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(files["rgba"])
+    files["sixteen"] = folder / "sixteen.png"
+    Image.fromarray(np.asarray(base.convert("L"), np.uint16) * 257).save(files["sixteen"])
+    files["cmyk"] = folder / "cmyk.jpg"
+    base.convert("CMYK").save(files["cmyk"], format="JPEG")
+    files["exif"] = folder / "exif_rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    base.save(files["exif"], format="JPEG", exif=exif)
+    return files
+
+
+@pytest.fixture
+def image_root(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One smoke pipeline (train, siamese, export) on a synthetic catalog; tests read its artifacts."""
+    from vsearch import config as c
+    from vsearch.siamese import train_siamese
+    from vsearch.train import train_classifier
+
+    root = tmp_path_factory.mktemp("smoke")
+    data = make_image_folder(root / "data")
+    data_cfg = c.DataConfig(data_dir=str(data), image_size=32, batch_size=8)
+    clf = c.apply_overrides(c.preset(c.ClassifierConfig, "smoke"), {"out_dir": str(root / "classifier")})
+    clf = dataclasses.replace(clf, data=data_cfg)
+    clf_metrics = train_classifier(clf, log=lambda *_: None)
+    sia = c.preset(c.SiameseConfig, "smoke")
+    sia = dataclasses.replace(sia, data=data_cfg, classifier_dir=clf.out_dir, out_dir=str(root / "embedding"),
+                                work_dir=str(root / "siamese"))
+    sia_metrics = train_siamese(sia, log=lambda *_: None)
+    return {"root": root, "data": data, "classifier": clf, "siamese": sia,
+            "classifier_metrics": clf_metrics, "siamese_metrics": sia_metrics}

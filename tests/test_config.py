@@ -1,0 +1,66 @@
+import dataclasses
+
+import pytest
+
+from vsearch import config as c
+
+
+@pytest.mark.parametrize("cls", [c.ClassifierConfig, c.SiameseConfig, c.EvalConfig])
+@pytest.mark.parametrize("name", ["default", "smoke"])
+def test_presets_round_trip_through_json(tmp_path, cls, name):
+    cfg = c.preset(cls, name)
+    c.save_json(cfg, tmp_path / "config.json")
+    assert c.load_json(cls, tmp_path / "config.json") == cfg
+
+
+def test_smoke_preset_is_small():
+    smoke = c.preset(c.ClassifierConfig, "smoke")
+    assert smoke.data.image_size == 32 and smoke.backbone_weights == "none"
+    assert smoke.head_epochs == 1
+
+
+def test_overrides_are_parsed_with_field_types():
+    cfg = c.apply_overrides(c.ClassifierConfig(), {
+        "head_epochs": "3", "dropout": "0.5", "class_weighting": "false", "data.image_size": "160",
+        "fine_tune_from": "block_12"})
+    assert cfg.head_epochs == 3 and cfg.dropout == 0.5 and cfg.class_weighting is False
+    assert cfg.data.image_size == 160 and cfg.fine_tune_from == "block_12"
+    assert c.ClassifierConfig().head_epochs != 3  # the original is untouched (frozen)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"no_such_key": "1"}, "unknown config key 'no_such_key'"),
+    ({"data.nope": "1"}, "unknown config key 'nope'"),
+    ({"head_epochs": "three"}, "head_epochs: expected int"),
+    ({"class_weighting": "maybe"}, "expected a boolean"),
+    ({"data": "x"}, "is a group"),
+    ({"dropout": "1.5"}, "dropout must be in"),
+    ({"head_epochs": True}, "expected int"),
+    ({"data.image_size": "16"}, "image_size must be >= 32"),
+])
+def test_bad_overrides_are_clear_errors(overrides, message):
+    with pytest.raises(c.ConfigError, match=message):
+        c.apply_overrides(c.ClassifierConfig(), overrides)
+
+
+def test_parse_overrides_rejects_missing_equals():
+    assert c.parse_overrides(["a=1", " data.b = x "]) == {"a": "1", "data.b": "x"}
+    with pytest.raises(c.ConfigError, match="not KEY=VALUE"):
+        c.parse_overrides(["epochs"])
+
+
+def test_unknown_preset():
+    with pytest.raises(c.ConfigError, match="unknown preset 'huge'"):
+        c.preset(c.SiameseConfig, "huge")
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.SiameseConfig().margin = 1.0  # type: ignore[misc]
+
+
+def test_siamese_validation():
+    with pytest.raises(c.ConfigError, match="mining must be"):
+        c.SiameseConfig(mining="hardest")
+    with pytest.raises(c.ConfigError, match="instance_fraction"):
+        c.SiameseConfig(instance_fraction=1.5)

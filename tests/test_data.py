@@ -1,0 +1,93 @@
+import json
+import shutil
+import zipfile
+
+import pytest
+
+from conftest import awkward_files, make_image_folder
+from vsearch import data
+from vsearch.errors import DataError
+
+
+def test_scan_split_counts_and_classifies(image_root):
+    awkward = awkward_files(image_root / "train" / "red")
+    report = data.scan_split(image_root / "train")
+    assert report.class_names == ["blue", "green", "red"]
+    counts = report.counts()
+    assert counts["blue"] == 6 and counts["green"] == 6
+    assert counts["red"] == 6 + 5  # gray, rgba, 16-bit, cmyk, exif are usable
+    assert set(report.bad) == {str(awkward[k]) for k in ("corrupt", "truncated", "empty", "text")}
+    converted = {k for k, v in awkward.items() if str(v) in report.convert}
+    assert converted == {"rgba", "sixteen", "cmyk", "exif"}
+    assert str(awkward["gray"]) in report.files["red"]  # TF reads 8-bit grayscale as is
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no such folder"):
+        data.scan_split(tmp_path / "nope")
+
+
+def test_one_class_is_not_enough(tmp_path):
+    make_image_folder(tmp_path)
+    for name in ("green", "red"):
+        shutil.rmtree(tmp_path / "train" / name)
+    with pytest.raises(DataError, match="need at least 2"):
+        data.scan_split(tmp_path / "train")
+
+
+def test_empty_class_is_named(image_root):
+    for f in (image_root / "train" / "green").iterdir():
+        f.unlink()
+    (image_root / "train" / "green" / "broken.jpg").write_bytes(b"nope")
+    with pytest.raises(DataError, match=r"no usable image in class folder\(s\) \['green'\]"):
+        data.scan_split(image_root / "train")
+
+
+def test_expected_class_missing(image_root):
+    with pytest.raises(DataError, match="class folder missing"):
+        data.scan_split(image_root / "validation", ["blue", "green", "red", "purple"])
+
+
+def test_prepare_from_local_copy_is_idempotent(image_root, tmp_path):
+    awkward_files(image_root / "train" / "blue")
+    dest = tmp_path / "out"
+    result = data.prepare(image_root, dest, class_names=("blue", "green", "red"))
+    assert result["splits"]["train"]["counts"]["blue"] == 6 + 5
+    assert len(result["splits"]["train"]["excluded"]) == 4
+    files = sorted(p.relative_to(dest) for p in dest.rglob("*") if p.is_file())
+    again = data.prepare(image_root, dest, class_names=("blue", "green", "red"))
+    assert again == result
+    assert sorted(p.relative_to(dest) for p in dest.rglob("*") if p.is_file()) == files
+    # the clean copy has nothing left to normalise or exclude
+    clean = data.scan_split(dest / "train")
+    assert not clean.bad and not clean.convert
+    assert json.loads((dest / "report.json").read_text()) == result
+    assert "EXCLUDED (train)" in data.format_report(result)
+
+
+def test_prepare_downloads_an_archive(image_root, tmp_path):
+    archive = tmp_path / "upstream.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in image_root.rglob("*"):
+            if path.is_file():
+                zf.write(path, "clothing-dataset-small-master/" + str(path.relative_to(image_root)))
+    result = data.prepare(None, tmp_path / "out", class_names=("blue", "red"), url=archive.as_uri())
+    assert result["splits"]["validation"]["counts"] == {"blue": 3, "red": 3}
+    assert (tmp_path / "out" / "train" / "red").is_dir()
+    assert not (tmp_path / "out" / "train" / "green").exists()
+
+
+def test_download_failure_says_what_to_do(tmp_path):
+    with pytest.raises(DataError, match="--source DIR"):
+        data.download((tmp_path / "missing.zip").as_uri())
+
+
+def test_load_split_lists_files_in_dataset_order(image_root, tmp_path):
+    awkward_files(image_root / "validation" / "green")
+    split = data.load_split(image_root / "validation", tmp_path / "cache")
+    assert split.root != image_root / "validation"  # a clean mirror was needed
+    ds = data.image_dataset(split.root, split.class_names, 32, 4)
+    assert list(ds.file_paths) == split.paths
+    labels = [int(y) for _, batch in ds for y in batch]
+    assert labels == split.labels.tolist()
+    assert len(split.paths) == 9 + 5

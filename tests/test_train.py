@@ -1,0 +1,58 @@
+import json
+
+import numpy as np
+import pytest
+
+from vsearch import config as c
+from vsearch.train import class_weights, load_classifier, train_classifier
+
+
+def test_class_weights_balance_the_classes():
+    labels = np.array([0] * 6 + [1] * 2 + [2] * 4)
+    weights = class_weights(labels, 3)
+    per_class_total = [weights[k] * np.sum(labels == k) for k in range(3)]
+    assert np.allclose(per_class_total, per_class_total[0])  # each class weighs the same in the loss
+    assert np.isclose(np.mean([weights[y] for y in labels]), 1.0)
+
+
+def test_smoke_training_writes_every_artifact(smoke_run):
+    out = smoke_run["root"] / "classifier"
+    for name in ("classifier.keras", "config.json", "class_names.json", "metrics.json",
+                 "training_curves.png", "confusion_matrix.png"):
+        assert (out / name).is_file(), name
+    assert any((out / "logs").rglob("events.out.tfevents*"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"blue", "green", "red"}
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert sum(sum(row) for row in metrics["confusion_matrix"]) == metrics["num_validation"] == 9
+    assert c.load_json(c.ClassifierConfig, out / "config.json") == smoke_run["classifier"]
+    assert {"feature_cache_s", "head_s", "fine_tune_s", "total_s"} <= set(metrics["timings"])
+
+
+def test_saved_classifier_reloads_and_predicts(smoke_run):
+    model, names = load_classifier(smoke_run["root"] / "classifier")
+    assert names == ["blue", "green", "red"]
+    probs = model.predict(np.full((2, 32, 32, 3), 128.0, np.float32), verbose=0)
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_missing_classifier_is_a_clear_error(tmp_path):
+    from vsearch.errors import DataError
+
+    with pytest.raises(DataError, match="run `vsearch train`"):
+        load_classifier(tmp_path)
+
+
+def test_training_excludes_bad_files(tmp_path):
+    from conftest import awkward_files, make_image_folder
+
+    data = make_image_folder(tmp_path / "data", split_counts=(("train", 3), ("validation", 2)))
+    awkward_files(data / "train" / "red")
+    cfg = c.preset(c.ClassifierConfig, "smoke")
+    cfg = c.apply_overrides(cfg, {"data.data_dir": str(data), "out_dir": str(tmp_path / "clf"),
+                                  "fine_tune_epochs": 0, "augment_views": 0})
+    logged = []
+    metrics = train_classifier(cfg, log=logged.append)
+    assert metrics["num_train"] == 3 * 3 + 5  # five awkward-but-usable images are normalised
+    assert {p.split("/")[-1] for p in metrics["excluded"]} == {"corrupt.jpg", "truncated.jpg", "empty.jpg", "notes.txt"}
+    assert any("excluded (train)" in line and "empty.jpg" in line for line in logged)

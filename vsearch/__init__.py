@@ -1,0 +1,3 @@
+"""vsearch: visual search for a product catalog (MobileNetV2 + triplet embeddings, Keras 3)."""
+
+__version__ = "0.1.0"

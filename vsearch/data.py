@@ -1,0 +1,298 @@
+"""Data stage: fetch and curate the catalog photos, validate folders, build tf.data pipelines.
+
+``vsearch data`` downloads the upstream clothing-dataset-small (CC0) or copies a local copy
+laid out the same way (``--source DIR``), keeps the seven catalog classes, and writes
+``data/clothing/{train,validation}/<class>/``. Every file is checked with Pillow first:
+unreadable, truncated, empty and non-image files are listed and left out; files TensorFlow
+would decode wrongly (EXIF-rotated, CMYK, 16-bit, alpha, other formats) are normalised to
+RGB PNG. Training then reads the folder with ``keras.utils.image_dataset_from_directory``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vsearch.config import CLASS_NAMES
+from vsearch.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image, read_bytes
+
+UPSTREAM_URL = "https://github.com/alexeygrigorev/clothing-dataset-small/archive/refs/heads/master.zip"
+SPLITS = ("train", "validation")
+# Formats TensorFlow's decode_image reads, and the Pillow modes it decodes to the same RGB.
+_TF_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
+_TF_MODES = {"RGB", "L", "P"}
+
+
+from vsearch.errors import DataError  # noqa: E402  (re-exported)
+
+
+@dataclass
+class SplitReport:
+    """What a split folder holds: good files per class, files to normalise, bad files."""
+
+    root: str
+    class_names: list[str]
+    files: dict[str, list[str]] = field(default_factory=dict)  # usable as-is, per class
+    convert: dict[str, str] = field(default_factory=dict)  # path -> why it needs normalising
+    bad: dict[str, str] = field(default_factory=dict)  # path -> why it is excluded
+
+    def counts(self) -> dict[str, int]:
+        converted = {}
+        for path in self.convert:
+            cls = Path(path).parent.name
+            converted[cls] = converted.get(cls, 0) + 1
+        return {c: len(self.files.get(c, [])) + converted.get(c, 0) for c in self.class_names}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts().values())
+
+    def to_dict(self) -> dict:
+        return {"root": self.root, "counts": self.counts(), "converted": dict(self.convert),
+                "excluded": dict(self.bad)}
+
+
+def inspect_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, str]:
+    """Classifies one file as ``ok``, ``convert`` (with why) or ``bad`` (with why)."""
+    from PIL import Image
+
+    try:
+        data = read_bytes(path)
+        decode_image(data, str(path), max_pixels)  # full decode: catches truncation
+    except ImageError as exc:
+        return "bad", exc.reason
+    with Image.open(io.BytesIO(data)) as img:
+        fmt, mode = img.format, img.mode
+        orientation = img.getexif().get(0x0112, 1)
+        has_transparency = "transparency" in img.info
+    if fmt not in _TF_FORMATS:
+        return "convert", f"{fmt} is not read by TensorFlow"
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return "convert", f"extension {path.suffix!r} is not listed by image_dataset_from_directory"
+    if mode not in _TF_MODES or has_transparency:
+        return "convert", f"pixel mode {mode}{' with transparency' if has_transparency else ''}"
+    if orientation not in (None, 1):
+        return "convert", f"EXIF orientation {orientation}"
+    return "ok", ""
+
+
+def scan_split(root: str | os.PathLike, class_names: list[str] | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> SplitReport:
+    """Validates a split folder (one sub-folder per class) and classifies every file.
+
+    Args:
+        root: The split folder, e.g. ``data/clothing/train``.
+        class_names: Expected classes; default: every sub-folder, sorted.
+
+    Raises:
+        DataError: missing folder, fewer than 2 classes, a class folder that is missing or
+            holds no usable image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder (expected one sub-folder per class)")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = list(class_names) if class_names is not None else found
+    if len(names) < 2:
+        raise DataError(f"{root}: found {len(names)} class folder(s) {names}; need at least 2")
+    report = SplitReport(root=str(root), class_names=names)
+    for cls in names:
+        folder = root / cls
+        if not folder.is_dir():
+            raise DataError(f"{folder}: class folder missing")
+        good = []
+        for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+            status, why = inspect_image(path, max_pixels)
+            if status == "ok":
+                good.append(str(path))
+            elif status == "convert":
+                report.convert[str(path)] = why
+            else:
+                report.bad[str(path)] = why
+        report.files[cls] = good
+    empty = [c for c, n in report.counts().items() if n == 0]
+    if empty:
+        raise DataError(f"{root}: no usable image in class folder(s) {empty}")
+    return report
+
+
+def _normalised_name(path: Path) -> str:
+    return path.name + ".png" if path.suffix.lower() != ".png" else path.name
+
+
+def _write_normalised(src: Path, dest: Path) -> None:
+    from PIL import Image
+
+    pixels = decode_image(read_bytes(src), str(src))
+    Image.fromarray(pixels, "RGB").save(dest, format="PNG")
+
+
+def materialise(report: SplitReport, dest: str | os.PathLike, link: bool = True) -> Path:
+    """Writes a clean copy of a scanned split: good files linked or copied, others normalised.
+
+    Idempotent: existing files that are at least as new as their source are kept.
+    """
+    dest = Path(dest)
+    for cls in report.class_names:
+        out_dir = dest / cls
+        out_dir.mkdir(parents=True, exist_ok=True)
+        wanted = set()
+        for src in map(Path, report.files.get(cls, [])):
+            target = out_dir / src.name
+            wanted.add(target.name)
+            if target.exists() and target.stat().st_mtime >= src.stat().st_mtime:
+                continue
+            if target.exists() or target.is_symlink():
+                target.unlink()
+            if link:
+                try:
+                    os.link(src, target)
+                    continue
+                except OSError:
+                    pass
+            shutil.copy2(src, target)
+        for src in (Path(p) for p in report.convert if Path(p).parent.name == cls):
+            target = out_dir / _normalised_name(src)
+            wanted.add(target.name)
+            if not (target.exists() and target.stat().st_mtime >= src.stat().st_mtime):
+                _write_normalised(src, target)
+        for stale in out_dir.iterdir():
+            if stale.name not in wanted and stale.is_file():
+                stale.unlink()
+    return dest
+
+
+def download(url: str = UPSTREAM_URL, timeout: float = 60.0) -> Path:
+    """Downloads and unpacks the upstream archive into a temporary folder; returns its root."""
+    tmp = Path(tempfile.mkdtemp(prefix="vsearch-download-"))
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed URL or file://)
+            archive = tmp / "archive.zip"
+            with open(archive, "wb") as fh:
+                shutil.copyfileobj(response, fh)
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp / "unpacked")
+    except (OSError, zipfile.BadZipFile) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(
+            f"could not download {url} ({exc}); without internet, pass a local copy laid out as "
+            "train/<class>/ and validation/<class>/ with --source DIR (make data SOURCE=DIR)") from None
+    candidates = [p.parent for p in (tmp / "unpacked").rglob("train") if (p.parent / "validation").is_dir()]
+    if not candidates:
+        raise DataError(f"{url}: archive has no train/ and validation/ folders")
+    return candidates[0]
+
+
+def prepare(source: str | os.PathLike | None, dest: str | os.PathLike = "data/clothing",
+            class_names: tuple[str, ...] = CLASS_NAMES, url: str = UPSTREAM_URL,
+            max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Curates the catalog classes from ``source`` (or a download) into ``dest``.
+
+    Returns:
+        A report: per-split per-class counts, normalised and excluded files. Also written
+        to ``dest/report.json``.
+    """
+    downloaded = None
+    if source is None:
+        downloaded = source = download(url)
+    source = Path(source)
+    try:
+        result = {"source": str(source if downloaded is None else url), "splits": {}}
+        for split in SPLITS:
+            report = scan_split(source / split, list(class_names), max_pixels)
+            materialise(report, Path(dest) / split, link=downloaded is None)
+            result["splits"][split] = report.to_dict()
+    finally:
+        if downloaded is not None:
+            shutil.rmtree(downloaded.parents[1] if downloaded.parent.name == "unpacked" else downloaded,
+                          ignore_errors=True)
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    (Path(dest) / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def format_report(result: dict) -> str:
+    """A per-split per-class table plus the files that were normalised or excluded."""
+    splits = result["splits"]
+    classes = list(next(iter(splits.values()))["counts"])
+    lines = ["| split | " + " | ".join(classes) + " | total |",
+             "|---|" + "---|" * (len(classes) + 1)]
+    for split, rep in splits.items():
+        counts = rep["counts"]
+        lines.append(f"| {split} | " + " | ".join(str(counts[c]) for c in classes)
+                     + f" | {sum(counts.values())} |")
+    for split, rep in splits.items():
+        for path, why in rep["converted"].items():
+            lines.append(f"normalised ({split}): {path}: {why}")
+        for path, why in rep["excluded"].items():
+            lines.append(f"EXCLUDED ({split}): {path}: {why}")
+    return "\n".join(lines)
+
+
+def clean_split(root: str | os.PathLike, cache_dir: str | os.PathLike,
+                class_names: list[str] | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Path, SplitReport]:
+    """Validates a split; if anything needs excluding or normalising, returns a clean mirror.
+
+    The returned folder is safe for ``image_dataset_from_directory``: no file in it can
+    stop an epoch halfway.
+    """
+    report = scan_split(root, class_names, max_pixels)
+    if not report.bad and not report.convert:
+        return Path(root), report
+    return materialise(report, Path(cache_dir) / Path(root).name), report
+
+
+def image_dataset(root: str | os.PathLike, class_names: list[str], image_size: int, batch_size: int,
+                  shuffle: bool = False, seed: int | None = None):
+    """``image_dataset_from_directory`` over a clean split: (float32 0..255 images, int labels)."""
+    import keras
+
+    return keras.utils.image_dataset_from_directory(
+        str(root), labels="inferred", label_mode="int", class_names=list(class_names),
+        color_mode="rgb", batch_size=batch_size, image_size=(image_size, image_size),
+        shuffle=shuffle, seed=seed, interpolation="bilinear", verbose=False)
+
+
+def file_paths(dataset) -> list[str]:
+    """The files behind an unshuffled ``image_dataset_from_directory`` dataset, in order."""
+    return list(dataset.file_paths)
+
+
+def labels_of(dataset) -> np.ndarray:
+    return np.concatenate([y.numpy() for _, y in dataset]) if dataset is not None else np.zeros(0)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One validated split: its clean root, file list, labels and report."""
+
+    root: Path
+    paths: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    report: SplitReport = dataclasses.field(repr=False, compare=False, default=None)
+
+
+def load_split(root: str | os.PathLike, cache_dir: str | os.PathLike,
+               class_names: list[str] | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Split:
+    """Validates a split and lists its files and labels in ``image_dataset_from_directory`` order."""
+    clean, report = clean_split(root, cache_dir, class_names, max_pixels)
+    names = report.class_names
+    paths, labels = [], []
+    for index, cls in enumerate(names):
+        files = sorted(p for p in (clean / cls).iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        paths += [str(p) for p in files]
+        labels += [index] * len(files)
+    return Split(clean, paths, np.asarray(labels, dtype=np.int32), names, report)

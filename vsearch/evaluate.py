@@ -1,0 +1,226 @@
+"""Stage 3: retrieval metrics and pictures from the exported SavedModel.
+
+The catalog is the train split, the queries the validation split. Three embedders are
+measured on the same images in the same run: the frozen ImageNet MobileNetV2 (global
+average pooling), the fine-tuned classifier's pooled features, and the exported embedding
+model (through its ``serving_default`` signature, as a client would call it).
+
+Customer-photo matching: each validation image, distorted by
+:func:`vsearch.augment.customer_photo` (seeded per image), must find its undistorted
+original among catalog + validation images.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from vsearch import config as cfg_mod
+from vsearch import metrics
+from vsearch.config import EvalConfig
+from vsearch.data import load_split
+from vsearch.images import decode_image, read_bytes
+
+
+def class_retrieval(queries: np.ndarray, query_labels: np.ndarray, catalog: np.ndarray,
+                    catalog_labels: np.ndarray, class_names: list[str]) -> dict:
+    """Overall and per-class class-retrieval metrics over a full ranking of the catalog."""
+    order = np.argsort(-(queries @ catalog.T), axis=1, kind="stable")
+    ranked = catalog_labels[order]
+    return {"overall": metrics.retrieval_metrics(query_labels, ranked, catalog_labels),
+            "per_class": metrics.per_class_retrieval(query_labels, ranked, catalog_labels, class_names)}
+
+
+def customer_queries(paths: list[str], seed: int, limit: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Simulated customer photos of ``paths`` (seeded per image); returns (photos, target index)."""
+    from vsearch.augment import customer_photo
+
+    chosen = np.arange(len(paths)) if not limit else np.random.default_rng(seed).choice(
+        len(paths), size=min(limit, len(paths)), replace=False)
+    photos = [customer_photo(decode_image(read_bytes(paths[i]), paths[i]), np.random.default_rng([seed, int(i)]))
+              for i in chosen]
+    return photos, np.asarray(chosen)
+
+
+def customer_matching(photo_emb: np.ndarray, targets: np.ndarray, catalog: np.ndarray,
+                      originals: np.ndarray) -> dict:
+    """R@1 and R@10 of each customer photo's original (``originals[target]``) in catalog + originals."""
+    pool = np.concatenate([catalog, originals])
+    ranks = metrics.rank_of_targets(photo_emb, pool, targets + len(catalog))
+    return {**metrics.instance_recall(ranks, (1, 10)), "num_queries": int(len(targets))}
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _embedders(config: EvalConfig, log: Callable[[str], None]):
+    """(name, embedder) pairs: baselines first (when available), the exported model last."""
+    from vsearch import models
+    from vsearch.embedder import KerasEmbedder, SavedModelEmbedder
+    from vsearch.errors import BackboneError
+    from vsearch.train import load_classifier
+
+    exported = SavedModelEmbedder(config.model_dir)
+    out = []
+    classifier = None
+    if config.baselines:
+        size = exported.image_size
+        try:
+            frozen = models.build_backbone(size, "imagenet")
+            out.append(("frozen ImageNet MobileNetV2 (GAP)", KerasEmbedder(models.build_pooled_features(frozen, size))))
+        except BackboneError as exc:
+            log(f"  baseline (a) skipped: {exc}")
+        classifier, _ = load_classifier(config.classifier_dir)
+        tuned = models.build_pooled_features(models.find_backbone(classifier), size)
+        out.append(("fine-tuned classifier features (GAP)", KerasEmbedder(tuned)))
+    out.append(("exported embedding (SavedModel)", exported))
+    return out, exported, classifier
+
+
+def run_eval(config: EvalConfig, query: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """Runs stage 3 and writes ``reports/``; returns the metrics dict."""
+    from vsearch.embedder import KerasEmbedder, embed_arrays, embed_files
+
+    reports = Path(config.reports_dir)
+    reports.mkdir(parents=True, exist_ok=True)
+    root = Path(config.data.data_dir)
+    embedders, exported, classifier = _embedders(config, log)
+    names = list(exported.metadata.get("class_names") or [])
+    catalog = load_split(root / "train", reports / ".clean", names or None, config.data.max_image_pixels)
+    names = catalog.class_names
+    val = load_split(root / "validation", reports / ".clean", names, config.data.max_image_pixels)
+    log(f"catalog {len(catalog.paths)} images, {len(val.paths)} validation queries")
+    photos, targets = customer_queries(val.paths, config.seed, config.customer_queries)
+
+    results: dict[str, dict] = {}
+    vectors = {}
+    for name, embedder in embedders:
+        cat = embed_files(embedder, catalog.paths, config.data.batch_size, progress=f"{name}: catalog")
+        qry = embed_files(embedder, val.paths, config.data.batch_size, progress=f"{name}: queries")
+        cust = embed_arrays(embedder, photos, config.data.batch_size)
+        results[name] = {**class_retrieval(qry, val.labels, cat, catalog.labels, names),
+                         "customer_photo": customer_matching(cust, targets, cat, qry)}
+        vectors[name] = (cat, qry, cust)
+        o, c = results[name]["overall"], results[name]["customer_photo"]
+        log(f"  {name}: P@1 {o['precision@1']:.4f} mAP@R {o['map@r']:.4f} "
+            f"customer R@1 {c['recall@1']:.4f} R@10 {c['recall@10']:.4f}")
+    summary = {"models": results, "class_names": names, "num_catalog": len(catalog.paths),
+               "num_queries": len(val.paths), "config": cfg_mod.to_dict(config),
+               "commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               "machine": machine_description(), "model_metadata": {
+                   k: exported.metadata.get(k) for k in ("fingerprint", "embedding_dim", "image_size", "backbone")}}
+    if classifier is not None:
+        probs = KerasEmbedder(classifier, normalize=False)
+        pred = np.concatenate([probs.embed_bytes([read_bytes(p) for p in val.paths[i:i + 32]])
+                               for i in range(0, len(val.paths), 32)]).argmax(axis=1)
+        summary["classifier"] = metrics.classification_report(val.labels, pred, names)
+        log(f"  classifier accuracy {summary['classifier']['accuracy']:.4f}")
+
+    cat, qry, cust = vectors["exported embedding (SavedModel)"]
+    _pictures(config, reports, catalog, val, names, exported, cat, qry, photos, targets, cust, query)
+    (reports / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (reports / "eval.md").write_text(format_markdown(summary))
+    log(f"wrote {reports}/metrics.json, eval.md and pictures")
+    return summary
+
+
+def format_markdown(summary: dict) -> str:
+    """The comparison table plus where it came from."""
+    lines = ["| model | P@1 | P@5 | R@10 | R-Precision | MAP@R | customer R@1 | customer R@10 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, res in summary["models"].items():
+        o, c = res["overall"], res["customer_photo"]
+        lines.append(f"| {name} | {o['precision@1']:.3f} | {o['precision@5']:.3f} | {o['recall@10']:.3f} | "
+                     f"{o['r_precision']:.3f} | {o['map@r']:.3f} | {c['recall@1']:.3f} | {c['recall@10']:.3f} |")
+    text = ["# Evaluation", "", f"Catalog: {summary['num_catalog']} train images; queries: "
+            f"{summary['num_queries']} validation images; customer photos: one simulated photo per query, "
+            "matched against catalog + validation originals.", "", *lines, ""]
+    if "classifier" in summary:
+        text += [f"Classifier validation accuracy: {summary['classifier']['accuracy']:.3f} "
+                 f"(balanced {summary['classifier']['balanced_accuracy']:.3f}).", ""]
+    text += ["Per-class (exported model):", "", "| class | P@1 | MAP@R |", "|---|---|---|"]
+    exported = summary["models"].get("exported embedding (SavedModel)", {})
+    for name, res in exported.get("per_class", {}).items():
+        text.append(f"| {name} | {res['precision@1']:.3f} | {res['map@r']:.3f} |")
+    text += ["", f"Commit {summary['commit']}, {summary['date']}, machine: {summary['machine']}.",
+             "Command: `vsearch eval` (`make eval`); config:", "", "```json",
+             json.dumps(summary["config"], indent=2), "```", ""]
+    return "\n".join(text)
+
+
+def _thumb(path: str) -> np.ndarray:
+    return decode_image(read_bytes(path), path)
+
+
+def _pictures(config, reports, catalog, val, names, embedder, cat, qry, photos, targets, cust, query):
+    from vsearch import plots
+    from vsearch.embedder import embed_photo
+
+    rng = np.random.default_rng(config.seed)
+    k = config.top_k
+
+    def top(vec):
+        idx, scores = metrics.ranked_neighbours(vec[None], cat, k)
+        return idx[0], scores[0]
+
+    if query:
+        pixels, vec = embed_photo(embedder, query, config.data.max_image_pixels)
+        q_label, caption = None, Path(query).name
+    else:
+        i = int(rng.integers(len(val.paths)))
+        pixels, vec, q_label = _thumb(val.paths[i]), qry[i], names[val.labels[i]]
+        caption = f"query: {q_label}"
+    idx, scores = top(vec)
+    fig = plots.retrieval_grid([pixels], [q_label], [[_thumb(catalog.paths[j]) for j in idx]],
+                               [[names[catalog.labels[j]] for j in idx]], [scores], query_captions=[caption])
+    fig.savefig(reports / "retrieval.png", dpi=110)
+
+    rows = rng.choice(len(val.paths), size=min(config.grid_queries, len(val.paths)), replace=False)
+    grid = [top(qry[i]) for i in rows]
+    fig = plots.retrieval_grid([_thumb(val.paths[i]) for i in rows], [names[val.labels[i]] for i in rows],
+                               [[_thumb(catalog.paths[j]) for j in g[0]] for g in grid],
+                               [[names[catalog.labels[j]] for j in g[0]] for g in grid], [g[1] for g in grid])
+    fig.savefig(reports / "retrieval_grid.png", dpi=90)
+
+    centred = cat - cat.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    fig = plots.embedding_map(centred @ vt[:2].T, catalog.labels, names, "catalog embeddings, first 2 PCs")
+    fig.savefig(reports / "embedding_map.png", dpi=90)
+
+    pool = np.concatenate([cat, qry])
+    pool_paths = catalog.paths + val.paths
+    pool_labels = np.concatenate([catalog.labels, val.labels])
+    rows = rng.choice(len(photos), size=min(config.grid_queries, len(photos)), replace=False)
+    found = [metrics.ranked_neighbours(cust[r][None], pool, k) for r in rows]
+    fig = plots.retrieval_grid(
+        [photos[r] for r in rows], [names[val.labels[targets[r]]] for r in rows],
+        [[_thumb(pool_paths[j]) for j in f[0][0]] for f in found],
+        [[names[pool_labels[j]] + (" = ORIGINAL" if j == len(cat) + targets[r] else "") for j in f[0][0]]
+         for r, f in zip(rows, found)], [f[1][0] for f in found],
+        title="simulated customer photos and what they retrieve (green: the exact original item)",
+        relevant=[[j == len(cat) + targets[r] for j in f[0][0]] for r, f in zip(rows, found)],
+        query_captions=[f"customer photo: {names[val.labels[targets[r]]]}" for r in rows])
+    fig.savefig(reports / "customer_photo.png", dpi=90)

@@ -1,0 +1,198 @@
+"""Stage 2: triplet training of the embedding tower, then the SavedModel export.
+
+The trained classifier's MobileNetV2 base becomes the shared tower of a three-input
+(anchor, positive, negative) model whose :class:`~vsearch.losses.TripletLoss` layer adds
+the margin loss. Each catalog image is cached once clean and ``views_per_image - 1`` times
+as a simulated customer photo (:func:`vsearch.augment.customer_view`) at the cut of the
+backbone; triplets over those views (:mod:`vsearch.mining`, instance and class triplets,
+negatives re-mined semi-hard from the current embeddings every epoch) train the top
+blocks and a projection head with plain ``model.fit``.
+
+Both objectives are measured on the validation split after every epoch: class retrieval
+(P@1, MAP@R against the catalog) and customer-photo matching (R@1 of a simulated customer
+photo against catalog + validation originals).
+
+Writes ``{work_dir}/`` (``tower.keras``, ``triplet.keras``, ``config.json``, ``metrics.json``,
+``logs/``) and the SavedModel ``{out_dir}/`` (see :mod:`vsearch.export`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from vsearch import config as cfg_mod
+from vsearch.config import SiameseConfig
+
+
+def pca_projection(features: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel and bias of a Dense layer projecting onto the top ``dim`` principal components.
+
+    Starting the projection head from PCA keeps the classifier's feature geometry, so
+    epoch 0 is already a sensible embedding (a random projection would blur it).
+    """
+    features = np.asarray(features, np.float64)
+    mean = features.mean(axis=0)
+    _, _, vt = np.linalg.svd(features - mean, full_matrices=False)
+    components = vt[:dim]
+    if components.shape[0] < dim:  # fewer samples than dims: pad with random directions
+        rng = np.random.default_rng(0)
+        extra = rng.standard_normal((dim - components.shape[0], features.shape[1]))
+        components = np.concatenate([components, extra / np.linalg.norm(extra, axis=1, keepdims=True)])
+    kernel = components.T.astype(np.float32)
+    return kernel, (-mean @ kernel).astype(np.float32)
+
+
+def quick_metrics(catalog: np.ndarray, catalog_labels: np.ndarray, queries: np.ndarray,
+                  query_labels: np.ndarray, customer: np.ndarray) -> dict:
+    """Class retrieval of ``queries`` in ``catalog``, and instance R@1 of ``customer[i]`` -> ``queries[i]``.
+
+    The instance pool is catalog + queries (originals), the target of customer photo i is query i.
+    """
+    from vsearch import metrics
+
+    order = np.argsort(-(queries @ catalog.T), axis=1)
+    retrieval = metrics.retrieval_metrics(query_labels, catalog_labels[order], catalog_labels)
+    pool = np.concatenate([catalog, queries])
+    ranks = metrics.rank_of_targets(customer, pool, np.arange(len(queries)) + len(catalog))
+    inst = metrics.instance_recall(ranks, (1, 10))
+    return {"precision@1": retrieval["precision@1"], "map@r": retrieval["map@r"],
+            "customer_recall@1": inst["recall@1"], "customer_recall@10": inst["recall@10"]}
+
+
+def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> dict:
+    """Runs stage 2 end to end: cache views, train triplets, export; returns the metrics."""
+    import keras
+    import tensorflow as tf
+
+    from vsearch import models
+    from vsearch.augment import customer_view
+    from vsearch.data import image_dataset
+    from vsearch.export import export_embedding
+    from vsearch.features import extract
+    from vsearch.mining import sample_triplets
+    from vsearch.train import load_classifier, load_splits
+
+    keras.utils.set_random_seed(config.data.seed)
+    rng = np.random.default_rng(config.data.seed)
+    work = Path(config.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    size, batch = config.data.image_size, config.data.batch_size
+
+    classifier, names = load_classifier(config.classifier_dir)
+    if int(classifier.input.shape[1]) != size:
+        raise cfg_mod.ConfigError(
+            f"data.image_size={size} but the classifier in {config.classifier_dir} takes "
+            f"{classifier.input.shape[1]}x{classifier.input.shape[1]}")
+    base = models.find_backbone(classifier)
+    train_root, val_root, found, _, _ = load_splits(_as_classifier_config(config), work / ".clean", log)
+    if found != names:
+        raise cfg_mod.ConfigError(f"classes {found} in {config.data.data_dir} differ from the classifier's {names}")
+    train_ds = image_dataset(train_root, names, size, batch)
+    val_ds = image_dataset(val_root, names, size, batch)
+    y_train = np.concatenate([y.numpy() for _, y in train_ds]).astype(np.int32)
+    y_val = np.concatenate([y.numpy() for _, y in val_ds]).astype(np.int32)
+
+    bottom, top = models.split_backbone(base, config.fine_tune_from)
+    models.set_fine_tuning(base, False)
+
+    # Cache the frozen bottom: view 0 clean, then simulated customer photos.
+    t = time.perf_counter()
+    views = [extract(bottom, train_ds, log=log, label="catalog clean")]
+    for v in range(1, config.views_per_image):
+        views.append(extract(bottom, train_ds, transform=customer_view, seed=1000 + v, batch_size=batch,
+                             log=log, label=f"catalog customer view {v}"))
+    cache = np.stack(views, axis=1)  # (items, views, h, w, c)
+    del views
+    val_clean = extract(bottom, val_ds, log=log, label="validation clean")
+    val_customer = extract(bottom, val_ds, transform=customer_view, seed=99, batch_size=batch,
+                           log=log, label="validation customer view")
+    timings["feature_cache_s"] = time.perf_counter() - t
+
+    # Tower on cached features: top blocks -> pool -> projection (PCA init) -> L2.
+    pool = keras.layers.GlobalAveragePooling2D(name="pool")
+    projection = keras.layers.Dense(config.embedding_dim, name="projection",
+                                    kernel_regularizer=keras.regularizers.L2(config.weight_decay))
+    feat_in = keras.Input(tuple(top.input.shape[1:]), name="features")
+    top_tower = keras.Model(feat_in, models.L2Normalize(name="l2_normalize")(projection(pool(top(feat_in)))),
+                            name="tower_top")
+    pooled = keras.Model(feat_in, pool(top(feat_in)))
+    pooled_clean = pooled.predict(cache[:, 0].astype(np.float32), batch_size=256, verbose=0)
+    projection.set_weights(list(pca_projection(pooled_clean, config.embedding_dim)))
+    models.set_fine_tuning(top, True)
+
+    triplet_model = models.build_triplet_model(top_tower, config.margin)
+    triplet_model.compile(optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay))
+
+    embed = lambda x: top_tower.predict(x.astype(np.float32), batch_size=256, verbose=0)  # noqa: E731
+
+    def evaluate() -> dict:
+        return quick_metrics(embed(cache[:, 0]), y_train, embed(val_clean), y_val, embed(val_customer))
+
+    history: dict[str, list[float]] = {}
+    start_metrics = evaluate()
+    log(f"  epoch 0: {_fmt(start_metrics)}")
+    for key, value in start_metrics.items():
+        history.setdefault(f"val_{key}", []).append(value)
+    tensorboard = keras.callbacks.TensorBoard(str(work / "logs"))
+    n_items, n_views = cache.shape[:2]
+    t = time.perf_counter()
+    for epoch in range(config.epochs):
+        emb = None
+        if config.mining == "semihard":
+            emb = embed(cache.reshape((-1,) + cache.shape[2:])).reshape(n_items, n_views, -1)
+        trip = sample_triplets(y_train, n_views, config.triplets_per_epoch, rng, config.instance_fraction,
+                               emb, config.margin)
+        inputs = [cache[idx[:, 0], idx[:, 1]].astype(np.float32)
+                  for idx in (trip.anchor, trip.positive, trip.negative)]
+        h = triplet_model.fit(inputs, epochs=epoch + 1, initial_epoch=epoch, batch_size=config.batch_size,
+                              shuffle=True, callbacks=[tensorboard], verbose=0)
+        quick = evaluate()
+        for key, values in h.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        for key, value in quick.items():
+            history.setdefault(f"val_{key}", []).append(value)
+        log(f"  epoch {epoch + 1}: loss {h.history['loss'][-1]:.4f} active "
+            f"{h.history['active_fraction'][-1]:.3f} | {_fmt(quick)}")
+    timings["triplet_training_s"] = time.perf_counter() - t
+
+    # The exported tower: pixels -> backbone (now fine-tuned) -> pool -> projection -> L2.
+    tower = models.build_tower(base, config.embedding_dim, size, projection=projection)
+    final = {k: v[-1] for k, v in history.items() if k.startswith("val_")}
+    timings["total_s"] = time.perf_counter() - t0
+    result = {"validation": final, "start": start_metrics, "history": history, "timings": timings,
+              "num_catalog": int(n_items), "views_per_image": int(n_views)}
+    tower.save(work / "tower.keras")
+    triplet_model.save(work / "triplet.keras")
+    cfg_mod.save_json(config, work / "config.json")
+    (work / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    classifier_metrics = json.loads((Path(config.classifier_dir) / "metrics.json").read_text())
+    export_embedding(tower, config.out_dir, {
+        "class_names": names, "backbone": _backbone_description(config.classifier_dir),
+        "training_config": cfg_mod.to_dict(config),
+        "metrics": {"siamese_validation": final,
+                    "classifier_accuracy": classifier_metrics.get("accuracy")}})
+    log(f"siamese: {_fmt(final)}; total {timings['total_s']:.0f}s; exported {config.out_dir}")
+    return result
+
+
+def _backbone_description(classifier_dir: str) -> str:
+    from vsearch.config import ClassifierConfig
+
+    clf = cfg_mod.load_json(ClassifierConfig, Path(classifier_dir) / "config.json")
+    return f"MobileNetV2 alpha={clf.alpha} weights={clf.backbone_weights} fine_tune_from={clf.fine_tune_from}"
+
+
+def _fmt(values: dict) -> str:
+    return ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in values.items())
+
+
+def _as_classifier_config(config: SiameseConfig):
+    from vsearch.config import ClassifierConfig
+
+    return ClassifierConfig(data=config.data)
