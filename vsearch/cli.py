@@ -46,7 +46,8 @@ def cmd_data(args) -> int:
     from vsearch.data import format_report, prepare
 
     source = args.source or os.environ.get("VSEARCH_DATA_SOURCE") or None
-    result = prepare(source, args.dest, url=args.url)
+    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
+    result = prepare(source, args.dest, class_names=classes, url=args.url)
     print(format_report(result))
     print(f"wrote {args.dest} (report: {args.dest}/report.json)")
     return 0
@@ -62,8 +63,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_siamese(args) -> int:
+    from vsearch.config import SiameseConfig
+    from vsearch.siamese import train_siamese
+
+    config = _build_config(SiameseConfig, args, {"out_dir": args.out, "classifier_dir": args.classifier})
+    train_siamese(config)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from vsearch.config import EvalConfig
+    from vsearch.evaluate import run_eval
+    from vsearch.images import load_image
+
+    config = _build_config(EvalConfig, args, {"model_dir": args.model, "reports_dir": args.reports,
+                                              "seed": args.seed})
+    if args.query:
+        load_image(args.query, config.data.max_image_pixels)  # fail fast, before loading models
+    run_eval(config, query=args.query)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vsearch import __version__
+    from vsearch.config import CLASS_NAMES
 
     parser = argparse.ArgumentParser(prog="vsearch", description="Visual search for a product catalog.")
     parser.add_argument("--version", action="version", version=f"vsearch {__version__}")
@@ -75,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="local copy laid out as train/<class>/ and validation/<class>/ "
                                     "(default: $VSEARCH_DATA_SOURCE, else download)")
     p.add_argument("--dest", default="data/clothing", help="output folder (default data/clothing)")
+    p.add_argument("--classes", default=",".join(CLASS_NAMES),
+                   help="comma-separated class folders to keep (default: the 7 catalog classes)")
     p.add_argument("--url", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_data)
 
@@ -85,6 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights", help="imagenet | none | PATH to a weights file")
     p.add_argument("--out", help="artifact folder (out_dir)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("siamese", help="stage 2: triplet training and SavedModel export",
+                       description="Train the embedding tower with triplets from the trained classifier's "
+                                   "backbone; export saved_models/embedding/ (TensorFlow SavedModel).")
+    _config_args(p)
+    p.add_argument("--classifier", help="trained classifier folder (classifier_dir)")
+    p.add_argument("--out", help="SavedModel output folder (out_dir)")
+    p.set_defaults(func=cmd_siamese)
+
+    p = sub.add_parser("eval", help="stage 3: retrieval metrics and pictures",
+                       description="Embed the catalog (train split) and the validation queries with the "
+                                   "exported model; compare with the baselines; write reports/.")
+    _config_args(p)
+    p.add_argument("--model", help="exported SavedModel folder (model_dir)")
+    p.add_argument("--reports", help="output folder (reports_dir)")
+    p.add_argument("--seed", help="seed for the random query and the customer photos")
+    p.add_argument("--query", help="any photo to search with in retrieval.png instead of a random one")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -132,6 +132,7 @@ class EvalConfig:
     grid_queries: int = 5
     customer_queries: int = 0  # 0: every validation image
     baselines: bool = True
+    baseline_weights: str = "imagenet"  # weights of the frozen baseline (a); smoke: none
     seed: int = 7
 
     def __post_init__(self):
@@ -169,7 +170,7 @@ PRESETS: dict[type, dict[str, Any]] = {
         "smoke": lambda: EvalConfig(
             data=_smoke_data(), model_dir="saved_models/smoke/embedding",
             classifier_dir="saved_models/smoke/classifier", reports_dir="reports/smoke",
-            top_k=3, grid_queries=2,
+            top_k=3, grid_queries=2, baseline_weights="none",
         ),
     },
 }

@@ -89,8 +89,9 @@ def _embedders(config: EvalConfig, log: Callable[[str], None]):
     if config.baselines:
         size = exported.image_size
         try:
-            frozen = models.build_backbone(size, "imagenet")
-            out.append(("frozen ImageNet MobileNetV2 (GAP)", KerasEmbedder(models.build_pooled_features(frozen, size))))
+            frozen = models.build_backbone(size, config.baseline_weights)
+            label = "ImageNet" if config.baseline_weights == "imagenet" else f"weights={config.baseline_weights}"
+            out.append((f"frozen {label} MobileNetV2 (GAP)", KerasEmbedder(models.build_pooled_features(frozen, size))))
         except BackboneError as exc:
             log(f"  baseline (a) skipped: {exc}")
         classifier, _ = load_classifier(config.classifier_dir)

@@ -1,0 +1,51 @@
+import subprocess
+import sys
+
+import pytest
+
+from conftest import awkward_files
+from vsearch import cli
+
+
+@pytest.mark.parametrize("command", ["data", "train", "siamese", "eval"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: vsearch " + command in capsys.readouterr().out
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "vsearch", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("vsearch ")
+
+
+def test_bad_override_exits_2_with_one_line(capsys):
+    assert cli.main(["train", "--set", "no_such=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown config key 'no_such'" in err[0]
+
+
+def test_missing_data_folder_exits_2(tmp_path, capsys):
+    assert cli.main(["data", "--source", str(tmp_path / "nowhere"), "--dest", str(tmp_path / "out")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_data_command_copies_and_reports(image_root, tmp_path, capsys):
+    assert cli.main(["data", "--source", str(image_root), "--dest", str(tmp_path / "out"),
+                     "--classes", "blue,green,red"]) == 0
+    out = capsys.readouterr().out
+    assert "| train | 6 | 6 | 6 | 18 |" in out
+
+
+@pytest.mark.parametrize("name, reason", [("corrupt", "corrupt"), ("empty", "empty"), ("text", "not a recognised")])
+def test_eval_bad_query_exits_2_naming_the_file(tmp_path, capsys, name, reason):
+    files = awkward_files(tmp_path / "q")
+    assert cli.main(["eval", "--query", str(files[name]), "--model", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(files[name]) in err and reason in err and len(err.splitlines()) == 1
+
+
+def test_eval_missing_query_file(tmp_path, capsys):
+    assert cli.main(["eval", "--query", str(tmp_path / "nope.jpg")]) == 2
+    assert "no such file" in capsys.readouterr().err

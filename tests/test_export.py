@@ -1,0 +1,81 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import png_bytes
+from vsearch.embedder import SavedModelEmbedder
+from vsearch.errors import ImageError
+from vsearch.export import read_metadata
+
+PLAIN_TF = textwrap.dedent("""
+    import sys
+    sys.modules["vsearch"] = None  # prove the export needs no vsearch
+    import json, numpy as np, tensorflow as tf
+    model_dir, pixels_path, bytes_path, out_path = sys.argv[1:]
+    loaded = tf.saved_model.load(model_dir)
+    pixels = np.load(pixels_path)
+    blobs = json.load(open(bytes_path))
+    by_pixels = loaded.signatures["embed_pixels"](images=tf.constant(pixels))["embedding"].numpy()
+    by_bytes = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([bytes.fromhex(b) for b in blobs]))["embedding"].numpy()
+    sig = loaded.signatures["serving_default"]
+    spec = sig.structured_input_signature[1]["image_bytes"]
+    np.savez(out_path, by_pixels=by_pixels, by_bytes=by_bytes,
+             input_dtype=str(spec.dtype.name), outputs=list(sig.structured_outputs))
+""")
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 256, (3, 32, 32, 3)).astype(np.float32)
+
+
+def test_export_loads_in_plain_tensorflow(smoke_run, pixels, tmp_path):
+    import vsearch.models  # noqa: F401  (registers the custom layers for the Keras reload)
+
+    model_dir = smoke_run["root"] / "embedding"
+    tower = keras.saving.load_model(smoke_run["root"] / "siamese" / "tower.keras")
+    expected = tower.predict(pixels, verbose=0)
+    np.save(tmp_path / "pixels.npy", pixels)
+    blobs = [png_bytes(__import__("PIL.Image", fromlist=["Image"]).fromarray(p.astype(np.uint8))).hex()
+             for p in pixels]
+    (tmp_path / "bytes.json").write_text(json.dumps(blobs))
+    subprocess.run([sys.executable, "-c", PLAIN_TF, str(model_dir), str(tmp_path / "pixels.npy"),
+                    str(tmp_path / "bytes.json"), str(tmp_path / "out.npz")], check=True, timeout=300)
+    out = np.load(tmp_path / "out.npz")
+    assert str(out["input_dtype"]) == "string" and list(out["outputs"]) == ["embedding"]
+    assert np.abs(out["by_pixels"] - expected).max() <= 1e-5
+    assert np.abs(out["by_bytes"] - expected).max() <= 1e-5  # same-size PNG: decode + resize is exact
+    assert np.allclose(np.linalg.norm(out["by_bytes"], axis=1), 1.0, atol=1e-5)
+
+
+def test_metadata_describes_the_model(smoke_run):
+    meta = read_metadata(smoke_run["root"] / "embedding")
+    assert meta["image_size"] == 32 and meta["embedding_dim"] == 8
+    assert meta["class_names"] == ["blue", "green", "red"]
+    assert meta["training_config"]["embedding_dim"] == 8
+    assert len(meta["fingerprint"]) == 16 and meta["vsearch_version"]
+    assert "siamese_validation" in meta["metrics"]
+
+
+def test_bad_bytes_are_clear_errors_not_crashes(smoke_run):
+    embedder = SavedModelEmbedder(smoke_run["root"] / "embedding")
+    for bad in (b"", b"definitely not an image"):
+        with pytest.raises(ImageError, match="could not decode"):
+            embedder.embed_bytes([bad])
+    gray = __import__("PIL.Image", fromlist=["Image"]).new("LA", (40, 30), (90, 128))
+    out = embedder.embed_bytes([png_bytes(gray)])  # still alive, and handles gray + alpha
+    assert out.shape == (1, 8)
+
+
+def test_not_a_saved_model(tmp_path):
+    from vsearch.errors import DataError
+
+    with pytest.raises(DataError, match="not a SavedModel"):
+        read_metadata(tmp_path)

@@ -1,0 +1,42 @@
+import json
+
+import numpy as np
+
+from vsearch.siamese import pca_projection, quick_metrics
+
+
+def test_pca_projection_is_orthonormal_and_centres():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)) @ rng.normal(size=(6, 6)) + 3.0
+    kernel, bias = pca_projection(x, 3)
+    assert kernel.shape == (6, 3) and bias.shape == (3,)
+    assert np.allclose(kernel.T @ kernel, np.eye(3), atol=1e-5)
+    projected = x @ kernel + bias
+    assert np.allclose(projected.mean(axis=0), 0.0, atol=1e-4)
+    variances = projected.var(axis=0)
+    assert (np.diff(variances) <= 1e-6).all()  # sorted by explained variance
+
+
+def test_pca_projection_pads_when_few_samples():
+    kernel, _ = pca_projection(np.random.default_rng(0).normal(size=(2, 10)), 4)
+    assert kernel.shape == (10, 4) and np.isfinite(kernel).all()
+
+
+def test_quick_metrics_perfect_case():
+    catalog = np.eye(4)[[0, 0, 1, 1]] + np.array([[0, 0, 0.1, 0], [0, 0, 0, 0.1], [0, 0, 0.1, 0], [0, 0, 0, 0.1]])
+    catalog /= np.linalg.norm(catalog, axis=1, keepdims=True)
+    queries = np.eye(4)[[0, 1]]
+    m = quick_metrics(catalog, np.array([0, 0, 1, 1]), queries, np.array([0, 1]), queries.copy())
+    assert m["precision@1"] == 1.0 and m["map@r"] == 1.0
+    assert m["customer_recall@1"] == 1.0
+
+
+def test_smoke_siamese_writes_artifacts(smoke_run):
+    work = smoke_run["root"] / "siamese"
+    for name in ("tower.keras", "triplet.keras", "config.json", "metrics.json"):
+        assert (work / name).is_file(), name
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert len(metrics["history"]["loss"]) == 1 and len(metrics["history"]["active_fraction"]) == 1
+    assert 0.0 <= metrics["history"]["active_fraction"][0] <= 1.0
+    assert {"precision@1", "map@r", "customer_recall@1"} <= {k.removeprefix("val_") for k in metrics["validation"]}
+    assert (smoke_run["root"] / "embedding" / "saved_model.pb").is_file()
