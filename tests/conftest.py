@@ -89,6 +89,32 @@ def image_root(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
+def calibrated_backbone_weights(path: Path, data: Path, size: int = 32, alpha: float = 0.35) -> Path:
+    """A random MobileNetV2 whose BatchNorm statistics are set from the synthetic images.
+
+    A randomly initialised MobileNetV2 in inference mode shrinks every input to almost the
+    same near-zero vector, which would make smoke embeddings degenerate. Setting each
+    BatchNorm's moving statistics from real activations (in network order) keeps the
+    signal alive, like pretrained weights do. Saved as a weights file, it also exercises
+    ``--backbone-weights PATH``.
+    """
+    import keras
+
+    from vsearch.models import build_backbone
+
+    base = build_backbone(size, "none", alpha)
+    images = sorted((data / "train").rglob("*.jpg"))[:24]
+    x = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size)), np.float32) for p in images])
+    x = x / 127.5 - 1.0
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            inputs = np.asarray(keras.Model(base.input, layer.input)(x, training=False))
+            gamma, beta, _, _ = layer.get_weights()
+            layer.set_weights([gamma, beta, inputs.mean(axis=(0, 1, 2)), inputs.var(axis=(0, 1, 2)) + 1e-3])
+    base.save_weights(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """One smoke pipeline (train, siamese, export) on a synthetic catalog; tests read its artifacts."""
@@ -98,8 +124,10 @@ def smoke_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("smoke")
     data = make_image_folder(root / "data")
+    weights = calibrated_backbone_weights(root / "backbone.weights.h5", data)
     data_cfg = c.DataConfig(data_dir=str(data), image_size=32, batch_size=8)
-    clf = c.apply_overrides(c.preset(c.ClassifierConfig, "smoke"), {"out_dir": str(root / "classifier")})
+    clf = c.apply_overrides(c.preset(c.ClassifierConfig, "smoke"), {"out_dir": str(root / "classifier"),
+                                                                    "backbone_weights": str(weights)})
     clf = dataclasses.replace(clf, data=data_cfg)
     clf_metrics = train_classifier(clf, log=lambda *_: None)
     sia = c.preset(c.SiameseConfig, "smoke")

@@ -23,8 +23,8 @@ def test_l2_normalize_round_trip_and_norms():
 
 def test_split_backbone_composes_to_the_whole(tiny_base):
     bottom, top = models.split_backbone(tiny_base, "block_14")
-    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
-    whole = np.asarray(tiny_base(x, training=False))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    whole = np.asarray(tiny_base(x / 127.5 - 1.0, training=False))  # the bottom preprocesses pixels
     assert np.allclose(np.asarray(top(bottom(x, training=False), training=False)), whole, atol=1e-5)
     assert top.layers[1].name.startswith("block_14")
 

@@ -40,3 +40,5 @@ def test_smoke_siamese_writes_artifacts(smoke_run):
     assert 0.0 <= metrics["history"]["active_fraction"][0] <= 1.0
     assert {"precision@1", "map@r", "customer_recall@1"} <= {k.removeprefix("val_") for k in metrics["validation"]}
     assert (smoke_run["root"] / "embedding" / "saved_model.pb").is_file()
+    # the exported tower computes what was trained on cached bottom features
+    assert metrics["cache_max_abs_diff"] < 1e-2

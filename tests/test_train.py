@@ -27,6 +27,8 @@ def test_smoke_training_writes_every_artifact(smoke_run):
     assert sum(sum(row) for row in metrics["confusion_matrix"]) == metrics["num_validation"] == 9
     assert c.load_json(c.ClassifierConfig, out / "config.json") == smoke_run["classifier"]
     assert {"feature_cache_s", "head_s", "fine_tune_s", "total_s"} <= set(metrics["timings"])
+    # what was trained on cached bottom features is what the saved full model computes
+    assert metrics["cache_max_abs_diff"] < 1e-2
 
 
 def test_saved_classifier_reloads_and_predicts(smoke_run):

@@ -126,11 +126,14 @@ def cut_layer_name(base, fine_tune_from: str) -> str:
 def split_backbone(base, fine_tune_from: str):
     """Splits the backbone into a frozen ``bottom`` and a trainable ``top`` sharing its layers.
 
-    The bottom's output is cached once per image view; training then runs only the top.
-    Returns ``(bottom, top)``: ``top(bottom(x))`` equals ``base(x)``.
+    The bottom takes pixels 0..255 (it includes the preprocessing); its output is cached
+    once per image view and training runs only the top.
+    Returns ``(bottom, top)``: ``top(bottom(x))`` equals ``base(preprocess(x))``.
     """
     cut = base.get_layer(cut_layer_name(base, fine_tune_from)).input
-    bottom = keras.Model(base.input, cut, name="backbone_bottom")
+    inner = keras.Model(base.input, cut, name="backbone_bottom_inner")
+    pixels = keras.Input(tuple(base.input.shape[1:]), name="pixels")
+    bottom = keras.Model(pixels, inner(preprocessing_layer()(pixels)), name="backbone_bottom")
     top = keras.Model(cut, base.output, name="backbone_top")
     return bottom, top
 

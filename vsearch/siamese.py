@@ -163,9 +163,13 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
 
     # The exported tower: pixels -> backbone (now fine-tuned) -> pool -> projection -> L2.
     tower = models.build_tower(base, config.embedding_dim, size, projection=projection)
+    # The exported tower must compute what was trained on cached features (float16 cache aside).
+    first = next(iter(val_ds))[0]
+    cache_diff = float(np.abs(tower.predict(first, verbose=0) - embed(val_clean[: len(first)])).max())
     final = {k: v[-1] for k, v in history.items() if k.startswith("val_")}
     timings["total_s"] = time.perf_counter() - t0
     result = {"validation": final, "start": start_metrics, "history": history, "timings": timings,
+              "cache_max_abs_diff": cache_diff,
               "num_catalog": int(n_items), "views_per_image": int(n_views)}
     tower.save(work / "tower.keras")
     triplet_model.save(work / "triplet.keras")

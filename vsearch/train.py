@@ -101,23 +101,21 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     weights = class_weights(y_train, len(names)) if config.class_weighting else None
     checkpoint_path = out / "checkpoints" / "best.weights.h5"
     checkpoint_path.parent.mkdir(exist_ok=True)
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        str(checkpoint_path), monitor="val_accuracy", mode="max", save_best_only=True, save_weights_only=True)
     tensorboard = keras.callbacks.TensorBoard(str(out / "logs"))
     history: dict[str, list[float]] = {}
     phase_starts = []
 
-    def fit(epochs: int, learning_rate: float, phase: str):
+    def fit(model, x, xv, epochs: int, learning_rate: float, phase: str, callbacks=()):
         early = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
                                               restore_best_weights=True)
-        trainer.compile(
+        model.compile(
             optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=["accuracy"])
         t = time.perf_counter()
-        h = trainer.fit(x_train, onehot(y_train_all), validation_data=(x_val, onehot(y_val)),
-                        epochs=epochs, batch_size=batch, class_weight=weights, shuffle=True,
-                        callbacks=[early, checkpoint, tensorboard], verbose=2 if log is print else 0)
+        h = model.fit(x, onehot(y_train_all), validation_data=(xv, onehot(y_val)),
+                      epochs=epochs, batch_size=batch, class_weight=weights, shuffle=True,
+                      callbacks=[early, tensorboard, *callbacks], verbose=2 if log is print else 0)
         timings[f"{phase}_s"] = time.perf_counter() - t
         phase_starts.append(len(history.get("loss", [])))
         for key, values in h.history.items():
@@ -125,15 +123,31 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
                 history.setdefault(key, []).extend(float(v) for v in values)
         log(f"  {phase}: {len(h.history['loss'])} epochs, best val_accuracy "
             f"{max(h.history['val_accuracy']):.4f}, {timings[f'{phase}_s']:.0f}s")
+        return max(h.history["val_accuracy"])
 
+    # Phase 1: the top is frozen too, so its pooled output is cached as well and only the
+    # head trains (seconds per epoch instead of a pass through the top blocks).
     models.set_fine_tuning(top, False)
-    fit(config.head_epochs, config.head_learning_rate, "head")
+    t = time.perf_counter()
+    pooled = keras.Sequential([top, head.pool])
+    p_train = pooled.predict(x_train.astype(np.float32), batch_size=256, verbose=0)
+    p_val = pooled.predict(x_val.astype(np.float32), batch_size=256, verbose=0)
+    timings["pooled_cache_s"] = time.perf_counter() - t
+    pooled_in = keras.Input((p_train.shape[1],), name="pooled")
+    head_trainer = keras.Model(pooled_in, head.dense(head.dropout(pooled_in)), name="classifier_head")
+    best = fit(head_trainer, p_train, p_val, config.head_epochs, config.head_learning_rate, "head")
+    del p_train, p_val
+    trainer.save_weights(checkpoint_path)  # the best head (restored by early stopping)
     if config.fine_tune_epochs:
         models.set_fine_tuning(top, True)
-        fit(config.fine_tune_epochs, config.fine_tune_learning_rate, "fine_tune")
-    with warnings.catch_warnings():  # the checkpoint may hold phase 1's smaller optimizer state
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        trainer.load_weights(str(checkpoint_path))  # best on validation over both phases
+        checkpoint = keras.callbacks.ModelCheckpoint(
+            str(checkpoint_path), monitor="val_accuracy", mode="max", save_best_only=True,
+            save_weights_only=True, initial_value_threshold=best)
+        fit(trainer, x_train, x_val, config.fine_tune_epochs, config.fine_tune_learning_rate, "fine_tune",
+            [checkpoint])
+        with warnings.catch_warnings():  # optimizer state is not needed, and may differ
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            trainer.load_weights(str(checkpoint_path))  # best on validation over both phases
 
     # Evaluate the assembled full model on real validation images.
     t = time.perf_counter()
@@ -141,6 +155,9 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     timings["eval_s"] = time.perf_counter() - t
     y_pred = probs.argmax(axis=1)
     report = metrics.classification_report(y_val, y_pred, names)
+    # The full model must compute what was trained on cached features (float16 cache aside).
+    cached_probs = trainer.predict(x_val.astype(np.float32), batch_size=256, verbose=0)
+    report["cache_max_abs_diff"] = float(np.abs(cached_probs - probs).max())
     timings["total_s"] = time.perf_counter() - t0
     result = {**report, "num_train": int(len(y_train)), "num_validation": int(len(y_val)),
               "train_counts": train_report.counts(), "validation_counts": val_report.counts(),
