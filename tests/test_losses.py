@@ -54,9 +54,33 @@ def test_triplet_loss_layer_value_and_active_fraction():
     assert np.isclose(float(layer.active_fraction.result()), 0.5)
 
 
+def test_in_batch_softmax_loss_hand_values():
+    a = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    p = a.copy()
+    n = np.array([[-1.0, 0.0], [0.0, -1.0]], np.float32)
+    out = np.asarray(losses.in_batch_softmax_loss(a, p, n, temperature=1.0))
+    # row 0 logits over [p0, p1, n0, n1] = [1, 0, -1, 0]: -log(e / (e + 1 + 1/e + 1))
+    expected = -np.log(np.e / (np.e + 2 + 1 / np.e))
+    assert np.allclose(out, [expected, expected], atol=1e-6)
+
+
+def test_triplet_loss_layer_adds_the_instance_term():
+    a = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    n = -a
+    plain = losses.TripletLoss(margin=0.2)
+    plain(a, a, n)
+    mixed = losses.TripletLoss(margin=0.2, instance_weight=0.5, temperature=1.0)
+    mixed(a, a, n)
+    term = -np.log(np.e / (np.e + 2 + 1 / np.e))
+    assert np.isclose(float(plain.losses[0]), 0.0)  # d_ap 0, d_an 2: no margin loss
+    assert np.isclose(float(mixed.losses[0]), 0.5 * term, atol=1e-5)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"margin": 0.0}, "margin must be > 0"),
     ({"distance": "manhattan"}, "distance must be one of"),
+    ({"instance_weight": -1.0}, "instance_weight"),
+    ({"temperature": 0.0}, "temperature"),
 ])
 def test_triplet_loss_layer_validates(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -64,7 +88,8 @@ def test_triplet_loss_layer_validates(kwargs, message):
 
 
 def test_triplet_loss_layer_config_round_trip():
-    layer = losses.TripletLoss(margin=0.3, distance="squared", soft=True, name="t")
+    layer = losses.TripletLoss(margin=0.3, distance="squared", soft=True, instance_weight=0.7,
+                               temperature=0.05, name="t")
     clone = keras.layers.deserialize(keras.layers.serialize(layer))
     assert isinstance(clone, losses.TripletLoss)
     assert clone.get_config() == layer.get_config()

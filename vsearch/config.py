@@ -95,15 +95,20 @@ class SiameseConfig:
     classifier_dir: str = "saved_models/classifier"
     out_dir: str = "saved_models/embedding"
     work_dir: str = "saved_models/siamese"
-    embedding_dim: int = 256
-    fine_tune_from: str = "block_16"
-    views_per_image: int = 4  # customer-photo views cached per catalog image
+    embedding_dim: int = 256  # the instance branch's dimensions
+    class_dim: int = 128  # the frozen class branch's dimensions (0: no class branch)
+    class_weight: float = 0.5  # share of the class branch in the cosine similarity
+    instance_init: str = "imagenet"  # instance branch's top blocks start from: imagenet | classifier
+    fine_tune_from: str = "block_14"
+    views_per_image: int = 4  # cached views per catalog image: 1 clean + simulated customer photos
     triplets_per_epoch: int = 4096
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 64
-    learning_rate: float = 5e-5
+    learning_rate: float = 3e-4
     margin: float = 0.2
     instance_fraction: float = 0.5  # share of triplets whose positive is a view of the anchor
+    instance_loss_weight: float = 1.0  # in-batch softmax term: every other item in the batch is a negative
+    temperature: float = 0.1
     mining: str = "semihard"  # semihard | random
     weight_decay: float = 1e-4
 
@@ -115,6 +120,11 @@ class SiameseConfig:
         _check(self.margin > 0, "margin must be > 0")
         _check(0.0 <= self.instance_fraction <= 1.0, "instance_fraction must be in [0, 1]")
         _check(self.mining in ("semihard", "random"), "mining must be 'semihard' or 'random'")
+        _check(self.class_dim >= 0, "class_dim must be >= 0")
+        _check(0.0 <= self.class_weight < 1.0, "class_weight must be in [0, 1)")
+        _check(self.instance_init in ("imagenet", "classifier"), "instance_init must be 'imagenet' or 'classifier'")
+        _check(self.instance_loss_weight >= 0, "instance_loss_weight must be >= 0")
+        _check(self.temperature > 0, "temperature must be > 0")
 
 
 @dataclass(frozen=True)
@@ -162,7 +172,8 @@ PRESETS: dict[type, dict[str, Any]] = {
         "smoke": lambda: SiameseConfig(
             data=_smoke_data(), classifier_dir="saved_models/smoke/classifier",
             out_dir="saved_models/smoke/embedding", work_dir="saved_models/smoke/siamese",
-            embedding_dim=8, views_per_image=2, triplets_per_epoch=16, epochs=1, batch_size=8,
+            embedding_dim=8, class_dim=4, instance_init="classifier", views_per_image=2,
+            triplets_per_epoch=16, epochs=1, batch_size=8,
         ),
     },
     EvalConfig: {

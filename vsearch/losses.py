@@ -37,6 +37,20 @@ def triplet_margin_loss(d_ap, d_an, margin: float, soft: bool = False):
     return ops.relu(d_ap - d_an + margin)
 
 
+def in_batch_softmax_loss(anchor, positive, negative, temperature: float = 0.1):
+    """Per-anchor cross-entropy of finding its own positive among all positives and negatives.
+
+    Row i's candidates are every ``positive`` and every ``negative`` of the batch; the target
+    is ``positive[i]``. With unit vectors this is the InfoNCE / NT-Xent loss: each anchor
+    gets 2N - 1 negatives instead of one, which keeps items (not only classes) apart.
+    """
+    candidates = ops.concatenate([positive, negative], axis=0)
+    logits = ops.matmul(anchor, ops.transpose(candidates)) / temperature
+    logits = logits - ops.max(logits, axis=1, keepdims=True)
+    target = ops.diagonal(logits[:, : ops.shape(anchor)[0]])
+    return ops.log(ops.sum(ops.exp(logits), axis=1)) - target
+
+
 def _masks(labels):
     labels = ops.reshape(labels, (-1,))
     same = ops.equal(ops.expand_dims(labels, 0), ops.expand_dims(labels, 1))
@@ -90,31 +104,45 @@ def batch_semihard_triplet_loss(labels, embeddings, margin: float = 0.2, squared
 class TripletLoss(keras.layers.Layer):
     """Margin triplet loss over (anchor, positive, negative) embeddings, added with ``add_loss``.
 
-    Returns the two distances stacked as (N, 2) so the model has an output, and tracks
-    ``active_fraction``: the share of triplets with non-zero loss (the rest teach nothing).
+    Optionally adds ``instance_weight`` times :func:`in_batch_softmax_loss`, so that each
+    anchor also meets every other item of the batch as a negative. Returns the two distances
+    stacked as (N, 2) so the model has an output, and tracks ``active_fraction``: the share
+    of triplets with non-zero margin loss (the rest teach nothing).
 
     Args:
         margin: Required gap between the anchor-negative and anchor-positive distances.
         distance: ``euclidean`` or ``squared`` (squared euclidean).
         soft: Soft-plus instead of the hinge.
+        instance_weight: Weight of the in-batch term (0: plain triplet loss).
+        temperature: Softmax temperature of the in-batch term.
     """
 
-    def __init__(self, margin: float = 0.2, distance: str = "euclidean", soft: bool = False, **kwargs):
+    def __init__(self, margin: float = 0.2, distance: str = "euclidean", soft: bool = False,
+                 instance_weight: float = 0.0, temperature: float = 0.1, **kwargs):
         super().__init__(**kwargs)
         if not margin > 0:
             raise ValueError(f"TripletLoss: margin must be > 0, got {margin}")
         if distance not in DISTANCES:
             raise ValueError(f"TripletLoss: distance must be one of {DISTANCES}, got {distance!r}")
+        if instance_weight < 0:
+            raise ValueError(f"TripletLoss: instance_weight must be >= 0, got {instance_weight}")
+        if not temperature > 0:
+            raise ValueError(f"TripletLoss: temperature must be > 0, got {temperature}")
         self.margin = float(margin)
         self.distance = distance
         self.soft = bool(soft)
+        self.instance_weight = float(instance_weight)
+        self.temperature = float(temperature)
         self.active_fraction = keras.metrics.Mean(name="active_fraction")
 
     def call(self, anchor, positive, negative):
         d_ap = row_distances(anchor, positive, self.distance)
         d_an = row_distances(anchor, negative, self.distance)
-        per_triplet = triplet_margin_loss(d_ap, d_an, self.margin, self.soft)
-        self.add_loss(ops.mean(per_triplet))
+        loss = ops.mean(triplet_margin_loss(d_ap, d_an, self.margin, self.soft))
+        if self.instance_weight:
+            loss = loss + self.instance_weight * ops.mean(
+                in_batch_softmax_loss(anchor, positive, negative, self.temperature))
+        self.add_loss(loss)
         self.active_fraction.update_state(ops.cast(ops.greater(d_ap - d_an + self.margin, 0.0), "float32"))
         return ops.stack([d_ap, d_an], axis=-1)
 
@@ -122,4 +150,5 @@ class TripletLoss(keras.layers.Layer):
         return (anchor_shape[0], 2)
 
     def get_config(self):
-        return {**super().get_config(), "margin": self.margin, "distance": self.distance, "soft": self.soft}
+        return {**super().get_config(), "margin": self.margin, "distance": self.distance, "soft": self.soft,
+                "instance_weight": self.instance_weight, "temperature": self.temperature}

@@ -192,7 +192,35 @@ def build_pooled_features(base, image_size: int):
     return keras.Model(inputs, L2Normalize(name="l2_normalize")(x), name="pooled_features")
 
 
-def build_triplet_model(tower, margin: float = 0.2, distance: str = "euclidean", soft: bool = False):
+def clone_top(top, name: str):
+    """An independent copy of a top part (same architecture and weights, own variables)."""
+    copy = keras.models.clone_model(top)
+    copy.set_weights(top.get_weights())
+    copy.name = name
+    return copy
+
+
+def two_branch_head(class_features, instance_features, class_projection, instance_projection,
+                    class_weight: float):
+    """Joins a class branch and an instance branch into one unit vector.
+
+    Each branch is pooled, projected and L2-normalised, scaled by sqrt(weight), concatenated
+    and normalised again: the cosine of two embeddings is then
+    ``class_weight * cos_class + (1 - class_weight) * cos_instance``. Without a class branch
+    (``class_projection`` None) it is the instance branch alone.
+    """
+    pool = keras.layers.GlobalAveragePooling2D
+    inst = L2Normalize(name="instance_l2")(instance_projection(pool(name="instance_pool")(instance_features)))
+    if class_projection is None:
+        return inst
+    cls = L2Normalize(name="class_l2")(class_projection(pool(name="class_pool")(class_features)))
+    cls = keras.layers.Rescaling(class_weight ** 0.5, name="class_scale")(cls)
+    inst = keras.layers.Rescaling((1.0 - class_weight) ** 0.5, name="instance_scale")(inst)
+    return L2Normalize(name="l2_normalize")(keras.layers.Concatenate(name="branches")([cls, inst]))
+
+
+def build_triplet_model(tower, margin: float = 0.2, distance: str = "euclidean", soft: bool = False,
+                        instance_weight: float = 0.0, temperature: float = 0.1):
     """Three inputs (anchor, positive, negative) through one shared tower, into :class:`TripletLoss`.
 
     The inputs take whatever the tower takes: pixels for the full tower, or cached
@@ -201,5 +229,5 @@ def build_triplet_model(tower, margin: float = 0.2, distance: str = "euclidean",
     shape = tuple(tower.input.shape[1:])
     inputs = [keras.Input(shape, name=name) for name in ("anchor", "positive", "negative")]
     embeddings = [tower(x) for x in inputs]
-    distances = TripletLoss(margin, distance, soft, name="triplet_loss")(*embeddings)
+    distances = TripletLoss(margin, distance, soft, instance_weight, temperature, name="triplet_loss")(*embeddings)
     return keras.Model(inputs, distances, name="triplet")

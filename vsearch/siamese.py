@@ -114,19 +114,42 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
                            log=log, label="validation customer view")
     timings["feature_cache_s"] = time.perf_counter() - t
 
-    # Tower on cached features: top blocks -> pool -> projection (PCA init) -> L2.
-    pool = keras.layers.GlobalAveragePooling2D(name="pool")
-    projection = keras.layers.Dense(config.embedding_dim, name="projection",
-                                    kernel_regularizer=keras.regularizers.L2(config.weight_decay))
+    # Two branches on the cached features. The class branch is the classifier's top, frozen:
+    # it keeps the categories apart. The instance branch is a trainable copy of the top
+    # blocks: triplets teach it to match a customer's photo to that exact item.
+    clf_config = _classifier_config(config.classifier_dir)
+    if config.instance_init == "imagenet":
+        _, source_top = models.split_backbone(models.build_backbone(size, "imagenet", clf_config.alpha),
+                                              config.fine_tune_from)
+    else:
+        source_top = top
+    instance_top = models.clone_top(source_top, "instance_top")
     feat_in = keras.Input(tuple(top.input.shape[1:]), name="features")
-    top_tower = keras.Model(feat_in, models.L2Normalize(name="l2_normalize")(projection(pool(top(feat_in)))),
-                            name="tower_top")
-    pooled = keras.Model(feat_in, pool(top(feat_in)))
-    pooled_clean = pooled.predict(cache[:, 0].astype(np.float32), batch_size=256, verbose=0)
-    projection.set_weights(list(pca_projection(pooled_clean, config.embedding_dim)))
-    models.set_fine_tuning(top, True)
+    clean = cache[:, 0].astype(np.float32)
 
-    triplet_model = models.build_triplet_model(top_tower, config.margin)
+    def pca_dense(branch, dim: int, name: str, trainable: bool):
+        pooled = keras.Model(feat_in, keras.layers.GlobalAveragePooling2D()(branch(feat_in)))
+        features = pooled.predict(clean, batch_size=256, verbose=0)
+        dense = keras.layers.Dense(dim, name=name, trainable=trainable,
+                                   kernel_regularizer=keras.regularizers.L2(config.weight_decay))
+        dense.build((None, features.shape[1]))
+        dense.set_weights(list(pca_projection(features, dim)))  # PCA start keeps the geometry
+        return dense
+
+    instance_projection = pca_dense(instance_top, config.embedding_dim, "instance_projection", True)
+    class_projection = (pca_dense(top, config.class_dim, "class_projection", False)
+                        if config.class_dim else None)
+    del clean
+    models.set_fine_tuning(top, False)
+    models.set_fine_tuning(instance_top, True)
+
+    def head(features, class_top):
+        return models.two_branch_head(class_top(features) if class_projection else None, instance_top(features),
+                                      class_projection, instance_projection, config.class_weight)
+
+    top_tower = keras.Model(feat_in, head(feat_in, top), name="tower_top")
+    triplet_model = models.build_triplet_model(top_tower, config.margin, instance_weight=config.instance_loss_weight,
+                                               temperature=config.temperature)
     triplet_model.compile(optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay))
 
     embed = lambda x: top_tower.predict(x.astype(np.float32), batch_size=256, verbose=0)  # noqa: E731
@@ -161,8 +184,11 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
             f"{h.history['active_fraction'][-1]:.3f} | {_fmt(quick)}")
     timings["triplet_training_s"] = time.perf_counter() - t
 
-    # The exported tower: pixels -> backbone (now fine-tuned) -> pool -> projection -> L2.
-    tower = models.build_tower(base, config.embedding_dim, size, projection=projection)
+    # The exported tower: pixels -> frozen bottom -> (class branch, instance branch) -> unit vector.
+    # Independent copies of the shared parts keep the saved model free of shared layers.
+    pixels = keras.Input((size, size, 3), name="image")
+    features = models.clone_top(bottom, "backbone_bottom")(pixels)
+    tower = keras.Model(pixels, head(features, models.clone_top(top, "class_top")), name="embedding")
     # The exported tower must compute what was trained on cached features (float16 cache aside).
     first = next(iter(val_ds))[0]
     cache_diff = float(np.abs(tower.predict(first, verbose=0) - embed(val_clean[: len(first)])).max())
@@ -178,6 +204,8 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     classifier_metrics = json.loads((Path(config.classifier_dir) / "metrics.json").read_text())
     export_embedding(tower, config.out_dir, {
         "class_names": names, "backbone": _backbone_description(config.classifier_dir),
+        "branches": {"class": config.class_dim, "instance": config.embedding_dim,
+                     "class_weight": config.class_weight if config.class_dim else 0.0},
         "training_config": cfg_mod.to_dict(config),
         "metrics": {"siamese_validation": final,
                     "classifier_accuracy": classifier_metrics.get("accuracy")}})
@@ -185,10 +213,14 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     return result
 
 
-def _backbone_description(classifier_dir: str) -> str:
+def _classifier_config(classifier_dir: str):
     from vsearch.config import ClassifierConfig
 
-    clf = cfg_mod.load_json(ClassifierConfig, Path(classifier_dir) / "config.json")
+    return cfg_mod.load_json(ClassifierConfig, Path(classifier_dir) / "config.json")
+
+
+def _backbone_description(classifier_dir: str) -> str:
+    clf = _classifier_config(classifier_dir)
     return f"MobileNetV2 alpha={clf.alpha} weights={clf.backbone_weights} fine_tune_from={clf.fine_tune_from}"
 
 
