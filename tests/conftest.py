@@ -13,31 +13,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-CLASSES = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (200, 40, 40)}
+from vsearch.synthetic import make_catalog  # noqa: E402
+from vsearch.synthetic import product_photo as _photo  # noqa: E402
 
 
-def _photo(colour, index: int, size=(40, 48)) -> Image.Image:
-    """A solid colour with a shape whose position depends on the index: classes by colour, items by shape."""
-    rng = np.random.default_rng(index)
-    arr = np.empty((size[1], size[0], 3), np.uint8)
-    arr[:] = colour
-    arr = np.clip(arr.astype(int) + rng.integers(-25, 25, arr.shape), 0, 255).astype(np.uint8)
-    x, y = (index * 7) % (size[0] - 12), (index * 5) % (size[1] - 12)
-    arr[y:y + 12, x:x + 12] = 255 - np.asarray(colour, np.uint8)
-    return Image.fromarray(arr, "RGB")
-
-
-def make_image_folder(root: Path, per_class: dict[str, int] | int = 6, split_counts=(("train", 6), ("validation", 3))):
+def make_image_folder(root: Path, split_counts=(("train", 6), ("validation", 3))):
     """Writes root/{train,validation}/<class>/*.jpg|png of synthetic photos."""
-    for split, count in split_counts:
-        for c, (name, colour) in enumerate(CLASSES.items()):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                index = c * 100 + i + (50 if split == "validation" else 0)
-                ext = "png" if i % 3 == 2 else "jpg"
-                _photo(colour, index).save(folder / f"{name}_{i}.{ext}")
-    return root
+    return make_catalog(root, split_counts)
 
 
 def jpeg_bytes(img: Image.Image, **kwargs) -> bytes:

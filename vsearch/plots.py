@@ -1,21 +1,27 @@
-"""Plots. Each function returns a matplotlib Figure; callers save it. Nothing calls show()."""
+"""Plots. Each function returns a matplotlib Figure; callers save it. Nothing calls show().
+
+Figures are made without pyplot, so nothing is kept in a global figure registry (no leaks
+in loops, no backend needed on a server); in a notebook a returned Figure still displays.
+"""
 from __future__ import annotations
 
 from typing import Sequence
 
 import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 SAME, DIFFERENT = "#2e7d32", "#c62828"
 
 
+def _subplots(nrows: int = 1, ncols: int = 1, figsize=(6, 4), squeeze: bool = True):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
 def training_curves(history: dict[str, list[float]], phase_starts: Sequence[int] = ()) -> Figure:
     """Loss and accuracy per epoch, train and validation, with phase boundaries marked."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    fig, axes = _subplots(1, 2, figsize=(10, 3.8))
     for ax, key in zip(axes, ("loss", "accuracy")):
         for name, style in ((key, "-"), (f"val_{key}", "--")):
             if name in history:
@@ -30,12 +36,26 @@ def training_curves(history: dict[str, list[float]], phase_starts: Sequence[int]
     return fig
 
 
+def class_balance(counts: dict[str, dict[str, int]], title: str = "images per class") -> Figure:
+    """Grouped bars: images per class for each split (``{split: {class: n}}``)."""
+    splits = list(counts)
+    classes = list(next(iter(counts.values())))
+    fig, ax = _subplots(figsize=(1.2 + 0.9 * len(classes), 3.2))
+    width = 0.8 / len(splits)
+    for i, split in enumerate(splits):
+        ax.bar(np.arange(len(classes)) + i * width, [counts[split][c] for c in classes], width, label=split)
+    ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, classes, rotation=30, ha="right")
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
 def confusion_matrix(cm: np.ndarray, class_names: Sequence[str], title: str = "") -> Figure:
     """Row-normalised confusion matrix with counts in the cells."""
     cm = np.asarray(cm)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     size = 1.0 + 0.75 * len(class_names)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size), layout="constrained")
+    fig, ax = _subplots(figsize=(size + 1.5, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     ax.set_yticks(range(len(class_names)), class_names)
@@ -82,8 +102,7 @@ def retrieval_grid(queries: Sequence, query_labels: Sequence[str | None], matche
     """
     rows = len(queries)
     cols = 1 + max(len(m) for m in matches)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.3 * rows), squeeze=False,
-                             layout="constrained")
+    fig, axes = _subplots(rows, cols, figsize=(1.9 * cols, 2.3 * rows), squeeze=False)
     for r in range(rows):
         caption = (query_captions[r] if query_captions else
                    f"query: {query_labels[r]}" if query_labels[r] else "query")
@@ -107,9 +126,9 @@ def retrieval_grid(queries: Sequence, query_labels: Sequence[str | None], matche
 def embedding_map(points: np.ndarray, labels: Sequence[int], class_names: Sequence[str],
                   title: str = "") -> Figure:
     """2-D scatter of projected embeddings coloured by class."""
-    fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
+    fig, ax = _subplots(figsize=(7, 6))
     labels = np.asarray(labels)
-    cmap = plt.get_cmap("tab10")
+    cmap = matplotlib.colormaps["tab10"]
     for index, name in enumerate(class_names):
         mask = labels == index
         ax.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.7, color=cmap(index % 10), label=name)
