@@ -16,12 +16,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 PRESET ?= default
 ARGS ?=
 
-.PHONY: help venv weights data train siamese eval demo test test-integration docs clean
+.PHONY: help venv weights data train siamese eval demo test test-integration docs notebook clean
 
 help:
 	@echo "make demo   - data, train, siamese, eval end to end (SOURCE=DIR for a local dataset copy)"
 	@echo "make test   - run the tests"
-	@echo "make data | train | siamese | eval | docs | test-integration | clean"
+	@echo "make data | train | siamese | eval | docs | notebook | test-integration | clean"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ docs:
 	cp reports/retrieval.png reports/retrieval_grid.png reports/embedding_map.png reports/customer_photo.png docs/
 	cp reports/eval.md docs/eval.md
 	cp saved_models/classifier/training_curves.png saved_models/classifier/confusion_matrix.png docs/
+
+# Re-execute the walkthrough notebook on the artifacts of the last real run (committed outputs).
+notebook: venv
+	$(PY) notebooks/run_notebook.py --inplace
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache reports/* saved_models/smoke
