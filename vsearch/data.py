@@ -253,14 +253,20 @@ def clean_split(root: str | os.PathLike, cache_dir: str | os.PathLike,
 
 
 def image_dataset(root: str | os.PathLike, class_names: list[str], image_size: int, batch_size: int,
-                  shuffle: bool = False, seed: int | None = None):
-    """``image_dataset_from_directory`` over a clean split: (float32 0..255 images, int labels)."""
-    import keras
+                  shuffle: bool = False, seed: int | None = None, cache: bool = False):
+    """``image_dataset_from_directory`` over a clean split: (float32 0..255 images, int labels).
 
-    return keras.utils.image_dataset_from_directory(
+    ``cache``: keep the decoded images in memory and prefetch, for datasets read several
+    times (the training views); the result then has no ``file_paths`` attribute.
+    """
+    import keras
+    import tensorflow as tf
+
+    ds = keras.utils.image_dataset_from_directory(
         str(root), labels="inferred", label_mode="int", class_names=list(class_names),
         color_mode="rgb", batch_size=batch_size, image_size=(image_size, image_size),
         shuffle=shuffle, seed=seed, interpolation="bilinear", verbose=False)
+    return ds.cache().prefetch(tf.data.AUTOTUNE) if cache else ds
 
 
 def file_paths(dataset) -> list[str]:

@@ -93,8 +93,8 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     train_root, val_root, found, _, _ = load_splits(_as_classifier_config(config), work / ".clean", log)
     if found != names:
         raise cfg_mod.ConfigError(f"classes {found} in {config.data.data_dir} differ from the classifier's {names}")
-    train_ds = image_dataset(train_root, names, size, batch)
-    val_ds = image_dataset(val_root, names, size, batch)
+    train_ds = image_dataset(train_root, names, size, batch, cache=True)
+    val_ds = image_dataset(val_root, names, size, batch, cache=True)
     y_train = np.concatenate([y.numpy() for _, y in train_ds]).astype(np.int32)
     y_val = np.concatenate([y.numpy() for _, y in val_ds]).astype(np.int32)
 

@@ -71,8 +71,8 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
 
     train_root, val_root, names, train_report, val_report = load_splits(config, out / ".clean", log)
     log(f"classes: {names}; train {train_report.counts()}; validation {val_report.counts()}")
-    train_ds = image_dataset(train_root, names, size, batch)
-    val_ds = image_dataset(val_root, names, size, batch)
+    train_ds = image_dataset(train_root, names, size, batch, cache=True)
+    val_ds = image_dataset(val_root, names, size, batch, cache=True)
     y_train, y_val = _labels(train_ds), _labels(val_ds)
 
     base = models.build_backbone(size, config.backbone_weights, config.alpha)
