@@ -4,7 +4,7 @@
     SMOKE=1 python notebooks/run_notebook.py --out /tmp/nb.ipynb   # synthetic, ~1 min
 """
 import argparse
-import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +12,23 @@ import nbformat
 from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
+# TensorFlow's C++ start-up lines (absl logs before initialisation) say nothing to a reader.
+_NOISE = re.compile(r"^(I0000|W0000|E0000|WARNING: All log messages before absl)")
+
+
+def drop_log_noise(nb) -> None:
+    """Removes TensorFlow's start-up log lines from stderr outputs, and streams left empty."""
+    for cell in nb.cells:
+        kept = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                out["text"] = "".join(line for line in out["text"].splitlines(keepends=True)
+                                      if not _NOISE.match(line))
+                if not out["text"].strip():
+                    continue
+            kept.append(out)
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = kept
 
 
 def main(argv=None) -> int:
@@ -24,6 +41,7 @@ def main(argv=None) -> int:
     nb = nbformat.read(args.notebook, as_version=4)
     NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(HERE.parent)}}).execute()
+    drop_log_noise(nb)
     out = args.notebook if args.inplace else args.out
     if out:
         nbformat.write(nb, out)

@@ -118,7 +118,7 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], batch_si
 
     Files must be readable images (validate first, e.g. with :func:`vsearch.data.scan_split`).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bar = tqdm(total=len(paths), desc=progress if isinstance(progress, str) else "embedding",
                unit="img", disable=not progress, leave=False)
