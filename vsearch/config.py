@@ -97,14 +97,14 @@ class SiameseConfig:
     work_dir: str = "saved_models/siamese"
     embedding_dim: int = 256  # the instance branch's dimensions
     class_dim: int = 128  # the frozen class branch's dimensions (0: no class branch)
-    class_weight: float = 0.5  # share of the class branch in the cosine similarity
+    class_weight: float = 0.4  # share of the class branch in the cosine similarity
     instance_init: str = "imagenet"  # instance branch's top blocks start from: imagenet | classifier
     fine_tune_from: str = "block_14"
     views_per_image: int = 4  # cached views per catalog image: 1 clean + simulated customer photos
     triplets_per_epoch: int = 4096
-    epochs: int = 5
+    epochs: int = 3
     batch_size: int = 64
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-4
     margin: float = 0.2
     instance_fraction: float = 0.5  # share of triplets whose positive is a view of the anchor
     instance_loss_weight: float = 1.0  # in-batch softmax term: every other item in the batch is a negative
