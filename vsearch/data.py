@@ -269,15 +269,6 @@ def image_dataset(root: str | os.PathLike, class_names: list[str], image_size: i
     return ds.cache().prefetch(tf.data.AUTOTUNE) if cache else ds
 
 
-def file_paths(dataset) -> list[str]:
-    """The files behind an unshuffled ``image_dataset_from_directory`` dataset, in order."""
-    return list(dataset.file_paths)
-
-
-def labels_of(dataset) -> np.ndarray:
-    return np.concatenate([y.numpy() for _, y in dataset]) if dataset is not None else np.zeros(0)
-
-
 @dataclass(frozen=True)
 class Split:
     """One validated split: its clean root, file list, labels and report."""

@@ -102,11 +102,6 @@ class KerasEmbedder:
         return self._finish(self._run(np.asarray(pixels, np.float32)))
 
 
-def load_embedder(path: str | os.PathLike) -> SavedModelEmbedder:
-    """The embedder for an exported model folder."""
-    return SavedModelEmbedder(path)
-
-
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
