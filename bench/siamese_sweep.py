@@ -50,9 +50,9 @@ def cache() -> None:
 def run(args: dict) -> None:
     import keras
 
-    from vsearch import metrics, models
+    from vsearch import models
     from vsearch.mining import sample_triplets
-    from vsearch.siamese import pca_projection
+    from vsearch.siamese import pca_projection, quick_metrics
     from vsearch.train import load_classifier
 
     lr, epochs = float(args.get("lr", 1e-4)), int(args.get("epochs", 3))
@@ -87,11 +87,9 @@ def run(args: dict) -> None:
     embed = lambda x: tower.predict(x.astype("float32"), batch_size=256, verbose=0)  # noqa: E731
 
     def report() -> str:
-        cat, q, c = embed(cache_[:, 0]), embed(val), embed(vcust)
-        r = metrics.retrieval_metrics(yva, ytr[np.argsort(-(q @ cat.T), 1)], ytr)
-        ranks = metrics.rank_of_targets(c, np.concatenate([cat, q]), np.arange(len(q)) + len(cat))
-        return (f"P@1 {r['precision@1']:.3f} MAP@R {r['map@r']:.3f} "
-                f"customer R@1 {np.mean(ranks < 1):.3f} R@10 {np.mean(ranks < 10):.3f}")
+        m = quick_metrics(embed(cache_[:, 0]), ytr, embed(val), yva, embed(vcust))
+        return (f"P@1 {m['precision@1']:.3f} MAP@R {m['map@r']:.3f} "
+                f"customer R@1 {m['customer_recall@1']:.3f} R@10 {m['customer_recall@10']:.3f}")
 
     print(args, "epoch 0", report(), flush=True)
     rng, start = np.random.default_rng(0), time.time()

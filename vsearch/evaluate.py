@@ -134,9 +134,8 @@ def run_eval(config: EvalConfig, query: str | None = None, log: Callable[[str], 
                "machine": machine_description(), "model_metadata": {
                    k: exported.metadata.get(k) for k in ("fingerprint", "embedding_dim", "image_size", "backbone")}}
     if classifier is not None:
-        probs = KerasEmbedder(classifier, normalize=False)
-        pred = np.concatenate([probs.embed_bytes([read_bytes(p) for p in val.paths[i:i + 32]])
-                               for i in range(0, len(val.paths), 32)]).argmax(axis=1)
+        probs = embed_files(KerasEmbedder(classifier, normalize=False), val.paths, config.data.batch_size)
+        pred = probs.argmax(axis=1)
         summary["classifier"] = metrics.classification_report(val.labels, pred, names)
         log(f"  classifier accuracy {summary['classifier']['accuracy']:.4f}")
 

@@ -52,13 +52,11 @@ def quick_metrics(catalog: np.ndarray, catalog_labels: np.ndarray, queries: np.n
 
     The instance pool is catalog + queries (originals), the target of customer photo i is query i.
     """
-    from vsearch import metrics
+    from vsearch.evaluate import class_retrieval, customer_matching
 
-    order = np.argsort(-(queries @ catalog.T), axis=1)
-    retrieval = metrics.retrieval_metrics(query_labels, catalog_labels[order], catalog_labels)
-    pool = np.concatenate([catalog, queries])
-    ranks = metrics.rank_of_targets(customer, pool, np.arange(len(queries)) + len(catalog))
-    inst = metrics.instance_recall(ranks, (1, 10))
+    names = [str(c) for c in range(int(max(catalog_labels.max(), query_labels.max())) + 1)]
+    retrieval = class_retrieval(queries, query_labels, catalog, catalog_labels, names)["overall"]
+    inst = customer_matching(customer, np.arange(len(queries)), catalog, queries)
     return {"precision@1": retrieval["precision@1"], "map@r": retrieval["map@r"],
             "customer_recall@1": inst["recall@1"], "customer_recall@10": inst["recall@10"]}
 
