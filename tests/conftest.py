@@ -107,14 +107,28 @@ def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
     data = make_image_folder(root / "data")
     weights = calibrated_backbone_weights(root / "backbone.weights.h5", data)
-    data_cfg = c.DataConfig(data_dir=str(data), image_size=32, batch_size=8)
+    data_cfg = c.DataConfig(data_dir=str(data), image_size=32, batch_size=8,
+                            feature_cache_dir=str(root / "features"))
     clf = c.apply_overrides(c.preset(c.ClassifierConfig, "smoke"), {"out_dir": str(root / "classifier"),
                                                                     "backbone_weights": str(weights)})
     clf = dataclasses.replace(clf, data=data_cfg)
-    clf_metrics = train_classifier(clf, log=lambda *_: None)
+    logs: dict[str, list[str]] = {"train": [], "siamese": []}
+    clf_metrics = train_classifier(clf, log=logs["train"].append)
     sia = c.preset(c.SiameseConfig, "smoke")
     sia = dataclasses.replace(sia, data=data_cfg, classifier_dir=clf.out_dir, out_dir=str(root / "embedding"),
                                 work_dir=str(root / "siamese"))
-    sia_metrics = train_siamese(sia, log=lambda *_: None)
+    sia_metrics = train_siamese(sia, log=logs["siamese"].append)
     return {"root": root, "data": data, "classifier": clf, "siamese": sia,
-            "classifier_metrics": clf_metrics, "siamese_metrics": sia_metrics}
+            "classifier_metrics": clf_metrics, "siamese_metrics": sia_metrics, "logs": logs}
+
+
+@pytest.fixture(scope="session")
+def smoke_index(smoke_run, tmp_path_factory):
+    """The smoke model's catalog index over the synthetic train split: (model dir, index path)."""
+    from vsearch.embedder import SavedModelEmbedder
+    from vsearch.search import build_catalog
+
+    model = Path(smoke_run["siamese"].out_dir)
+    catalog, _ = build_catalog(SavedModelEmbedder(model), smoke_run["data"] / "train", kind="exact")
+    path = catalog.save(tmp_path_factory.mktemp("index") / "catalog.vsi")
+    return model, path

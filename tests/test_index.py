@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from vsearch.errors import DataError
-from vsearch.index import Catalog, ExactIndex
+from vsearch.index import Catalog, FaissIndex, choose_kind, measure_recall, recall_at_k
 
 
 def unit(rows):
@@ -10,17 +10,60 @@ def unit(rows):
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def test_exact_index_search_add_remove():
-    index = ExactIndex(2)
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_index_search_add_remove(kind):
+    index = FaissIndex(2, kind)
     index.add(["a", "b", "c"], unit([[1, 0], [0, 1], [1, 1]]))
     scores, ids = index.search(unit([[1, 0.1]]), 2)
     assert ids == [["a", "c"]] and scores[0, 0] > scores[0, 1]
-    assert index.remove(["a", "zzz"]) == 1
-    assert index.search(unit([[1, 0.1]]), 5)[1] == [["c", "b"]]
+    assert np.isclose(scores[0, 0], unit([[1, 0.1]])[0] @ np.array([1, 0]), atol=1e-6)
+    assert index.remove(["a", "zzz"]) == 1 and len(index) == 2
+    assert index.search(unit([[1, 0.1]]), 5)[1] == [["c", "b"]]  # removed rows are skipped
+    index.add(["a"], unit([[1, 0]]))  # an id can come back after removal
+    assert index.search(unit([[1, 0.1]]), 1)[1] == [["a"]]
     with pytest.raises(ValueError, match="duplicate"):
         index.add(["b"], unit([[1, 0]]))
     with pytest.raises(ValueError, match="2 ids for 1 vectors"):
         index.add(["x", "y"], unit([[1, 0]]))
+    with pytest.raises(ValueError, match="NaN"):
+        index.add(["x"], np.array([[np.nan, 1]], np.float32))
+
+
+def test_remove_compacts_and_empty_search():
+    index = FaissIndex(3)
+    vecs = unit(np.random.default_rng(0).normal(size=(8, 3)))
+    index.add([str(i) for i in range(8)], vecs)
+    index.remove(["0", "1", "2"])  # over a quarter dead -> rebuilt without them
+    assert index._dead == set() and len(index.vectors) == 5 and index.ids == ["3", "4", "5", "6", "7"]
+    assert index.search(vecs[3], 1)[1] == [["3"]]
+    index.remove(index.ids)
+    scores, ids = index.search(vecs[:2], 3)
+    assert scores.shape == (2, 0) and ids == [[], []]
+
+
+def test_hnsw_recall_against_exact():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(20, 16))
+    vecs = unit(centres[rng.integers(0, 20, 3000)] + 0.5 * rng.normal(size=(3000, 16)))
+    index = FaissIndex(16, "hnsw", hnsw_m=16, ef_search=64)
+    index.add([str(i) for i in range(len(vecs))], vecs)
+    recall = measure_recall(index, vecs[:200], 10)
+    assert 0.9 <= recall <= 1.0
+    assert recall_at_k([["a", "b"]], [["a", "c"]], 2) == 0.5
+    assert choose_kind("auto", 10) == "exact" and choose_kind("auto", 10**6) == "hnsw"
+    with pytest.raises(ValueError, match="index kind"):
+        choose_kind("ivf", 10)
+
+
+def test_hnsw_round_trip_keeps_graph(tmp_path):
+    vecs = unit(np.random.default_rng(2).normal(size=(300, 8)))
+    catalog = Catalog(8, "fp", kind="hnsw")
+    catalog.add([{"id": f"i{n}", "category": "x"} for n in range(300)], vecs)
+    catalog.remove(["i0"])
+    again = Catalog.load(catalog.save(tmp_path / "c.vsi"))
+    assert again.index.kind == "hnsw" and len(again) == 299 and "i0" not in again
+    assert again.index._faiss.ntotal == 299  # the stored graph, not a rebuild
+    assert [m["id"] for m in again.search(vecs[5:6], 3)[0]] == [m["id"] for m in catalog.search(vecs[5:6], 3)[0]]
 
 
 def test_catalog_round_trip_and_fingerprint(tmp_path):
@@ -58,3 +101,9 @@ def test_load_errors(tmp_path):
     (tmp_path / "bad.vsi").write_bytes(b"garbage")
     with pytest.raises(DataError, match="not a vsearch catalog"):
         Catalog.load(tmp_path / "bad.vsi")
+    Catalog(2, "abc").save(tmp_path / "v1.vsi")
+    raw = np.load(tmp_path / "v1.vsi")
+    np.savez(tmp_path / "old.npz", vectors=raw["vectors"],
+             meta=np.frombuffer(b'{"format": "vsearch-catalog/1"}', np.uint8))
+    with pytest.raises(DataError, match="unknown index format"):
+        Catalog.load(tmp_path / "old.npz")

@@ -42,3 +42,12 @@ def test_smoke_siamese_writes_artifacts(smoke_run):
     assert (smoke_run["root"] / "embedding" / "saved_model.pb").is_file()
     # the exported tower computes what was trained on cached bottom features
     assert metrics["cache_max_abs_diff"] < 1e-2
+
+
+def test_siamese_reads_the_views_train_cached(smoke_run):
+    train_log = "\n".join(smoke_run["logs"]["train"])
+    siamese_log = "\n".join(smoke_run["logs"]["siamese"])
+    assert "features train view 1: " in train_log and "from the cache" not in train_log
+    # smoke: the classifier cached clean + 1 customer view; the siamese stage needs exactly those
+    assert siamese_log.count("from the cache") == 3  # catalog clean, customer view 1, validation clean
+    assert "features catalog customer view 1: " in siamese_log

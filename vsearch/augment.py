@@ -30,6 +30,8 @@ def classifier_augmentation(seed: int | None = None):
 
 # --- in-graph customer-photo views -------------------------------------------------------
 
+CUSTOMER_VIEW_SEED = 1000  # view v of a catalog image uses seed (CUSTOMER_VIEW_SEED + v, index)
+
 def _uniform(seed, low, high, shape=()):
     import tensorflow as tf
 

@@ -35,6 +35,8 @@ class DataConfig:
         batch_size: Batch size for reading and for feature extraction.
         seed: Seed for shuffling, augmentation and sampling.
         max_image_pixels: Larger images are rejected (decompression bombs).
+        feature_cache_dir: Where cached frozen-backbone features are kept between stages
+            (empty: keep them in memory only).
     """
 
     data_dir: str = "data/clothing"
@@ -42,6 +44,7 @@ class DataConfig:
     batch_size: int = 32
     seed: int = 1337
     max_image_pixels: int = 40_000_000
+    feature_cache_dir: str = ".cache/features"
 
     def __post_init__(self):
         _check(self.image_size >= 32, "data.image_size must be >= 32 (MobileNetV2's minimum)")
@@ -65,6 +68,7 @@ class ClassifierConfig:
     alpha: float = 1.0
     fine_tune_from: str = "block_14"  # first trainable block; earlier layers stay frozen
     augment_views: int = 3  # augmented views cached per training image (plus the clean one)
+    augmentation: str = "customer"  # customer: the seeded customer-photo views stage 2 reuses | keras
     head_epochs: int = 6
     fine_tune_epochs: int = 8
     head_learning_rate: float = 1e-3
@@ -77,6 +81,7 @@ class ClassifierConfig:
 
     def __post_init__(self):
         _check(self.augment_views >= 0, "augment_views must be >= 0")
+        _check(self.augmentation in ("customer", "keras"), "augmentation must be 'customer' or 'keras'")
         _check(self.head_epochs >= 1, "head_epochs must be >= 1")
         _check(self.fine_tune_epochs >= 0, "fine_tune_epochs must be >= 0")
         _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")

@@ -257,7 +257,7 @@ def image_dataset(root: str | os.PathLike, class_names: list[str], image_size: i
     """``image_dataset_from_directory`` over a clean split: (float32 0..255 images, int labels).
 
     ``cache``: keep the decoded images in memory and prefetch, for datasets read several
-    times (the training views); the result then has no ``file_paths`` attribute.
+    times (the training views). The result has a ``file_paths`` attribute either way.
     """
     import keras
     import tensorflow as tf
@@ -266,7 +266,11 @@ def image_dataset(root: str | os.PathLike, class_names: list[str], image_size: i
         str(root), labels="inferred", label_mode="int", class_names=list(class_names),
         color_mode="rgb", batch_size=batch_size, image_size=(image_size, image_size),
         shuffle=shuffle, seed=seed, interpolation="bilinear", verbose=False)
-    return ds.cache().prefetch(tf.data.AUTOTUNE) if cache else ds
+    if not cache:
+        return ds
+    cached = ds.cache().prefetch(tf.data.AUTOTUNE)
+    cached.file_paths = ds.file_paths
+    return cached
 
 
 @dataclass(frozen=True)

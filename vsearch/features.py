@@ -4,11 +4,19 @@ The frozen part of MobileNetV2 costs ~85% of a forward pass at 224x224 and never
 during training, so re-running it every epoch is waste. Each training image is passed
 through it once clean and once per augmented view; the trainable top blocks then train
 on those cached tensors, many times faster (see bench/RESULTS.md).
+
+:func:`extract_cached` also keeps those tensors on disk, keyed by the model's weights, the
+images' bytes and the view: ``vsearch train`` and ``vsearch siamese`` share the same frozen
+bottom and the same seeded customer-photo views, so stage 2 reads what stage 1 computed.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -57,3 +65,50 @@ def extract(model, batches, transform: Callable | None = None, seed: int = 0,
         log(f"  features {label}: {n} images in {time.perf_counter() - start:.1f}s")
     return np.concatenate(out) if out else np.zeros((0,) + tuple(model.output.shape[1:]), dtype)
 
+
+
+def files_digest(paths: Sequence[str | os.PathLike]) -> str:
+    """A hash of the files' names (within their folder) and bytes, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        digest.update(f"{path.parent.name}/{path.name}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def extract_cached(model, batches, paths: Sequence[str | os.PathLike], cache_dir: str | os.PathLike | None,
+                   transform: Callable | None = None, seed: int = 0, batch_size: int = 32,
+                   dtype=np.float16, log: Callable[[str], None] | None = None, label: str = "",
+                   digest: str | None = None) -> np.ndarray:
+    """:func:`extract`, stored under ``cache_dir`` and reused when nothing it depends on changed.
+
+    The key covers the model's weights, the input files' bytes (``digest``, see
+    :func:`files_digest`), the input size, the transform's name and seed, and the dtype, so
+    a stale entry cannot be read. ``cache_dir`` None or empty: no disk cache.
+    """
+    if not cache_dir:
+        return extract(model, batches, transform, seed, batch_size, dtype, log, label)
+    from vsearch.export import weights_fingerprint
+
+    shape = tuple(model.input.shape[1:])
+    name = "" if transform is None else f"{transform.__module__}.{transform.__qualname__}"
+    key = hashlib.sha256("|".join(map(str, (
+        weights_fingerprint(model), digest or files_digest(paths), shape, name, seed, np.dtype(dtype).name,
+        "v1"))).encode()).hexdigest()[:24]
+    path = Path(cache_dir) / f"{key}.npy"
+    if path.is_file():
+        try:
+            out = np.load(path)
+            if log:
+                log(f"  features {label}: {len(out)} images from the cache {path}")
+            return out
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)  # a damaged entry is recomputed
+    out = extract(model, batches, transform, seed, batch_size, dtype, log, label)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".npy", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        np.save(fh, out)
+    os.replace(tmp, path)  # readers never see a half-written entry
+    return out

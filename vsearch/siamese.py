@@ -67,10 +67,10 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     import tensorflow as tf
 
     from vsearch import models
-    from vsearch.augment import customer_view
+    from vsearch.augment import CUSTOMER_VIEW_SEED, customer_view
     from vsearch.data import image_dataset
     from vsearch.export import export_embedding
-    from vsearch.features import extract
+    from vsearch.features import extract, extract_cached, files_digest
     from vsearch.mining import sample_triplets
     from vsearch.train import load_classifier, load_splits
 
@@ -99,15 +99,20 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     bottom, top = models.split_backbone(base, config.fine_tune_from)
     models.set_fine_tuning(base, False)
 
-    # Cache the frozen bottom: view 0 clean, then simulated customer photos.
+    # Cache the frozen bottom: view 0 clean, then simulated customer photos (the same seeded
+    # views `vsearch train` cached, read from disk when they are there).
     t = time.perf_counter()
-    views = [extract(bottom, train_ds, log=log, label="catalog clean")]
+    cache_dir = config.data.feature_cache_dir or None
+    digest = files_digest(train_ds.file_paths)
+    views = [extract_cached(bottom, train_ds, train_ds.file_paths, cache_dir, log=log, label="catalog clean",
+                            digest=digest)]
     for v in range(1, config.views_per_image):
-        views.append(extract(bottom, train_ds, transform=customer_view, seed=1000 + v, batch_size=batch,
-                             log=log, label=f"catalog customer view {v}"))
+        views.append(extract_cached(bottom, train_ds, train_ds.file_paths, cache_dir, transform=customer_view,
+                                    seed=CUSTOMER_VIEW_SEED + v, batch_size=batch, log=log,
+                                    label=f"catalog customer view {v}", digest=digest))
     cache = np.stack(views, axis=1)  # (items, views, h, w, c)
     del views
-    val_clean = extract(bottom, val_ds, log=log, label="validation clean")
+    val_clean = extract_cached(bottom, val_ds, val_ds.file_paths, cache_dir, log=log, label="validation clean")
     val_customer = extract(bottom, val_ds, transform=customer_view, seed=99, batch_size=batch,
                            log=log, label="validation customer view")
     timings["feature_cache_s"] = time.perf_counter() - t

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from vsearch.augment import customer_view
+from vsearch.features import extract, extract_cached, files_digest, image_batches
+
+
+@pytest.fixture
+def tiny(image_root):
+    import keras
+
+    paths = sorted(str(p) for p in (image_root / "train").rglob("*.jpg"))[:5]
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3, strides=4)(inputs))
+    return model, paths
+
+
+def test_extract_runs_views_reproducibly(tiny):
+    model, paths = tiny
+    clean = extract(model, image_batches(paths, 32, 2))
+    view = extract(model, image_batches(paths, 32, 2), transform=customer_view, seed=7)
+    again = extract(model, image_batches(paths, 32, 2), transform=customer_view, seed=7)
+    assert clean.shape == (5, 8, 8, 2) and clean.dtype == np.float16
+    assert np.array_equal(view, again) and not np.allclose(view, clean)
+
+
+def test_extract_cached_reuses_and_invalidates(tiny, tmp_path, monkeypatch):
+    import vsearch.features as features
+
+    model, paths = tiny
+    cache = tmp_path / "cache"
+    first = extract_cached(model, image_batches(paths, 32, 2), paths, cache, transform=customer_view, seed=3)
+    assert len(list(cache.glob("*.npy"))) == 1
+    calls = []
+    real = features.extract
+    monkeypatch.setattr(features, "extract", lambda *a, **k: calls.append(1) or real(*a, **k))
+    logs = []
+    again = extract_cached(model, image_batches(paths, 32, 2), paths, cache, transform=customer_view, seed=3,
+                           log=logs.append)
+    assert np.array_equal(first, again) and calls == [] and "from the cache" in logs[0]
+    extract_cached(model, image_batches(paths, 32, 2), paths, cache, transform=customer_view, seed=4)
+    assert calls == [1]  # another seed is another view
+    model.layers[-1].set_weights([w + 1 for w in model.layers[-1].get_weights()])
+    extract_cached(model, image_batches(paths, 32, 2), paths, cache, transform=customer_view, seed=3)
+    assert calls == [1, 1]  # other weights
+    before = files_digest(paths)
+    with open(paths[0], "ab") as fh:
+        fh.write(b"\0")
+    assert files_digest(paths) != before  # other bytes -> another key
+    for p in cache.glob("*.npy"):
+        p.write_bytes(b"damaged")
+    out = extract_cached(model, image_batches(paths, 32, 2), paths, cache, transform=customer_view, seed=3)
+    assert out.shape == first.shape  # a damaged entry is recomputed, not an error
+    assert extract_cached(model, image_batches(paths, 32, 2), paths, "").shape == (5, 8, 8, 2)
