@@ -16,12 +16,16 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 PRESET ?= default
 ARGS ?=
 
-.PHONY: help venv weights data train siamese eval demo test test-integration docs notebook clean
+INDEX ?= saved_models/catalog.vsi
+CATALOG ?= data/clothing/train
+PORT ?= 8000
+
+.PHONY: help venv weights data train siamese eval demo index serve tflite test test-integration docs notebook clean
 
 help:
 	@echo "make demo   - data, train, siamese, eval end to end (SOURCE=DIR for a local dataset copy)"
 	@echo "make test   - run the tests"
-	@echo "make data | train | siamese | eval | docs | notebook | test-integration | clean"
+	@echo "make data | train | siamese | eval | index | serve | tflite | docs | notebook | test-integration | clean"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +54,19 @@ eval: venv weights
 	$(VSEARCH) eval --preset $(PRESET) $(ARGS)
 
 demo: data train siamese eval
+
+# The shop's catalog index (FAISS) over CATALOG, then the upload page on 127.0.0.1:$(PORT).
+index: venv
+	$(VSEARCH) index build $(CATALOG) --out $(INDEX) $(ARGS)
+
+serve: venv
+	@test -f $(INDEX) || $(MAKE) index
+	$(VSEARCH) serve --index $(INDEX) --port $(PORT) $(ARGS)
+
+# LiteRT/TFLite exports of the embedding model: float32 and int8 (calibrated on the catalog).
+tflite: venv
+	$(VSEARCH) export --format tflite --quantize none
+	$(VSEARCH) export --format tflite --quantize int8
 
 test: venv
 	$(PY) -m pytest -q

@@ -78,7 +78,6 @@ class FaissIndex:
         self.dim = int(dim)
         self.kind = choose_kind(kind, 0) if kind != "auto" else "exact"
         self.hnsw_m, self.ef_construction, self.ef_search = int(hnsw_m), int(ef_construction), int(ef_search)
-        self.vectors = np.zeros((0, self.dim), np.float32)
         self._row_ids: list[str | None] = []
         self._row_of: dict[str, int] = {}
         self._dead: set[int] = set()
@@ -97,6 +96,12 @@ class FaissIndex:
         return len(self._row_of)
 
     @property
+    def vectors(self) -> np.ndarray:
+        """All stored rows, removed ones included until :meth:`compact` (a copy: FAISS holds the only one)."""
+        total = self._faiss.ntotal
+        return self._faiss.reconstruct_n(0, total) if total else np.zeros((0, self.dim), np.float32)
+
+    @property
     def ids(self) -> list[str]:
         """Live ids in row order."""
         return [i for i in self._row_ids if i is not None]
@@ -113,7 +118,6 @@ class FaissIndex:
             raise ValueError("FaissIndex.add: vectors contain NaN or infinity")
         start = len(self._row_ids)
         self._faiss.add(vectors)
-        self.vectors = np.concatenate([self.vectors, vectors])
         self._row_ids.extend(ids)
         self._row_of.update({item: start + n for n, item in enumerate(ids)})
 
@@ -132,7 +136,6 @@ class FaissIndex:
             return
         keep = [r for r, item in enumerate(self._row_ids) if item is not None]
         ids, vectors = [self._row_ids[r] for r in keep], self.vectors[keep]
-        self.vectors = np.zeros((0, self.dim), np.float32)
         self._row_ids, self._row_of, self._dead = [], {}, set()
         self._faiss = self._new_faiss()
         if ids:
@@ -161,10 +164,9 @@ class FaissIndex:
         import faiss
 
         self.compact()
-        arrays = {"vectors": self.vectors}
-        if self.kind == "hnsw":
-            arrays["faiss"] = faiss.serialize_index(self._faiss)
-        return arrays
+        if self.kind == "hnsw":  # the serialized graph holds the vectors too
+            return {"faiss": faiss.serialize_index(self._faiss)}
+        return {"vectors": self.vectors}
 
     def params(self) -> dict:
         return {"kind": self.kind, "hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction,
@@ -174,17 +176,18 @@ class FaissIndex:
     def from_arrays(cls, ids: Sequence[str], arrays: dict[str, np.ndarray], params: dict) -> "FaissIndex":
         import faiss
 
-        vectors = arrays["vectors"]
-        index = cls(vectors.shape[1], **params)
-        if "faiss" in arrays and index.kind == "hnsw":
-            index._faiss = faiss.deserialize_index(np.ascontiguousarray(arrays["faiss"]))
-            if index._faiss.ntotal != len(vectors):
-                raise ValueError(f"stored graph has {index._faiss.ntotal} rows for {len(vectors)} vectors")
-            index.vectors = np.asarray(vectors, np.float32)
+        if "faiss" in arrays:
+            stored = faiss.deserialize_index(np.ascontiguousarray(arrays["faiss"]))
+            if stored.ntotal != len(ids):
+                raise ValueError(f"stored graph has {stored.ntotal} rows for {len(ids)} items")
+            index = cls(stored.d, **params)
+            index._faiss = stored
             index._row_ids = [str(i) for i in ids]
             index._row_of = {item: r for r, item in enumerate(index._row_ids)}
-        else:
-            index.add(ids, vectors)
+            return index
+        vectors = arrays["vectors"]
+        index = cls(vectors.shape[1], **params)
+        index.add(ids, vectors)
         return index
 
 

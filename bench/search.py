@@ -1,0 +1,146 @@
+"""Vector search at catalog scale: exact vs HNSW FAISS indexes on synthetic unit vectors.
+
+For each size (default 10k, 100k, 1M) and index kind: build time, memory added by the
+index (RSS), p50/p99 latency of one query at a time, and recall@10 against exact search.
+Prints a markdown table and appends it to bench/RESULTS.md.
+
+    python bench/search.py                       # 10k, 100k, 1M; about 15 min on 2 cores
+    python bench/search.py --sizes 10000 --no-append
+
+Data: unit vectors at the model's dimension (384), drawn from a Gaussian with the
+covariance of the real catalog's embeddings (``--like saved_models/catalog.vsi``), so their
+spectrum is that of real embeddings; ``--like none`` draws isotropic vectors, the hardest
+case for any approximate index (all neighbours almost equally far). Queries are fresh
+draws from the same distribution.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sampler(like: str, dim: int, seed: int = 0):
+    """A function n -> (n, dim) float32 unit vectors."""
+    rng = np.random.default_rng(seed)
+    if like != "none":
+        from vsearch.index import Catalog
+
+        real = Catalog.load(like).index.vectors.astype(np.float64)
+        dim = real.shape[1]
+        mean, cov = real.mean(axis=0), np.cov(real, rowvar=False)
+        vals, vecs = np.linalg.eigh(cov)
+        transform = vecs * np.sqrt(np.clip(vals, 0, None))
+    else:
+        mean, transform = np.zeros(dim), np.eye(dim)
+
+    def draw(n: int) -> np.ndarray:
+        out = np.empty((n, dim), np.float32)
+        for start in range(0, n, 100_000):
+            m = min(100_000, n - start)
+            x = mean + rng.standard_normal((m, dim)) @ transform.T
+            out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return out
+
+    return draw, dim
+
+
+def latencies(index, queries: np.ndarray, k: int) -> np.ndarray:
+    out = []
+    for q in queries:
+        t = time.perf_counter()
+        index.search(q[None], k)
+        out.append((time.perf_counter() - t) * 1000)
+    return np.array(out)
+
+
+def main() -> None:
+    import faiss
+
+    from vsearch.evaluate import git_commit, machine_description
+    from vsearch.index import FaissIndex, recall_at_k
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--like", default=str(ROOT / "saved_models" / "catalog.vsi"),
+                    help="index whose vectors' covariance shapes the synthetic data, or 'none'")
+    ap.add_argument("--dim", type=int, default=384, help="dimension when --like none")
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--ef-search", default="64,128")
+    ap.add_argument("--hnsw-m", type=int, default=32)
+    ap.add_argument("--ef-construction", type=int, default=80)
+    ap.add_argument("--no-append", action="store_true")
+    args = ap.parse_args()
+    like = args.like if args.like == "none" or Path(args.like).is_file() else "none"
+    draw, dim = sampler(like, args.dim)
+    queries = draw(args.queries)
+    rows, cores = [], faiss.omp_get_max_threads()
+    for size in (int(s) for s in args.sizes.split(",")):
+        vectors = draw(size)
+        ids = [str(i) for i in range(size)]
+        faiss.omp_set_num_threads(cores)
+        exact = FaissIndex(dim, "exact")
+        gc.collect()
+        before = rss_mb()
+        t = time.perf_counter()
+        exact.add(ids, vectors)
+        build = time.perf_counter() - t
+        mem = rss_mb() - before
+        truth = exact.search(queries, 10)[1]  # batched: the ground truth
+        faiss.omp_set_num_threads(1)  # one query at a time, one thread: what a request costs
+        lat = latencies(exact, queries, 10)
+        rows.append((size, "exact (IndexFlatIP)", build, mem, np.percentile(lat, 50), np.percentile(lat, 99), 1.0))
+        print(rows[-1], flush=True)
+        del exact
+        gc.collect()
+        faiss.omp_set_num_threads(cores)
+        hnsw = FaissIndex(dim, "hnsw", hnsw_m=args.hnsw_m, ef_construction=args.ef_construction)
+        before = rss_mb()
+        t = time.perf_counter()
+        hnsw.add(ids, vectors)
+        build = time.perf_counter() - t
+        mem = rss_mb() - before
+        faiss.omp_set_num_threads(1)
+        for ef in (int(e) for e in args.ef_search.split(",")):
+            hnsw.ef_search = ef
+            recall = recall_at_k(hnsw.search(queries, 10)[1], truth, 10)
+            lat = latencies(hnsw, queries, 10)
+            rows.append((size, f"HNSW M={args.hnsw_m} efC={args.ef_construction} efSearch={ef}", build, mem,
+                         np.percentile(lat, 50), np.percentile(lat, 99), recall))
+            print(rows[-1], flush=True)
+        del hnsw, vectors
+        gc.collect()
+
+    data = (f"Gaussian with the covariance of {Path(like).relative_to(ROOT) if like != 'none' else ''} "
+            "vectors" if like != "none" else "isotropic") + f", {dim}-d, unit norm"
+    table = ["| vectors | index | build s | index memory MB | p50 ms | p99 ms | recall@10 |",
+             "|---|---|---|---|---|---|---|"]
+    table += [f"| {n:,} | {kind} | {b:.1f} | {m:.0f} | {p50:.2f} | {p99:.2f} | {r:.3f} |"
+              for n, kind, b, m, p50, p99, r in rows]
+    command = "python bench/search.py " + " ".join(sys.argv[1:])
+    text = (f"\n## Vector search (`bench/search.py`)\n\n{time.strftime('%Y-%m-%d')}, commit {git_commit()}, "
+            f"{machine_description()}.\nCommand: `{command.strip()}`. Data: {data}; {len(queries)} queries, "
+            "one at a time on one thread (build on all cores); recall against exact search.\n\n"
+            + "\n".join(table) + "\n")
+    print(text)
+    if not args.no_append:
+        with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
+            fh.write(text)
+
+
+if __name__ == "__main__":
+    main()
