@@ -1,0 +1,165 @@
+"""Query latency: one photo end to end (decode, embed, search) on the real catalog (run by hand).
+
+Every validation photo is a query, sent as encoded bytes held in memory: in-process through
+``Searcher.search`` (plus a pass timing its three stages), then as ``POST /api/search`` to
+uvicorn on loopback, one request at a time and from concurrent clients. Prints a markdown
+table and appends it to bench/RESULTS.md with the date, commit, machine and command.
+
+    .venv/bin/python bench/query.py                       # saved_models/{embedding,catalog.vsi}
+    .venv/bin/python bench/query.py --queries data/clothing/validation -k 10 --concurrency 8
+
+Build the catalog first: ``vsearch index build data/clothing/train``.
+"""
+import argparse
+import os
+import shlex
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+WARMUP = 5  # the first calls trace TF functions and fill caches
+
+
+def load_queries(folder: Path, minimum: int) -> list[tuple[str, bytes]]:
+    from vsearch.images import IMAGE_EXTENSIONS
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if len(files) < minimum:
+        sys.exit(f"{folder}: {len(files)} photos, need at least {minimum}")
+    return [(p.name, p.read_bytes()) for p in files]
+
+
+def summary(name: str, seconds, wall: float | None = None) -> dict:
+    ms = np.asarray(seconds) * 1000
+    return {"path": name, "n": len(ms), "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+            "mean": float(ms.mean()), "qps": len(ms) / wall if wall else 1000 / ms.mean()}
+
+
+def in_process(searcher, queries, k: int) -> list[dict]:
+    """Searcher.search end to end, then the same work split into decode / embed / index search."""
+    from vsearch.images import resize_pixels
+
+    for _, data in queries[:WARMUP]:
+        searcher.search(data, k)
+    total = []
+    for _, data in queries:
+        start = time.perf_counter()
+        searcher.search(data, k)
+        total.append(time.perf_counter() - start)
+    stages = {"decode (Pillow, EXIF, RGB)": [], "resize + embed (SavedModel)": [], "index search (FAISS)": []}
+    for _, data in queries:
+        t0 = time.perf_counter()
+        pixels = searcher.pixels(data)
+        t1 = time.perf_counter()
+        batch = np.asarray(resize_pixels(pixels, searcher.embedder.image_size), np.float32)[None]
+        vector = searcher.embedder.embed_pixels(batch)[0]
+        t2 = time.perf_counter()
+        searcher.search_vector(vector, k)
+        t3 = time.perf_counter()
+        for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
+            stages[key].append(dt)
+    rows = [summary("in-process `Searcher.search`", total)]
+    rows += [summary(f"&nbsp;&nbsp;of which {name}", times) for name, times in stages.items()]
+    return rows
+
+
+def post(http, name: str, data: bytes, k: int) -> float:
+    start = time.perf_counter()
+    r = http.post("/api/search", files={"file": (name, data)}, data={"k": str(k)})
+    elapsed = time.perf_counter() - start
+    if r.status_code != 200 or len(r.json()["matches"]) != k:
+        raise RuntimeError(f"{name}: HTTP {r.status_code} {r.text[:200]}")
+    return elapsed
+
+
+def over_http(searcher, queries, k: int, concurrency: int) -> list[dict]:
+    """POST /api/search to uvicorn on loopback: sequential, then ``concurrency`` clients."""
+    import httpx
+
+    from vsearch.serve import BackgroundServer, create_app
+
+    rows = []
+    with BackgroundServer(create_app(searcher)) as server:
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            for name, data in queries[:WARMUP]:
+                post(http, name, data, k)
+            start = time.perf_counter()
+            times = [post(http, name, data, k) for name, data in queries]
+            rows.append(summary("HTTP `POST /api/search`, sequential", times, time.perf_counter() - start))
+
+        local = threading.local()
+
+        def one(query):
+            if not hasattr(local, "http"):
+                local.http = httpx.Client(base_url=server.url, timeout=120)
+            return post(local.http, *query, k)
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, queries[:concurrency * 2]))  # warm every client's connection
+            start = time.perf_counter()
+            times = list(pool.map(one, queries))
+            rows.append(summary(f"HTTP `POST /api/search`, {concurrency} concurrent clients", times,
+                                time.perf_counter() - start))
+    return rows
+
+
+def shown(path: str) -> str:
+    """A path relative to the repository when it is inside it (no home folders in RESULTS.md)."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return path
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| path | queries | p50 ms | p99 ms | mean ms | throughput q/s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['path']} | {r['n']} | {r['p50']:.1f} | {r['p99']:.1f} | {r['mean']:.1f} | {r['qps']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "saved_models" / "embedding"))
+    parser.add_argument("--index", default=str(ROOT / "saved_models" / "catalog.vsi"))
+    parser.add_argument("--queries", default=str(ROOT / "data" / "clothing" / "validation"))
+    parser.add_argument("--min-queries", type=int, default=200)
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
+    parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    args = parser.parse_args()
+
+    from vsearch.evaluate import git_commit, machine_description
+    from vsearch.search import Searcher
+
+    queries = load_queries(Path(args.queries), args.min_queries)
+    searcher = Searcher.from_paths(args.model, args.index, num_threads=args.threads)
+    load_before = os.getloadavg()[0]
+    rows = in_process(searcher, queries, args.k) + over_http(searcher, queries, args.k, args.concurrency)
+    load_after = os.getloadavg()[0]
+    command = "python bench/query.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    entry = (f"{date.today().isoformat()}, commit {git_commit()}, {machine_description()}. "
+             f"Command: `{command.strip()}`. Catalog: {len(searcher.catalog)} items, {searcher.catalog.dim}-d, "
+             f"{searcher.catalog.index.kind} index, model {Path(args.model).name} "
+             f"({searcher.embedder.image_size} px); queries: {len(queries)} photos of {shown(args.queries)}, "
+             f"k={args.k}, {WARMUP} warm-up queries per path not counted. 1-min load average "
+             f"{load_before:.1f} before, {load_after:.1f} after (other jobs share the cores).")
+    text = entry + "\n\n" + table(rows) + "\n"
+    print(text)
+    if not args.no_append:
+        results = ROOT / "bench" / "RESULTS.md"
+        with open(results, "a") as fh:
+            fh.write("\n## Query latency (`bench/query.py`)\n\n" + text)
+        print(f"appended to {results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""The web service over the smoke model and catalog: page, API, limits, bad input, load."""
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import awkward_files, jpeg_bytes
+from fastapi.testclient import TestClient
+
+from vsearch import cli
+from vsearch.serve import BackgroundServer, create_app, image_url, public_item, warm_up
+
+MATCH_FIELDS = {"rank", "id", "score", "category", "image_url"}
+
+
+@pytest.fixture(scope="module")
+def embedder(smoke_index):
+    from vsearch.embedder import SavedModelEmbedder
+
+    return SavedModelEmbedder(smoke_index[0])
+
+
+def make_searcher(embedder, smoke_index, **kwargs):
+    """A searcher with its own copy of the catalog (tests may change its items)."""
+    from vsearch.index import Catalog
+    from vsearch.search import Searcher
+
+    return Searcher(embedder, Catalog.load(smoke_index[1]), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def searcher(embedder, smoke_index):
+    return make_searcher(embedder, smoke_index)
+
+
+@pytest.fixture(scope="module")
+def client(searcher):
+    with TestClient(create_app(searcher)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def photo(smoke_run) -> bytes:
+    return sorted((smoke_run["data"] / "validation" / "red").glob("*.jpg"))[0].read_bytes()
+
+
+def post(client, data: bytes, name: str = "photo.jpg", **fields):
+    return client.post("/api/search", files={"file": (name, data, "application/octet-stream")},
+                       data={k: str(v) for k, v in fields.items()})
+
+
+def assert_well_formed(body: dict, k: int, categories) -> None:
+    """k ranked matches with the public fields, best first, and no file-system paths."""
+    assert [m["rank"] for m in body["matches"]] == list(range(1, k + 1))
+    for m in body["matches"]:
+        assert MATCH_FIELDS <= m.keys() and "path" not in m
+        assert m["category"] in categories and m["image_url"] == image_url(m["id"])
+    scores = [m["score"] for m in body["matches"]]
+    assert scores == sorted(scores, reverse=True) and all(-1.01 <= s <= 1.01 for s in scores)
+    assert {"mode", "predicted", "confidence", "applied"} <= body["category"].keys()
+
+
+def assert_json_error(response, status: int, fragment: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"} and fragment in body["error"], body
+
+
+def assert_still_serving(client, photo: bytes) -> None:
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert len(post(client, photo, k=2).json()["matches"]) == 2
+
+
+# ---------------------------------------------------------------- page and API
+
+def test_page_is_self_contained(client, searcher):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert 'type="file"' in page and "/api/search" in page and 'id="results"' in page
+    config = json.loads(page.split('type="application/json">', 1)[1].split("</script>", 1)[0])
+    assert config["categories"] == searcher.categories and config["max_upload_bytes"] == 10 * 1024 * 1024
+    # works offline: no stylesheet, script or font fetched from elsewhere
+    assert "<link" not in page and 'src="http' not in page and "@import" not in page
+
+
+def test_search_returns_k_public_matches(client, searcher, photo, smoke_run):
+    r = post(client, photo, k=4)
+    assert r.status_code == 200, r.text
+    assert_well_formed(r.json(), 4, searcher.categories)
+    assert str(smoke_run["root"]) not in r.text and str(Path(smoke_run["root"]).resolve()) not in r.text
+
+
+@pytest.mark.parametrize("category", ["any", "auto", "green"])
+def test_search_category_modes(client, searcher, photo, category):
+    r = post(client, photo, k=3, category=category)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert_well_formed(body, 3, searcher.categories)
+    assert body["category"]["mode"] == category
+    if category == "green":
+        assert {m["category"] for m in body["matches"]} == {"green"}
+    if category == "auto":
+        assert body["category"]["predicted"] in searcher.categories and 0 < body["category"]["confidence"] <= 1
+
+
+def test_k_and_category_as_query_fields(client, photo):
+    r = client.post("/api/search?k=2&category=blue", files={"file": ("q.jpg", photo)})
+    assert r.status_code == 200, r.text
+    assert [m["category"] for m in r.json()["matches"]] == ["blue", "blue"]
+
+
+def test_warm_up_searches_through_the_upload_path(searcher, monkeypatch):
+    calls, original = [], searcher.pixels
+    monkeypatch.setattr(searcher, "pixels", lambda image, source: calls.append(type(image)) or original(image, source))
+    warm_up(searcher)
+    assert calls == [bytes]  # encoded bytes, decoded like an upload
+
+
+def test_default_k(client, photo):
+    assert len(post(client, photo).json()["matches"]) == 5
+
+
+def test_item_metadata_and_image(client, searcher):
+    item_id = sorted(searcher.catalog.items)[0]
+    r = client.get(f"/api/items/{item_id}")
+    assert r.status_code == 200 and r.json() == public_item(searcher.catalog.items[item_id])
+    assert "path" not in r.json() and "/" in item_id  # ids carry their category folder
+    image = client.get(r.json()["image_url"])
+    assert image.status_code == 200 and image.headers["content-type"].startswith("image/")
+    assert image.content == searcher.image_path(item_id).read_bytes()
+
+
+@pytest.mark.parametrize("url", [
+    "/api/items/red/no_such_item", "/api/items/red/no_such_item/image",
+    "/api/items/..%2F..%2Fetc%2Fpasswd", "/api/items/..%2F..%2Fetc%2Fpasswd/image",
+    "/api/items/%2Fetc%2Fpasswd/image", "/api/items/../../etc/passwd/image",
+])
+def test_unknown_items_are_404(client, url):
+    r = client.get(url)
+    assert_json_error(r, 404, "")
+    assert "root:" not in r.text
+
+
+def test_missing_photo_file_is_404(embedder, smoke_index, tmp_path):
+    searcher = make_searcher(embedder, smoke_index)
+    item_id = sorted(searcher.catalog.items)[0]
+    gone = tmp_path / "gone.jpg"
+    searcher.catalog.items[item_id]["path"] = str(gone)
+    with TestClient(create_app(searcher)) as c:
+        r = c.get(image_url(item_id))
+    assert_json_error(r, 404, "missing on the server")
+    assert str(gone) not in r.text
+
+
+def test_healthz(client, searcher):
+    body = client.get("/healthz").json()
+    assert body["status"] == "ok" and body["items"] == len(searcher.catalog) == 18
+    assert body["model"]["fingerprint"] == searcher.catalog.fingerprint and body["categories"] == searcher.categories
+
+
+def test_openapi_describes_the_api(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/api/search", "/api/items/{item_id}", "/api/items/{item_id}/image", "/healthz"} <= spec["paths"].keys()
+    assert client.get("/docs").status_code == 200
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("name, fragment", [
+    ("empty", "empty"), ("corrupt", "corrupt"), ("text", "not a recognised image"), ("truncated", "truncated"),
+])
+def test_unusable_uploads_are_422(client, photo, tmp_path, name, fragment):
+    r = post(client, awkward_files(tmp_path)[name].read_bytes(), name="query.jpg")
+    assert_json_error(r, 422, fragment)
+    assert r.json()["error"].startswith("query.jpg: ")  # names the upload, never a server path
+    assert_still_serving(client, photo)
+
+
+@pytest.mark.parametrize("name", ["gray", "rgba", "sixteen", "cmyk", "exif"])
+def test_awkward_valid_photos_succeed(client, searcher, tmp_path, name):
+    path = awkward_files(tmp_path)[name]
+    r = post(client, path.read_bytes(), name=path.name, k=3)
+    assert r.status_code == 200, r.text
+    assert_well_formed(r.json(), 3, searcher.categories)
+
+
+@pytest.mark.parametrize("fields, fragment", [
+    ({"k": 0}, "k (form)"), ({"k": 101}, "k (form)"), ({"k": "many"}, "k (form)"),
+    ({"category": "boots"}, "unknown category 'boots'"),
+])
+def test_bad_arguments_are_422(client, photo, fields, fragment):
+    assert_json_error(post(client, photo, **fields), 422, fragment)
+
+
+def test_bad_query_k_and_missing_file_are_422(client, photo):
+    assert_json_error(client.post("/api/search?k=-1", files={"file": ("q.jpg", photo)}), 422, "k (query)")
+    assert_json_error(client.post("/api/search", data={"k": "3"}), 422, "file")
+    assert_json_error(client.get("/api/search"), 405, "Method Not Allowed")
+    assert_json_error(client.get("/no/such/route"), 404, "Not Found")
+
+
+@pytest.fixture(scope="module")
+def small_client(embedder, smoke_index):
+    """Tight limits: 4,000-byte uploads, 1,000-pixel photos (the smoke photos are 40x48)."""
+    app = create_app(make_searcher(embedder, smoke_index, max_pixels=1000), max_upload_bytes=4000)
+    with TestClient(app) as c:
+        yield c
+
+
+def test_upload_over_the_size_limit_is_413(small_client, photo):
+    noisy = np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
+    from PIL import Image
+
+    big = jpeg_bytes(Image.fromarray(noisy), quality=95)
+    assert 4000 < len(big) < 4000 + 16 * 1024  # within the form allowance: the endpoint's own cap refuses it
+    assert_json_error(post(small_client, big), 413, "limit is 4000 bytes")
+    # a declared Content-Length over the limit is refused before the body is read
+    assert_json_error(post(small_client, b"\xff" * 200_000), 413, "upload too large")
+    # so is a body without a length that grows past it (chunked upload)
+    chunks = (b"x" * 10_000 for _ in range(10))
+    r = small_client.post("/api/search", content=chunks, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert_json_error(r, 413, "upload too large")
+    assert small_client.get("/healthz").status_code == 200
+
+
+def test_photo_over_the_pixel_limit_is_422(small_client, photo):
+    assert len(photo) < 4000
+    assert_json_error(post(small_client, photo), 422, "1000-pixel limit")
+    assert small_client.get("/healthz").status_code == 200
+
+
+def test_unexpected_failure_is_a_json_500(embedder, smoke_index, photo, monkeypatch):
+    searcher = make_searcher(embedder, smoke_index)
+    monkeypatch.setattr(searcher, "search", lambda *a, **kw: 1 / 0)
+    with TestClient(create_app(searcher), raise_server_exceptions=False) as c:
+        assert_json_error(post(c, photo), 500, "internal error (ZeroDivisionError)")
+        assert c.get("/healthz").status_code == 200
+
+
+# ---------------------------------------------------------------- a real server under load
+
+def test_loopback_load(searcher, smoke_run):
+    """200 searches from 8 concurrent clients against uvicorn on loopback: no errors."""
+    import httpx
+
+    photos = [p.read_bytes() for p in sorted((smoke_run["data"] / "validation").rglob("*.jpg"))]
+    latencies, failures, lock = [], [], threading.Lock()
+
+    def client_loop(worker: int, count: int, url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            for i in range(count):
+                k = 1 + (worker + i) % 6
+                start = time.perf_counter()
+                r = http.post("/api/search", files={"file": ("q.jpg", photos[(worker * 7 + i) % len(photos)])},
+                              data={"k": str(k), "category": ("any", "auto")[i % 2]})
+                elapsed = time.perf_counter() - start
+                try:
+                    assert r.status_code == 200, r.text
+                    assert_well_formed(r.json(), k, searcher.categories)
+                except AssertionError as exc:
+                    with lock:
+                        failures.append(str(exc))
+                with lock:
+                    latencies.append(elapsed)
+
+    with BackgroundServer(create_app(searcher)) as server:
+        threads = [threading.Thread(target=client_loop, args=(w, 25, server.url)) for w in range(8)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+        assert httpx.get(server.url + "/healthz").status_code == 200
+    assert not failures, failures[:3]
+    assert len(latencies) == 200
+    ms = np.array(latencies) * 1000
+    print(f"\nloopback load (smoke model): 200 requests, 8 clients, {wall:.1f} s, "
+          f"p50 {statistics.median(ms):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms, {200 / wall:.0f} req/s")
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_serve_has_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", "--help"])
+    assert info.value.code == 0 and "--max-upload-mb" in capsys.readouterr().out
+
+
+def test_serve_missing_index_exits_2_with_one_line(tmp_path, capsys):
+    assert cli.main(["serve", "--index", str(tmp_path / "none.vsi"), "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.vsi: no such catalog index" in err[0]

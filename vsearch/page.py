@@ -1,0 +1,230 @@
+"""The upload page of ``vsearch serve``: one self-contained HTML document.
+
+Inline CSS and JavaScript, no CDN, no web fonts, so it works on a machine without internet.
+The page posts the photo to ``/api/search`` and builds the result grid with DOM calls
+(``textContent``, never ``innerHTML`` with data), so catalog titles cannot inject markup.
+"""
+from __future__ import annotations
+
+import json
+
+PLACEHOLDER = "__VSEARCH_CONFIG__"
+
+PAGE = r"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>vsearch: visual search</title>
+<style>
+  :root { --ink: #1d2433; --muted: #667085; --line: #e4e7ec; --bg: #f6f7f9; --card: #fff;
+          --accent: #3b5bdb; --accent-soft: #edf1ff; --bad: #b42318; --bad-soft: #fef3f2; }
+  * { box-sizing: border-box; }
+  body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+         color: var(--ink); background: var(--bg); }
+  header { background: var(--card); border-bottom: 1px solid var(--line); padding: 14px 28px;
+           display: flex; align-items: baseline; gap: 14px; }
+  header h1 { margin: 0; font-size: 20px; letter-spacing: -0.01em; }
+  header span { color: var(--muted); font-size: 14px; }
+  main { display: grid; grid-template-columns: 300px 1fr; gap: 24px; padding: 24px 28px;
+         max-width: 1400px; margin: 0 auto; }
+  @media (max-width: 760px) { main { grid-template-columns: 1fr; } }
+  .panel { background: var(--card); border: 1px solid var(--line); border-radius: 12px; padding: 16px; }
+  #drop { border: 2px dashed #c5cbd6; border-radius: 10px; min-height: 220px; display: flex;
+          flex-direction: column; align-items: center; justify-content: center; text-align: center;
+          color: var(--muted); cursor: pointer; padding: 12px; transition: border-color .15s, background .15s; }
+  #drop.over { border-color: var(--accent); background: var(--accent-soft); }
+  #drop img { max-width: 100%; max-height: 260px; border-radius: 6px; display: none; }
+  #drop.has-photo img { display: block; }
+  #drop.has-photo .hint { display: none; }
+  #drop .hint strong { color: var(--accent); }
+  #file { display: none; }
+  .controls { display: grid; grid-template-columns: minmax(0, 2fr) minmax(0, 3fr); gap: 12px; margin-top: 14px; }
+  label { font-size: 13px; color: var(--muted); display: flex; flex-direction: column; gap: 4px; }
+  select, input[type=number] { font: inherit; padding: 6px 8px; border: 1px solid var(--line); width: 100%;
+                               border-radius: 8px; background: #fff; color: var(--ink); }
+  button { margin-top: 14px; width: 100%; font: inherit; font-weight: 600; padding: 9px; border: 0;
+           border-radius: 8px; background: var(--accent); color: #fff; cursor: pointer; }
+  button:disabled { background: #a4b4f0; cursor: default; }
+  .note { font-size: 12px; color: var(--muted); margin: 10px 0 0; }
+  #status { min-height: 22px; color: var(--muted); margin: 0 0 12px; }
+  #status b { color: var(--ink); }
+  #error { display: none; border: 1px solid #fecdca; background: var(--bad-soft); color: var(--bad);
+           border-radius: 10px; padding: 10px 14px; margin-bottom: 14px; }
+  #error.shown { display: block; }
+  #results { list-style: none; margin: 0; padding: 0; display: grid; gap: 14px;
+             grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); }
+  .card { background: var(--card); border: 1px solid var(--line); border-radius: 10px; overflow: hidden; }
+  .card .thumb { aspect-ratio: 1 / 1; background: #f0f2f5; display: flex; align-items: center;
+                 justify-content: center; position: relative; }
+  .card .thumb img { width: 100%; height: 100%; object-fit: contain; }
+  .card .rank { position: absolute; top: 8px; left: 8px; background: rgba(29,36,51,.8); color: #fff;
+                font-size: 12px; font-weight: 600; border-radius: 999px; padding: 1px 8px; }
+  .card .body { padding: 9px 11px 11px; }
+  .card .title { font-weight: 600; font-size: 14px; white-space: nowrap; overflow: hidden;
+                 text-overflow: ellipsis; }
+  .card .title.id { font: 12px/20px ui-monospace, SFMono-Regular, Menlo, monospace; color: var(--muted); }
+  .card .meta { display: flex; justify-content: space-between; align-items: center; margin-top: 6px;
+                font-size: 13px; color: var(--muted); }
+  .badge { background: var(--accent-soft); color: var(--accent); border-radius: 999px; padding: 1px 9px;
+           font-size: 12px; font-weight: 600; }
+  .bar { height: 4px; background: var(--line); border-radius: 2px; margin-top: 8px; overflow: hidden; }
+  .bar i { display: block; height: 100%; background: var(--accent); }
+  .card a { display: inline-block; margin-top: 6px; font-size: 13px; color: var(--accent); }
+  .empty { color: var(--muted); text-align: center; padding: 60px 0; }
+</style>
+</head>
+<body>
+<header><h1 id="title"></h1><span id="subtitle"></span></header>
+<main>
+  <section class="panel" aria-label="query photo">
+    <div id="drop" tabindex="0" role="button" aria-label="choose or drop a photo">
+      <img id="preview" alt="your photo">
+      <div class="hint"><strong>Choose a photo</strong><br>or drag and drop it here</div>
+    </div>
+    <input id="file" type="file" accept="image/*">
+    <div class="controls">
+      <label>Results <input id="k" type="number" min="1"></label>
+      <label>Category <select id="category"></select></label>
+    </div>
+    <button id="go" disabled>Search</button>
+    <p class="note" id="limits"></p>
+  </section>
+  <section aria-label="results">
+    <div id="error" role="alert"></div>
+    <p id="status">Upload a photo to find matching products.</p>
+    <ol id="results"></ol>
+  </section>
+</main>
+<script id="config" type="application/json">__VSEARCH_CONFIG__</script>
+<script>
+"use strict";
+const cfg = JSON.parse(document.getElementById("config").textContent);
+const $ = (id) => document.getElementById(id);
+const drop = $("drop"), fileInput = $("file"), kInput = $("k"), catSelect = $("category");
+let photo = null, busy = false;
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function setup() {
+  document.title = cfg.title + ": visual search";
+  $("title").textContent = cfg.title;
+  $("subtitle").textContent = "find it in the catalog: " + cfg.items.toLocaleString() + " items";
+  kInput.max = cfg.max_k; kInput.value = cfg.default_k;
+  const modes = [["any", "any"], ["auto", "auto: predict it"]];
+  for (const [value, text] of modes.concat(cfg.categories.map((c) => [c, c]))) {
+    const opt = el("option", "", text); opt.value = value; catSelect.append(opt);
+  }
+  $("limits").textContent = "JPEG, PNG, GIF or BMP, up to " + sizeText(cfg.max_upload_bytes) + ".";
+}
+
+function sizeText(n) { return n >= 1048576 ? (n / 1048576).toFixed(1) + " MB" : n + " bytes"; }
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").classList.toggle("shown", Boolean(message));
+}
+
+function choose(file) {
+  if (!file) return;
+  photo = file;
+  $("preview").src = URL.createObjectURL(file);
+  drop.classList.add("has-photo");
+  $("go").disabled = false;
+  search();
+}
+
+async function search() {
+  if (!photo || busy) return;
+  showError("");
+  if (photo.size > cfg.max_upload_bytes) {
+    showError(photo.name + ": " + sizeText(photo.size) + " is over the " + sizeText(cfg.max_upload_bytes) + " limit");
+    return;
+  }
+  const body = new FormData();
+  body.append("file", photo, photo.name);
+  body.append("k", kInput.value || cfg.default_k);
+  body.append("category", catSelect.value);
+  busy = true; $("go").disabled = true; $("status").textContent = "Searching\u2026";
+  try {
+    const response = await fetch("/api/search", {method: "POST", body});
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(data.error || ("HTTP " + response.status));
+    render(data);
+  } catch (err) {
+    $("status").textContent = "";
+    $("results").replaceChildren();
+    showError(String(err.message || err));
+  } finally {
+    busy = false; $("go").disabled = !photo;
+  }
+}
+
+function render(data) {
+  const info = data.category || {};
+  const status = $("status");
+  status.replaceChildren(el("b", "", data.matches.length + " matches"),
+                         document.createTextNode(" in " + Math.round(data.elapsed_ms) + " ms"));
+  if (info.predicted) {
+    const how = info.mode === "auto"
+      ? " \u00b7 looks like " + info.predicted + " (" + Math.round(100 * info.confidence) + "%"
+        + (info.applied ? ", shown first)" : ", not confident: all categories)")
+      : " \u00b7 only " + info.predicted;
+    status.append(document.createTextNode(how));
+  }
+  const cards = data.matches.map((m) => {
+    const card = el("li", "card");
+    const thumb = el("div", "thumb");
+    const img = el("img"); img.src = m.image_url; img.alt = m.title || m.id; img.loading = "lazy";
+    thumb.append(img, el("span", "rank", "#" + m.rank));
+    const body = el("div", "body");
+    // without a title, the item's id (minus its category folder) names it
+    body.append(m.title ? el("div", "title", m.title) : el("div", "title id", m.id.split("/").pop()));
+    body.lastChild.title = m.title || m.id;
+    const meta = el("div", "meta");
+    meta.append(el("span", "badge", m.category || "\u2014"), el("span", "score", m.score.toFixed(3)));
+    const bar = el("div", "bar"), fill = el("i");
+    fill.style.width = Math.max(0, Math.min(1, m.score)) * 100 + "%";
+    bar.append(fill);
+    body.append(meta, bar);
+    if (m.url && /^https?:\/\//i.test(m.url)) { const link = el("a", "", "view item"); link.href = m.url; link.rel = "noopener"; body.append(link); }
+    card.append(thumb, body);
+    return card;
+  });
+  $("results").replaceChildren(...cards);
+  if (!cards.length) $("results").replaceChildren(el("li", "empty", "No matching items."));
+}
+
+drop.addEventListener("click", () => fileInput.click());
+drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") fileInput.click(); });
+fileInput.addEventListener("change", () => choose(fileInput.files[0]));
+for (const name of ["dragenter", "dragover"]) {
+  drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
+}
+for (const name of ["dragleave", "drop"]) {
+  drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+}
+drop.addEventListener("drop", (e) => choose(e.dataTransfer.files[0]));
+$("go").addEventListener("click", search);
+kInput.addEventListener("change", search);
+catSelect.addEventListener("change", search);
+setup();
+</script>
+</body>
+</html>
+"""
+
+
+def render_page(config: dict) -> str:
+    """The page with ``config`` (title, categories, limits, catalog size) embedded as JSON.
+
+    ``<``, ``>`` and ``&`` are escaped in the JSON so a category name cannot close the
+    script element.
+    """
+    data = json.dumps(config).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return PAGE.replace(PLACEHOLDER, data)
