@@ -57,7 +57,9 @@ def test_export_loads_in_plain_tensorflow(smoke_run, pixels, tmp_path):
 
 def test_metadata_describes_the_model(smoke_run):
     meta = read_metadata(smoke_run["root"] / "embedding")
-    assert meta["image_size"] == 32 and meta["embedding_dim"] == 8 + 4  # instance + class branch
+    # instance branch + class branch (4-d projection and the 3 class probabilities)
+    assert meta["image_size"] == 32 and meta["embedding_dim"] == 8 + 4 + 3
+    assert meta["branches"]["class_probabilities"] == 3
     assert meta["class_names"] == ["blue", "green", "red"]
     assert meta["training_config"]["embedding_dim"] == 8
     assert len(meta["fingerprint"]) == 16 and meta["vsearch_version"]
@@ -71,7 +73,7 @@ def test_bad_bytes_are_clear_errors_not_crashes(smoke_run):
             embedder.embed_bytes([bad])
     gray = __import__("PIL.Image", fromlist=["Image"]).new("LA", (40, 30), (90, 128))
     out = embedder.embed_bytes([png_bytes(gray)])  # still alive, and handles gray + alpha
-    assert out.shape == (1, 12)
+    assert out.shape == (1, 8 + 4 + 3)
 
 
 def test_not_a_saved_model(tmp_path):

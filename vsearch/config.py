@@ -68,9 +68,11 @@ class ClassifierConfig:
     alpha: float = 1.0
     fine_tune_from: str = "block_14"  # first trainable block; earlier layers stay frozen
     augment_views: int = 3  # augmented views cached per training image (plus the clean one)
-    augmentation: str = "customer"  # customer: the seeded customer-photo views stage 2 reuses | keras
+    # keras: flips, small rotations, zoom, contrast. customer: the seeded customer-photo views
+    # stage 2 trains on (shared on disk), measured worse for the classifier (bench/RESULTS.md).
+    augmentation: str = "keras"
     head_epochs: int = 6
-    fine_tune_epochs: int = 8
+    fine_tune_epochs: int = 6  # the best epoch of 8 was the 5th (bench/RESULTS.md)
     head_learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 2e-4
     dropout: float = 0.3
@@ -103,6 +105,7 @@ class SiameseConfig:
     embedding_dim: int = 256  # the instance branch's dimensions
     class_dim: int = 128  # the frozen class branch's dimensions (0: no class branch)
     class_weight: float = 0.4  # share of the class branch in the cosine similarity
+    class_probs_weight: float = 1.0  # the classifier's probabilities in the class branch (0: off)
     instance_init: str = "imagenet"  # instance branch's top blocks start from: imagenet | classifier
     fine_tune_from: str = "block_14"
     views_per_image: int = 4  # cached views per catalog image: 1 clean + simulated customer photos
@@ -127,6 +130,7 @@ class SiameseConfig:
         _check(self.mining in ("semihard", "random"), "mining must be 'semihard' or 'random'")
         _check(self.class_dim >= 0, "class_dim must be >= 0")
         _check(0.0 <= self.class_weight < 1.0, "class_weight must be in [0, 1)")
+        _check(self.class_probs_weight >= 0, "class_probs_weight must be >= 0")
         _check(self.instance_init in ("imagenet", "classifier"), "instance_init must be 'imagenet' or 'classifier'")
         _check(self.instance_loss_weight >= 0, "instance_loss_weight must be >= 0")
         _check(self.temperature > 0, "temperature must be > 0")
@@ -149,10 +153,13 @@ class EvalConfig:
     baselines: bool = True
     baseline_weights: str = "imagenet"  # weights of the frozen baseline (a); smoke: none
     seed: int = 7
+    num_threads: int = 0  # TFLite model_dir: decoding and inference threads (0: every core)
+    reference_dir: str = ""  # TFLite model_dir: SavedModel for parity (empty: the one it came from)
 
     def __post_init__(self):
         _check(self.top_k >= 1, "top_k must be >= 1")
         _check(self.customer_queries >= 0, "customer_queries must be >= 0")
+        _check(self.num_threads >= 0, "num_threads must be >= 0 (0: every core)")
 
 
 def _check(condition: bool, message: str) -> None:

@@ -201,22 +201,39 @@ def clone_top(top, name: str):
 
 
 def two_branch_head(class_features, instance_features, class_projection, instance_projection,
-                    class_weight: float):
+                    class_weight: float, class_head=None, probs_weight: float = 0.0):
     """Joins a class branch and an instance branch into one unit vector.
 
     Each branch is pooled, projected and L2-normalised, scaled by sqrt(weight), concatenated
     and normalised again: the cosine of two embeddings is then
     ``class_weight * cos_class + (1 - class_weight) * cos_instance``. Without a class branch
     (``class_projection`` None) it is the instance branch alone.
+
+    ``class_head`` (the classifier's softmax layer) adds the predicted class probabilities,
+    scaled by ``probs_weight``, to the class branch: the classifier's decision is a sharper
+    category signal than nearest neighbours in its feature space.
     """
     pool = keras.layers.GlobalAveragePooling2D
     inst = L2Normalize(name="instance_l2")(instance_projection(pool(name="instance_pool")(instance_features)))
     if class_projection is None:
         return inst
-    cls = L2Normalize(name="class_l2")(class_projection(pool(name="class_pool")(class_features)))
+    pooled = pool(name="class_pool")(class_features)
+    cls = L2Normalize(name="class_l2")(class_projection(pooled))
+    if class_head is not None and probs_weight > 0:
+        probs = keras.layers.Rescaling(probs_weight, name="class_probs_scale")(class_head(pooled))
+        cls = L2Normalize(name="class_mix_l2")(keras.layers.Concatenate(name="class_mix")([cls, probs]))
     cls = keras.layers.Rescaling(class_weight ** 0.5, name="class_scale")(cls)
     inst = keras.layers.Rescaling((1.0 - class_weight) ** 0.5, name="instance_scale")(inst)
     return L2Normalize(name="l2_normalize")(keras.layers.Concatenate(name="branches")([cls, inst]))
+
+
+def frozen_copy(dense, name: str):
+    """An independent, frozen copy of a built Dense layer (same weights and activation)."""
+    config = {**dense.get_config(), "name": name, "trainable": False}
+    copy = keras.layers.Dense.from_config(config)
+    copy.build((None, dense.kernel.shape[0]))
+    copy.set_weights(dense.get_weights())
+    return copy
 
 
 def build_triplet_model(tower, margin: float = 0.2, distance: str = "euclidean", soft: bool = False,

@@ -146,9 +146,12 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     models.set_fine_tuning(top, False)
     models.set_fine_tuning(instance_top, True)
 
+    class_head = models.frozen_copy(classifier.get_layer("predictions"), "class_head")
+
     def head(features, class_top):
         return models.two_branch_head(class_top(features) if class_projection else None, instance_top(features),
-                                      class_projection, instance_projection, config.class_weight)
+                                      class_projection, instance_projection, config.class_weight,
+                                      class_head, config.class_probs_weight)
 
     top_tower = keras.Model(feat_in, head(feat_in, top), name="tower_top")
     triplet_model = models.build_triplet_model(top_tower, config.margin, instance_weight=config.instance_loss_weight,
@@ -157,28 +160,38 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
 
     embed = lambda x: top_tower.predict(x.astype(np.float32), batch_size=256, verbose=0)  # noqa: E731
 
-    def evaluate() -> dict:
-        return quick_metrics(embed(cache[:, 0]), y_train, embed(val_clean), y_val, embed(val_customer))
+    n_items, n_views = cache.shape[:2]
+    mine = config.mining == "semihard"
 
+    def embed_catalog(all_views: bool):
+        """(embeddings of every view for mining or None, embeddings of the clean catalog)."""
+        if not all_views:
+            return None, embed(cache[:, 0])
+        emb = embed(cache.reshape((-1,) + cache.shape[2:])).reshape(n_items, n_views, -1)
+        return emb, emb[:, 0]
+
+    def evaluate(catalog_emb) -> dict:
+        return quick_metrics(catalog_emb, y_train, embed(val_clean), y_val, embed(val_customer))
+
+    # Mining for epoch e+1 needs every view embedded after epoch e; the clean views among
+    # them serve the metrics of epoch e, so the catalog is embedded once per epoch.
     history: dict[str, list[float]] = {}
-    start_metrics = evaluate()
+    emb, catalog_emb = embed_catalog(mine and config.epochs > 0)
+    start_metrics = evaluate(catalog_emb)
     log(f"  epoch 0: {_fmt(start_metrics)}")
     for key, value in start_metrics.items():
         history.setdefault(f"val_{key}", []).append(value)
     tensorboard = keras.callbacks.TensorBoard(str(work / "logs"))
-    n_items, n_views = cache.shape[:2]
     t = time.perf_counter()
     for epoch in range(config.epochs):
-        emb = None
-        if config.mining == "semihard":
-            emb = embed(cache.reshape((-1,) + cache.shape[2:])).reshape(n_items, n_views, -1)
         trip = sample_triplets(y_train, n_views, config.triplets_per_epoch, rng, config.instance_fraction,
                                emb, config.margin)
         inputs = [cache[idx[:, 0], idx[:, 1]].astype(np.float32)
                   for idx in (trip.anchor, trip.positive, trip.negative)]
         h = triplet_model.fit(inputs, epochs=epoch + 1, initial_epoch=epoch, batch_size=config.batch_size,
                               shuffle=True, callbacks=[tensorboard], verbose=0)
-        quick = evaluate()
+        emb, catalog_emb = embed_catalog(mine and epoch + 1 < config.epochs)
+        quick = evaluate(catalog_emb)
         for key, values in h.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         for key, value in quick.items():
@@ -208,6 +221,7 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     export_embedding(tower, config.out_dir, {
         "class_names": names, "backbone": _backbone_description(config.classifier_dir),
         "branches": {"class": config.class_dim, "instance": config.embedding_dim,
+                     "class_probabilities": len(names) if config.class_dim and config.class_probs_weight else 0,
                      "class_weight": config.class_weight if config.class_dim else 0.0},
         "training_config": cfg_mod.to_dict(config),
         "metrics": {"siamese_validation": final,

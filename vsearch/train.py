@@ -81,8 +81,8 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     classifier = models.build_classifier(base, head, size)
     timings["load_s"] = time.perf_counter() - t0
 
-    # Cache the frozen bottom: one clean view and `augment_views` augmented views. The
-    # customer-photo views are seeded and kept on disk: `vsearch siamese` reads the same ones.
+    # Cache the frozen bottom: one clean view and `augment_views` augmented views. Seeded views
+    # are kept on disk (`data.feature_cache_dir`): `vsearch siamese` reads the clean ones.
     t = time.perf_counter()
     cache_dir = config.data.feature_cache_dir or None
     digest = files_digest(train_ds.file_paths)
