@@ -4,6 +4,10 @@
     vsearch train [--preset P] [--set K=V]  stage 1, the classifier
     vsearch siamese [--preset P] [--set K=V] stage 2, triplet training + SavedModel export
     vsearch eval [--preset P] [--query PATH] stage 3, metrics and retrieval pictures
+    vsearch export --format tflite [--quantize none|dynamic|int8]  the model for fast CPU inference
+    vsearch index build|add|remove|info      the catalog index (FAISS)
+    vsearch search PHOTO [-k 5]              a customer's photo -> matching catalog items
+    vsearch serve [--port 8000]              the upload page and JSON API
 
 Errors a user can fix (a bad path, a bad image, a bad override) print one line and exit 2.
 """
@@ -78,10 +82,119 @@ def cmd_eval(args) -> int:
     from vsearch.images import load_image
 
     config = _build_config(EvalConfig, args, {"model_dir": args.model, "reports_dir": args.reports,
-                                              "seed": args.seed})
+                                              "seed": args.seed, "num_threads": args.threads,
+                                              "reference_dir": args.reference})
     if args.query:
         load_image(args.query, config.data.max_image_pixels)  # fail fast, before loading models
     run_eval(config, query=args.query)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from vsearch.tflite import check_quantization, export_tflite
+
+    if args.format != "tflite":
+        raise UsageError(f"--format must be tflite (the SavedModel itself is written by `vsearch siamese`), "
+                         f"got {args.format!r}")
+    check_quantization(args.quantize)
+    if args.calibration and args.quantize != "int8":
+        raise UsageError(f"--calibration is only used by --quantize int8, not {args.quantize!r}")
+    export_tflite(args.model, args.out, args.quantize, args.calibration, args.calibration_images)
+    return 0
+
+
+DEFAULT_MODEL = "saved_models/embedding"
+DEFAULT_INDEX = "saved_models/catalog.vsi"
+
+
+def _load_embedder(args):
+    from vsearch.embedder import load_embedder
+
+    return load_embedder(args.model, num_threads=getattr(args, "threads", None))
+
+
+def cmd_index(args) -> int:
+    from vsearch.index import Catalog
+    from vsearch.search import add_images, build_catalog
+
+    embed_kwargs = {"batch_size": getattr(args, "batch_size", 32), "workers": getattr(args, "workers", 4),
+                    "progress": True}
+    if args.action == "build":
+        catalog, report = build_catalog(_load_embedder(args), args.catalog, args.items, args.kind, **embed_kwargs)
+        catalog.save(args.out)
+        print(report.format())
+        print(f"wrote {args.out}: {len(catalog)} items, {catalog.dim}-d, {catalog.index.kind} index")
+    elif args.action == "add":
+        embedder = _load_embedder(args)
+        catalog = Catalog.load(args.index, expected_fingerprint=embedder.fingerprint)
+        report = add_images(catalog, embedder, args.paths, args.category, args.items, **embed_kwargs)
+        catalog.save(args.index)
+        print(report.format())
+        print(f"wrote {args.index}: {len(catalog)} items")
+    elif args.action == "remove":
+        catalog = Catalog.load(args.index)
+        unknown = [i for i in args.ids if i not in catalog]
+        if unknown:
+            raise UsageError(f"{len(unknown)} id(s) not in {args.index}: {unknown[:5]}; nothing removed")
+        removed = catalog.remove(args.ids)
+        catalog.save(args.index)
+        print(f"removed {removed} item(s); wrote {args.index}: {len(catalog)} items")
+    else:
+        catalog = Catalog.load(args.index)
+        counts: dict[str, int] = {}
+        for item in catalog.items.values():
+            counts[item.get("category", "")] = counts.get(item.get("category", ""), 0) + 1
+        print(f"{args.index}: {len(catalog)} items, {catalog.dim}-d, {catalog.index.kind} index, "
+              f"model {catalog.fingerprint}")
+        for name, n in sorted(counts.items()):
+            print(f"  {name or '(no category)'}: {n}")
+        if catalog.stats:
+            print("  stats: " + ", ".join(f"{k} {v:.3f}" for k, v in catalog.stats.items()))
+    return 0
+
+
+def cmd_search(args) -> int:
+    import json
+
+    from vsearch.search import Searcher
+
+    if args.k < 1:
+        raise UsageError(f"-k must be >= 1, got {args.k}")
+    from vsearch.images import load_image
+
+    pixels = load_image(args.photo)  # fail fast, before loading the model
+    searcher = Searcher.from_paths(args.model, args.index, num_threads=args.threads)
+    result = searcher.search(pixels, args.k, args.category, source=args.photo)
+    if args.json:
+        print(json.dumps({"query": args.photo, **result.to_dict()}, indent=2))
+    else:
+        cat = result.category
+        if cat["predicted"]:
+            print(f"category {cat['mode']}: {cat['predicted']}"
+                  + (f" (vote {cat['confidence']:.2f}, {'applied' if cat['applied'] else 'not confident'})"
+                     if cat["confidence"] is not None else ""))
+        for rank, m in enumerate(result.matches, 1):
+            title = f"  {m['title']}" if m.get("title") else ""
+            print(f"{rank:>3}. {m['score']:.3f}  {m.get('category') or '-':<12} {m['id']}{title}")
+    if args.plot:
+        from vsearch import plots
+        from vsearch.search import thumbnails
+
+        m = result.matches
+        fig = plots.retrieval(pixels, None, thumbnails(m), [x.get("title") or x.get("category", "") for x in m],
+                              [x["score"] for x in m], title=f"vsearch: {args.photo}")
+        fig.savefig(args.plot, dpi=80, bbox_inches="tight")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from vsearch.serve import run
+
+    if args.max_upload_mb <= 0:
+        raise UsageError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    run(args.model, args.index, host=args.host, port=args.port,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), num_threads=args.threads)
     return 0
 
 
@@ -128,7 +241,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", help="output folder (reports_dir)")
     p.add_argument("--seed", help="seed for the random query and the customer photos")
     p.add_argument("--query", help="any photo to search with in retrieval.png instead of a random one")
+    p.add_argument("--threads", type=int, help="a .tflite --model: decoding and inference threads (num_threads)")
+    p.add_argument("--reference", help="a .tflite --model: the SavedModel to measure parity against "
+                                       "(default: the one it was converted from)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="convert the exported model to TFLite for fast CPU inference",
+                       description="Convert the SavedModel's embed_pixels signature to a TFLite (LiteRT) "
+                                   "flatbuffer plus a metadata sidecar FILE.json; int8 is calibrated on "
+                                   "catalog photos and keeps float32 input and output.")
+    p.add_argument("--format", default="tflite", help="output format: tflite (default)")
+    p.add_argument("--quantize", default="none", help="none (float32, default) | dynamic | int8")
+    p.add_argument("--model", default="saved_models/embedding",
+                   help="exported SavedModel folder (default saved_models/embedding)")
+    p.add_argument("--out", help="output file (default: next to the model, embedding[-QUANTIZE].tflite)")
+    p.add_argument("--calibration", help="int8: folder of catalog photos to calibrate on, searched "
+                                         "recursively (default data/clothing/train)")
+    p.add_argument("--calibration-images", type=int, default=300,
+                   help="int8: how many of them, a seeded sample (default 300)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("index", help="build or change the catalog index",
+                       description="A FAISS index of catalog photos with item metadata (atomic writes; "
+                                   "refuses a model other than the one that built it).")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def model_args(q):
+        q.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
+        q.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
+        q.add_argument("--batch-size", type=int, default=32, help="images per embedding batch")
+        q.add_argument("--workers", type=int, default=4, help="decoding threads")
+        q.add_argument("--items", help="CSV of item metadata: id, path (relative to the folder), title, url, ...")
+
+    q = actions.add_parser("build", help="embed a folder of catalog photos (<category>/<photo>)")
+    q.add_argument("catalog", help="catalog folder, one sub-folder per category")
+    q.add_argument("--out", default=DEFAULT_INDEX, help=f"index file (default {DEFAULT_INDEX})")
+    q.add_argument("--kind", default="auto", choices=("auto", "exact", "hnsw"),
+                   help="exact search, HNSW, or auto (HNSW above 100k items)")
+    model_args(q)
+    q = actions.add_parser("add", help="add photos (files or folders) without re-embedding the rest")
+    q.add_argument("index")
+    q.add_argument("paths", nargs="+", help="image files or <category>/<photo> folders")
+    q.add_argument("--category", help="category of the added photos (default: their folder's name)")
+    model_args(q)
+    q = actions.add_parser("remove", help="remove items by id")
+    q.add_argument("index")
+    q.add_argument("ids", nargs="+")
+    q = actions.add_parser("info", help="size, categories and model of an index")
+    q.add_argument("index")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="find the catalog items in a photo",
+                       description="Embed a photo and print the top-k catalog items.")
+    p.add_argument("photo")
+    p.add_argument("-k", type=int, default=5, help="number of matches (default 5)")
+    p.add_argument("--category", default="any",
+                   help="any | auto (rank the predicted category first when confident) | a category name")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
+    p.add_argument("--index", default=DEFAULT_INDEX, help=f"catalog index (default {DEFAULT_INDEX})")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--plot", help="also save the query and its matches as a PNG")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="the upload web page and JSON API",
+                       description="Serve the upload page at / and the JSON API (/api/search, /api/items/ID, "
+                                   "/healthz; docs at /docs) with uvicorn.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
+    p.add_argument("--index", default=DEFAULT_INDEX, help=f"catalog index (default {DEFAULT_INDEX})")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=10, help="largest accepted photo in MB (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

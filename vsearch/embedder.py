@@ -1,10 +1,11 @@
 """Embedders: one small interface over every way of turning photos into vectors.
 
 ``Embedder`` is what the index, the evaluation and the search use. Implementations:
-:class:`SavedModelEmbedder` (the exported model, through its signatures) and
-:class:`KerasEmbedder` (any in-memory Keras model taking 0..255 pixels: the baselines).
-A distributed batch job or a TFLite runtime is another implementation of the same two
-methods.
+:class:`SavedModelEmbedder` (the exported model, through its signatures),
+:class:`KerasEmbedder` (any in-memory Keras model taking 0..255 pixels: the baselines) and
+:class:`vsearch.tflite.TFLiteEmbedder` (the model converted by ``vsearch export``, for fast
+CPU inference). :func:`load_embedder` picks the right one for a path. A distributed batch
+job is another implementation of the same two methods.
 """
 from __future__ import annotations
 
@@ -100,6 +101,29 @@ class KerasEmbedder:
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return self._finish(self._run(np.asarray(pixels, np.float32)))
+
+
+def load_embedder(path: str | os.PathLike, num_threads: int | None = None):
+    """The embedder for an exported model: a SavedModel folder or a ``.tflite`` file.
+
+    Args:
+        path: ``saved_models/embedding`` (SavedModel) or ``saved_models/embedding.tflite``.
+        num_threads: TFLite only: decoding and inference threads (default: every core).
+    Raises:
+        DataError: the path is neither.
+    """
+    from vsearch.errors import DataError
+
+    p = Path(path)
+    if p.is_dir():
+        return SavedModelEmbedder(p)
+    if p.suffix == ".tflite":
+        from vsearch.tflite import TFLiteEmbedder
+
+        return TFLiteEmbedder(p, num_threads=num_threads)
+    what = "no such file or folder" if not p.exists() else "not a SavedModel folder or a .tflite file"
+    raise DataError(f"{p}: {what}; expected an exported SavedModel folder (`vsearch siamese`) "
+                    "or a .tflite file (`vsearch export --format tflite`)")
 
 
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:

@@ -5,6 +5,11 @@ measured on the same images in the same run: the frozen ImageNet MobileNetV2 (gl
 average pooling), the fine-tuned classifier's pooled features, and the exported embedding
 model (through its ``serving_default`` signature, as a client would call it).
 
+``model_dir`` may also be a ``.tflite`` file (``vsearch export --format tflite``): then the
+SavedModel it was converted from is measured in the same run too, and ``parity`` reports
+the per-image cosine between the two and how TFLite queries fare against the SavedModel's
+catalog.
+
 Customer-photo matching: each validation image, distorted by
 :func:`vsearch.augment.customer_photo` (seeded per image), must find its undistorted
 original among catalog + validation images.
@@ -76,14 +81,46 @@ def git_commit() -> str:
         return "unknown"
 
 
+def parity(vectors: np.ndarray, reference: np.ndarray) -> dict:
+    """Per-row cosine (rows are unit vectors) and largest element difference of two embeddings."""
+    cosine = np.sum(vectors * reference, axis=1)
+    return {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
+            "max_abs_diff": float(np.abs(vectors - reference).max()), "num_images": int(len(cosine))}
+
+
+def _reference(config: EvalConfig, exported, log: Callable[[str], None]):
+    """The SavedModel a TFLite model is compared with, or None (not TFLite, or not found)."""
+    from vsearch.embedder import SavedModelEmbedder
+    from vsearch.errors import DataError
+    from vsearch.tflite import FORMAT, source_model_dir
+
+    if exported.metadata.get("format") != FORMAT:
+        return None
+    path = Path(config.reference_dir) if config.reference_dir else source_model_dir(config.model_dir,
+                                                                                      exported.metadata)
+    if not config.reference_dir and not path.is_dir():
+        log(f"  parity skipped: {path}, the SavedModel it was converted from, is not there (pass --reference)")
+        return None
+    reference = SavedModelEmbedder(path)
+    expected = exported.metadata["source"]["fingerprint"]
+    if reference.fingerprint != expected:
+        raise DataError(f"{path}: weights {reference.fingerprint}, but {config.model_dir} was converted from "
+                        f"{expected}; pass --reference with that SavedModel, or export the TFLite model again")
+    return reference
+
+
 def _embedders(config: EvalConfig, log: Callable[[str], None]):
-    """(name, embedder) pairs: baselines first (when available), the exported model last."""
+    """(name, embedder) pairs: baselines first (when available), the exported model last.
+
+    For a TFLite model the reference SavedModel comes just before it.
+    """
     from vsearch import models
-    from vsearch.embedder import KerasEmbedder, SavedModelEmbedder
+    from vsearch.embedder import KerasEmbedder, SavedModelEmbedder, load_embedder
     from vsearch.errors import BackboneError
     from vsearch.train import load_classifier
 
-    exported = SavedModelEmbedder(config.model_dir)
+    exported = load_embedder(config.model_dir, config.num_threads or None)
+    reference = _reference(config, exported, log)
     out = []
     classifier = None
     if config.baselines:
@@ -97,8 +134,11 @@ def _embedders(config: EvalConfig, log: Callable[[str], None]):
         classifier, _ = load_classifier(config.classifier_dir)
         tuned = models.build_pooled_features(models.find_backbone(classifier), size)
         out.append(("fine-tuned classifier features (GAP)", KerasEmbedder(tuned)))
-    out.append(("exported embedding (SavedModel)", exported))
-    return out, exported, classifier
+    for embedder in (reference, exported):
+        if embedder is not None:  # TFLite names carry their quantization already
+            out.append((f"{embedder.name} (SavedModel)" if isinstance(embedder, SavedModelEmbedder)
+                        else embedder.name, embedder))
+    return out, exported, reference, classifier
 
 
 def run_eval(config: EvalConfig, query: str | None = None, log: Callable[[str], None] = print) -> dict:
@@ -108,7 +148,7 @@ def run_eval(config: EvalConfig, query: str | None = None, log: Callable[[str], 
     reports = Path(config.reports_dir)
     reports.mkdir(parents=True, exist_ok=True)
     root = Path(config.data.data_dir)
-    embedders, exported, classifier = _embedders(config, log)
+    embedders, exported, reference, classifier = _embedders(config, log)
     names = list(exported.metadata.get("class_names") or [])
     catalog = load_split(root / "train", reports / ".clean", names or None, config.data.max_image_pixels)
     names = catalog.class_names
@@ -131,20 +171,39 @@ def run_eval(config: EvalConfig, query: str | None = None, log: Callable[[str], 
     summary = {"models": results, "class_names": names, "num_catalog": len(catalog.paths),
                "num_queries": len(val.paths), "config": cfg_mod.to_dict(config),
                "commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine_description(), "model_metadata": {
-                   k: exported.metadata.get(k) for k in ("fingerprint", "embedding_dim", "image_size", "backbone")}}
+               "machine": machine_description(), "model": embedders[-1][0], "model_metadata": {
+                   k: exported.metadata.get(k) for k in ("fingerprint", "embedding_dim", "image_size", "backbone",
+                                                         "format", "quantization")}}
+    if reference is not None:
+        summary["parity"] = _parity(vectors[embedders[-2][0]], vectors[embedders[-1][0]], reference, val,
+                                    catalog, names, targets)
+        p = summary["parity"]
+        log(f"  parity with {p['reference']}: cosine mean {p['bytes']['cosine_mean']:.4f} "
+            f"min {p['bytes']['cosine_min']:.4f} (validation photos, bytes)")
     if classifier is not None:
         probs = embed_files(KerasEmbedder(classifier, normalize=False), val.paths, config.data.batch_size)
         pred = probs.argmax(axis=1)
         summary["classifier"] = metrics.classification_report(val.labels, pred, names)
         log(f"  classifier accuracy {summary['classifier']['accuracy']:.4f}")
 
-    cat, qry, cust = vectors["exported embedding (SavedModel)"]
+    cat, qry, cust = vectors[summary["model"]]
     _pictures(config, reports, catalog, val, names, exported, cat, qry, photos, targets, cust, query)
     (reports / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     (reports / "eval.md").write_text(format_markdown(summary))
     log(f"wrote {reports}/metrics.json, eval.md and pictures")
     return summary
+
+
+def _parity(reference_vectors, vectors, reference, val, catalog, names, targets) -> dict:
+    """TFLite against its source SavedModel: per-image cosine, and TFLite queries in its catalog."""
+    ref_cat, ref_qry, ref_cust = reference_vectors
+    _, qry, cust = vectors
+    cross = class_retrieval(qry, val.labels, ref_cat, catalog.labels, names)["overall"]
+    return {"reference": str(reference.model_dir), "reference_fingerprint": reference.fingerprint,
+            "bytes": parity(qry, ref_qry), "pixels": parity(cust, ref_cust),
+            "queries_in_reference_catalog": {
+                "precision@1": cross["precision@1"], "map@r": cross["map@r"],
+                "customer_recall@1": customer_matching(cust, targets, ref_cat, ref_qry)["recall@1"]}}
 
 
 def format_markdown(summary: dict) -> str:
@@ -161,8 +220,21 @@ def format_markdown(summary: dict) -> str:
     if "classifier" in summary:
         text += [f"Classifier validation accuracy: {summary['classifier']['accuracy']:.3f} "
                  f"(balanced {summary['classifier']['balanced_accuracy']:.3f}).", ""]
-    text += ["Per-class (exported model):", "", "| class | P@1 | MAP@R |", "|---|---|---|"]
-    exported = summary["models"].get("exported embedding (SavedModel)", {})
+    if "parity" in summary:
+        p = summary["parity"]
+        b, x, q = p["bytes"], p["pixels"], p["queries_in_reference_catalog"]
+        text += [f"Parity of {summary['model']} with the SavedModel it was converted from "
+                 f"(`{p['reference']}`, weights {p['reference_fingerprint']}), per image:", "",
+                 "| input | images | cosine mean | cosine min | max abs diff |", "|---|---|---|---|---|",
+                 f"| validation photos as bytes (decoding + model) | {b['num_images']} | {b['cosine_mean']:.4f} | "
+                 f"{b['cosine_min']:.4f} | {b['max_abs_diff']:.4f} |",
+                 f"| customer photos as pixels (model only) | {x['num_images']} | {x['cosine_mean']:.4f} | "
+                 f"{x['cosine_min']:.4f} | {x['max_abs_diff']:.4f} |", "",
+                 f"Its queries against the SavedModel's catalog: P@1 {q['precision@1']:.3f}, "
+                 f"MAP@R {q['map@r']:.3f}, customer R@1 {q['customer_recall@1']:.3f}.", ""]
+    text += [f"Per-class, {summary.get('model', 'exported model')}:", "", "| class | P@1 | MAP@R |",
+             "|---|---|---|"]
+    exported = summary["models"].get(summary.get("model", "exported embedding (SavedModel)"), {})
     for name, res in exported.get("per_class", {}).items():
         text.append(f"| {name} | {res['precision@1']:.3f} | {res['map@r']:.3f} |")
     text += ["", f"Commit {summary['commit']}, {summary['date']}, machine: {summary['machine']}.",

@@ -67,9 +67,18 @@ def _to_rgb(img, source: str) -> np.ndarray:
     return arr
 
 
-def decode_image(data: bytes, source: str = "<bytes>",
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 upright: bool = True, draft_size: int | None = None) -> np.ndarray:
     """Decodes encoded image bytes to an upright RGB ``uint8`` array of shape (H, W, 3).
+
+    Args:
+        data: Encoded image.
+        source: Name for error messages.
+        max_pixels: Larger images are refused.
+        upright: Apply the EXIF orientation. ``False`` reads the pixels as stored, like
+            ``tf.io.decode_image`` (what the SavedModel's ``serving_default`` does).
+        draft_size: Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale while both sides stay
+            >= ``draft_size`` (Pillow's ``draft``); other formats are unaffected.
 
     Raises:
         ImageError: empty, not an image, truncated/corrupt, or more than ``max_pixels``.
@@ -85,8 +94,11 @@ def decode_image(data: bytes, source: str = "<bytes>",
                 raise ImageError(source, f"{width}x{height} pixels is over the {max_pixels}-pixel limit")
             if width < 1 or height < 1:
                 raise ImageError(source, f"degenerate size {width}x{height}")
+            if draft_size:
+                img.draft(None, (draft_size, draft_size))
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if upright:
+                img = ImageOps.exif_transpose(img)
             return _to_rgb(img, source)
     except ImageError:
         raise

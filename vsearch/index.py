@@ -40,6 +40,12 @@ class VectorIndex(Protocol):
     def __len__(self) -> int: ...
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def choose_kind(kind: str, size: int) -> str:
     """Resolves ``auto`` to ``exact`` or ``hnsw`` by catalog size; validates the name."""
     if kind == "auto":
@@ -254,6 +260,7 @@ class Catalog:
                 np.savez(fh, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an index is an ordinary file
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,272 @@
+"""Whole-path embedding throughput: file bytes -> unit vector, per runtime (run by hand).
+
+Same images, same run, each variant in a fresh subprocess (so that peak RSS is its own):
+
+* ``baseline``: the frozen Keras MobileNetV2 ImageNet (+ GAP, as ``vsearch eval`` builds it),
+  decoding in TensorFlow;
+* ``savedmodel``: ``saved_models/embedding`` through ``serving_default`` (TF decoding);
+* ``tflite-fp32`` / ``tflite-dynamic`` / ``tflite-int8``: ``vsearch export --format tflite``
+  outputs on LiteRT + XNNPACK, Pillow decoding in a thread pool.
+
+Each variant embeds the images at batch 1 and batch 32 (after one untimed warm-up batch that
+traces graphs and allocates tensors); reading the files is inside the timed loop. The
+TFLite variants' vectors are compared with the SavedModel's on the same images (cosine).
+``--draft-check`` also measures what JPEG draft decoding does on photos 2x and 4x the
+catalog's size (the catalog's own photos, 400x533, are too small for it to act): speed,
+per-image cosine to the SavedModel on the same bytes, and retrieval.
+
+    python bench/embed.py                         # 256 validation images, all variants
+    python bench/embed.py --images 64 --variants tflite-fp32,tflite-int8 --no-append
+
+Prints a markdown table and appends it to ``bench/RESULTS.md`` with the date, commit,
+machine, load average and command.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if (ROOT / ".cache" / "keras").is_dir():  # where `make` links the ImageNet weights
+    os.environ.setdefault("KERAS_HOME", str(ROOT / ".cache" / "keras"))
+
+MODELS = ROOT / "saved_models"
+VARIANTS = {
+    "baseline": "frozen ImageNet MobileNetV2 (GAP), Keras",
+    "savedmodel": "exported embedding, SavedModel",
+    "tflite-fp32": "exported embedding, TFLite fp32",
+    "tflite-dynamic": "exported embedding, TFLite dynamic-range",
+    "tflite-int8": "exported embedding, TFLite int8",
+}
+FILES = {"savedmodel": MODELS / "embedding", "tflite-fp32": MODELS / "embedding.tflite",
+         "tflite-dynamic": MODELS / "embedding-dynamic.tflite", "tflite-int8": MODELS / "embedding-int8.tflite"}
+
+
+def sample_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """A seeded sample of ``count`` images under ``folder``, sorted (the same in every variant)."""
+    from vsearch.images import IMAGE_EXTENSIONS
+
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    chosen = np.random.default_rng(seed).choice(len(found), size=min(count, len(found)), replace=False)
+    return [found[i] for i in sorted(chosen)]
+
+
+def load_variant(variant: str, threads: int | None):
+    """The embedder of one variant."""
+    if variant == "baseline":
+        from vsearch import models
+        from vsearch.embedder import KerasEmbedder
+
+        return KerasEmbedder(models.build_pooled_features(models.build_backbone(224, "imagenet"), 224))
+    from vsearch.embedder import load_embedder
+
+    return load_embedder(FILES[variant], num_threads=threads)
+
+
+def time_path(embedder, paths: list[Path], batch: int) -> tuple[float, np.ndarray]:
+    """Seconds to read and embed every file at ``batch`` images per call, and the vectors."""
+    embedder.embed_bytes([p.read_bytes() for p in paths[:batch]])  # warm-up, untimed
+    start = time.perf_counter()
+    out = [embedder.embed_bytes([p.read_bytes() for p in paths[i:i + batch]]) for i in range(0, len(paths), batch)]
+    return time.perf_counter() - start, np.concatenate(out)
+
+
+def worker(variant: str, list_file: str, batches: list[int], threads: int | None, vectors_file: str) -> dict:
+    """Runs in its own process: load, time each batch size, report peak RSS."""
+    paths = [Path(line) for line in Path(list_file).read_text().splitlines()]
+    start = time.perf_counter()
+    embedder = load_variant(variant, threads)
+    load_s = time.perf_counter() - start
+    result = {"variant": variant, "load_s": load_s, "images": len(paths), "throughput": {}}
+    for batch in batches:
+        seconds, vectors = time_path(embedder, paths, batch)
+        result["throughput"][str(batch)] = len(paths) / seconds
+    np.save(vectors_file, vectors)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return result
+
+
+def labelled(folder: Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Images of ``folder/<class>/`` with integer labels (sorted class names)."""
+    names = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    paths = sorted(p for name in names for p in (folder / name).iterdir() if p.is_file())
+    return paths, np.array([names.index(p.parent.name) for p in paths]), names
+
+
+def draft_check(threads: int | None) -> dict:
+    """TFLite fp32 with and without draft on the validation photos upscaled 2x and 4x.
+
+    Against the SavedModel on the same bytes (per-image cosine) and in retrieval: class
+    P@1 / MAP@R against the SavedModel's catalog, and the rank of the photo's original
+    among catalog + validation originals (R@1), as ``vsearch eval`` measures them.
+    """
+    from PIL import Image
+
+    from vsearch import metrics
+    from vsearch.embedder import SavedModelEmbedder, embed_files
+    from vsearch.evaluate import class_retrieval
+    from vsearch.tflite import TFLiteEmbedder
+
+    data = ROOT / "data" / "clothing"
+    cat_paths, cat_labels, names = labelled(data / "train")
+    val_paths, val_labels, _ = labelled(data / "validation")
+    saved = SavedModelEmbedder(FILES["savedmodel"])
+    catalog, originals = embed_files(saved, cat_paths), embed_files(saved, val_paths)
+    pool, targets = np.concatenate([catalog, originals]), np.arange(len(val_paths)) + len(catalog)
+    embedders = {"SavedModel": saved, **{f"TFLite fp32, {'draft' if d else 'full'} decode":
+                                         TFLiteEmbedder(FILES["tflite-fp32"], num_threads=threads, draft=d)
+                                         for d in (False, True)}}
+    out = {}
+    for factor in (2, 4):
+        blobs = []
+        for p in val_paths:
+            img = Image.open(p).convert("RGB")
+            buf = io.BytesIO()
+            img.resize((img.width * factor, img.height * factor), Image.BICUBIC).save(buf, "JPEG", quality=90)
+            blobs.append(buf.getvalue())
+        reference = None
+        for name, embedder in embedders.items():
+            embedder.embed_bytes(blobs[:32])
+            start = time.perf_counter()
+            vectors = np.concatenate([embedder.embed_bytes(blobs[i:i + 32]) for i in range(0, len(blobs), 32)])
+            seconds = time.perf_counter() - start
+            reference = vectors if reference is None else reference
+            cosine = np.sum(vectors * reference, axis=1)
+            overall = class_retrieval(vectors, val_labels, catalog, cat_labels, names)["overall"]
+            recall = metrics.instance_recall(metrics.rank_of_targets(vectors, pool, targets), (1,))
+            out[f"{factor}x/{name}"] = {"images_per_s": len(blobs) / seconds, "cosine_mean": float(cosine.mean()),
+                                        "cosine_min": float(cosine.min()), "p@1": overall["precision@1"],
+                                        "map@r": overall["map@r"], "original_r@1": recall["recall@1"]}
+    return out
+
+
+def run_worker(args_list: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args_list], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {args_list[:2]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def format_table(results: list[dict], batches: list[int], cosines: dict) -> str:
+    base = next((r for r in results if r["variant"] == "baseline"), None)
+    head = ["variant", "model size"] + [f"batch {b} img/s" for b in batches]
+    if base:
+        head += [f"x baseline (b{b})" for b in batches]
+    head += ["peak RSS", "load", "cosine to SavedModel (mean / min)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        path = FILES.get(r["variant"])
+        size = "" if path is None else f"{_size(path) / 2**20:.1f} MiB"
+        row = [VARIANTS[r["variant"]], size] + [f"{r['throughput'][str(b)]:.1f}" for b in batches]
+        if base:
+            row += [f"{r['throughput'][str(b)] / base['throughput'][str(b)]:.2f}x" for b in batches]
+        cos = cosines.get(r["variant"])
+        row += [f"{r['peak_rss_mib']:.0f} MiB", f"{r['load_s']:.1f} s",
+                "" if cos is None else f"{cos[0]:.4f} / {cos[1]:.4f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def format_draft(check: dict) -> str:
+    lines = ["| validation photos (276) | embedder | img/s (batch 32) | cosine to SavedModel, same bytes "
+             "(mean / min) | P@1 | MAP@R | original R@1 |", "|---|---|---|---|---|---|---|"]
+    for key, r in check.items():
+        factor, name = key.split("/", 1)
+        lines.append(f"| upscaled {factor} (bicubic, JPEG q90) | {name} | {r['images_per_s']:.1f} | "
+                     f"{r['cosine_mean']:.4f} / {r['cosine_min']:.4f} | {r['p@1']:.3f} | {r['map@r']:.3f} | "
+                     f"{r['original_r@1']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--split", default=str(ROOT / "data" / "clothing" / "validation"))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--threads", type=int, default=None, help="TFLite threads (default: every core)")
+    parser.add_argument("--draft-check", action="store_true")
+    parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--list", help=argparse.SUPPRESS)
+    parser.add_argument("--vectors", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    if args.worker == "draft":
+        print(json.dumps(draft_check(args.threads)))
+        return
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.list, batches, args.threads, args.vectors)))
+        return
+
+    from vsearch.evaluate import git_commit, machine_description
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    missing = [str(FILES[v]) for v in variants if v in FILES and not FILES[v].exists()]
+    if unknown or missing:
+        raise SystemExit(f"unknown variants {unknown} or missing models {missing} "
+                         "(run `vsearch export --format tflite [--quantize int8|dynamic]` first)")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    paths = sample_images(Path(args.split), args.images)
+    (tmp / "list.txt").write_text("\n".join(str(p) for p in paths))
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    common = ["--list", str(tmp / "list.txt"), "--batches", args.batches]
+    if args.threads:
+        common += ["--threads", str(args.threads)]
+    results = []
+    for variant in variants:
+        results.append(run_worker(["--worker", variant, "--vectors", str(tmp / f"{variant}.npy"), *common]))
+        print(f"{variant}: " + ", ".join(f"b{b} {v:.1f} img/s" for b, v in results[-1]["throughput"].items())
+              + f", peak RSS {results[-1]['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+    cosines = {}
+    if (tmp / "savedmodel.npy").is_file():
+        reference = np.load(tmp / "savedmodel.npy")
+        for variant in variants:
+            if variant.startswith("tflite"):
+                cos = np.sum(np.load(tmp / f"{variant}.npy") * reference, axis=1)
+                cosines[variant] = (float(cos.mean()), float(cos.min()))
+    table = format_table(results, batches, cosines)
+    draft = format_draft(run_worker(["--worker", "draft", *common])) if args.draft_check else ""
+    load_after = os.getloadavg()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, cwd=ROOT).stdout.strip()
+    command = "python bench/embed.py " + " ".join(sys.argv[1:])
+    report = [f"## Whole-path embedding throughput, file bytes -> vector ({dt.date.today().isoformat()})", "",
+              f"Commit {git_commit()}{' + uncommitted changes' if dirty else ''}, {machine_description()}. "
+              f"Command: `{command.strip()}` ({time.perf_counter() - started:.0f} s). {len(paths)} images from "
+              f"`{Path(args.split).relative_to(ROOT) if Path(args.split).is_relative_to(ROOT) else args.split}`, "
+              "the same in every variant, each variant in a fresh process (peak RSS = its ru_maxrss). "
+              f"Load average before / after: {load_before[0]:.2f} / {load_after[0]:.2f} (the machine is shared).",
+              "", table, ""]
+    if draft:
+        report += ["JPEG draft decoding on photos larger than the catalog's (`--draft-check`; retrieval "
+                   "against the SavedModel's catalog of the train split):", "", draft, ""]
+    text = "\n".join(report)
+    print(text)
+    if not args.no_append:
+        with open(ROOT / "bench" / "RESULTS.md", "a") as handle:
+            handle.write("\n" + text)
+        print(f"appended to {ROOT / 'bench' / 'RESULTS.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
