@@ -64,3 +64,13 @@ def test_siamese_validation():
         c.SiameseConfig(mining="hardest")
     with pytest.raises(c.ConfigError, match="instance_fraction"):
         c.SiameseConfig(instance_fraction=1.5)
+    with pytest.raises(c.ConfigError, match="class_probs_weight"):
+        c.SiameseConfig(class_probs_weight=-1)
+
+
+def test_classifier_validation():
+    with pytest.raises(c.ConfigError, match="lr_schedule must be"):
+        c.ClassifierConfig(lr_schedule="step")
+    with pytest.raises(c.ConfigError, match="augmentation must be"):
+        c.ClassifierConfig(augmentation="mixup")
+    assert c.apply_overrides(c.ClassifierConfig(), {"lr_schedule": "constant"}).lr_schedule == "constant"

@@ -72,9 +72,10 @@ class ClassifierConfig:
     # stage 2 trains on (shared on disk), measured worse for the classifier (bench/RESULTS.md).
     augmentation: str = "keras"
     head_epochs: int = 6
-    fine_tune_epochs: int = 6  # the best epoch of 8 was the 5th (bench/RESULTS.md)
+    fine_tune_epochs: int = 8
     head_learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 2e-4
+    lr_schedule: str = "cosine"  # cosine decay over each phase | constant
     dropout: float = 0.3
     label_smoothing: float = 0.1
     weight_decay: float = 1e-4
@@ -84,6 +85,7 @@ class ClassifierConfig:
     def __post_init__(self):
         _check(self.augment_views >= 0, "augment_views must be >= 0")
         _check(self.augmentation in ("customer", "keras"), "augmentation must be 'customer' or 'keras'")
+        _check(self.lr_schedule in ("cosine", "constant"), "lr_schedule must be 'cosine' or 'constant'")
         _check(self.head_epochs >= 1, "head_epochs must be >= 1")
         _check(self.fine_tune_epochs >= 0, "fine_tune_epochs must be >= 0")
         _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
@@ -104,7 +106,7 @@ class SiameseConfig:
     work_dir: str = "saved_models/siamese"
     embedding_dim: int = 256  # the instance branch's dimensions
     class_dim: int = 128  # the frozen class branch's dimensions (0: no class branch)
-    class_weight: float = 0.4  # share of the class branch in the cosine similarity
+    class_weight: float = 0.3  # share of the class branch in the cosine similarity
     class_probs_weight: float = 1.0  # the classifier's probabilities in the class branch (0: off)
     instance_init: str = "imagenet"  # instance branch's top blocks start from: imagenet | classifier
     fine_tune_from: str = "block_14"

@@ -114,11 +114,20 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     history: dict[str, list[float]] = {}
     phase_starts = []
 
+    def schedule(learning_rate: float, epochs: int, samples: int):
+        # Cosine decay over the phase: late epochs take small steps, so the best-on-validation
+        # checkpoint is less a matter of which noisy epoch happened to be last.
+        if config.lr_schedule == "constant":
+            return learning_rate
+        steps = epochs * int(np.ceil(samples / batch))
+        return keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)
+
     def fit(model, x, xv, epochs: int, learning_rate: float, phase: str, callbacks=()):
         early = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
                                               restore_best_weights=True)
         model.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay),
+            optimizer=keras.optimizers.AdamW(schedule(learning_rate, epochs, len(x)),
+                                             weight_decay=config.weight_decay),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
             metrics=["accuracy"])
         t = time.perf_counter()
