@@ -55,6 +55,17 @@ FILES = {"savedmodel": MODELS / "embedding", "tflite-fp32": MODELS / "embedding.
          "tflite-dynamic": MODELS / "embedding-dynamic.tflite", "tflite-int8": MODELS / "embedding-int8.tflite"}
 
 
+def _stale(tflite: Path) -> bool:
+    """Whether a TFLite export was converted from a SavedModel other than the current one."""
+    import json
+
+    from vsearch.export import read_metadata
+
+    source = read_metadata(MODELS / "embedding")["fingerprint"]
+    made_from = json.loads(Path(f"{tflite}.json").read_text())["fingerprint"].split(":")[0]
+    return made_from != source
+
+
 def sample_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
     """A seeded sample of ``count`` images under ``folder``, sorted (the same in every variant)."""
     from vsearch.images import IMAGE_EXTENSIONS
@@ -221,6 +232,10 @@ def main() -> None:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     missing = [str(FILES[v]) for v in variants if v in FILES and not FILES[v].exists()]
+    stale = [str(FILES[v]) for v in variants if v.startswith("tflite") and FILES[v].exists() and _stale(FILES[v])]
+    if stale:
+        raise SystemExit(f"{stale}: converted from another SavedModel than {MODELS / 'embedding'}; "
+                         "re-run `vsearch export --format tflite`")
     if unknown or missing:
         raise SystemExit(f"unknown variants {unknown} or missing models {missing} "
                          "(run `vsearch export --format tflite [--quantize int8|dynamic]` first)")

@@ -53,7 +53,8 @@ def in_process(searcher, queries, k: int) -> list[dict]:
         start = time.perf_counter()
         searcher.search(data, k)
         total.append(time.perf_counter() - start)
-    stages = {"decode (Pillow, EXIF, RGB)": [], "resize + embed (SavedModel)": [], "index search (FAISS)": []}
+    model = "TFLite" if str(getattr(searcher.embedder, "path", "")).endswith(".tflite") else "SavedModel"
+    stages = {"decode (Pillow, EXIF, RGB)": [], f"resize + embed ({model})": [], "index search (FAISS)": []}
     for _, data in queries:
         t0 = time.perf_counter()
         pixels = searcher.pixels(data)
