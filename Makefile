@@ -20,7 +20,7 @@ INDEX ?= saved_models/catalog.vsi
 CATALOG ?= data/clothing/train
 PORT ?= 8000
 
-.PHONY: help venv weights data train siamese eval demo index serve tflite test test-integration docs notebook clean
+.PHONY: help venv weights data train siamese eval demo index serve tflite test test-integration docs screenshot notebook clean
 
 help:
 	@echo "make demo   - data, train, siamese, eval end to end (SOURCE=DIR for a local dataset copy)"
@@ -81,6 +81,11 @@ docs:
 	cp reports/retrieval.png reports/retrieval_grid.png reports/embedding_map.png reports/customer_photo.png docs/
 	cp reports/eval.md docs/eval.md
 	cp saved_models/classifier/training_curves.png saved_models/classifier/confusion_matrix.png docs/
+
+# docs/web.png: the upload page over the real index, in headless Debian Chromium.
+screenshot: venv
+	@test -f $(INDEX) || $(MAKE) index
+	$(PY) docs/make_screenshot.py
 
 # Re-execute the walkthrough notebook on the artifacts of the last real run (committed outputs).
 notebook: venv
