@@ -78,7 +78,7 @@ class FaissIndex:
     """
 
     def __init__(self, dim: int, kind: str = "exact", hnsw_m: int = 32, ef_construction: int = 80,
-                 ef_search: int = 96):
+                 ef_search: int = 256):
         if dim < 1:
             raise ValueError(f"FaissIndex: dim must be >= 1, got {dim}")
         self.dim = int(dim)
