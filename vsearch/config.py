@@ -79,7 +79,7 @@ class ClassifierConfig:
     dropout: float = 0.3
     label_smoothing: float = 0.1
     weight_decay: float = 1e-4
-    patience: int = 3
+    patience: int = 5  # the best epoch often follows a dip (bench/RESULTS.md, session 2)
     class_weighting: bool = True
 
     def __post_init__(self):
