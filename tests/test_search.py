@@ -10,7 +10,7 @@ from vsearch import cli
 from vsearch.errors import DataError, ImageError
 from vsearch.index import Catalog
 from vsearch.search import (Searcher, add_images, build_catalog, catalog_files, predict_category,
-                            rank_category_first, read_items_csv)
+                            read_items_csv)
 
 
 class ColourEmbedder:
@@ -135,13 +135,12 @@ def solid_shop(tmp_path):
     return root
 
 
-def test_predict_category_and_rerank():
+def test_predict_category():
     matches = [{"id": "a", "category": "x", "score": 0.9}, {"id": "b", "category": "y", "score": 0.89},
                {"id": "c", "category": "y", "score": 0.88}]
     assert predict_category(matches)[0] == "y" and 0.5 < predict_category(matches)[1] < 0.7
     assert predict_category(matches, temperature=0.001)[0] == "x"
     assert predict_category([]) == ("", 0.0)
-    assert [m["id"] for m in rank_category_first(matches, "y")] == ["b", "c", "a"]
 
 
 def test_cli_index_and_search_with_exported_model(smoke_run, smoke_index, tmp_path, capsys):

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from vsearch.errors import DataError, ImageError
-from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image, list_images, read_bytes
+from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image, read_bytes
 from vsearch.index import Catalog, FaissIndex, choose_kind, measure_recall
 
 AUTO_NEIGHBOURS = 10      # neighbours that vote for the query's category
@@ -246,12 +246,6 @@ def predict_category(matches: Sequence[dict], temperature: float = VOTE_TEMPERAT
     return best, float(votes[best] / weights.sum())
 
 
-def rank_category_first(matches: Sequence[dict], category: str) -> list[dict]:
-    """Stable re-rank: the category's items first, each group by score."""
-    return ([m for m in matches if m.get("category") == category]
-            + [m for m in matches if m.get("category") != category])
-
-
 @dataclass
 class SearchResult:
     matches: list[dict]
@@ -309,11 +303,9 @@ class Searcher:
 
     def embed(self, image, source: str = "<upload>") -> np.ndarray:
         """One photo -> its unit vector."""
-        from vsearch.images import resize_pixels
+        from vsearch.embedder import embed_arrays
 
-        pixels = self.pixels(image, source)
-        batch = np.asarray(resize_pixels(pixels, self.embedder.image_size), np.float32)[None]
-        return self.embedder.embed_pixels(batch)[0]
+        return embed_arrays(self.embedder, [self.pixels(image, source)])[0]
 
     def search(self, image, k: int = 5, category: str = "any", source: str = "<upload>") -> SearchResult:
         """The top-k catalog items for a photo (bytes, path or pixels)."""
