@@ -9,13 +9,17 @@ Same images, same run, each variant in a fresh subprocess (so that peak RSS is i
   outputs on LiteRT + XNNPACK, Pillow decoding in a thread pool.
 
 Each variant embeds the images at batch 1 and batch 32 (after one untimed warm-up batch that
-traces graphs and allocates tensors); reading the files is inside the timed loop. The
+traces graphs and allocates tensors); reading the files is inside the timed loop. The variants
+run in ``--rounds`` interleaved rounds (baseline, SavedModel, ..., then again): a slow spell
+of the shared machine then hits every variant alike. The table gives each variant's median
+over the rounds, and each ratio to the baseline is the median of the per-round ratios
+(min..max beside it). The
 TFLite variants' vectors are compared with the SavedModel's on the same images (cosine).
 ``--draft-check`` also measures what JPEG draft decoding does on photos 2x and 4x the
 catalog's size (the catalog's own photos, 400x533, are too small for it to act): speed,
 per-image cosine to the SavedModel on the same bytes, and retrieval.
 
-    python bench/embed.py                         # 256 validation images, all variants
+    python bench/embed.py                         # 256 validation images, all variants, 3 rounds
     python bench/embed.py --images 64 --variants tflite-fp32,tflite-int8 --no-append
 
 Prints a markdown table and appends it to ``bench/RESULTS.md`` with the date, commit,
@@ -171,11 +175,30 @@ def run_worker(args_list: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def combine_rounds(rounds: list[list[dict]], batches: list[int]) -> list[dict]:
+    """Per variant: median throughput over the rounds, and the median (min, max) of its
+    per-round ratio to the same round's baseline."""
+    out = []
+    for i, first in enumerate(rounds[0]):
+        runs = [r[i] for r in rounds]
+        merged = {**first, "load_s": float(np.median([r["load_s"] for r in runs])),
+                  "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+                  "throughput": {str(b): float(np.median([r["throughput"][str(b)] for r in runs])) for b in batches},
+                  "rounds": len(runs)}
+        base = [next((x for x in r if x["variant"] == "baseline"), None) for r in rounds]
+        if all(base):
+            ratios = {str(b): [r[i]["throughput"][str(b)] / x["throughput"][str(b)] for r, x in zip(rounds, base)]
+                      for b in batches}
+            merged["ratio"] = {b: (float(np.median(v)), min(v), max(v)) for b, v in ratios.items()}
+        out.append(merged)
+    return out
+
+
 def format_table(results: list[dict], batches: list[int], cosines: dict) -> str:
     base = next((r for r in results if r["variant"] == "baseline"), None)
     head = ["variant", "model size"] + [f"batch {b} img/s" for b in batches]
     if base:
-        head += [f"x baseline (b{b})" for b in batches]
+        head += [f"x baseline (b{b}), median (min..max)" for b in batches]
     head += ["peak RSS", "load", "cosine to SavedModel (mean / min)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -183,7 +206,8 @@ def format_table(results: list[dict], batches: list[int], cosines: dict) -> str:
         size = "" if path is None else f"{_size(path) / 2**20:.1f} MiB"
         row = [VARIANTS[r["variant"]], size] + [f"{r['throughput'][str(b)]:.1f}" for b in batches]
         if base:
-            row += [f"{r['throughput'][str(b)] / base['throughput'][str(b)]:.2f}x" for b in batches]
+            row += [f"{r['ratio'][str(b)][0]:.2f}x ({r['ratio'][str(b)][1]:.2f}..{r['ratio'][str(b)][2]:.2f})"
+                    for b in batches]
         cos = cosines.get(r["variant"])
         row += [f"{r['peak_rss_mib']:.0f} MiB", f"{r['load_s']:.1f} s",
                 "" if cos is None else f"{cos[0]:.4f} / {cos[1]:.4f}"]
@@ -212,6 +236,7 @@ def main() -> None:
     parser.add_argument("--split", default=str(ROOT / "data" / "clothing" / "validation"))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="TFLite threads (default: every core)")
     parser.add_argument("--draft-check", action="store_true")
     parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
@@ -247,11 +272,15 @@ def main() -> None:
     common = ["--list", str(tmp / "list.txt"), "--batches", args.batches]
     if args.threads:
         common += ["--threads", str(args.threads)]
-    results = []
-    for variant in variants:
-        results.append(run_worker(["--worker", variant, "--vectors", str(tmp / f"{variant}.npy"), *common]))
-        print(f"{variant}: " + ", ".join(f"b{b} {v:.1f} img/s" for b, v in results[-1]["throughput"].items())
-              + f", peak RSS {results[-1]['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+    rounds = []
+    for r in range(args.rounds):
+        rounds.append([])
+        for variant in variants:
+            rounds[-1].append(run_worker(["--worker", variant, "--vectors", str(tmp / f"{variant}.npy"), *common]))
+            print(f"round {r + 1} {variant}: " + ", ".join(
+                f"b{b} {v:.1f} img/s" for b, v in rounds[-1][-1]["throughput"].items())
+                + f", peak RSS {rounds[-1][-1]['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+    results = combine_rounds(rounds, batches)
     cosines = {}
     if (tmp / "savedmodel.npy").is_file():
         reference = np.load(tmp / "savedmodel.npy")
@@ -267,7 +296,8 @@ def main() -> None:
     command = "python bench/embed.py " + " ".join(sys.argv[1:])
     report = [f"## Whole-path embedding throughput, file bytes -> vector ({dt.date.today().isoformat()})", "",
               f"Commit {git_commit()}{' + uncommitted changes' if dirty else ''}, {machine_description()}. "
-              f"Command: `{command.strip()}` ({time.perf_counter() - started:.0f} s). {len(paths)} images from "
+              f"Command: `{command.strip()}` ({time.perf_counter() - started:.0f} s, {args.rounds} interleaved "
+              f"rounds, medians). {len(paths)} images from "
               f"`{Path(args.split).relative_to(ROOT) if Path(args.split).is_relative_to(ROOT) else args.split}`, "
               "the same in every variant, each variant in a fresh process (peak RSS = its ru_maxrss). "
               f"Load average before / after: {load_before[0]:.2f} / {load_after[0]:.2f} (the machine is shared).",

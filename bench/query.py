@@ -44,7 +44,7 @@ def summary(name: str, seconds, wall: float | None = None) -> dict:
 
 def in_process(searcher, queries, k: int) -> list[dict]:
     """Searcher.search end to end, then the same work split into decode / embed / index search."""
-    from vsearch.images import resize_pixels
+    from vsearch.resize import resize_bilinear
 
     for _, data in queries[:WARMUP]:
         searcher.search(data, k)
@@ -59,7 +59,7 @@ def in_process(searcher, queries, k: int) -> list[dict]:
         t0 = time.perf_counter()
         pixels = searcher.pixels(data)
         t1 = time.perf_counter()
-        batch = np.asarray(resize_pixels(pixels, searcher.embedder.image_size), np.float32)[None]
+        batch = resize_bilinear(pixels, searcher.embedder.image_size)[None]
         vector = searcher.embedder.embed_pixels(batch)[0]
         t2 = time.perf_counter()
         searcher.search_vector(vector, k)

@@ -49,13 +49,6 @@ def cosine(a, b):
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-@pytest.mark.parametrize("shape", [(48, 40), (31, 77), (32, 32), (7, 5), (1, 1), (400, 533)])
-def test_resize_matches_tensorflow(shape):
-    pixels = np.random.default_rng(shape[0]).integers(0, 256, (*shape, 3), dtype=np.uint8)
-    expected = resize_pixels(pixels, SIZE).numpy()
-    assert np.abs(tflite.resize_bilinear(pixels, SIZE) - expected).max() <= 1e-4
-
-
 def test_draft_decodes_big_jpegs_at_reduced_scale():
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (160, 200, 3), dtype=np.uint8))
     assert decode_image(jpeg_bytes(photo)).shape == (160, 200, 3)
@@ -256,3 +249,24 @@ def test_eval_reports_parity_with_the_source(tiny, tmp_path):
     other = export_embedding(tiny_tower(seed=1), tmp_path / "other", {"class_names": ["blue", "green", "red"]})
     with pytest.raises(DataError, match="was converted from"):
         run_eval(c.apply_overrides(cfg, {"reference_dir": str(other)}), log=lambda *_: None)
+
+
+def test_search_with_tflite_never_imports_tensorflow(tiny, tmp_path):
+    """A TFLite model serves search (decode, resize, embed, index) without TensorFlow."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from vsearch.search import Searcher, build_catalog
+from vsearch.tflite import TFLiteEmbedder
+embedder = TFLiteEmbedder({str(tiny["files"]["none"])!r})
+catalog, _ = build_catalog(embedder, {str(tiny["data"] / "train")!r}, kind="exact")
+result = Searcher(embedder, catalog).search({str(tiny["photos"][0])!r}, 3)
+assert len(result.matches) == 3, result
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+print("LOADED", loaded)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LOADED []" in out.stdout, out.stdout

@@ -150,12 +150,16 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], batch_si
 
 
 def embed_arrays(embedder: Embedder, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
-    """Embeds decoded RGB uint8 images of any size through ``embed_pixels``."""
-    from vsearch.images import resize_pixels
+    """Embeds decoded RGB uint8 images of any size through ``embed_pixels``.
+
+    Resized in numpy (:func:`vsearch.resize.resize_bilinear`, the numbers of
+    ``tf.image.resize``): a TFLite embedder then runs without TensorFlow.
+    """
+    from vsearch.resize import resize_bilinear
 
     out = []
     for chunk in _batches(list(images), batch_size):
-        pixels = np.stack([np.asarray(resize_pixels(img, embedder.image_size)) for img in chunk])
+        pixels = np.stack([resize_bilinear(img, embedder.image_size) for img in chunk])
         out.append(embedder.embed_pixels(pixels))
     return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
 

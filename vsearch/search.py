@@ -92,9 +92,9 @@ def _item(path: Path, category: str, item_id: str, extra: dict | None) -> dict:
 
 def decode_for_model(data: bytes, source: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Strict decode (EXIF upright, any mode to RGB) and resize to the model's input."""
-    from vsearch.images import resize_pixels
+    from vsearch.resize import resize_bilinear
 
-    return np.asarray(resize_pixels(decode_image(data, source, max_pixels), size), np.float32)
+    return resize_bilinear(decode_image(data, source, max_pixels), size)
 
 
 def embed_paths(embedder, paths: Sequence[Path], batch_size: int = 32, workers: int = 4,
@@ -299,6 +299,12 @@ class Searcher:
         pixels = np.asarray(image)
         if pixels.ndim != 3 or pixels.shape[-1] != 3:
             raise ImageError(source, f"expected (H, W, 3) RGB pixels, got shape {pixels.shape}")
+        if pixels.dtype != np.uint8:
+            if not (np.issubdtype(pixels.dtype, np.number) and pixels.size and 0 <= pixels.min()
+                    and pixels.max() <= 255):
+                raise ImageError(source, f"expected RGB pixels in 0..255, got {pixels.dtype} "
+                                 f"in {pixels.min() if pixels.size else '-'}..{pixels.max() if pixels.size else '-'}")
+            pixels = np.round(pixels).astype(np.uint8)
         return pixels
 
     def embed(self, image, source: str = "<upload>") -> np.ndarray:

@@ -27,7 +27,6 @@ by ``vsearch eval --model FILE.tflite``, which reports it; numbers in ``bench/RE
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import json
 import os
@@ -42,6 +41,7 @@ import numpy as np
 
 from vsearch.errors import ConfigError, DataError, ImageError
 from vsearch.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
+from vsearch.resize import resize_bilinear
 
 FORMAT = "vsearch-embedding-tflite/1"
 QUANTIZATIONS = ("none", "dynamic", "int8")
@@ -99,77 +99,6 @@ def calibration_paths(folder: str | os.PathLike, count: int = CALIBRATION_IMAGES
         return found
     chosen = np.random.default_rng(seed).choice(len(found), size=count, replace=False)
     return [found[i] for i in sorted(chosen)]
-
-
-def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # TensorFlow's half-pixel-centre bilinear weights (resize_bilinear_op.cc), in float32 as there.
-    scale = np.float32(in_size / out_size)
-    source = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-    floor = np.floor(source)
-    lower = np.maximum(floor, 0).astype(np.intp)
-    upper = np.minimum(np.ceil(source), in_size - 1).astype(np.intp)
-    return lower, upper, (source - floor).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=64)
-def _resize_plan(height: int, width: int, size: int):
-    # Catalog photos share a handful of sizes: the gather indices are computed once per size.
-    y_low, y_high, y_lerp = _axis_weights(height, size)
-    x_low, x_high, x_lerp = _axis_weights(width, size)
-    channel = np.arange(3)
-    # Columns of the (H, W * 3) view: pixel x, channel c is column 3x + c.
-    left = (x_low[:, None] * 3 + channel).ravel()
-    right = (x_high[:, None] * 3 + channel).ravel()
-    return np.concatenate([y_low, y_high]), left, right, np.repeat(x_lerp, 3), y_lerp[:, None]
-
-
-_scratch = threading.local()
-
-
-def _scratch_buffer(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    # Per-thread buffers reused across calls: fresh multi-megabyte arrays come from mmap and
-    # are page-faulted in on every call, which cost more than the resize itself (2.8 vs 1.1 ms).
-    size = int(np.prod(shape))
-    buffer = getattr(_scratch, name, None)
-    if buffer is None or buffer.size < size or buffer.dtype != dtype:
-        buffer = np.empty(size, dtype)
-        setattr(_scratch, name, buffer)
-    return buffer[:size].reshape(shape)
-
-
-def resize_bilinear(pixels: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 pixels -> (size, size, 3) float32, the same numbers as ``tf.image.resize``.
-
-    Bilinear with half-pixel centres and no antialiasing, like
-    :func:`vsearch.images.resize_pixels` (same weights, same float32 operations in the same
-    order: across each row, then down), in numpy so that the TFLite path needs no
-    TensorFlow. Only the rows and columns the output samples are gathered and converted.
-
-    Args:
-        pixels: (H, W, 3) uint8.
-        size: Output side.
-        out: Optional (size, size, 3) float32 C-contiguous array to write into (a batch slot).
-    """
-    height, width = pixels.shape[:2]
-    rows, left, right, x_lerp, y_lerp = _resize_plan(height, width, size)
-    flat = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(height, width * 3)
-    # mode="clip" (indices are in range anyway): with the default "raise", take buffers `out`.
-    sampled = np.take(flat, rows, axis=0, out=_scratch_buffer("rows", (2 * size, width * 3), np.uint8), mode="clip")
-    gathered = _scratch_buffer("gathered", (2 * size, size * 3), np.uint8)
-    across = _scratch_buffer("across", (2 * size, size * 3), np.float32)
-    step = _scratch_buffer("step", (2 * size, size * 3), np.float32)
-    np.copyto(across, np.take(sampled, left, axis=1, out=gathered, mode="clip"))
-    np.copyto(step, np.take(sampled, right, axis=1, out=gathered, mode="clip"))
-    step -= across
-    step *= x_lerp
-    across += step  # row value = left + (right - left) * x_lerp
-    top, bottom = across[:size], across[size:]
-    bottom -= top
-    bottom *= y_lerp
-    if out is None:
-        out = np.empty((size, size, 3), np.float32)
-    np.add(top, bottom, out=out.reshape(size, size * 3))  # top + (bottom - top) * y_lerp
-    return out
 
 
 def decode_pixels(data: bytes, size: int, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -343,10 +272,11 @@ class TFLiteEmbedder:
     """A converted ``.tflite`` embedding model on the LiteRT interpreter (XNNPACK, CPU).
 
     Implements :class:`vsearch.embedder.Embedder`. Bytes are decoded by a thread pool
-    (Pillow and numpy release the GIL) straight into the batch array; the batch then runs
-    through the interpreter ``max_batch`` images at a time on ``num_threads`` XNNPACK
-    threads. The interpreter is resized only when that size changes. Calls are serialised
-    by a lock: one interpreter is not thread-safe.
+    (Pillow and numpy release the GIL) straight into the batch array; each chunk of
+    ``max_batch`` images runs through the interpreter on ``num_threads`` XNNPACK threads as
+    soon as it is decoded, while the pool decodes the next. The interpreter is resized only
+    when that size changes. Interpreter calls are serialised by a lock: one interpreter is
+    not thread-safe.
 
     Args:
         path: The ``.tflite`` file (its sidecar JSON beside it).
@@ -386,7 +316,11 @@ class TFLiteEmbedder:
         self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="tflite-decode")
 
     def embed_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
-        """Encoded images -> (N, dim) float32 unit vectors; a bad image raises ImageError."""
+        """Encoded images -> (N, dim) float32 unit vectors; a bad image raises ImageError.
+
+        Decoding and inference overlap: each chunk of ``max_batch`` images runs through the
+        interpreter as soon as it is decoded, while the pool decodes the next ones.
+        """
         blobs = list(blobs)
         pixels = np.empty((len(blobs), self.image_size, self.image_size, 3), np.float32)
 
@@ -395,9 +329,19 @@ class TFLiteEmbedder:
 
         if len(blobs) == 1:  # no pool hop for single queries (latency)
             decode(0)
-        else:
-            list(self._pool.map(decode, range(len(blobs))))
-        return self.embed_pixels(pixels)
+            return self.embed_pixels(pixels)
+        futures = [self._pool.submit(decode, i) for i in range(len(blobs))]
+        out = np.empty((len(blobs), self.dim), np.float32)
+        try:
+            for start in range(0, len(blobs), self.max_batch):
+                stop = min(start + self.max_batch, len(blobs))
+                for future in futures[start:stop]:
+                    future.result()  # raises the first bad image's ImageError
+                out[start:stop] = self._invoke(pixels[start:stop])
+        finally:
+            for future in futures:
+                future.cancel()
+        return _unit(out)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) float32 RGB 0..255 -> (N, dim) float32 unit vectors."""
@@ -405,20 +349,27 @@ class TFLiteEmbedder:
         if pixels.ndim != 4 or pixels.shape[1:] != (self.image_size, self.image_size, 3):
             raise ImageError("<pixels>", f"expected (N, {self.image_size}, {self.image_size}, 3), got {pixels.shape}")
         out = np.empty((len(pixels), self.dim), np.float32)
+        for start in range(0, len(pixels), self.max_batch):
+            out[start:start + self.max_batch] = self._invoke(pixels[start:start + self.max_batch])
+        return _unit(out)
+
+    def _invoke(self, chunk: np.ndarray) -> np.ndarray:
+        """At most ``max_batch`` images through the interpreter (resized only when the size changes)."""
         with self._lock:
-            for start in range(0, len(pixels), self.max_batch):
-                chunk = pixels[start:start + self.max_batch]
-                if self._batch != len(chunk):
-                    self._interpreter.resize_tensor_input(self._input, chunk.shape, strict=True)
-                    self._interpreter.allocate_tensors()
-                    self._batch = len(chunk)
-                self._interpreter.set_tensor(self._input, chunk)
-                self._interpreter.invoke()
-                out[start:start + len(chunk)] = self._interpreter.get_tensor(self._output)
-        # The graph ends in an L2 normalisation, but int8 rounds its output to a coarse grid;
-        # renormalising keeps every variant's vectors exactly unit length.
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            if self._batch != len(chunk):
+                self._interpreter.resize_tensor_input(self._input, chunk.shape, strict=True)
+                self._interpreter.allocate_tensors()
+                self._batch = len(chunk)
+            self._interpreter.set_tensor(self._input, chunk)
+            self._interpreter.invoke()
+            return self._interpreter.get_tensor(self._output).copy()
 
     def close(self) -> None:
         """Stops the decoding threads."""
         self._pool.shutdown(wait=False)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    # The graph ends in an L2 normalisation, but int8 rounds its output to a coarse grid;
+    # renormalising keeps every variant's vectors exactly unit length.
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

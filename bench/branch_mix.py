@@ -1,0 +1,82 @@
+"""Re-weights the trained tower's branches after training (run by hand; results in RESULTS.md).
+
+The exported embedding is ``normalize([sqrt(w) * class_mix, sqrt(1 - w) * instance])`` with
+``class_mix = normalize([class_projection, p * probabilities])``. The branch outputs do not
+depend on ``w`` or ``p``, so one pass over the images gives the metrics of every mix: this
+shows how much of a change of ``class_weight`` / ``class_probs_weight`` needs no retraining
+(the instance branch was trained under the configured mix, so a full ``vsearch siamese``
+confirms the choice).
+
+    python bench/branch_mix.py                       # saved_models/siamese/tower.keras
+    python bench/branch_mix.py --w 0.25,0.3,0.35 --p 0.5,1,2,4
+
+Metrics as `vsearch eval` computes them: validation queries against the train split (P@1,
+MAP@R), and the same seeded customer photos against train + validation originals (R@1).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def branch_outputs(tower_path: Path, data_dir: Path, seed: int = 7):
+    """(class_l2, probs, instance_l2) for catalog, queries, customer photos, plus labels."""
+    import keras
+
+    import vsearch.models  # noqa: F401  (registers the custom layers)
+    from vsearch.data import load_split
+    from vsearch.embedder import KerasEmbedder, embed_arrays, embed_files
+    from vsearch.evaluate import customer_queries
+
+    tower = keras.saving.load_model(tower_path)
+    outputs = [tower.get_layer(n).output for n in ("class_l2", "class_head", "instance_l2")]
+    split = [o.shape[-1] for o in outputs]
+    parts = keras.Model(tower.input, keras.layers.Concatenate()(outputs))
+    embedder = KerasEmbedder(parts, normalize=False)
+    cat = load_split(data_dir / "train", ROOT / "reports" / ".clean", None, 40_000_000)
+    val = load_split(data_dir / "validation", ROOT / "reports" / ".clean", cat.class_names, 40_000_000)
+    photos, targets = customer_queries(val.paths, seed)
+    out = {}
+    for name, vecs in (("catalog", embed_files(embedder, cat.paths, 32, progress="catalog")),
+                       ("queries", embed_files(embedder, val.paths, 32, progress="queries")),
+                       ("customer", embed_arrays(embedder, photos, 32))):
+        out[name] = np.split(vecs, np.cumsum(split)[:-1], axis=1)
+    return out, cat.labels, val.labels, targets, cat.class_names
+
+
+def mix(parts, w: float, p: float) -> np.ndarray:
+    """The two-branch head of :func:`vsearch.models.two_branch_head`, in numpy."""
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)  # noqa: E731
+    cls, probs, inst = parts
+    cls = unit(np.concatenate([cls, p * probs], axis=1)) if p > 0 else cls
+    return unit(np.concatenate([np.sqrt(w) * cls, np.sqrt(1 - w) * inst], axis=1))
+
+
+def main(argv=None) -> int:
+    from vsearch.evaluate import class_retrieval, customer_matching
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tower", default=str(ROOT / "saved_models" / "siamese" / "tower.keras"))
+    ap.add_argument("--data", default=str(ROOT / "data" / "clothing"))
+    ap.add_argument("--w", default="0.2,0.25,0.3,0.35,0.4")
+    ap.add_argument("--p", default="0,0.5,1,1.5,2,3")
+    args = ap.parse_args(argv)
+    out, ycat, yval, targets, names = branch_outputs(Path(args.tower), Path(args.data))
+    print(f"tower {args.tower}: {len(ycat)} catalog, {len(yval)} queries\n")
+    print("| class_weight | class_probs_weight | P@1 | MAP@R | customer R@1 | customer R@10 |")
+    print("|---|---|---|---|---|---|")
+    for w in (float(v) for v in args.w.split(",")):
+        for p in (float(v) for v in args.p.split(",")):
+            cat, qry, cust = (mix(out[k], w, p) for k in ("catalog", "queries", "customer"))
+            o = class_retrieval(qry, yval, cat, ycat, names)["overall"]
+            c = customer_matching(cust, targets, cat, qry)
+            print(f"| {w:g} | {p:g} | {o['precision@1']:.3f} | {o['map@r']:.3f} | "
+                  f"{c['recall@1']:.3f} | {c['recall@10']:.3f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
