@@ -109,6 +109,21 @@ def test_searcher_finds_the_item_and_filters(shop):
         searcher.image_path("../../etc/passwd")
 
 
+def test_searcher_pixels_accepts_0_255_numbers_and_refuses_others(shop):
+    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
+    searcher = Searcher(ColourEmbedder(), catalog)
+    olive = np.asarray(Image.open(shop / "shoes" / "olive.png"))
+    as_float = searcher.search(olive.astype(np.float32), 1).matches[0]
+    assert as_float["id"] == "shoes/olive" and as_float["score"] == pytest.approx(1, abs=1e-5)
+    assert np.array_equal(searcher.pixels(olive.astype(np.float64) + 0.2), olive)  # rounded, not truncated
+    with pytest.raises(ImageError, match="0..255"):
+        searcher.search(olive.astype(np.float32) / 255.0 - 0.5)  # -0.5..0.5: not pixels
+    with pytest.raises(ImageError, match="0..255"):
+        searcher.search(olive.astype(np.int32) * 300)
+    with pytest.raises(ImageError, match="RGB pixels"):
+        searcher.search(olive[..., 0])
+
+
 def test_searcher_refuses_another_model(shop):
     catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
     other = ColourEmbedder()
