@@ -31,3 +31,9 @@ def test_writes_into_a_batch_slot_and_reuses_nothing_between_calls():
 def test_refuses_anything_but_rgb_uint8(pixels):
     with pytest.raises(ValueError, match="uint8 RGB"):
         resize_bilinear(pixels, SIZE)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 3), (5, 0, 3)])
+def test_refuses_an_empty_image(shape):
+    with pytest.raises(ValueError, match="empty image"):
+        resize_bilinear(np.zeros(shape, np.uint8), SIZE)

@@ -122,6 +122,8 @@ def test_searcher_pixels_accepts_0_255_numbers_and_refuses_others(shop):
         searcher.search(olive.astype(np.int32) * 300)
     with pytest.raises(ImageError, match="RGB pixels"):
         searcher.search(olive[..., 0])
+    with pytest.raises(ImageError, match="empty image"):
+        searcher.search(np.zeros((0, 4, 3), np.float32))
 
 
 def test_searcher_refuses_another_model(shop):

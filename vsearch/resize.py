@@ -65,6 +65,8 @@ def resize_bilinear(pixels: np.ndarray, size: int, out: np.ndarray | None = None
     """
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"resize_bilinear: expected (H, W, 3) uint8 RGB pixels, got {pixels.shape} {pixels.dtype}")
+    if pixels.shape[0] < 1 or pixels.shape[1] < 1:
+        raise ValueError(f"resize_bilinear: empty image {pixels.shape}")
     height, width = pixels.shape[:2]
     rows, left, right, x_lerp, y_lerp = _resize_plan(height, width, size)
     flat = np.ascontiguousarray(pixels, dtype=np.uint8).reshape(height, width * 3)

@@ -299,11 +299,12 @@ class Searcher:
         pixels = np.asarray(image)
         if pixels.ndim != 3 or pixels.shape[-1] != 3:
             raise ImageError(source, f"expected (H, W, 3) RGB pixels, got shape {pixels.shape}")
+        if pixels.size == 0:
+            raise ImageError(source, f"empty image {pixels.shape}")
         if pixels.dtype != np.uint8:
-            if not (np.issubdtype(pixels.dtype, np.number) and pixels.size and 0 <= pixels.min()
-                    and pixels.max() <= 255):
+            if not (np.issubdtype(pixels.dtype, np.number) and 0 <= pixels.min() and pixels.max() <= 255):
                 raise ImageError(source, f"expected RGB pixels in 0..255, got {pixels.dtype} "
-                                 f"in {pixels.min() if pixels.size else '-'}..{pixels.max() if pixels.size else '-'}")
+                                 f"in {pixels.min()}..{pixels.max()}")
             pixels = np.round(pixels).astype(np.uint8)
         return pixels
 

@@ -331,27 +331,36 @@ class TFLiteEmbedder:
             decode(0)
             return self.embed_pixels(pixels)
         futures = [self._pool.submit(decode, i) for i in range(len(blobs))]
-        out = np.empty((len(blobs), self.dim), np.float32)
+
+        def decoded(start: int, stop: int) -> None:
+            for future in futures[start:stop]:
+                future.result()  # raises the first bad image's ImageError
+
         try:
-            for start in range(0, len(blobs), self.max_batch):
-                stop = min(start + self.max_batch, len(blobs))
-                for future in futures[start:stop]:
-                    future.result()  # raises the first bad image's ImageError
-                out[start:stop] = self._invoke(pixels[start:stop])
+            return self._run(pixels, decoded)
         finally:
             for future in futures:
                 future.cancel()
-        return _unit(out)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) float32 RGB 0..255 -> (N, dim) float32 unit vectors."""
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         if pixels.ndim != 4 or pixels.shape[1:] != (self.image_size, self.image_size, 3):
             raise ImageError("<pixels>", f"expected (N, {self.image_size}, {self.image_size}, 3), got {pixels.shape}")
+        return self._run(pixels)
+
+    def _run(self, pixels: np.ndarray, ready: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """``pixels`` through the interpreter ``max_batch`` at a time; ``ready(start, stop)``
+        first waits until those rows are filled in."""
         out = np.empty((len(pixels), self.dim), np.float32)
         for start in range(0, len(pixels), self.max_batch):
-            out[start:start + self.max_batch] = self._invoke(pixels[start:start + self.max_batch])
-        return _unit(out)
+            stop = min(start + self.max_batch, len(pixels))
+            if ready is not None:
+                ready(start, stop)
+            out[start:stop] = self._invoke(pixels[start:stop])
+        # The graph ends in an L2 normalisation, but int8 rounds its output to a coarse grid;
+        # renormalising keeps every variant's vectors exactly unit length.
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     def _invoke(self, chunk: np.ndarray) -> np.ndarray:
         """At most ``max_batch`` images through the interpreter (resized only when the size changes)."""
@@ -362,14 +371,8 @@ class TFLiteEmbedder:
                 self._batch = len(chunk)
             self._interpreter.set_tensor(self._input, chunk)
             self._interpreter.invoke()
-            return self._interpreter.get_tensor(self._output).copy()
+            return self._interpreter.get_tensor(self._output)  # a copy already
 
     def close(self) -> None:
         """Stops the decoding threads."""
         self._pool.shutdown(wait=False)
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    # The graph ends in an L2 normalisation, but int8 rounds its output to a coarse grid;
-    # renormalising keeps every variant's vectors exactly unit length.
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
