@@ -152,7 +152,7 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], batch_si
 def embed_arrays(embedder: Embedder, images: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
     """Embeds decoded RGB uint8 images of any size through ``embed_pixels``.
 
-    Resized in numpy (:func:`vsearch.resize.resize_bilinear`, the numbers of
+    Resized outside TensorFlow (:func:`vsearch.resize.resize_bilinear`, the numbers of
     ``tf.image.resize``): a TFLite embedder then runs without TensorFlow.
     """
     from vsearch.resize import resize_bilinear
