@@ -52,3 +52,39 @@ def test_extract_cached_reuses_and_invalidates(tiny, tmp_path, monkeypatch):
     out = extract_cached(model, image_batches(paths, 32, 2), paths, cache, transform=customer_view, seed=3)
     assert out.shape == first.shape  # a damaged entry is recomputed, not an error
     assert extract_cached(model, image_batches(paths, 32, 2), paths, "").shape == (5, 8, 8, 2)
+
+
+def test_tflite_runtime_computes_what_keras_does_and_keeps_the_conversion(tiny, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from vsearch.features import Frozen
+
+    model, paths = tiny
+    keras_out = extract(Frozen(model, "keras"), image_batches(paths, 32, 2), dtype=np.float32)
+    frozen = Frozen(model, "tflite", cache_dir=tmp_path)
+    assert frozen.runtime == "tflite" and len(list(tmp_path.glob("*.tflite"))) == 1
+    lite_out = extract(frozen, image_batches(paths, 32, 2), dtype=np.float32)  # batches of 2, 2, 1: resized
+    assert lite_out.shape == keras_out.shape == (5, 8, 8, 2)
+    assert np.abs(keras_out).max() > 1 and np.allclose(lite_out, keras_out, rtol=1e-4, atol=1e-3)
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", no_conversion)
+    again = extract(Frozen(model, "tflite", cache_dir=tmp_path), image_batches(paths, 32, 2), dtype=np.float32)
+    assert np.array_equal(again, lite_out)  # the flatbuffer came from the cache
+    model.layers[-1].set_weights([w + 1 for w in model.layers[-1].get_weights()])
+    with pytest.raises(AssertionError, match="converted again"):
+        Frozen(model, "tflite", cache_dir=tmp_path)  # other weights: another flatbuffer
+
+
+def test_runtime_auto_uses_tflite_without_a_gpu_and_refuses_unknown_names():
+    import tensorflow as tf
+
+    from vsearch.errors import ConfigError
+    from vsearch.features import resolve_runtime
+
+    assert resolve_runtime("auto") == ("keras" if tf.config.list_physical_devices("GPU") else "tflite")
+    assert resolve_runtime("keras") == "keras"
+    with pytest.raises(ConfigError, match="auto, keras, tflite"):
+        resolve_runtime("onnx")

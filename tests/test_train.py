@@ -58,3 +58,15 @@ def test_training_excludes_bad_files(tmp_path):
     assert metrics["num_train"] == 3 * 3 + 5  # five awkward-but-usable images are normalised
     assert {p.split("/")[-1] for p in metrics["excluded"]} == {"corrupt.jpg", "truncated.jpg", "empty.jpg", "notes.txt"}
     assert any("excluded (train)" in line and "empty.jpg" in line for line in logged)
+
+
+def test_frozen_bottom_runs_on_the_default_runtime_and_is_converted_once(smoke_run):
+    from vsearch.features import resolve_runtime
+
+    runtime = resolve_runtime("auto")  # tflite on a machine without a GPU
+    train_logs, siamese_logs = smoke_run["logs"]["train"], smoke_run["logs"]["siamese"]
+    assert any(line.endswith(f"({runtime})") for line in train_logs if "features" in line)
+    assert any(line.endswith(f"({runtime})") for line in siamese_logs if "features" in line)
+    if runtime == "tflite":  # stage 2 reads the flatbuffer stage 1 converted
+        assert sum("to TFLite in" in line for line in train_logs) == 1
+        assert not any("to TFLite in" in line for line in siamese_logs)

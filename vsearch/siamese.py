@@ -70,7 +70,7 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     from vsearch.augment import CUSTOMER_VIEW_SEED, customer_view
     from vsearch.data import image_dataset
     from vsearch.export import export_embedding
-    from vsearch.features import extract, extract_cached, files_digest
+    from vsearch.features import Frozen, extract, extract_cached, files_digest
     from vsearch.mining import sample_triplets
     from vsearch.train import load_classifier, load_splits
 
@@ -104,16 +104,17 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     t = time.perf_counter()
     cache_dir = config.data.feature_cache_dir or None
     digest = files_digest(train_ds.file_paths)
-    views = [extract_cached(bottom, train_ds, train_ds.file_paths, cache_dir, log=log, label="catalog clean",
+    frozen = Frozen(bottom, config.data.feature_runtime, cache_dir, log)
+    views = [extract_cached(frozen, train_ds, train_ds.file_paths, cache_dir, log=log, label="catalog clean",
                             digest=digest)]
     for v in range(1, config.views_per_image):
-        views.append(extract_cached(bottom, train_ds, train_ds.file_paths, cache_dir, transform=customer_view,
+        views.append(extract_cached(frozen, train_ds, train_ds.file_paths, cache_dir, transform=customer_view,
                                     seed=CUSTOMER_VIEW_SEED + v, batch_size=batch, log=log,
                                     label=f"catalog customer view {v}", digest=digest))
     cache = np.stack(views, axis=1)  # (items, views, h, w, c)
     del views
-    val_clean = extract_cached(bottom, val_ds, val_ds.file_paths, cache_dir, log=log, label="validation clean")
-    val_customer = extract(bottom, val_ds, transform=customer_view, seed=99, batch_size=batch,
+    val_clean = extract_cached(frozen, val_ds, val_ds.file_paths, cache_dir, log=log, label="validation clean")
+    val_customer = extract(frozen, val_ds, transform=customer_view, seed=99, batch_size=batch,
                            log=log, label="validation customer view")
     timings["feature_cache_s"] = time.perf_counter() - t
 

@@ -60,7 +60,7 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
 
     from vsearch import metrics, models, plots
     from vsearch.augment import CUSTOMER_VIEW_SEED, classifier_augmentation, customer_view
-    from vsearch.features import extract, extract_cached, files_digest
+    from vsearch.features import Frozen, extract, extract_cached, files_digest
 
     keras.utils.set_random_seed(config.data.seed)
     out = Path(config.out_dir)
@@ -86,22 +86,23 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     t = time.perf_counter()
     cache_dir = config.data.feature_cache_dir or None
     digest = files_digest(train_ds.file_paths)
-    x_views = [extract_cached(bottom, train_ds, train_ds.file_paths, cache_dir, log=log, label="train clean",
+    frozen = Frozen(bottom, config.data.feature_runtime, cache_dir, log)
+    x_views = [extract_cached(frozen, train_ds, train_ds.file_paths, cache_dir, log=log, label="train clean",
                               digest=digest)]
     augment = classifier_augmentation(seed=config.data.seed)
     for v in range(config.augment_views):
         if config.augmentation == "customer":
-            x_views.append(extract_cached(bottom, train_ds, train_ds.file_paths, cache_dir,
+            x_views.append(extract_cached(frozen, train_ds, train_ds.file_paths, cache_dir,
                                           transform=customer_view, seed=CUSTOMER_VIEW_SEED + 1 + v,
                                           batch_size=batch, log=log, label=f"train view {v + 1}", digest=digest))
             continue
         keras.utils.set_random_seed(config.data.seed + 1 + v)
         aug_ds = train_ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-        x_views.append(extract(bottom, aug_ds, log=log, label=f"train view {v + 1}"))
+        x_views.append(extract(frozen, aug_ds, log=log, label=f"train view {v + 1}"))
     x_train = np.concatenate(x_views)
     del x_views
     y_train_all = np.tile(y_train, config.augment_views + 1)
-    x_val = extract_cached(bottom, val_ds, val_ds.file_paths, cache_dir, log=log, label="validation")
+    x_val = extract_cached(frozen, val_ds, val_ds.file_paths, cache_dir, log=log, label="validation")
     timings["feature_cache_s"] = time.perf_counter() - t
 
     features_in = keras.Input(tuple(top.input.shape[1:]), name="features")
