@@ -1,0 +1,114 @@
+"""Frozen-backbone feature extraction per runtime: what `make train` / `make siamese` spend on caching.
+
+The training stages run MobileNetV2's frozen bottom (pixels -> `block_13` output) once per
+image view (`vsearch/features.py`). This runs that extraction the way the stages do
+(`extract`: a `tf.data` pipeline reading and decoding the files, optionally a seeded
+customer-photo view, the bottom, float16 storage) on each runtime of `data.feature_runtime`,
+alternately over `--rounds`, and compares the features. The LiteRT conversion is timed
+separately (the stages keep the flatbuffer in `.cache/features`, so it is paid once).
+
+    python bench/features.py                   # 512 train photos, keras vs tflite, clean + customer view, 2 rounds
+    python bench/features.py --images 128 --no-append
+
+Prints a markdown table and appends it to `bench/RESULTS.md` with the date, commit, machine
+and command.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if (ROOT / ".cache" / "keras").is_dir():  # where `make` links the ImageNet weights
+    os.environ.setdefault("KERAS_HOME", str(ROOT / ".cache" / "keras"))
+
+
+def sample_paths(folder: Path, count: int, seed: int = 0) -> list[str]:
+    from vsearch.images import list_images
+
+    found = sorted(str(p) for sub in sorted(folder.iterdir()) if sub.is_dir() for p in list_images(sub))
+    if not found:
+        raise SystemExit(f"{folder}: no images (run `make data` first)")
+    chosen = np.random.default_rng(seed).choice(len(found), size=min(count, len(found)), replace=False)
+    return [found[i] for i in sorted(chosen)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--split", default=str(ROOT / "data" / "clothing" / "train"))
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (best and median reported)")
+    parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    args = parser.parse_args()
+
+    from vsearch import models
+    from vsearch.augment import CUSTOMER_VIEW_SEED, customer_view
+    from vsearch.config import DataConfig
+    from vsearch.evaluate import git_commit, machine_description
+    from vsearch.features import Frozen, extract, image_batches
+
+    data = DataConfig()
+    paths = sample_paths(Path(args.split), args.images)
+    base = models.build_backbone(data.image_size, "imagenet", 1.0)
+    bottom, _ = models.split_backbone(base, "block_14")
+    started, load_before = time.perf_counter(), os.getloadavg()
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:  # a cold conversion, not the stages' cached one
+        runners = {"keras": Frozen(bottom, "keras"), "tflite": Frozen(bottom, "tflite", cache_dir=tmp)}
+    convert_s = time.perf_counter() - t
+    views = {"clean": None, "customer view": customer_view}
+    seconds: dict[tuple[str, str], list[float]] = {}
+    outputs: dict[tuple[str, str], np.ndarray] = {}
+    for _ in range(args.rounds):
+        for view, transform in views.items():
+            for name, runner in runners.items():
+                ds = image_batches(paths, data.image_size, data.batch_size)
+                t = time.perf_counter()
+                outputs[name, view] = extract(runner, ds, transform=transform, seed=CUSTOMER_VIEW_SEED + 1,
+                                              batch_size=data.batch_size)
+                seconds.setdefault((name, view), []).append(time.perf_counter() - t)
+                print(f"{name} {view}: {len(paths) / seconds[name, view][-1]:.1f} img/s", file=sys.stderr)
+    rows = ["| view | runtime | img/s, median (best) | x keras | max abs diff to keras | "
+            "mean abs diff / mean abs value |", "|---|---|---|---|---|---|"]
+    for view in views:
+        keras_rate = len(paths) / float(np.median(seconds["keras", view]))
+        reference = outputs["keras", view].astype(np.float32)
+        for name in runners:
+            rate = len(paths) / float(np.median(seconds[name, view]))
+            best = len(paths) / min(seconds[name, view])
+            diff = np.abs(outputs[name, view].astype(np.float32) - reference)
+            rows.append(f"| {view} | {name} | {rate:.1f} ({best:.1f}) | {rate / keras_rate:.2f}x | "
+                        f"{diff.max():.4f} | {diff.mean() / np.abs(reference).mean():.2e} |")
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, cwd=ROOT).stdout.strip()
+    load_after = os.getloadavg()
+    split = Path(args.split)
+    command = ("python bench/features.py " + " ".join(sys.argv[1:])).strip()
+    report = [f"## Frozen-backbone features per runtime ({dt.date.today().isoformat()})", "",
+              f"Commit {git_commit()}{' + uncommitted changes' if dirty else ''}, {machine_description()}. "
+              f"Command: `{command}` ({time.perf_counter() - started:.0f} s, {args.rounds} alternating rounds). "
+              f"{len(paths)} photos of `{split.relative_to(ROOT) if split.is_relative_to(ROOT) else split}` "
+              f"through `extract` (tf.data reading + decoding, MobileNetV2 ImageNet bottom to block_13, "
+              f"float16 storage), {data.image_size} px, batch {data.batch_size}. LiteRT conversion of the "
+              f"bottom (cold): {convert_s:.1f} s. Load average before / after: {load_before[0]:.2f} / "
+              f"{load_after[0]:.2f}.", "", *rows, ""]
+    text = "\n".join(report)
+    print(text)
+    if not args.no_append:
+        with open(ROOT / "bench" / "RESULTS.md", "a") as handle:
+            handle.write("\n" + text)
+        print(f"appended to {ROOT / 'bench' / 'RESULTS.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
