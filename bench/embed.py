@@ -252,7 +252,7 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.list, batches, args.threads, args.vectors)))
         return
 
-    from vsearch.evaluate import git_commit, machine_description
+    from report import provenance, publish
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -291,11 +291,9 @@ def main() -> None:
     table = format_table(results, batches, cosines)
     draft = format_draft(run_worker(["--worker", "draft", *common])) if args.draft_check else ""
     load_after = os.getloadavg()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True, cwd=ROOT).stdout.strip()
     command = "python bench/embed.py " + " ".join(sys.argv[1:])
     report = [f"## Whole-path embedding throughput, file bytes -> vector ({dt.date.today().isoformat()})", "",
-              f"Commit {git_commit()}{' + uncommitted changes' if dirty else ''}, {machine_description()}. "
+              f"{provenance()}. "
               f"Command: `{command.strip()}` ({time.perf_counter() - started:.0f} s, {args.rounds} interleaved "
               f"rounds, medians). {len(paths)} images from "
               f"`{Path(args.split).relative_to(ROOT) if Path(args.split).is_relative_to(ROOT) else args.split}`, "
@@ -305,12 +303,7 @@ def main() -> None:
     if draft:
         report += ["JPEG draft decoding on photos larger than the catalog's (`--draft-check`; retrieval "
                    "against the SavedModel's catalog of the train split):", "", draft, ""]
-    text = "\n".join(report)
-    print(text)
-    if not args.no_append:
-        with open(ROOT / "bench" / "RESULTS.md", "a") as handle:
-            handle.write("\n" + text)
-        print(f"appended to {ROOT / 'bench' / 'RESULTS.md'}", file=sys.stderr)
+    publish(report, append=not args.no_append)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +53,7 @@ def main() -> None:
     from vsearch import models
     from vsearch.augment import CUSTOMER_VIEW_SEED, customer_view
     from vsearch.config import DataConfig
-    from vsearch.evaluate import git_commit, machine_description
+    from report import provenance, publish
     from vsearch.features import Frozen, extract, image_batches
 
     data = DataConfig()
@@ -89,25 +88,18 @@ def main() -> None:
             diff = np.abs(outputs[name, view].astype(np.float32) - reference)
             rows.append(f"| {view} | {name} | {rate:.1f} ({best:.1f}) | {rate / keras_rate:.2f}x | "
                         f"{diff.max():.4f} | {diff.mean() / np.abs(reference).mean():.2e} |")
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True, cwd=ROOT).stdout.strip()
     load_after = os.getloadavg()
     split = Path(args.split)
     command = ("python bench/features.py " + " ".join(sys.argv[1:])).strip()
     report = [f"## Frozen-backbone features per runtime ({dt.date.today().isoformat()})", "",
-              f"Commit {git_commit()}{' + uncommitted changes' if dirty else ''}, {machine_description()}. "
+              f"{provenance()}. "
               f"Command: `{command}` ({time.perf_counter() - started:.0f} s, {args.rounds} alternating rounds). "
               f"{len(paths)} photos of `{split.relative_to(ROOT) if split.is_relative_to(ROOT) else split}` "
               f"through `extract` (tf.data reading + decoding, MobileNetV2 ImageNet bottom to block_13, "
               f"float16 storage), {data.image_size} px, batch {data.batch_size}. LiteRT conversion of the "
               f"bottom (cold): {convert_s:.1f} s. Load average before / after: {load_before[0]:.2f} / "
               f"{load_after[0]:.2f}.", "", *rows, ""]
-    text = "\n".join(report)
-    print(text)
-    if not args.no_append:
-        with open(ROOT / "bench" / "RESULTS.md", "a") as handle:
-            handle.write("\n" + text)
-        print(f"appended to {ROOT / 'bench' / 'RESULTS.md'}", file=sys.stderr)
+    publish(report, append=not args.no_append)
 
 
 if __name__ == "__main__":
