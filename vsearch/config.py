@@ -38,7 +38,7 @@ class DataConfig:
         feature_cache_dir: Where cached frozen-backbone features are kept between stages
             (empty: keep them in memory only).
         feature_runtime: What runs the frozen backbone to make those features: ``keras``,
-            ``tflite`` (LiteRT + XNNPACK, 2.2x as fast on a CPU, same numbers) or ``auto``
+            ``tflite`` (LiteRT + XNNPACK, about 2x as fast on a CPU, same numbers) or ``auto``
             (``tflite`` unless TensorFlow sees a GPU).
     """
 

@@ -10,9 +10,10 @@ images' bytes and the view: ``vsearch train`` and ``vsearch siamese`` share the 
 bottom and the same seeded customer-photo views, so stage 2 reads what stage 1 computed.
 
 :class:`Frozen` runs that forward pass on Keras/TensorFlow or on LiteRT (XNNPACK). On a CPU,
-LiteRT runs MobileNetV2's bottom 2.2x as fast as TensorFlow (104 against 47 img/s on the
-shared 2-core machine) with the same numbers (largest difference 5e-5 on activations up to
-13, below the float16 cache's own rounding), so ``auto`` picks it when no GPU is visible.
+LiteRT runs MobileNetV2's bottom about twice as fast as TensorFlow (``bench/features.py``:
+48 against 24 img/s for clean photos, file to features, on the shared 2-core machine) with
+the same numbers (differences below the float16 cache's own rounding), so ``auto`` picks
+it when no GPU is visible.
 """
 from __future__ import annotations
 
