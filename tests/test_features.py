@@ -73,9 +73,16 @@ def test_tflite_runtime_computes_what_keras_does_and_keeps_the_conversion(tiny, 
     monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", no_conversion)
     again = extract(Frozen(model, "tflite", cache_dir=tmp_path), image_batches(paths, 32, 2), dtype=np.float32)
     assert np.array_equal(again, lite_out)  # the flatbuffer came from the cache
-    model.layers[-1].set_weights([w + 1 for w in model.layers[-1].get_weights()])
+    original = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([w + 1 for w in original])
     with pytest.raises(AssertionError, match="converted again"):
         Frozen(model, "tflite", cache_dir=tmp_path)  # other weights: another flatbuffer
+    monkeypatch.undo()
+    entry = next(tmp_path.glob("*.tflite"))
+    entry.write_bytes(b"damaged")  # (the first model's entry; the second was never written)
+    model.layers[-1].set_weights(original)
+    repaired = extract(Frozen(model, "tflite", cache_dir=tmp_path), image_batches(paths, 32, 2), dtype=np.float32)
+    assert np.array_equal(repaired, lite_out) and entry.read_bytes() != b"damaged"
 
 
 def test_runtime_auto_uses_tflite_without_a_gpu_and_refuses_unknown_names():

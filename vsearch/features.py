@@ -44,11 +44,12 @@ def resolve_runtime(runtime: str) -> str:
 
 
 def tflite_flatbuffer(model, cache_dir: str | os.PathLike | None = None,
-                      log: Callable[[str], None] | None = None) -> bytes:
+                      log: Callable[[str], None] | None = None, refresh: bool = False) -> bytes:
     """A Keras model's forward pass (inference mode) as a float32 TFLite flatbuffer.
 
     Kept under ``cache_dir`` keyed by the weights, the input shape and the TensorFlow
-    version: ``vsearch siamese`` reuses what ``vsearch train`` converted.
+    version: ``vsearch siamese`` reuses what ``vsearch train`` converted. ``refresh``
+    converts again even when an entry exists (replacing a damaged one).
     """
     import tensorflow as tf
 
@@ -58,7 +59,7 @@ def tflite_flatbuffer(model, cache_dir: str | os.PathLike | None = None,
     key = hashlib.sha256("|".join(map(str, (weights_fingerprint(model), shape, tf.__version__, "frozen-v1")))
                          .encode()).hexdigest()[:24]
     path = Path(cache_dir) / f"{key}.tflite" if cache_dir else None
-    if path is not None and path.is_file():
+    if path is not None and path.is_file() and not refresh:
         return path.read_bytes()
     import keras
 
@@ -102,8 +103,13 @@ class Frozen:
             return
         from ai_edge_litert.interpreter import Interpreter
 
-        self._interpreter = Interpreter(model_content=tflite_flatbuffer(model, cache_dir, log),
-                                        num_threads=num_threads or os.cpu_count() or 1)
+        threads = num_threads or os.cpu_count() or 1
+        try:
+            self._interpreter = Interpreter(model_content=tflite_flatbuffer(model, cache_dir, log),
+                                            num_threads=threads)
+        except ValueError:  # a damaged cache entry is converted again, not an error
+            self._interpreter = Interpreter(model_content=tflite_flatbuffer(model, cache_dir, log, refresh=True),
+                                            num_threads=threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
         self._batch = 0
