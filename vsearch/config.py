@@ -25,6 +25,10 @@ CLASS_NAMES = ("dress", "hat", "longsleeve", "pants", "shoes", "shorts", "t-shir
 from vsearch.errors import ConfigError  # noqa: E402  (re-exported)
 
 
+# What may run the frozen backbone for the feature caches (see vsearch.features.resolve_runtime).
+FEATURE_RUNTIMES = ("auto", "keras", "tflite")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the images are and how they are read.
@@ -54,7 +58,7 @@ class DataConfig:
         _check(self.image_size >= 32, "data.image_size must be >= 32 (MobileNetV2's minimum)")
         _check(self.batch_size >= 1, "data.batch_size must be >= 1")
         _check(self.max_image_pixels > 0, "data.max_image_pixels must be > 0")
-        _check(self.feature_runtime in ("auto", "keras", "tflite"), "data.feature_runtime must be auto, keras or tflite")
+        _check(self.feature_runtime in FEATURE_RUNTIMES, "data.feature_runtime must be auto, keras or tflite")
 
 
 @dataclass(frozen=True)

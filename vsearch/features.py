@@ -27,9 +27,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from vsearch.config import FEATURE_RUNTIMES as RUNTIMES
 from vsearch.errors import ConfigError
-
-RUNTIMES = ("auto", "keras", "tflite")
 
 
 def resolve_runtime(runtime: str) -> str:
