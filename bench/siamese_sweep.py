@@ -81,7 +81,8 @@ def run(args: dict) -> None:
         proj_c.trainable = False
     models.set_fine_tuning(top, False)
     models.set_fine_tuning(top_i, True)
-    tower = keras.Model(fi, models.two_branch_head(top(fi) if w else None, top_i(fi), proj_c, proj_i, w))
+    tower = keras.Model(fi, models.two_branch_head(keras.layers.GlobalAveragePooling2D()(top(fi)) if w else None, top_i(fi),
+                                                       proj_c, proj_i, w))
     triplet = models.build_triplet_model(tower, margin, instance_weight=nce, temperature=tau)
     triplet.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=1e-4))
     embed = lambda x: tower.predict(x.astype("float32"), batch_size=256, verbose=0)  # noqa: E731

@@ -81,6 +81,25 @@ def test_triplet_model_trains_with_fit(tiny_base):
     assert "active_fraction" in history
 
 
+def test_triplet_model_takes_every_input_of_a_multi_input_tower():
+    # The siamese stage's training tower: (cached feature map, cached class-branch vector).
+    features, class_pooled = keras.Input((2, 2, 3), name="features"), keras.Input((5,), name="class_pooled")
+    joined = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(features), class_pooled])
+    tower = keras.Model([features, class_pooled], models.L2Normalize()(keras.layers.Dense(4)(joined)))
+    triplet = models.build_triplet_model(tower, margin=0.5)
+    assert [t.name for t in triplet.inputs] == [
+        f"{role}_{name}" for role in ("anchor", "positive", "negative") for name in ("features", "class_pooled")]
+    rng = np.random.default_rng(0)
+    data = [rng.normal(size=(6, 2, 2, 3)).astype(np.float32), rng.normal(size=(6, 5)).astype(np.float32)] * 3
+    distances = triplet.predict(data, verbose=0)
+    # anchor and positive are the same inputs here, the negative too: every distance is zero
+    assert np.allclose(distances, 0.0, atol=1e-5)
+    data[4:] = [rng.normal(size=(6, 2, 2, 3)).astype(np.float32), rng.normal(size=(6, 5)).astype(np.float32)]
+    assert np.asarray(triplet.predict(data, verbose=0)).max() > 1e-3  # the negatives' second input is used
+    triplet.compile(optimizer=keras.optimizers.Adam(0.05))
+    assert "active_fraction" in triplet.fit(data, epochs=2, batch_size=3, verbose=0).history
+
+
 def test_missing_weights_file(tmp_path):
     with pytest.raises(BackboneError, match="not found"):
         models.build_backbone(32, str(tmp_path / "nope.h5"), alpha=0.35)

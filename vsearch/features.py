@@ -100,30 +100,18 @@ class Frozen:
 
             self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
             return
-        from ai_edge_litert.interpreter import Interpreter
+        from vsearch.tflite import LiteRTRunner
 
-        threads = num_threads or os.cpu_count() or 1
         try:
-            self._interpreter = Interpreter(model_content=tflite_flatbuffer(model, cache_dir, log),
-                                            num_threads=threads)
+            self._run = LiteRTRunner(model_content=tflite_flatbuffer(model, cache_dir, log), num_threads=num_threads)
         except ValueError:  # a damaged cache entry is converted again, not an error
-            self._interpreter = Interpreter(model_content=tflite_flatbuffer(model, cache_dir, log, refresh=True),
-                                            num_threads=threads)
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
-        self._batch = 0
+            self._run = LiteRTRunner(model_content=tflite_flatbuffer(model, cache_dir, log, refresh=True),
+                                     num_threads=num_threads)
 
     def __call__(self, pixels) -> np.ndarray:
         if self.runtime == "keras":
             return np.asarray(self._forward(pixels))
-        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        if len(pixels) != self._batch:  # only the last, shorter batch changes it
-            self._interpreter.resize_tensor_input(self._input, pixels.shape, strict=True)
-            self._interpreter.allocate_tensors()
-            self._batch = len(pixels)
-        self._interpreter.set_tensor(self._input, pixels)
-        self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output)
+        return self._run(pixels)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -200,12 +200,14 @@ def clone_top(top, name: str):
     return copy
 
 
-def two_branch_head(class_features, instance_features, class_projection, instance_projection,
+def two_branch_head(class_pooled, instance_features, class_projection, instance_projection,
                     class_weight: float, class_head=None, probs_weight: float = 0.0):
     """Joins a class branch and an instance branch into one unit vector.
 
-    Each branch is pooled, projected and L2-normalised, scaled by sqrt(weight), concatenated
-    and normalised again: the cosine of two embeddings is then
+    ``class_pooled`` is the class branch's globally pooled feature vector (the frozen
+    classifier's, so training can cache it per view); ``instance_features`` is the instance
+    branch's feature map, pooled here. Each branch is projected and L2-normalised, scaled by
+    sqrt(weight), concatenated and normalised again: the cosine of two embeddings is then
     ``class_weight * cos_class + (1 - class_weight) * cos_instance``. Without a class branch
     (``class_projection`` None) it is the instance branch alone.
 
@@ -217,10 +219,9 @@ def two_branch_head(class_features, instance_features, class_projection, instanc
     inst = L2Normalize(name="instance_l2")(instance_projection(pool(name="instance_pool")(instance_features)))
     if class_projection is None:
         return inst
-    pooled = pool(name="class_pool")(class_features)
-    cls = L2Normalize(name="class_l2")(class_projection(pooled))
+    cls = L2Normalize(name="class_l2")(class_projection(class_pooled))
     if class_head is not None and probs_weight > 0:
-        probs = keras.layers.Rescaling(probs_weight, name="class_probs_scale")(class_head(pooled))
+        probs = keras.layers.Rescaling(probs_weight, name="class_probs_scale")(class_head(class_pooled))
         cls = L2Normalize(name="class_mix_l2")(keras.layers.Concatenate(name="class_mix")([cls, probs]))
     cls = keras.layers.Rescaling(class_weight ** 0.5, name="class_scale")(cls)
     inst = keras.layers.Rescaling((1.0 - class_weight) ** 0.5, name="instance_scale")(inst)
@@ -241,10 +242,16 @@ def build_triplet_model(tower, margin: float = 0.2, distance: str = "euclidean",
     """Three inputs (anchor, positive, negative) through one shared tower, into :class:`TripletLoss`.
 
     The inputs take whatever the tower takes: pixels for the full tower, or cached
-    backbone features for the trainable top part.
+    backbone features for the trainable top part. A tower with several inputs gets them
+    once per role, in the tower's order, named ``{role}_{input name}`` (``anchor_features``,
+    ``anchor_class_pooled``, ...); a one-input tower's are ``anchor``, ``positive``, ``negative``.
     """
-    shape = tuple(tower.input.shape[1:])
-    inputs = [keras.Input(shape, name=name) for name in ("anchor", "positive", "negative")]
-    embeddings = [tower(x) for x in inputs]
+    def role_inputs(role: str):
+        if len(tower.inputs) == 1:
+            return [keras.Input(tuple(tower.inputs[0].shape[1:]), name=role)]
+        return [keras.Input(tuple(t.shape[1:]), name=f"{role}_{t.name}") for t in tower.inputs]
+
+    inputs = [role_inputs(role) for role in ("anchor", "positive", "negative")]
+    embeddings = [tower(x if len(x) > 1 else x[0]) for x in inputs]
     distances = TripletLoss(margin, distance, soft, instance_weight, temperature, name="triplet_loss")(*embeddings)
-    return keras.Model(inputs, distances, name="triplet")
+    return keras.Model([x for role in inputs for x in role], distances, name="triplet")

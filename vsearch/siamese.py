@@ -119,8 +119,10 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     timings["feature_cache_s"] = time.perf_counter() - t
 
     # Two branches on the cached features. The class branch is the classifier's top, frozen:
-    # it keeps the categories apart. The instance branch is a trainable copy of the top
-    # blocks: triplets teach it to match a customer's photo to that exact item.
+    # it keeps the categories apart. Being frozen, its pooled output is computed once per
+    # cached view (here) instead of in every training step and every mining pass. The
+    # instance branch is a trainable copy of the top blocks: triplets teach it to match a
+    # customer's photo to that exact item.
     clf_config = _classifier_config(config.classifier_dir)
     if config.instance_init == "imagenet":
         _, source_top = models.split_backbone(models.build_backbone(size, "imagenet", clf_config.alpha),
@@ -129,50 +131,68 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
         source_top = top
     instance_top = models.clone_top(source_top, "instance_top")
     feat_in = keras.Input(tuple(top.input.shape[1:]), name="features")
-    clean = cache[:, 0].astype(np.float32)
+    n_items, n_views = cache.shape[:2]
+    t = time.perf_counter()
+    pooled_top = lambda branch: keras.Model(feat_in, keras.layers.GlobalAveragePooling2D()(branch(feat_in)))  # noqa: E731
+    if config.class_dim:
+        class_branch = pooled_top(top)
+        class_pooled = lambda x: class_branch.predict(x.astype(np.float32), batch_size=256, verbose=0)  # noqa: E731
+        class_cache = class_pooled(cache.reshape((-1,) + cache.shape[2:])).reshape(n_items, n_views, -1)
+        val_clean_class, val_customer_class = class_pooled(val_clean), class_pooled(val_customer)
+    else:
+        class_cache = val_clean_class = val_customer_class = None
+    timings["class_branch_cache_s"] = time.perf_counter() - t
 
-    def pca_dense(branch, dim: int, name: str, trainable: bool):
-        pooled = keras.Model(feat_in, keras.layers.GlobalAveragePooling2D()(branch(feat_in)))
-        features = pooled.predict(clean, batch_size=256, verbose=0)
+    def pca_dense(features, dim: int, name: str, trainable: bool):
         dense = keras.layers.Dense(dim, name=name, trainable=trainable,
                                    kernel_regularizer=keras.regularizers.L2(config.weight_decay))
         dense.build((None, features.shape[1]))
         dense.set_weights(list(pca_projection(features, dim)))  # PCA start keeps the geometry
         return dense
 
-    instance_projection = pca_dense(instance_top, config.embedding_dim, "instance_projection", True)
-    class_projection = (pca_dense(top, config.class_dim, "class_projection", False)
+    instance_clean = pooled_top(instance_top).predict(cache[:, 0].astype(np.float32), batch_size=256, verbose=0)
+    instance_projection = pca_dense(instance_clean, config.embedding_dim, "instance_projection", True)
+    del instance_clean
+    class_projection = (pca_dense(class_cache[:, 0], config.class_dim, "class_projection", False)
                         if config.class_dim else None)
-    del clean
     models.set_fine_tuning(top, False)
     models.set_fine_tuning(instance_top, True)
 
     class_head = models.frozen_copy(classifier.get_layer("predictions"), "class_head")
 
-    def head(features, class_top):
-        return models.two_branch_head(class_top(features) if class_projection else None, instance_top(features),
-                                      class_projection, instance_projection, config.class_weight,
-                                      class_head, config.class_probs_weight)
+    def head(features, class_pooled):
+        return models.two_branch_head(class_pooled, instance_top(features), class_projection, instance_projection,
+                                      config.class_weight, class_head, config.class_probs_weight)
 
-    top_tower = keras.Model(feat_in, head(feat_in, top), name="tower_top")
+    # Trained on (cached features, cached class-branch vector) per view.
+    class_in = ([keras.Input((class_cache.shape[-1],), name="class_pooled")] if config.class_dim else [])
+    top_tower = keras.Model([feat_in, *class_in], head(feat_in, class_in[0] if class_in else None),
+                            name="tower_top")
     triplet_model = models.build_triplet_model(top_tower, config.margin, instance_weight=config.instance_loss_weight,
                                                temperature=config.temperature)
     triplet_model.compile(optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay))
 
-    embed = lambda x: top_tower.predict(x.astype(np.float32), batch_size=256, verbose=0)  # noqa: E731
+    def embed(features, class_vectors):
+        inputs = [features.astype(np.float32)] + ([class_vectors] if class_in else [])
+        return top_tower.predict(inputs, batch_size=256, verbose=0)
 
-    n_items, n_views = cache.shape[:2]
+    def views_of(items, views) -> list[np.ndarray]:
+        """The tower's inputs for views ``(items[i], views[i])`` of the catalog cache."""
+        return [cache[items, views].astype(np.float32)] + ([class_cache[items, views]] if class_in else [])
+
     mine = config.mining == "semihard"
 
     def embed_catalog(all_views: bool):
         """(embeddings of every view for mining or None, embeddings of the clean catalog)."""
         if not all_views:
-            return None, embed(cache[:, 0])
-        emb = embed(cache.reshape((-1,) + cache.shape[2:])).reshape(n_items, n_views, -1)
+            return None, embed(cache[:, 0], class_cache[:, 0] if class_in else None)
+        flat = lambda a: a.reshape((-1,) + a.shape[2:]) if a is not None else None  # noqa: E731
+        emb = embed(flat(cache), flat(class_cache)).reshape(n_items, n_views, -1)
         return emb, emb[:, 0]
 
     def evaluate(catalog_emb) -> dict:
-        return quick_metrics(catalog_emb, y_train, embed(val_clean), y_val, embed(val_customer))
+        return quick_metrics(catalog_emb, y_train, embed(val_clean, val_clean_class), y_val,
+                             embed(val_customer, val_customer_class))
 
     # Mining for epoch e+1 needs every view embedded after epoch e; the clean views among
     # them serve the metrics of epoch e, so the catalog is embedded once per epoch.
@@ -185,14 +205,19 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     tensorboard = keras.callbacks.TensorBoard(str(work / "logs"))
     t = time.perf_counter()
     for epoch in range(config.epochs):
+        lap = time.perf_counter()
         trip = sample_triplets(y_train, n_views, config.triplets_per_epoch, rng, config.instance_fraction,
                                emb, config.margin)
-        inputs = [cache[idx[:, 0], idx[:, 1]].astype(np.float32)
-                  for idx in (trip.anchor, trip.positive, trip.negative)]
+        inputs = [x for idx in (trip.anchor, trip.positive, trip.negative) for x in views_of(idx[:, 0], idx[:, 1])]
+        lap = _lap(timings, "sampling_s", lap)
         h = triplet_model.fit(inputs, epochs=epoch + 1, initial_epoch=epoch, batch_size=config.batch_size,
                               shuffle=True, callbacks=[tensorboard], verbose=0)
+        del inputs
+        lap = _lap(timings, "fit_s", lap)
         emb, catalog_emb = embed_catalog(mine and epoch + 1 < config.epochs)
+        lap = _lap(timings, "embed_catalog_s", lap)
         quick = evaluate(catalog_emb)
+        _lap(timings, "validation_s", lap)
         for key, values in h.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         for key, value in quick.items():
@@ -205,10 +230,14 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     # Independent copies of the shared parts keep the saved model free of shared layers.
     pixels = keras.Input((size, size, 3), name="image")
     features = models.clone_top(bottom, "backbone_bottom")(pixels)
-    tower = keras.Model(pixels, head(features, models.clone_top(top, "class_top")), name="embedding")
+    class_pooled_out = (keras.layers.GlobalAveragePooling2D(name="class_pool")(
+        models.clone_top(top, "class_top")(features)) if class_in else None)
+    tower = keras.Model(pixels, head(features, class_pooled_out), name="embedding")
     # The exported tower must compute what was trained on cached features (float16 cache aside).
     first = next(iter(val_ds))[0]
-    cache_diff = float(np.abs(tower.predict(first, verbose=0) - embed(val_clean[: len(first)])).max())
+    n = len(first)
+    trained = embed(val_clean[:n], val_clean_class[:n] if class_in else None)
+    cache_diff = float(np.abs(tower.predict(first, verbose=0) - trained).max())
     final = {k: v[-1] for k, v in history.items() if k.startswith("val_")}
     timings["total_s"] = time.perf_counter() - t0
     result = {"validation": final, "start": start_metrics, "history": history, "timings": timings,
@@ -229,6 +258,13 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
                     "classifier_accuracy": classifier_metrics.get("accuracy")}})
     log(f"siamese: {_fmt(final)}; total {timings['total_s']:.0f}s; exported {config.out_dir}")
     return result
+
+
+def _lap(timings: dict[str, float], key: str, since: float) -> float:
+    """Adds the seconds since ``since`` to ``timings[key]``; returns now."""
+    now = time.perf_counter()
+    timings[key] = timings.get(key, 0.0) + now - since
+    return now
 
 
 def _classifier_config(classifier_dir: str):

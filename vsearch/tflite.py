@@ -268,15 +268,46 @@ def export_tflite(model_dir: str | os.PathLike, out: str | os.PathLike | None = 
     return out
 
 
+class LiteRTRunner:
+    """A LiteRT interpreter with one float32 input, called on whole batches: ``runner(x) -> y``.
+
+    The AUTO op resolver applies the XNNPACK delegate with ``num_threads`` (default: every
+    core). The input is resized only when the batch size changes; calls are serialised by
+    a lock, since one interpreter is not thread-safe. Give ``model_path`` or ``model_content``
+    (flatbuffer bytes); a damaged flatbuffer raises ``ValueError`` from LiteRT.
+    """
+
+    def __init__(self, model_path: str | os.PathLike | None = None, model_content: bytes | None = None,
+                 num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.num_threads = num_threads or os.cpu_count() or 1
+        self._interpreter = Interpreter(model_path=None if model_path is None else str(model_path),
+                                        model_content=model_content, num_threads=self.num_threads)
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._batch = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        with self._lock:
+            if self._batch != len(batch):
+                self._interpreter.resize_tensor_input(self._input, batch.shape, strict=True)
+                self._interpreter.allocate_tensors()
+                self._batch = len(batch)
+            self._interpreter.set_tensor(self._input, batch)
+            self._interpreter.invoke()
+            return self._interpreter.get_tensor(self._output)  # a copy already
+
+
 class TFLiteEmbedder:
     """A converted ``.tflite`` embedding model on the LiteRT interpreter (XNNPACK, CPU).
 
     Implements :class:`vsearch.embedder.Embedder`. Bytes are decoded by a thread pool
     (Pillow and numpy release the GIL) straight into the batch array; each chunk of
     ``max_batch`` images runs through the interpreter on ``num_threads`` XNNPACK threads as
-    soon as it is decoded, while the pool decodes the next. The interpreter is resized only
-    when that size changes. Interpreter calls are serialised by a lock: one interpreter is
-    not thread-safe.
+    soon as it is decoded, while the pool decodes the next (:class:`LiteRTRunner`).
 
     Args:
         path: The ``.tflite`` file (its sidecar JSON beside it).
@@ -290,8 +321,6 @@ class TFLiteEmbedder:
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None, draft: bool = True,
                  max_batch: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS):
-        from ai_edge_litert.interpreter import Interpreter
-
         if num_threads is not None and num_threads < 1:
             raise ConfigError(f"num_threads must be >= 1, got {num_threads}")
         if max_batch < 1:
@@ -307,12 +336,7 @@ class TFLiteEmbedder:
         self.draft = draft
         self.max_batch = max_batch
         self.max_pixels = max_pixels
-        # AUTO (the default op resolver) applies the XNNPACK delegate with these threads.
-        self._interpreter = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
-        self._batch = 0
-        self._lock = threading.Lock()
+        self._runner = LiteRTRunner(self.path, num_threads=self.num_threads)
         self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="tflite-decode")
 
     def embed_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
@@ -357,21 +381,10 @@ class TFLiteEmbedder:
             stop = min(start + self.max_batch, len(pixels))
             if ready is not None:
                 ready(start, stop)
-            out[start:stop] = self._invoke(pixels[start:stop])
+            out[start:stop] = self._runner(pixels[start:stop])
         # The graph ends in an L2 normalisation, but int8 rounds its output to a coarse grid;
         # renormalising keeps every variant's vectors exactly unit length.
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-    def _invoke(self, chunk: np.ndarray) -> np.ndarray:
-        """At most ``max_batch`` images through the interpreter (resized only when the size changes)."""
-        with self._lock:
-            if self._batch != len(chunk):
-                self._interpreter.resize_tensor_input(self._input, chunk.shape, strict=True)
-                self._interpreter.allocate_tensors()
-                self._batch = len(chunk)
-            self._interpreter.set_tensor(self._input, chunk)
-            self._interpreter.invoke()
-            return self._interpreter.get_tensor(self._output)  # a copy already
 
     def close(self) -> None:
         """Stops the decoding threads."""
