@@ -6,7 +6,9 @@ the margin loss. Each catalog image is cached once clean and ``views_per_image -
 as a simulated customer photo (:func:`vsearch.augment.customer_view`) at the cut of the
 backbone; triplets over those views (:mod:`vsearch.mining`, instance and class triplets,
 negatives re-mined semi-hard from the current embeddings every epoch) train the top
-blocks and a projection head with plain ``model.fit``.
+blocks and a projection head with plain ``model.fit``. The class branch (the classifier's
+top) is frozen, so its pooled vector is also computed once per cached view: training
+steps and mining passes run the trainable instance branch only.
 
 Both objectives are measured on the validation split after every epoch: class retrieval
 (P@1, MAP@R against the catalog) and customer-photo matching (R@1 of a simulated customer
