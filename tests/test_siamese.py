@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -52,3 +53,16 @@ def test_siamese_reads_the_views_train_cached(smoke_run):
     assert "features catalog clean: " in siamese_log and "features validation clean: " in siamese_log
     assert siamese_log.count("from the cache") == 2
     assert "features catalog customer view 1: " in siamese_log
+
+
+def test_siamese_without_class_branch(smoke_run, tmp_path):
+    # class_dim 0: the tower is the instance branch alone, trained and exported on one input.
+    from vsearch.siamese import train_siamese
+
+    config = dataclasses.replace(smoke_run["siamese"], class_dim=0, out_dir=str(tmp_path / "embedding"),
+                                 work_dir=str(tmp_path / "siamese"))
+    metrics = train_siamese(config, log=lambda _: None)
+    assert "class_branch_cache_s" in metrics["timings"] and metrics["timings"]["fit_s"] > 0
+    assert metrics["cache_max_abs_diff"] < 1e-2
+    meta = json.loads((tmp_path / "embedding" / "assets.extra" / "vsearch.json").read_text())
+    assert meta["embedding_dim"] == config.embedding_dim and meta["branches"]["class"] == 0
