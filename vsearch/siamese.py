@@ -174,13 +174,16 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
                                                temperature=config.temperature)
     triplet_model.compile(optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay))
 
+    def tower_inputs(features, class_vectors) -> list[np.ndarray]:
+        """The training tower's inputs: feature maps, and their class vectors with a class branch."""
+        return [features.astype(np.float32)] + ([class_vectors] if class_in else [])
+
     def embed(features, class_vectors):
-        inputs = [features.astype(np.float32)] + ([class_vectors] if class_in else [])
-        return top_tower.predict(inputs, batch_size=256, verbose=0)
+        return top_tower.predict(tower_inputs(features, class_vectors), batch_size=256, verbose=0)
 
     def views_of(items, views) -> list[np.ndarray]:
         """The tower's inputs for views ``(items[i], views[i])`` of the catalog cache."""
-        return [cache[items, views].astype(np.float32)] + ([class_cache[items, views]] if class_in else [])
+        return tower_inputs(cache[items, views], class_cache[items, views] if class_in else None)
 
     mine = config.mining == "semihard"
 
