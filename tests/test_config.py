@@ -1,3 +1,4 @@
+import json
 import dataclasses
 
 import pytest
@@ -71,6 +72,20 @@ def test_siamese_validation():
 def test_classifier_validation():
     with pytest.raises(c.ConfigError, match="lr_schedule must be"):
         c.ClassifierConfig(lr_schedule="step")
-    with pytest.raises(c.ConfigError, match="augmentation must be"):
+    with pytest.raises(c.ConfigError, match="augmentation must be one of mild, customer"):
         c.ClassifierConfig(augmentation="mixup")
+    with pytest.raises(c.ConfigError, match="data.feature_runtime must be one of auto, keras, tflite"):
+        c.DataConfig(feature_runtime="onnx")
     assert c.apply_overrides(c.ClassifierConfig(), {"lr_schedule": "constant"}).lr_schedule == "constant"
+
+
+def test_a_config_json_written_before_a_value_was_renamed_still_loads(tmp_path):
+    # Classifiers trained before session 6 recorded augmentation "keras" (now "mild").
+    data = c.to_dict(c.ClassifierConfig())
+    data["augmentation"] = "keras"
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert c.load_json(c.ClassifierConfig, tmp_path / "config.json").augmentation == "mild"
+    data["augmentation"] = "mixup"  # other values are still checked
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(c.ConfigError, match="augmentation must be"):
+        c.load_json(c.ClassifierConfig, tmp_path / "config.json")

@@ -49,7 +49,7 @@ def test_siamese_reads_the_views_train_cached(smoke_run):
     train_log = "\n".join(smoke_run["logs"]["train"])
     siamese_log = "\n".join(smoke_run["logs"]["siamese"])
     assert "features train view 1: " in train_log and "from the cache" not in train_log
-    # the classifier's clean views are the siamese stage's; its Keras-augmented views are not
+    # the classifier's clean views are the siamese stage's; its mild augmented views are not
     assert "features catalog clean: " in siamese_log and "features validation clean: " in siamese_log
     assert siamese_log.count("from the cache") == 2
     assert "features catalog customer view 1: " in siamese_log

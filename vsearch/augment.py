@@ -1,125 +1,186 @@
-"""Image distortions: training augmentation (TensorFlow) and customer-photo queries (Pillow).
+"""Image distortions: training views (OpenCV + numpy) and customer-photo queries (Pillow).
 
 A customer's photo of a catalog item differs from the catalog photo by crop, angle, light,
-background, blur and compression. Training simulates that in-graph with
-:func:`customer_view` (stateless, seeded per image). Evaluation simulates it with
-:func:`customer_photo`, an independent Pillow implementation with its own parameters,
-so the evaluation does not simply replay the training distribution.
+background, blur and compression. Training simulates that with :func:`customer_view`;
+the classifier trains on the milder :func:`classifier_view`. Both are plain functions of
+(pixels, random generator), seeded per image (:func:`view_batch`), so a view can be cached
+and reproduced. Evaluation simulates customer photos with :func:`customer_photo`, an
+independent Pillow implementation with its own parameters, so the evaluation does not
+simply replay the training distribution.
+
+Why not Keras preprocessing layers or ``tf.image`` ops: on the 2-core CPU, the three
+projective warps of Keras' RandomRotation / RandomZoom / RandomTranslation cost about 18 ms
+per 224x224 image (``tf.raw_ops.ImageProjectiveTransformV3`` is slow on a CPU); one fused
+OpenCV affine warp does the same geometry in well under a millisecond (bench/RESULTS.md,
+session 6), and these views are computed once per training image and view.
 """
 from __future__ import annotations
 
 import io
 import math
+from typing import Callable
 
 import numpy as np
 
+# View v of catalog image i uses the generator seeded with (CUSTOMER_VIEW_SEED + v, i).
+CUSTOMER_VIEW_SEED = 1000
+# Bumped whenever a view function's output changes, so that cached features of old views
+# are never read as new ones (vsearch.features.extract_cached keys on it).
+VIEWS_VERSION = 2
 
-def classifier_augmentation(seed: int | None = None):
-    """Mild Keras preprocessing layers for category training (0..255 float images)."""
-    import keras
-
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed),
-        keras.layers.RandomZoom((-0.25, 0.1), fill_mode="reflect", seed=seed),
-        keras.layers.RandomTranslation(0.08, 0.08, fill_mode="reflect", seed=seed),
-        keras.layers.RandomContrast(0.2, seed=seed),
-        keras.layers.RandomBrightness(0.15, value_range=(0.0, 255.0), seed=seed),
-    ], name="classifier_augmentation")
+ViewFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
-# --- in-graph customer-photo views -------------------------------------------------------
-
-CUSTOMER_VIEW_SEED = 1000  # view v of a catalog image uses seed (CUSTOMER_VIEW_SEED + v, index)
-
-def _uniform(seed, low, high, shape=()):
-    import tensorflow as tf
-
-    return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
+def _about_centre(size: int, linear: np.ndarray, shift=(0.0, 0.0)) -> np.ndarray:
+    """The 2x3 forward affine map ``x -> c + linear (x - c) + shift`` on a square image."""
+    c = (size - 1) / 2.0
+    centre = np.array([c, c])
+    return np.hstack([linear, (centre - linear @ centre + np.asarray(shift))[:, None]])
 
 
-def _rotate(image, radians, fill):
-    """Rotates an (H, W, 3) float image about its centre, filling with a constant colour."""
-    import tensorflow as tf
+def _warp(image: np.ndarray, matrix: np.ndarray, border: int, fill=(0.0, 0.0, 0.0)) -> np.ndarray:
+    import cv2
 
-    h = tf.cast(tf.shape(image)[0], tf.float32)
-    w = tf.cast(tf.shape(image)[1], tf.float32)
-    cos, sin = tf.cos(radians), tf.sin(radians)
-    cx, cy = (w - 1) / 2, (h - 1) / 2
-    # Output pixel (x, y) samples input at R^-1 (x - c) + c.
-    transform = tf.stack([cos, sin, cx - cos * cx - sin * cy,
-                          -sin, cos, cy + sin * cx - cos * cy, 0.0, 0.0])
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None] - fill, transforms=transform[None], output_shape=tf.shape(image)[:2],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
-    return out[0] + fill
+    size = image.shape[0]
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=border,
+                          borderValue=tuple(float(v) for v in fill))
 
 
-def _blur(image, sigma):
-    import tensorflow as tf
+def _channel_means(image: np.ndarray) -> np.ndarray:
+    """Per-channel means of an (H, W, 3) float32 image (cv2.mean: 40x numpy's strided mean)."""
+    import cv2
 
-    radius = 4
-    x = tf.range(-radius, radius + 1, dtype=tf.float32)
-    kernel = tf.exp(-0.5 * tf.square(x / sigma))
-    kernel = kernel / tf.reduce_sum(kernel)
-    kx = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, 3, 1])
-    ky = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, 3, 1])
-    padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
-    out = tf.nn.depthwise_conv2d(padded, kx, [1, 1, 1, 1], "VALID")
-    out = tf.nn.depthwise_conv2d(out, ky, [1, 1, 1, 1], "VALID")
-    return out[0]
+    return np.asarray(cv2.mean(image)[:3], dtype=np.float32)
 
 
-def customer_view(image, seed, strength: float = 1.0):
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1] or image.shape[0] < 2:
+        raise ValueError(f"expected a square (S, S, 3) image, got shape {image.shape}")
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def classifier_view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A mildly augmented copy of a square float32 (S, S, 3) image in 0..255.
+
+    Horizontal flip (p 0.5), rotation up to 18 degrees, zoom from 10% out to 33% in,
+    translation up to 8% per axis, all as one affine warp with reflected borders; then
+    contrast x0.8..1.2 about each channel's mean and brightness +-15% of the range.
+    (The ranges of the Keras layers it replaced: RandomFlip, RandomRotation(0.05),
+    RandomZoom((-0.25, 0.1)), RandomTranslation(0.08, 0.08), RandomContrast(0.2),
+    RandomBrightness(0.15).)
+    """
+    import cv2
+
+    image = _check_image(image)
+    size = image.shape[0]
+    flip = -1.0 if rng.random() < 0.5 else 1.0
+    angle = rng.uniform(-0.05, 0.05) * 2 * math.pi
+    scale = 1.0 / (1.0 + rng.uniform(-0.25, 0.1))  # > 1 zooms in
+    shift = rng.uniform(-0.08, 0.08, 2) * size
+    cos, sin = math.cos(angle), math.sin(angle)
+    linear = scale * np.array([[cos, -sin], [sin, cos]]) @ np.diag([flip, 1.0])
+    out = _warp(image, _about_centre(size, linear, shift), cv2.BORDER_REFLECT)
+    contrast = rng.uniform(0.8, 1.2)
+    offset = (1 - contrast) * _channel_means(out) + rng.uniform(-0.15, 0.15) * 255.0
+    return _recolour(out, _colour_matrix(contrast, offset))
+
+
+def _crop_box(size: int, rng: np.random.Generator, min_area: float) -> tuple[float, float, float, float]:
+    """A random crop (x0, y0, width, height) of min_area..100% of the area, aspect 3:4..4:3."""
+    area = rng.uniform(min_area, 1.0) * size * size
+    aspect = math.exp(rng.uniform(math.log(0.75), math.log(4 / 3)))
+    width = min(float(size), math.sqrt(area * aspect))
+    height = min(float(size), math.sqrt(area / aspect))
+    return rng.uniform(0, size - width), rng.uniform(0, size - height), width, height
+
+
+# RGB -> YIQ: luma and two chroma axes; rotating the chroma plane shifts the hue, scaling it the saturation.
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _colour_matrix(gain: float, offset, hue_turns: float = 0.0, saturation: float = 1.0) -> np.ndarray:
+    """The 3x4 affine colour map ``x -> C (gain x + offset)``, C the hue/saturation change in YIQ."""
+    angle = hue_turns * 2 * math.pi
+    chroma = saturation * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    rotate = np.linalg.inv(_YIQ) @ np.block([[np.ones((1, 1)), np.zeros((1, 2))], [np.zeros((2, 1)), chroma]]) @ _YIQ
+    return np.hstack([rotate * gain, (rotate @ np.broadcast_to(np.asarray(offset, float), (3,)))[:, None]])
+
+
+def _recolour(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Applies a 3x4 affine colour map to a float32 (H, W, 3) image and clips to 0..255."""
+    import cv2
+
+    out = cv2.transform(image, matrix.astype(np.float32))
+    return np.clip(out, 0.0, 255.0, out=out)
+
+
+def _jitter_colour(image: np.ndarray, rng: np.random.Generator, s: float) -> np.ndarray:
+    """Brightness, contrast (about the mean), hue and saturation jitter of a 0..255 float32 image."""
+    brightness = rng.uniform(-0.2 * s, 0.2 * s) * 255.0
+    contrast = rng.uniform(1 - 0.3 * s, 1 + 0.3 * s)
+    mean = _channel_means(image)
+    out = _recolour(image, _colour_matrix(contrast, (1 - contrast) * mean + brightness))
+    return _recolour(out, _colour_matrix(1.0, 0.0, rng.uniform(-0.04 * s, 0.04 * s), rng.uniform(1 - 0.4 * s, 1 + 0.4 * s)))
+
+
+def customer_view(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
     """One random customer-photo view of a square float32 (S, S, 3) image in 0..255.
 
-    Random resized crop, flip, rotation, placement on a plain background, colour jitter,
-    blur and JPEG compression; each with its own probability. Deterministic for a given
-    ``seed`` (a shape-[2] int tensor), so views can be cached and reproduced.
+    Random resized crop (30-100% of the area) and flip, rotation up to about 25 degrees
+    on a plain light background (p 0.5), the item shrunk onto that background (p 0.3),
+    colour jitter, Gaussian blur (p 0.35) and JPEG compression at quality 30-95; each
+    drawn from ``rng``. ``strength`` scales every range (0: only the JPEG step).
     """
-    import tensorflow as tf
+    import cv2
 
-    size = tf.shape(image)[0]
-    seeds = tf.random.split(tf.cast(seed, tf.int64), 16)
+    image = _check_image(image)
+    size = image.shape[0]
     s = strength
 
-    # Crop: 30-100% of the area, aspect 3:4..4:3.
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seeds[0],
-        min_object_covered=1.0 - 0.7 * s, aspect_ratio_range=(0.75, 1.33),
-        area_range=(1.0 - 0.7 * s, 1.0), max_attempts=20, use_image_if_no_bounding_boxes=True)
-    out = tf.image.resize(tf.slice(image, begin, crop_size), (size, size))
-    out = tf.cond(_uniform(seeds[1], 0.0, 1.0) < 0.5, lambda: out[:, ::-1, :], lambda: out)
+    # Crop + resize back to the full size + flip, as one warp (the crop box never leaves the image).
+    x0, y0, width, height = _crop_box(size, rng, 1.0 - 0.7 * s)
+    flip = rng.random() < 0.5
+    sx, sy = size / width, size / height
+    matrix = np.array([[sx, 0.0, -x0 * sx + 0.5 * sx - 0.5], [0.0, sy, -y0 * sy + 0.5 * sy - 0.5]])
+    if flip:
+        matrix = np.array([[-1.0, 0.0, size - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([matrix, [0.0, 0.0, 1.0]])
+    out = _warp(image, matrix, cv2.BORDER_REPLICATE)
 
-    fill = _uniform(seeds[2], 150.0, 255.0) * tf.ones([3]) + _uniform(seeds[3], -20.0, 20.0, [3])
+    fill = np.clip(rng.uniform(150.0, 255.0) + rng.uniform(-20.0, 20.0, 3), 0.0, 255.0)
+    if rng.random() < 0.5:
+        angle = rng.uniform(-0.45 * s, 0.45 * s)
+        cos, sin = math.cos(angle), math.sin(angle)
+        out = _warp(out, _about_centre(size, np.array([[cos, -sin], [sin, cos]])), cv2.BORDER_CONSTANT, fill)
+    if rng.random() < 0.3 * s:
+        inner = max(1, int(size * rng.uniform(0.55, 0.95)))
+        small = cv2.resize(out, (inner, inner), interpolation=cv2.INTER_AREA)
+        top, left = (rng.uniform(0.0, 1.0, 2) * (size - inner)).astype(int)
+        out = np.empty_like(out)
+        out[...] = fill.astype(np.float32)
+        out[top:top + inner, left:left + inner] = small
 
-    def rotated():
-        return _rotate(out, _uniform(seeds[4], -0.45 * s, 0.45 * s), fill)  # about +-25 degrees
+    out = _jitter_colour(out, rng, s)
+    if rng.random() < 0.35 * s:
+        out = cv2.GaussianBlur(out, (9, 9), rng.uniform(0.5, 2.0), borderType=cv2.BORDER_REFLECT)
+    quality = int(rng.integers(30, 96))
+    bgr = np.ascontiguousarray(np.clip(out + 0.5, 0, 255).astype(np.uint8)[..., ::-1])  # OpenCV's order
+    ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover - OpenCV always encodes a valid uint8 image
+        raise RuntimeError("JPEG encoding failed")
+    return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32)
 
-    out = tf.cond(_uniform(seeds[5], 0.0, 1.0) < 0.5, rotated, lambda: out)
 
-    def padded():
-        scale = _uniform(seeds[6], 0.55, 0.95)
-        inner = tf.cast(tf.cast(size, tf.float32) * scale, tf.int32)
-        small = tf.image.resize(out, (inner, inner))
-        offset = tf.cast(_uniform(seeds[7], 0.0, 1.0, [2]) * tf.cast(size - inner, tf.float32), tf.int32)
-        canvas = tf.ones([size, size, 3]) * fill
-        pad = tf.image.pad_to_bounding_box(small - fill, offset[0], offset[1], size, size)
-        return canvas + pad
+def view_batch(view: ViewFn, images: np.ndarray, seed: int, start: int = 0) -> np.ndarray:
+    """Applies ``view`` to each image of a batch; image ``start + j`` draws from rng(seed, start + j).
 
-    out = tf.cond(_uniform(seeds[8], 0.0, 1.0) < 0.3 * s, padded, lambda: out)
-
-    out = out / 255.0
-    out = tf.image.stateless_random_brightness(out, 0.2 * s, seeds[9])
-    out = tf.image.stateless_random_contrast(out, 1 - 0.3 * s, 1 + 0.3 * s, seeds[10])
-    out = tf.image.stateless_random_saturation(tf.clip_by_value(out, 0, 1), 1 - 0.4 * s, 1 + 0.4 * s, seeds[11])
-    out = tf.image.stateless_random_hue(out, 0.04 * s, seeds[12])
-    out = tf.clip_by_value(out, 0.0, 1.0) * 255.0
-
-    out = tf.cond(_uniform(seeds[13], 0.0, 1.0) < 0.35 * s,
-                  lambda: _blur(out, _uniform(seeds[14], 0.5, 2.0)), lambda: out)
-    out = tf.image.stateless_random_jpeg_quality(out / 255.0, 30, 95, seeds[15]) * 255.0
-    out.set_shape(image.shape)
+    Seeding per image (not per batch) makes a view independent of the batch size, so the
+    cached features of view ``seed`` are the same however they were batched.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    out = np.empty_like(images)
+    for j, image in enumerate(images):
+        out[j] = view(image, np.random.default_rng([int(seed), int(start) + j]))
     return out
 
 

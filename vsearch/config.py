@@ -27,6 +27,8 @@ from vsearch.errors import ConfigError  # noqa: E402  (re-exported)
 
 # What may run the frozen backbone for the feature caches (see vsearch.features.resolve_runtime).
 FEATURE_RUNTIMES = ("auto", "keras", "tflite")
+# The classifier's augmented views (ClassifierConfig.augmentation).
+AUGMENTATIONS = ("mild", "customer")
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ class DataConfig:
         _check(self.image_size >= 32, "data.image_size must be >= 32 (MobileNetV2's minimum)")
         _check(self.batch_size >= 1, "data.batch_size must be >= 1")
         _check(self.max_image_pixels > 0, "data.max_image_pixels must be > 0")
-        _check(self.feature_runtime in FEATURE_RUNTIMES, "data.feature_runtime must be auto, keras or tflite")
+        _check(self.feature_runtime in FEATURE_RUNTIMES,
+               f"data.feature_runtime must be one of {', '.join(FEATURE_RUNTIMES)}")
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,10 @@ class ClassifierConfig:
     alpha: float = 1.0
     fine_tune_from: str = "block_14"  # first trainable block; earlier layers stay frozen
     augment_views: int = 3  # augmented views cached per training image (plus the clean one)
-    # keras: flips, small rotations, zoom, contrast. customer: the seeded customer-photo views
-    # stage 2 trains on (shared on disk), measured worse for the classifier (bench/RESULTS.md).
-    augmentation: str = "keras"
+    # mild: flips, small rotations, zoom, shifts, contrast, brightness (augment.classifier_view).
+    # customer: the seeded customer-photo views stage 2 trains on (shared on disk), measured
+    # worse for the classifier (bench/RESULTS.md).
+    augmentation: str = "mild"
     head_epochs: int = 6
     fine_tune_epochs: int = 8
     head_learning_rate: float = 1e-3
@@ -93,7 +97,7 @@ class ClassifierConfig:
 
     def __post_init__(self):
         _check(self.augment_views >= 0, "augment_views must be >= 0")
-        _check(self.augmentation in ("customer", "keras"), "augmentation must be 'customer' or 'keras'")
+        _check(self.augmentation in AUGMENTATIONS, f"augmentation must be one of {', '.join(AUGMENTATIONS)}")
         _check(self.lr_schedule in ("cosine", "constant"), "lr_schedule must be 'cosine' or 'constant'")
         _check(self.head_epochs >= 1, "head_epochs must be >= 1")
         _check(self.fine_tune_epochs >= 0, "fine_tune_epochs must be >= 0")
@@ -292,9 +296,21 @@ def to_dict(config) -> dict[str, Any]:
     return {"__class__": type(config).__name__, **dataclasses.asdict(config)}
 
 
+# Values renamed since a config.json may have been written: (class name, key) -> {old: new}.
+# "keras": the classifier's augmentation was Keras preprocessing layers before session 6.
+RENAMED_VALUES = {("ClassifierConfig", "augmentation"): {"keras": "mild"}}
+
+
 def from_dict(cls: type, data: Mapping[str, Any]):
-    """Rebuilds a config from :func:`to_dict` output; unknown keys are errors."""
+    """Rebuilds a config from :func:`to_dict` output; unknown keys are errors.
+
+    Values renamed since (:data:`RENAMED_VALUES`) are read under their new names, so the
+    artifacts of an older run still load.
+    """
     data = {k: v for k, v in data.items() if k != "__class__"}
+    for (class_name, key), renamed in RENAMED_VALUES.items():
+        if class_name == cls.__name__ and isinstance(data.get(key), str):
+            data[key] = renamed.get(data[key], data[key])
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, Mapping):

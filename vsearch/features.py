@@ -145,17 +145,26 @@ def extract(model, batches, transform: Callable | None = None, seed: int = 0,
     Args:
         model: A :class:`Frozen` forward pass, or a Keras model (run on Keras).
         batches: ``tf.data`` dataset yielding pixel batches (or ``(pixels, labels)``).
-        transform: Optional per-image ``fn(image, seed) -> image`` (stateless augmentation);
-            image ``i`` gets seed ``(seed, i)``, so a view is reproducible.
+        transform: Optional per-image view ``fn(pixels, rng) -> pixels`` on numpy arrays
+            (:mod:`vsearch.augment`); image ``i`` draws from ``np.random.default_rng((seed, i))``
+            (:func:`vsearch.augment.view_batch`), so a view is reproducible whatever the batching.
         dtype: Storage dtype; float16 halves the cache at no measurable cost.
     """
     import tensorflow as tf
 
+    from vsearch.augment import view_batch
+
     ds = batches.map(lambda x, *_: x) if isinstance(batches.element_spec, tuple) else batches
     if transform is not None:
-        ds = ds.unbatch().enumerate().map(
-            lambda i, x: transform(x, tf.stack([tf.cast(seed, tf.int64), i])),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+        def views(b, x):
+            out = tf.numpy_function(lambda b, x: view_batch(transform, x, seed, int(b) * batch_size),
+                                    [b, x], tf.float32, stateful=False)
+            out.set_shape(x.shape)
+            return out
+
+        # OpenCV releases the GIL: tf.data's threads make the views while the model runs.
+        ds = ds.unbatch().batch(batch_size).enumerate().map(
+            views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     run = model if isinstance(model, Frozen) else Frozen(model)
     start, out = time.perf_counter(), []
@@ -191,11 +200,13 @@ def extract_cached(model, batches, paths: Sequence[str | os.PathLike], cache_dir
     """
     if not cache_dir:
         return extract(model, batches, transform, seed, batch_size, dtype, log, label)
+    from vsearch.augment import VIEWS_VERSION
     from vsearch.export import weights_fingerprint
 
     keras_model = model.model if isinstance(model, Frozen) else model
     shape = tuple(keras_model.input.shape[1:])
-    name = "" if transform is None else f"{transform.__module__}.{transform.__qualname__}"
+    # Views made by code that has changed since (VIEWS_VERSION) are never read as current ones.
+    name = "" if transform is None else f"{transform.__module__}.{transform.__qualname__}@v{VIEWS_VERSION}"
     key = hashlib.sha256("|".join(map(str, (
         weights_fingerprint(keras_model), digest or files_digest(paths), shape, name, seed, np.dtype(dtype).name,
         "v1"))).encode()).hexdigest()[:24]

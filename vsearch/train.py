@@ -59,7 +59,7 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     import tensorflow as tf
 
     from vsearch import metrics, models, plots
-    from vsearch.augment import CUSTOMER_VIEW_SEED, classifier_augmentation, customer_view
+    from vsearch.augment import CUSTOMER_VIEW_SEED, classifier_view, customer_view
     from vsearch.features import Frozen, extract, extract_cached, files_digest
 
     keras.utils.set_random_seed(config.data.seed)
@@ -81,24 +81,20 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     classifier = models.build_classifier(base, head, size)
     timings["load_s"] = time.perf_counter() - t0
 
-    # Cache the frozen bottom: one clean view and `augment_views` augmented views. Seeded views
-    # are kept on disk (`data.feature_cache_dir`): `vsearch siamese` reads the clean ones.
+    # Cache the frozen bottom: one clean view and `augment_views` augmented views, all seeded
+    # and kept on disk (`data.feature_cache_dir`): `vsearch siamese` reads the clean ones.
     t = time.perf_counter()
     cache_dir = config.data.feature_cache_dir or None
     digest = files_digest(train_ds.file_paths)
     frozen = Frozen(bottom, config.data.feature_runtime, cache_dir, log)
     x_views = [extract_cached(frozen, train_ds, train_ds.file_paths, cache_dir, log=log, label="train clean",
                               digest=digest)]
-    augment = classifier_augmentation(seed=config.data.seed)
+    view, view_seed = ((customer_view, CUSTOMER_VIEW_SEED + 1) if config.augmentation == "customer"
+                       else (classifier_view, config.data.seed + 1))
     for v in range(config.augment_views):
-        if config.augmentation == "customer":
-            x_views.append(extract_cached(frozen, train_ds, train_ds.file_paths, cache_dir,
-                                          transform=customer_view, seed=CUSTOMER_VIEW_SEED + 1 + v,
-                                          batch_size=batch, log=log, label=f"train view {v + 1}", digest=digest))
-            continue
-        keras.utils.set_random_seed(config.data.seed + 1 + v)
-        aug_ds = train_ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-        x_views.append(extract(frozen, aug_ds, log=log, label=f"train view {v + 1}"))
+        x_views.append(extract_cached(frozen, train_ds, train_ds.file_paths, cache_dir, transform=view,
+                                      seed=view_seed + v, batch_size=batch, log=log, label=f"train view {v + 1}",
+                                      digest=digest))
     x_train = np.concatenate(x_views)
     del x_views
     y_train_all = np.tile(y_train, config.augment_views + 1)
