@@ -66,7 +66,6 @@ def quick_metrics(catalog: np.ndarray, catalog_labels: np.ndarray, queries: np.n
 def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> dict:
     """Runs stage 2 end to end: cache views, train triplets, export; returns the metrics."""
     import keras
-    import tensorflow as tf
 
     from vsearch import models
     from vsearch.augment import CUSTOMER_VIEW_SEED, customer_view

@@ -56,11 +56,10 @@ def _labels(dataset) -> np.ndarray:
 def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = print) -> dict:
     """Runs stage 1 end to end and writes the artifacts; returns the metrics dict."""
     import keras
-    import tensorflow as tf
 
     from vsearch import metrics, models, plots
     from vsearch.augment import CUSTOMER_VIEW_SEED, classifier_view, customer_view
-    from vsearch.features import Frozen, extract, extract_cached, files_digest
+    from vsearch.features import Frozen, extract_cached, files_digest
 
     keras.utils.set_random_seed(config.data.seed)
     out = Path(config.out_dir)
