@@ -130,7 +130,8 @@ def customer_view(image: np.ndarray, rng: np.random.Generator, strength: float =
     Random resized crop (30-100% of the area) and flip, rotation up to about 25 degrees
     on a plain light background (p 0.5), the item shrunk onto that background (p 0.3),
     colour jitter, Gaussian blur (p 0.35) and JPEG compression at quality 30-95; each
-    drawn from ``rng``. ``strength`` scales every range (0: only the JPEG step).
+    drawn from ``rng``. ``strength`` scales the crop, rotation, shrink, colour and blur
+    (0: what is left is the flip, a crop to a 3:4..4:3 box and the JPEG step).
     """
     import cv2
 
