@@ -97,13 +97,14 @@ def _crop_box(size: int, rng: np.random.Generator, min_area: float) -> tuple[flo
 
 # RGB -> YIQ: luma and two chroma axes; rotating the chroma plane shifts the hue, scaling it the saturation.
 _YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_INVERSE = np.linalg.inv(_YIQ)
 
 
 def _colour_matrix(gain: float, offset, hue_turns: float = 0.0, saturation: float = 1.0) -> np.ndarray:
     """The 3x4 affine colour map ``x -> C (gain x + offset)``, C the hue/saturation change in YIQ."""
     angle = hue_turns * 2 * math.pi
     chroma = saturation * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    rotate = np.linalg.inv(_YIQ) @ np.block([[np.ones((1, 1)), np.zeros((1, 2))], [np.zeros((2, 1)), chroma]]) @ _YIQ
+    rotate = _YIQ_INVERSE @ np.block([[np.ones((1, 1)), np.zeros((1, 2))], [np.zeros((2, 1)), chroma]]) @ _YIQ
     return np.hstack([rotate * gain, (rotate @ np.broadcast_to(np.asarray(offset, float), (3,)))[:, None]])
 
 

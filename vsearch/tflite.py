@@ -332,11 +332,11 @@ class TFLiteEmbedder:
         self.fingerprint = self.metadata["fingerprint"]
         self.quantization = self.metadata["quantization"]
         self.name = f"exported embedding (TFLite {'fp32' if self.quantization == 'none' else self.quantization})"
-        self.num_threads = num_threads or os.cpu_count() or 1
+        self._runner = LiteRTRunner(self.path, num_threads=num_threads)
+        self.num_threads = self._runner.num_threads  # resolved there (default: every core)
         self.draft = draft
         self.max_batch = max_batch
         self.max_pixels = max_pixels
-        self._runner = LiteRTRunner(self.path, num_threads=self.num_threads)
         self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="tflite-decode")
 
     def embed_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
