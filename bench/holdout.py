@@ -81,8 +81,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     data = Path(args.data)
 
+    classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir()) if (data / "train").is_dir() else []
+    unknown = sorted(set(args.held_out.split(",")) - set(classes))
+    if unknown:  # checked before the slow part
+        ap.error(f"--held-out: {', '.join(unknown)} not among the classes of {data / 'train'}: "
+                 f"{', '.join(classes) or 'none'}")
     out, ycat, yval, targets, names = branch_outputs(Path(args.tower), data, args.seed)
-    held = [names.index(c) for c in args.held_out.split(",")]  # ValueError names an unknown class
+    held = [names.index(c) for c in args.held_out.split(",")]
     new = np.flatnonzero(np.isin(yval, held))
     trained = np.flatnonzero(~np.isin(yval, held))
     groups = {"new": new, "trained": trained}
