@@ -22,29 +22,39 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def branch_outputs(tower_path: Path, data_dir: Path, seed: int = 7):
-    """(class_l2, probs, instance_l2) for catalog, queries, customer photos, plus labels."""
+def load_queries(data_dir: Path, seed: int = 7) -> dict:
+    """Catalog (train split), queries (validation split) and the seeded customer photos of the queries."""
+    from vsearch.data import load_split
+    from vsearch.evaluate import customer_queries
+
+    cat = load_split(data_dir / "train", ROOT / "reports" / ".clean", None, 40_000_000)
+    val = load_split(data_dir / "validation", ROOT / "reports" / ".clean", cat.class_names, 40_000_000)
+    photos, targets = customer_queries(val.paths, seed)
+    return {"catalog": cat, "queries": val, "photos": photos, "targets": targets}
+
+
+def embed_queries(embedder, data: dict) -> dict[str, np.ndarray]:
+    """Vectors of the catalog, the queries and the customer photos of :func:`load_queries`."""
+    from vsearch.embedder import embed_arrays, embed_files
+
+    return {"catalog": embed_files(embedder, data["catalog"].paths, 32, progress="catalog"),
+            "queries": embed_files(embedder, data["queries"].paths, 32, progress="queries"),
+            "customer": embed_arrays(embedder, data["photos"], 32)}
+
+
+def branch_outputs(tower_path: Path, data: dict) -> dict[str, list[np.ndarray]]:
+    """(class_l2, probs, instance_l2) of catalog, queries and customer photos (:func:`load_queries`)."""
     import keras
 
     import vsearch.models  # noqa: F401  (registers the custom layers)
-    from vsearch.data import load_split
-    from vsearch.embedder import KerasEmbedder, embed_arrays, embed_files
-    from vsearch.evaluate import customer_queries
+    from vsearch.embedder import KerasEmbedder
 
     tower = keras.saving.load_model(tower_path)
     outputs = [tower.get_layer(n).output for n in ("class_l2", "class_head", "instance_l2")]
     split = [o.shape[-1] for o in outputs]
     parts = keras.Model(tower.input, keras.layers.Concatenate()(outputs))
-    embedder = KerasEmbedder(parts, normalize=False)
-    cat = load_split(data_dir / "train", ROOT / "reports" / ".clean", None, 40_000_000)
-    val = load_split(data_dir / "validation", ROOT / "reports" / ".clean", cat.class_names, 40_000_000)
-    photos, targets = customer_queries(val.paths, seed)
-    out = {}
-    for name, vecs in (("catalog", embed_files(embedder, cat.paths, 32, progress="catalog")),
-                       ("queries", embed_files(embedder, val.paths, 32, progress="queries")),
-                       ("customer", embed_arrays(embedder, photos, 32))):
-        out[name] = np.split(vecs, np.cumsum(split)[:-1], axis=1)
-    return out, cat.labels, val.labels, targets, cat.class_names
+    vectors = embed_queries(KerasEmbedder(parts, normalize=False), data)
+    return {name: np.split(v, np.cumsum(split)[:-1], axis=1) for name, v in vectors.items()}
 
 
 def mix(parts, w: float, p: float) -> np.ndarray:
@@ -64,7 +74,10 @@ def main(argv=None) -> int:
     ap.add_argument("--w", default="0.2,0.25,0.3,0.35,0.4")
     ap.add_argument("--p", default="0,0.5,1,1.5,2,3")
     args = ap.parse_args(argv)
-    out, ycat, yval, targets, names = branch_outputs(Path(args.tower), Path(args.data))
+    data = load_queries(Path(args.data))
+    out = branch_outputs(Path(args.tower), data)
+    ycat, yval, targets, names = (data["catalog"].labels, data["queries"].labels, data["targets"],
+                                  data["catalog"].class_names)
     print(f"tower {args.tower}: {len(ycat)} catalog, {len(yval)} queries\n")
     print("| class_weight | class_probs_weight | P@1 | MAP@R | customer R@1 | customer R@10 |")
     print("|---|---|---|---|---|---|")

@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from branch_mix import branch_outputs, mix  # noqa: E402
+from branch_mix import branch_outputs, embed_queries, load_queries, mix  # noqa: E402
 
 
 def scores(cat, qry, cust, ycat, yval, targets, names, queries: np.ndarray) -> dict:
@@ -46,21 +46,6 @@ def scores(cat, qry, cust, ycat, yval, targets, names, queries: np.ndarray) -> d
     customer = customer_matching(cust[chosen], targets[chosen], cat, qry)
     return {"P@1": overall["precision@1"], "MAP@R": overall["map@r"],
             "R@1": customer["recall@1"], "R@10": customer["recall@10"]}
-
-
-def frozen_baseline(data_dir: Path, seed: int):
-    """Frozen ImageNet MobileNetV2 (GAP) vectors for catalog, queries and customer photos."""
-    from vsearch import models
-    from vsearch.data import load_split
-    from vsearch.embedder import KerasEmbedder, embed_arrays, embed_files
-    from vsearch.evaluate import customer_queries
-
-    embedder = KerasEmbedder(models.build_pooled_features(models.build_backbone(224, "imagenet"), 224))
-    cat = load_split(data_dir / "train", ROOT / "reports" / ".clean", None, 40_000_000)
-    val = load_split(data_dir / "validation", ROOT / "reports" / ".clean", cat.class_names, 40_000_000)
-    photos, _ = customer_queries(val.paths, seed)
-    return (embed_files(embedder, cat.paths, 32), embed_files(embedder, val.paths, 32),
-            embed_arrays(embedder, photos, 32))
 
 
 def row(label: str, result: dict[str, dict]) -> str:
@@ -81,12 +66,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     data = Path(args.data)
 
-    classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir()) if (data / "train").is_dir() else []
+    train = data / "train"
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else []
     unknown = sorted(set(args.held_out.split(",")) - set(classes))
     if unknown:  # checked before the slow part
-        ap.error(f"--held-out: {', '.join(unknown)} not among the classes of {data / 'train'}: "
-                 f"{', '.join(classes) or 'none'}")
-    out, ycat, yval, targets, names = branch_outputs(Path(args.tower), data, args.seed)
+        ap.error(f"--held-out: {', '.join(unknown)} not among the classes of {train}: {', '.join(classes) or 'none'}")
+    from vsearch import models  # after the check: importing TensorFlow takes seconds
+    from vsearch.embedder import KerasEmbedder
+
+    queries = load_queries(data, args.seed)  # once, for every embedding below
+    ycat, yval, targets = queries["catalog"].labels, queries["queries"].labels, queries["targets"]
+    names = queries["catalog"].class_names
     held = [names.index(c) for c in args.held_out.split(",")]
     new = np.flatnonzero(np.isin(yval, held))
     trained = np.flatnonzero(~np.isin(yval, held))
@@ -96,9 +86,12 @@ def main(argv=None) -> int:
     print("| embedding | new P@1 | new MAP@R | new cust R@1 | new cust R@10 "
           "| trained P@1 | trained MAP@R | trained cust R@1 | trained cust R@10 |")
     print("|---|---|---|---|---|---|---|---|---|")
-    vectors = frozen_baseline(data, args.seed)
+    frozen = KerasEmbedder(models.build_pooled_features(models.build_backbone(224, "imagenet"), 224))
+    vectors = embed_queries(frozen, queries)
+    cat, qry, cust = (vectors[k] for k in ("catalog", "queries", "customer"))
     print(row("frozen ImageNet MobileNetV2 (GAP)",
-              {g: scores(*vectors, ycat, yval, targets, names, q) for g, q in groups.items()}), flush=True)
+              {g: scores(cat, qry, cust, ycat, yval, targets, names, q) for g, q in groups.items()}), flush=True)
+    out = branch_outputs(Path(args.tower), queries)
     for w in (float(v) for v in args.w.split(",")):
         for p in ((0.0,) if w == 0 else (float(v) for v in args.p.split(","))):
             cat, qry, cust = (mix(out[k], w, p) for k in ("catalog", "queries", "customer"))
@@ -106,7 +99,7 @@ def main(argv=None) -> int:
                       {g: scores(cat, qry, cust, ycat, yval, targets, names, q) for g, q in groups.items()}),
                   flush=True)
     if args.oracle:
-        oracle, *_ = branch_outputs(Path(args.oracle), data, args.seed)
+        oracle = branch_outputs(Path(args.oracle), queries)
         cat, qry, cust = (mix(oracle[k], 0.3, 1.0) for k in ("catalog", "queries", "customer"))
         print(row("tower trained on every class (w 0.3, p 1)",
                   {g: scores(cat, qry, cust, ycat, yval, targets, names, q) for g, q in groups.items()}))
