@@ -22,13 +22,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_queries(data_dir: Path, seed: int = 7) -> dict:
-    """Catalog (train split), queries (validation split) and the seeded customer photos of the queries."""
+def load_queries(data_dir: Path, seed: int = 7, customer_photos: bool = True) -> dict:
+    """Catalog (train split), queries (validation split) and the seeded customer photos of the queries.
+
+    ``customer_photos=False`` leaves out the photos (``photos`` and ``targets``) for callers
+    that make their own.
+    """
     from vsearch.data import load_split
     from vsearch.evaluate import customer_queries
 
     cat = load_split(data_dir / "train", ROOT / "reports" / ".clean", None, 40_000_000)
     val = load_split(data_dir / "validation", ROOT / "reports" / ".clean", cat.class_names, 40_000_000)
+    if not customer_photos:
+        return {"catalog": cat, "queries": val}
     photos, targets = customer_queries(val.paths, seed)
     return {"catalog": cat, "queries": val, "photos": photos, "targets": targets}
 

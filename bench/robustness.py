@@ -115,23 +115,28 @@ KINDS = {"eval": None, "perspective": perspective, "low_res": low_res, "noise": 
          "white_balance": white_balance, "occlusion": occlusion, "background": background, "rotate90": rotate90}
 
 
-def damaged_photos(paths, kind: str, seed: int = 11) -> list[np.ndarray]:
-    """One seeded photo of each image in ``paths`` with damage ``kind`` (RGB uint8)."""
-    from vsearch.augment import customer_photo
+KINDS_INDEX = {k: i for i, k in enumerate(KINDS)}
+
+
+def decode_all(paths) -> list[np.ndarray]:
+    """The images of ``paths`` as RGB uint8 (decoded once, for every kind of damage)."""
     from vsearch.images import decode_image, read_bytes
 
+    return [decode_image(read_bytes(path), path) for path in paths]
+
+
+def damaged_photos(images: list[np.ndarray], kind: str, seed: int = 11) -> list[np.ndarray]:
+    """One seeded photo of each RGB uint8 image with damage ``kind`` (RGB uint8)."""
+    from vsearch.augment import customer_photo
+
     out = []
-    for i, path in enumerate(paths):
-        pixels = decode_image(read_bytes(path), path)
+    for i, pixels in enumerate(images):
         rng = np.random.default_rng([seed, KINDS_INDEX[kind], i])
         if kind == "eval":
             out.append(customer_photo(pixels, rng))
         else:
             out.append(np.asarray(KINDS[kind](Image.fromarray(pixels, "RGB"), rng).convert("RGB")))
     return out
-
-
-KINDS_INDEX = {k: i for i, k in enumerate(KINDS)}
 
 
 def main(argv=None) -> int:
@@ -153,9 +158,11 @@ def main(argv=None) -> int:
         ap.error(f"unknown kinds {unknown}; known: {', '.join(KINDS)}")
 
     t0 = time.perf_counter()
-    data = load_queries(Path(args.data))
+    data = load_queries(Path(args.data), customer_photos=False)  # the photos are made below
     paths = data["queries"].paths
-    photos = {k: damaged_photos(paths, k) for k in kinds}
+    decoded = decode_all(paths)
+    photos = {k: damaged_photos(decoded, k) for k in kinds}
+    del decoded
     if args.save:
         save_strip(photos, args.save)
     exported = load_embedder(args.model)
