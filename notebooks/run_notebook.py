@@ -2,6 +2,7 @@
 
     python notebooks/run_notebook.py --inplace        # real run artifacts -> committed outputs
     SMOKE=1 python notebooks/run_notebook.py --out /tmp/nb.ipynb   # synthetic, ~1 min
+    SMOKE=1 SMOKE_DIR=RUN python notebooks/run_notebook.py --out /tmp/nb.ipynb  # a finished smoke run
 """
 import argparse
 import re

@@ -76,9 +76,11 @@ def calibrated_backbone_weights(path: Path, data: Path, size: int = 32, alpha: f
 
     A randomly initialised MobileNetV2 in inference mode shrinks every input to almost the
     same near-zero vector, which would make smoke embeddings degenerate. Setting each
-    BatchNorm's moving statistics from real activations (in network order) keeps the
-    signal alive, like pretrained weights do. Saved as a weights file, it also exercises
-    ``--backbone-weights PATH``.
+    BatchNorm's moving statistics from real activations keeps the signal alive, like
+    pretrained weights do. One pass in training mode gives them all: there every
+    BatchNorm normalises by its input's batch statistics, which are then exactly what
+    inference mode sees once the earlier BatchNorms use them. Saved as a weights file, it
+    also exercises ``--backbone-weights PATH``.
     """
     import keras
 
@@ -88,11 +90,12 @@ def calibrated_backbone_weights(path: Path, data: Path, size: int = 32, alpha: f
     images = sorted((data / "train").rglob("*.jpg"))[:24]
     x = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size)), np.float32) for p in images])
     x = x / 127.5 - 1.0
-    for layer in base.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            inputs = np.asarray(keras.Model(base.input, layer.input)(x, training=False))
-            gamma, beta, _, _ = layer.get_weights()
-            layer.set_weights([gamma, beta, inputs.mean(axis=(0, 1, 2)), inputs.var(axis=(0, 1, 2)) + 1e-3])
+    norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    inputs = keras.Model(base.input, [layer.input for layer in norms])(x, training=True)
+    for layer, value in zip(norms, inputs):
+        value = np.asarray(value)
+        gamma, beta, _, _ = layer.get_weights()
+        layer.set_weights([gamma, beta, value.mean(axis=(0, 1, 2)), value.var(axis=(0, 1, 2))])
     base.save_weights(path)
     return path
 
@@ -108,7 +111,7 @@ def smoke_run(tmp_path_factory):
     data = make_image_folder(root / "data")
     weights = calibrated_backbone_weights(root / "backbone.weights.h5", data)
     data_cfg = c.DataConfig(data_dir=str(data), image_size=32, batch_size=8,
-                            feature_cache_dir=str(root / "features"))
+                            feature_cache_dir=str(root / "features"), feature_runtime="tflite")
     clf = c.apply_overrides(c.preset(c.ClassifierConfig, "smoke"), {"out_dir": str(root / "classifier"),
                                                                     "backbone_weights": str(weights)})
     clf = dataclasses.replace(clf, data=data_cfg)

@@ -85,13 +85,20 @@ def test_tflite_runtime_computes_what_keras_does_and_keeps_the_conversion(tiny, 
     assert np.array_equal(repaired, lite_out) and entry.read_bytes() != b"damaged"
 
 
-def test_runtime_auto_uses_tflite_without_a_gpu_and_refuses_unknown_names():
+def test_runtime_auto_uses_tflite_without_a_gpu_for_enough_images_and_refuses_unknown_names():
     import tensorflow as tf
 
     from vsearch.errors import ConfigError
-    from vsearch.features import resolve_runtime
+    from vsearch.features import AUTO_TFLITE_MIN_IMAGES, resolve_runtime
 
-    assert resolve_runtime("auto") == ("keras" if tf.config.list_physical_devices("GPU") else "tflite")
+    cpu = "keras" if tf.config.list_physical_devices("GPU") else "tflite"
+    assert resolve_runtime("auto") == cpu
+    assert resolve_runtime("auto", images=AUTO_TFLITE_MIN_IMAGES) == cpu
+    assert resolve_runtime("auto", images=AUTO_TFLITE_MIN_IMAGES - 1) == "keras"  # not worth converting
+    # 32x32 images are 1/49 of a 224x224 one's work: 49x as many are needed.
+    assert resolve_runtime("auto", images=48 * AUTO_TFLITE_MIN_IMAGES, image_size=32) == "keras"
+    assert resolve_runtime("auto", images=50 * AUTO_TFLITE_MIN_IMAGES, image_size=32) == cpu
+    assert resolve_runtime("tflite", images=1) == "tflite"  # asked for by name: kept
     assert resolve_runtime("keras") == "keras"
     with pytest.raises(ConfigError, match="auto, keras, tflite"):
         resolve_runtime("onnx")

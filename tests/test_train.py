@@ -52,21 +52,26 @@ def test_training_excludes_bad_files(tmp_path):
     awkward_files(data / "train" / "red")
     cfg = c.preset(c.ClassifierConfig, "smoke")
     cfg = c.apply_overrides(cfg, {"data.data_dir": str(data), "out_dir": str(tmp_path / "clf"),
+                                  "data.feature_cache_dir": str(tmp_path / "features"),
                                   "fine_tune_epochs": 0, "augment_views": 0})
     logged = []
     metrics = train_classifier(cfg, log=logged.append)
     assert metrics["num_train"] == 3 * 3 + 5  # five awkward-but-usable images are normalised
     assert {p.split("/")[-1] for p in metrics["excluded"]} == {"corrupt.jpg", "truncated.jpg", "empty.jpg", "notes.txt"}
     assert any("excluded (train)" in line and "empty.jpg" in line for line in logged)
+    # `auto` keeps so few images on Keras: converting to LiteRT would cost more than it saves.
+    assert cfg.data.feature_runtime == "auto"
+    assert any(line.endswith("(keras)") for line in logged if "features" in line)
+    assert not any("to TFLite in" in line for line in logged)
+    assert not list((tmp_path / "features").glob("*.tflite"))
 
 
-def test_frozen_bottom_runs_on_the_default_runtime_and_is_converted_once(smoke_run):
-    from vsearch.features import resolve_runtime
-
-    runtime = resolve_runtime("auto")  # tflite on a machine without a GPU
+def test_frozen_bottom_runs_on_litert_and_is_converted_once(smoke_run):
+    # The smoke run asks for tflite by name (`auto` would keep so few images on Keras).
     train_logs, siamese_logs = smoke_run["logs"]["train"], smoke_run["logs"]["siamese"]
-    assert any(line.endswith(f"({runtime})") for line in train_logs if "features" in line)
-    assert any(line.endswith(f"({runtime})") for line in siamese_logs if "features" in line)
-    if runtime == "tflite":  # stage 2 reads the flatbuffer stage 1 converted
-        assert sum("to TFLite in" in line for line in train_logs) == 1
-        assert not any("to TFLite in" in line for line in siamese_logs)
+    assert smoke_run["classifier"].data.feature_runtime == "tflite"
+    assert any(line.endswith("(tflite)") for line in train_logs if "features" in line)
+    assert any(line.endswith("(tflite)") for line in siamese_logs if "features" in line)
+    # stage 2 reads the flatbuffer stage 1 converted
+    assert sum("to TFLite in" in line for line in train_logs) == 1
+    assert not any("to TFLite in" in line for line in siamese_logs)

@@ -45,7 +45,8 @@ class DataConfig:
             (empty: keep them in memory only).
         feature_runtime: What runs the frozen backbone to make those features: ``keras``,
             ``tflite`` (LiteRT + XNNPACK, about 2x as fast on a CPU, same numbers) or ``auto``
-            (``tflite`` unless TensorFlow sees a GPU).
+            (``tflite`` unless TensorFlow sees a GPU or the images are too few to pay for the
+            conversion: ``vsearch.features.resolve_runtime``).
     """
 
     data_dir: str = "data/clothing"

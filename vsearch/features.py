@@ -13,7 +13,7 @@ bottom and the same seeded customer-photo views, so stage 2 reads what stage 1 c
 LiteRT runs MobileNetV2's bottom about twice as fast as TensorFlow (``bench/features.py``:
 48 against 24 img/s for clean photos, file to features, on the shared 2-core machine) with
 the same numbers (differences below the float16 cache's own rounding), so ``auto`` picks
-it when no GPU is visible.
+it when no GPU is visible and there are enough images to pay for converting the model.
 """
 from __future__ import annotations
 
@@ -31,15 +31,31 @@ from vsearch.config import FEATURE_RUNTIMES as RUNTIMES
 from vsearch.errors import ConfigError
 
 
-def resolve_runtime(runtime: str) -> str:
-    """``auto`` -> ``keras`` when TensorFlow sees a GPU, else ``tflite``; others pass through."""
+# LiteRT pays for its conversion above this many 224x224 images: converting the bottom
+# costs about 30 s whatever the input side (27-30 s on the 2-core machine, smoke and real
+# models alike), and saves about 20 ms per 224x224 image against Keras there
+# (bench/features.py: 48 against 24 img/s), so it breaks even near 1,500 images.
+AUTO_TFLITE_MIN_IMAGES = 1500
+
+
+def resolve_runtime(runtime: str, images: int | None = None, image_size: int = 224) -> str:
+    """``auto`` -> ``keras`` or ``tflite``; ``keras`` and ``tflite`` pass through.
+
+    ``auto`` is ``keras`` when TensorFlow sees a GPU, or when the work (``images`` forward
+    passes at ``image_size``, if given) is below :data:`AUTO_TFLITE_MIN_IMAGES` 224x224
+    images' worth, too little to pay for a LiteRT conversion; else ``tflite``.
+    """
     if runtime not in RUNTIMES:
         raise ConfigError(f"feature runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime != "auto":
         return runtime
     import tensorflow as tf
 
-    return "keras" if tf.config.list_physical_devices("GPU") else "tflite"
+    if tf.config.list_physical_devices("GPU"):
+        return "keras"
+    if images is not None and images * (image_size / 224) ** 2 < AUTO_TFLITE_MIN_IMAGES:
+        return "keras"
+    return "tflite"
 
 
 def tflite_flatbuffer(model, cache_dir: str | os.PathLike | None = None,
@@ -89,12 +105,14 @@ class Frozen:
             ``auto`` (see :func:`resolve_runtime`).
         cache_dir: Where the converted flatbuffer is kept (``tflite``).
         num_threads: LiteRT threads (default: every core).
+        images: How many images it is expected to run (``auto`` keeps small jobs on Keras).
     """
 
     def __init__(self, model, runtime: str = "keras", cache_dir: str | os.PathLike | None = None,
-                 log: Callable[[str], None] | None = None, num_threads: int | None = None):
+                 log: Callable[[str], None] | None = None, num_threads: int | None = None,
+                 images: int | None = None):
         self.model = model
-        self.runtime = resolve_runtime(runtime)
+        self.runtime = resolve_runtime(runtime, images, int(model.input.shape[1] or 224))
         if self.runtime == "keras":
             import tensorflow as tf
 

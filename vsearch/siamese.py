@@ -105,7 +105,8 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     t = time.perf_counter()
     cache_dir = config.data.feature_cache_dir or None
     digest = files_digest(train_ds.file_paths)
-    frozen = Frozen(bottom, config.data.feature_runtime, cache_dir, log)
+    frozen = Frozen(bottom, config.data.feature_runtime, cache_dir, log,
+                    images=len(train_ds.file_paths) * config.views_per_image + 2 * len(val_ds.file_paths))
     views = [extract_cached(frozen, train_ds, train_ds.file_paths, cache_dir, log=log, label="catalog clean",
                             digest=digest)]
     for v in range(1, config.views_per_image):

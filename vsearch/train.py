@@ -85,7 +85,8 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     t = time.perf_counter()
     cache_dir = config.data.feature_cache_dir or None
     digest = files_digest(train_ds.file_paths)
-    frozen = Frozen(bottom, config.data.feature_runtime, cache_dir, log)
+    frozen = Frozen(bottom, config.data.feature_runtime, cache_dir, log,
+                    images=len(train_ds.file_paths) * (1 + config.augment_views) + len(val_ds.file_paths))
     x_views = [extract_cached(frozen, train_ds, train_ds.file_paths, cache_dir, log=log, label="train clean",
                               digest=digest)]
     view, view_seed = ((customer_view, CUSTOMER_VIEW_SEED + 1) if config.augmentation == "customer"
