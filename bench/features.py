@@ -61,9 +61,12 @@ def main() -> None:
     base = models.build_backbone(data.image_size, "imagenet", 1.0)
     bottom, _ = models.split_backbone(base, "block_14")
     started, load_before = time.perf_counter(), os.getloadavg()
+    runners = {"keras": Frozen(bottom, "keras")}
+    one = np.zeros((1, data.image_size, data.image_size, 3), np.float32)
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:  # a cold conversion, not the stages' cached one
-        runners = {"keras": Frozen(bottom, "keras"), "tflite": Frozen(bottom, "tflite", cache_dir=tmp)}
+        runners["tflite"] = Frozen(bottom, "tflite", cache_dir=tmp)
+        runners["tflite"](one)  # converted on first use: here, and timed
     convert_s = time.perf_counter() - t
     views = {"clean": None, "customer view": customer_view}
     seconds: dict[tuple[str, str], list[float]] = {}

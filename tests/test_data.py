@@ -22,6 +22,40 @@ def test_scan_split_counts_and_classifies(image_root):
     assert str(awkward["gray"]) in report.files["red"]  # TF reads 8-bit grayscale as is
 
 
+def test_remembered_checks_give_the_same_report_without_decoding(image_root, tmp_path, monkeypatch):
+    awkward = awkward_files(image_root / "train" / "red")
+    checks = tmp_path / "cache" / "image-checks.json"
+    first = data.scan_split(image_root / "train", checks=checks)
+    assert first == data.scan_split(image_root / "train")
+    stored = json.loads(checks.read_text())["verdicts"]
+    assert len(stored) == first.total  # ok and convert verdicts; bad files are checked every time
+
+    decoded = []
+    real = data._inspect
+    monkeypatch.setattr(data, "_inspect", lambda *a: decoded.append(a[1].name) or real(*a))
+    assert data.scan_split(image_root / "train", checks=checks) == first
+    bad = sorted(awkward[k].name for k in ("corrupt", "truncated", "text"))  # (empty: reading it fails)
+    assert sorted(decoded) == bad
+    # Keyed by bytes: a copy elsewhere is known, an edited file is checked again.
+    copy = tmp_path / "copy"
+    shutil.copytree(image_root / "train", copy)
+    decoded.clear()
+    assert data.scan_split(copy, checks=checks).counts() == first.counts()
+    assert sorted(decoded) == bad
+    photo = sorted((copy / "blue").iterdir())[0]
+    photo.write_bytes(photo.read_bytes()[:300])  # now truncated
+    decoded.clear()
+    report = data.scan_split(copy, checks=checks)
+    assert str(photo) in report.bad and photo.name in decoded
+    # A damaged or older-version file of checks is ignored, never trusted.
+    checks.write_text("{not json")
+    assert data.scan_split(image_root / "train", checks=checks) == first
+    checks.write_text(json.dumps({"version": data.CHECKS_VERSION - 1,
+                                  "verdicts": {k: ["ok", ""] for k in stored}}))
+    decoded.clear()
+    assert data.scan_split(image_root / "train", checks=checks) == first and len(decoded) > first.total
+
+
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no such folder"):
         data.scan_split(tmp_path / "nope")
@@ -51,8 +85,11 @@ def test_expected_class_missing(image_root):
 def test_prepare_from_local_copy_is_idempotent(image_root, tmp_path):
     awkward_files(image_root / "train" / "blue")
     dest = tmp_path / "out"
-    result = data.prepare(image_root, dest, class_names=("blue", "green", "red"))
+    checks = tmp_path / "checks.json"
+    result = data.prepare(image_root, dest, class_names=("blue", "green", "red"), checks=checks)
     assert result["splits"]["train"]["counts"]["blue"] == 6 + 5
+    assert len(json.loads(checks.read_text())["verdicts"]) == sum(
+        sum(split["counts"].values()) for split in result["splits"].values())  # what the stages reuse
     assert len(result["splits"]["train"]["excluded"]) == 4
     files = sorted(p.relative_to(dest) for p in dest.rglob("*") if p.is_file())
     again = data.prepare(image_root, dest, class_names=("blue", "green", "red"))
@@ -89,5 +126,7 @@ def test_load_split_lists_files_in_dataset_order(image_root, tmp_path):
     ds = data.image_dataset(split.root, split.class_names, 32, 4)
     assert list(ds.file_paths) == split.paths
     labels = [int(y) for _, batch in ds for y in batch]
-    assert labels == split.labels.tolist()
+    assert labels == split.labels.tolist() == ds.labels.tolist()  # read from the paths, no decoding
+    cached = data.image_dataset(split.root, split.class_names, 32, 4, cache=True)
+    assert cached.labels.tolist() == labels and list(cached.file_paths) == split.paths
     assert len(split.paths) == 9 + 5

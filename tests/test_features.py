@@ -62,8 +62,9 @@ def test_tflite_runtime_computes_what_keras_does_and_keeps_the_conversion(tiny, 
     model, paths = tiny
     keras_out = extract(Frozen(model, "keras"), image_batches(paths, 32, 2), dtype=np.float32)
     frozen = Frozen(model, "tflite", cache_dir=tmp_path)
-    assert frozen.runtime == "tflite" and len(list(tmp_path.glob("*.tflite"))) == 1
+    assert frozen.runtime == "tflite" and not list(tmp_path.glob("*.tflite"))  # converted on first use
     lite_out = extract(frozen, image_batches(paths, 32, 2), dtype=np.float32)  # batches of 2, 2, 1: resized
+    assert len(list(tmp_path.glob("*.tflite"))) == 1
     assert lite_out.shape == keras_out.shape == (5, 8, 8, 2)
     assert np.abs(keras_out).max() > 1 and np.allclose(lite_out, keras_out, rtol=1e-4, atol=1e-3)
 
@@ -76,13 +77,30 @@ def test_tflite_runtime_computes_what_keras_does_and_keeps_the_conversion(tiny, 
     original = model.layers[-1].get_weights()
     model.layers[-1].set_weights([w + 1 for w in original])
     with pytest.raises(AssertionError, match="converted again"):
-        Frozen(model, "tflite", cache_dir=tmp_path)  # other weights: another flatbuffer
+        Frozen(model, "tflite", cache_dir=tmp_path)(np.zeros((1, 32, 32, 3), np.float32))  # other weights
     monkeypatch.undo()
     entry = next(tmp_path.glob("*.tflite"))
     entry.write_bytes(b"damaged")  # (the first model's entry; the second was never written)
     model.layers[-1].set_weights(original)
     repaired = extract(Frozen(model, "tflite", cache_dir=tmp_path), image_batches(paths, 32, 2), dtype=np.float32)
     assert np.array_equal(repaired, lite_out) and entry.read_bytes() != b"damaged"
+
+
+def test_views_on_disk_need_no_conversion(tiny, tmp_path, monkeypatch):
+    import vsearch.features as features
+    from vsearch.features import Frozen
+
+    model, paths = tiny
+    views = tmp_path / "views"
+    first = extract_cached(Frozen(model, "tflite", cache_dir=tmp_path), image_batches(paths, 32, 2), paths, views,
+                           transform=customer_view, seed=3)
+    assert len(list(tmp_path.glob("*.tflite"))) == 1
+    next(tmp_path.glob("*.tflite")).unlink()  # a re-run with the flatbuffer gone, the views kept
+    converted = []
+    monkeypatch.setattr(features, "tflite_flatbuffer", lambda *a, **k: converted.append(1) or b"")
+    again = extract_cached(Frozen(model, "tflite", cache_dir=tmp_path), image_batches(paths, 32, 2), paths, views,
+                           transform=customer_view, seed=3)
+    assert np.array_equal(again, first) and converted == []
 
 
 def test_runtime_auto_uses_tflite_without_a_gpu_for_enough_images_and_refuses_unknown_names():

@@ -47,11 +47,14 @@ def _build_config(cls, args, extra: dict[str, str] | None = None):
 
 
 def cmd_data(args) -> int:
-    from vsearch.data import format_report, prepare
+    from vsearch.config import DataConfig
+    from vsearch.data import checks_path, format_report, prepare
 
     source = args.source or os.environ.get("VSEARCH_DATA_SOURCE") or None
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
-    result = prepare(source, args.dest, class_names=classes, url=args.url)
+    # The checks are remembered where the stages' default config looks (data.feature_cache_dir).
+    result = prepare(source, args.dest, class_names=classes, url=args.url,
+                     checks=checks_path(DataConfig().feature_cache_dir))
     print(format_report(result))
     print(f"wrote {args.dest} (report: {args.dest}/report.json)")
     return 0

@@ -41,8 +41,9 @@ class DataConfig:
         batch_size: Batch size for reading and for feature extraction.
         seed: Seed for shuffling, augmentation and sampling.
         max_image_pixels: Larger images are rejected (decompression bombs).
-        feature_cache_dir: Where cached frozen-backbone features are kept between stages
-            (empty: keep them in memory only).
+        feature_cache_dir: Where work is kept between stages: frozen-backbone features, the
+            LiteRT flatbuffer, image checks (``image-checks.json``, keyed by the files' bytes).
+            Empty: features in memory only, every image decoded to check it.
         feature_runtime: What runs the frozen backbone to make those features: ``keras``,
             ``tflite`` (LiteRT + XNNPACK, about 2x as fast on a CPU, same numbers) or ``auto``
             (``tflite`` unless TensorFlow sees a GPU or the images are too few to pay for the
@@ -72,7 +73,7 @@ class ClassifierConfig:
     Training runs the frozen lower part of the backbone once per image view and caches
     its output, so both phases (head only, then the top blocks) cost only the top part.
 
-    ``vsearch train --preset default`` (about 6 min on a 2-core CPU).
+    ``vsearch train --preset default``: 7-21 min on the 2-core CPUs of bench/RESULTS.md.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -111,7 +112,7 @@ class ClassifierConfig:
 class SiameseConfig:
     """Stage 2, ``vsearch siamese``: triplet training of the embedding tower and export.
 
-    ``vsearch siamese --preset default`` (about 8 min on a 2-core CPU).
+    ``vsearch siamese --preset default``: 7-15 min on the 2-core CPUs of bench/RESULTS.md.
     """
 
     data: DataConfig = field(default_factory=DataConfig)

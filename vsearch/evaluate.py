@@ -29,7 +29,7 @@ import numpy as np
 from vsearch import config as cfg_mod
 from vsearch import metrics
 from vsearch.config import EvalConfig
-from vsearch.data import load_split
+from vsearch.data import checks_path, load_split
 from vsearch.images import decode_image, read_bytes
 
 
@@ -150,9 +150,10 @@ def run_eval(config: EvalConfig, query: str | None = None, log: Callable[[str], 
     root = Path(config.data.data_dir)
     embedders, exported, reference, classifier = _embedders(config, log)
     names = list(exported.metadata.get("class_names") or [])
-    catalog = load_split(root / "train", reports / ".clean", names or None, config.data.max_image_pixels)
+    checks = checks_path(config.data.feature_cache_dir)
+    catalog = load_split(root / "train", reports / ".clean", names or None, config.data.max_image_pixels, checks)
     names = catalog.class_names
-    val = load_split(root / "validation", reports / ".clean", names, config.data.max_image_pixels)
+    val = load_split(root / "validation", reports / ".clean", names, config.data.max_image_pixels, checks)
     log(f"catalog {len(catalog.paths)} images, {len(val.paths)} validation queries")
     photos, targets = customer_queries(val.paths, config.seed, config.customer_queries)
 

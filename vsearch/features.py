@@ -99,6 +99,10 @@ def tflite_flatbuffer(model, cache_dir: str | os.PathLike | None = None,
 class Frozen:
     """A frozen model's forward pass for feature extraction: ``frozen(pixels) -> np.ndarray``.
 
+    The runtime is chosen when it is built; the model is traced or converted (or its
+    flatbuffer read) only on the first call, so a stage whose views are all on disk
+    never pays for it.
+
     Args:
         model: The Keras model (also what cache keys are computed from).
         runtime: ``keras`` (TensorFlow), ``tflite`` (LiteRT + XNNPACK on the CPU) or
@@ -113,23 +117,27 @@ class Frozen:
                  images: int | None = None):
         self.model = model
         self.runtime = resolve_runtime(runtime, images, int(model.input.shape[1] or 224))
+        self._cache_dir, self._log, self._num_threads = cache_dir, log, num_threads
+        self._run: Callable | None = None  # built on first use: cached views never need it
+
+    def _runner(self) -> Callable:
         if self.runtime == "keras":
             import tensorflow as tf
 
-            self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-            return
+            model = self.model
+            return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         from vsearch.tflite import LiteRTRunner
 
+        convert = lambda refresh=False: tflite_flatbuffer(self.model, self._cache_dir, self._log, refresh)  # noqa: E731
         try:
-            self._run = LiteRTRunner(model_content=tflite_flatbuffer(model, cache_dir, log), num_threads=num_threads)
+            return LiteRTRunner(model_content=convert(), num_threads=self._num_threads)
         except ValueError:  # a damaged cache entry is converted again, not an error
-            self._run = LiteRTRunner(model_content=tflite_flatbuffer(model, cache_dir, log, refresh=True),
-                                     num_threads=num_threads)
+            return LiteRTRunner(model_content=convert(refresh=True), num_threads=self._num_threads)
 
     def __call__(self, pixels) -> np.ndarray:
-        if self.runtime == "keras":
-            return np.asarray(self._forward(pixels))
-        return self._run(pixels)
+        if self._run is None:
+            self._run = self._runner()
+        return np.asarray(self._run(pixels))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

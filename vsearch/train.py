@@ -25,7 +25,7 @@ import numpy as np
 
 from vsearch import config as cfg_mod
 from vsearch.config import ClassifierConfig
-from vsearch.data import DataError, clean_split, image_dataset
+from vsearch.data import DataError, checks_path, clean_split, image_dataset
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -37,20 +37,16 @@ def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
 
 def load_splits(config: ClassifierConfig, cache_dir: Path, log: Callable[[str], None] = print):
     """Validates train and validation folders; returns clean roots, class names and reports."""
-    root = Path(config.data.data_dir)
-    train_root, train_report = clean_split(root / "train", cache_dir, None, config.data.max_image_pixels)
+    root, checks = Path(config.data.data_dir), checks_path(config.data.feature_cache_dir)
+    train_root, train_report = clean_split(root / "train", cache_dir, None, config.data.max_image_pixels, checks)
     names = train_report.class_names
-    val_root, val_report = clean_split(root / "validation", cache_dir, names, config.data.max_image_pixels)
+    val_root, val_report = clean_split(root / "validation", cache_dir, names, config.data.max_image_pixels, checks)
     for split, report in (("train", train_report), ("validation", val_report)):
         for path, why in report.bad.items():
             log(f"  excluded ({split}): {path}: {why}")
         for path, why in report.convert.items():
             log(f"  normalised ({split}): {path}: {why}")
     return train_root, val_root, names, train_report, val_report
-
-
-def _labels(dataset) -> np.ndarray:
-    return np.concatenate([y.numpy() for _, y in dataset]).astype(np.int32)
 
 
 def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = print) -> dict:
@@ -72,7 +68,7 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     log(f"classes: {names}; train {train_report.counts()}; validation {val_report.counts()}")
     train_ds = image_dataset(train_root, names, size, batch, cache=True)
     val_ds = image_dataset(val_root, names, size, batch, cache=True)
-    y_train, y_val = _labels(train_ds), _labels(val_ds)
+    y_train, y_val = train_ds.labels, val_ds.labels
 
     base = models.build_backbone(size, config.backbone_weights, config.alpha)
     bottom, top = models.split_backbone(base, config.fine_tune_from)
@@ -145,8 +141,8 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     models.set_fine_tuning(top, False)
     t = time.perf_counter()
     pooled = keras.Sequential([top, head.pool])
-    p_train = pooled.predict(x_train.astype(np.float32), batch_size=256, verbose=0)
-    p_val = pooled.predict(x_val.astype(np.float32), batch_size=256, verbose=0)
+    p_train = pooled.predict(x_train, batch_size=256, verbose=0)
+    p_val = pooled.predict(x_val, batch_size=256, verbose=0)
     timings["pooled_cache_s"] = time.perf_counter() - t
     pooled_in = keras.Input((p_train.shape[1],), name="pooled")
     head_trainer = keras.Model(pooled_in, head.dense(head.dropout(pooled_in)), name="classifier_head")
@@ -171,7 +167,7 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     y_pred = probs.argmax(axis=1)
     report = metrics.classification_report(y_val, y_pred, names)
     # The full model must compute what was trained on cached features (float16 cache aside).
-    cached_probs = trainer.predict(x_val.astype(np.float32), batch_size=256, verbose=0)
+    cached_probs = trainer.predict(x_val, batch_size=256, verbose=0)
     report["cache_max_abs_diff"] = float(np.abs(cached_probs - probs).max())
     timings["total_s"] = time.perf_counter() - t0
     result = {**report, "num_train": int(len(y_train)), "num_validation": int(len(y_val)),
