@@ -33,7 +33,8 @@ def test_missing_data_folder_exits_2(tmp_path, capsys):
 
 def test_data_command_copies_and_reports(image_root, tmp_path, capsys):
     assert cli.main(["data", "--source", str(image_root), "--dest", str(tmp_path / "out"),
-                     "--classes", "blue,green,red"]) == 0
+                     "--classes", "blue,green,red", "--feature-cache-dir", str(tmp_path / "cache")]) == 0
+    assert (tmp_path / "cache" / "image-checks.json").is_file()  # for the stages, not in the checkout
     out = capsys.readouterr().out
     assert "| train | 6 | 6 | 6 | 18 |" in out
 

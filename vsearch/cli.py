@@ -47,14 +47,12 @@ def _build_config(cls, args, extra: dict[str, str] | None = None):
 
 
 def cmd_data(args) -> int:
-    from vsearch.config import DataConfig
     from vsearch.data import checks_path, format_report, prepare
 
     source = args.source or os.environ.get("VSEARCH_DATA_SOURCE") or None
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
-    # The checks are remembered where the stages' default config looks (data.feature_cache_dir).
     result = prepare(source, args.dest, class_names=classes, url=args.url,
-                     checks=checks_path(DataConfig().feature_cache_dir))
+                     checks=checks_path(args.feature_cache_dir))
     print(format_report(result))
     print(f"wrote {args.dest} (report: {args.dest}/report.json)")
     return 0
@@ -203,7 +201,7 @@ def cmd_serve(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from vsearch import __version__
-    from vsearch.config import CLASS_NAMES
+    from vsearch.config import CLASS_NAMES, DataConfig
 
     parser = argparse.ArgumentParser(prog="vsearch", description="Visual search for a product catalog.")
     parser.add_argument("--version", action="version", version=f"vsearch {__version__}")
@@ -217,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", default="data/clothing", help="output folder (default data/clothing)")
     p.add_argument("--classes", default=",".join(CLASS_NAMES),
                    help="comma-separated class folders to keep (default: the 7 catalog classes)")
+    p.add_argument("--feature-cache-dir", default=DataConfig().feature_cache_dir,
+                   help="where the image checks are remembered for the stages, as their "
+                        "data.feature_cache_dir (default %(default)s; empty: nowhere)")
     p.add_argument("--url", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_data)
 

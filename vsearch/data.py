@@ -125,16 +125,17 @@ def inspect_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS,
 
     ``memo``: remembered verdicts (:class:`CheckMemo`); the file's bytes are read either way.
     """
+    path = Path(path)
     try:
         data = read_bytes(path)
     except ImageError as exc:
         return "bad", exc.reason
     if memo is None:
-        return _inspect(data, Path(path), max_pixels)
-    key = memo.key(data, Path(path), max_pixels)
+        return _inspect(data, path, max_pixels)
+    key = memo.key(data, path, max_pixels)
     verdict = memo.get(key)
     if verdict is None:
-        verdict = _inspect(data, Path(path), max_pixels)
+        verdict = _inspect(data, path, max_pixels)
         memo.put(key, verdict)
     return verdict
 
