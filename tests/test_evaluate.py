@@ -13,7 +13,8 @@ def eval_run(smoke_run, tmp_path_factory):
     reports = tmp_path_factory.mktemp("reports")
     cfg = c.apply_overrides(c.preset(c.EvalConfig, "smoke"), {
         "data.data_dir": str(smoke_run["data"]), "model_dir": str(smoke_run["root"] / "embedding"),
-        "classifier_dir": str(smoke_run["root"] / "classifier"), "reports_dir": str(reports)})
+        "classifier_dir": str(smoke_run["root"] / "classifier"), "reports_dir": str(reports),
+        "data.feature_cache_dir": str(smoke_run["root"] / "features")})
     summary = evaluate.run_eval(cfg, log=lambda *_: None)
     return reports, summary
 
@@ -58,7 +59,7 @@ def test_query_photo_in_the_picture(smoke_run, tmp_path):
     cfg = c.apply_overrides(c.preset(c.EvalConfig, "smoke"), {
         "data.data_dir": str(smoke_run["data"]), "model_dir": str(smoke_run["root"] / "embedding"),
         "classifier_dir": str(smoke_run["root"] / "classifier"), "reports_dir": str(tmp_path / "r"),
-        "baselines": "false"})
+        "baselines": "false", "data.feature_cache_dir": str(smoke_run["root"] / "features")})
     summary = evaluate.run_eval(cfg, query=str(files["exif"]), log=lambda *_: None)
     assert list(summary["models"]) == ["exported embedding (SavedModel)"]
     assert (tmp_path / "r" / "retrieval.png").stat().st_size > 1000

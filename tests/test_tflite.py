@@ -233,7 +233,8 @@ def test_eval_reports_parity_with_the_source(tiny, tmp_path):
 
     cfg = c.apply_overrides(c.preset(c.EvalConfig, "smoke"), {
         "data.data_dir": str(tiny["data"]), "model_dir": str(tiny["files"]["none"]),
-        "reports_dir": str(tmp_path / "r"), "baselines": "false", "num_threads": "1"})
+        "reports_dir": str(tmp_path / "r"), "baselines": "false", "num_threads": "1",
+        "data.feature_cache_dir": str(tmp_path / "features")})
     summary = run_eval(cfg, log=lambda *_: None)
     assert list(summary["models"]) == ["exported embedding (SavedModel)", "exported embedding (TFLite fp32)"]
     assert summary["model"] == "exported embedding (TFLite fp32)"
