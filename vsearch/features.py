@@ -37,6 +37,12 @@ from vsearch.errors import ConfigError
 # (bench/features.py: 48 against 24 img/s), so it breaks even near 1,500 images.
 AUTO_TFLITE_MIN_IMAGES = 1500
 
+# Batch for forward passes of the top blocks over cached feature maps (stage 1's pooled cache,
+# stage 2's class-branch cache and its embeddings for mining). On the 2-core machine of
+# bench/RESULTS.md 128 maps per batch cost 4.1 ms each against 5.0 at 256 (the batches
+# outgrow the caches) and 4.6 at 32 (session 11).
+TOP_PREDICT_BATCH = 128
+
 
 def resolve_runtime(runtime: str, images: int | None = None, image_size: int = 224) -> str:
     """``auto`` -> ``keras`` or ``tflite``; ``keras`` and ``tflite`` pass through.

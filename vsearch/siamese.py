@@ -71,7 +71,7 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     from vsearch.augment import CUSTOMER_VIEW_SEED, customer_view
     from vsearch.data import image_dataset
     from vsearch.export import export_embedding
-    from vsearch.features import Frozen, extract, extract_cached, files_digest
+    from vsearch.features import TOP_PREDICT_BATCH, Frozen, extract, extract_cached, files_digest
     from vsearch.mining import sample_triplets
     from vsearch.train import load_classifier, load_splits
 
@@ -138,7 +138,7 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     pooled_top = lambda branch: keras.Model(feat_in, keras.layers.GlobalAveragePooling2D()(branch(feat_in)))  # noqa: E731
     if config.class_dim:
         class_branch = pooled_top(top)
-        class_pooled = lambda x: class_branch.predict(x, batch_size=256, verbose=0)  # noqa: E731
+        class_pooled = lambda x: class_branch.predict(x, batch_size=TOP_PREDICT_BATCH, verbose=0)  # noqa: E731
         class_cache = class_pooled(cache.reshape((-1,) + cache.shape[2:])).reshape(n_items, n_views, -1)
         val_clean_class, val_customer_class = class_pooled(val_clean), class_pooled(val_customer)
     else:
@@ -152,7 +152,7 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
         dense.set_weights(list(pca_projection(features, dim)))  # PCA start keeps the geometry
         return dense
 
-    instance_clean = pooled_top(instance_top).predict(cache[:, 0], batch_size=256, verbose=0)
+    instance_clean = pooled_top(instance_top).predict(cache[:, 0], batch_size=TOP_PREDICT_BATCH, verbose=0)
     instance_projection = pca_dense(instance_clean, config.embedding_dim, "instance_projection", True)
     del instance_clean
     class_projection = (pca_dense(class_cache[:, 0], config.class_dim, "class_projection", False)
@@ -182,7 +182,7 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
         return [features] + ([class_vectors] if class_in else [])
 
     def embed(features, class_vectors):
-        return top_tower.predict(tower_inputs(features, class_vectors), batch_size=256, verbose=0)
+        return top_tower.predict(tower_inputs(features, class_vectors), batch_size=TOP_PREDICT_BATCH, verbose=0)
 
     def views_of(items, views) -> list[np.ndarray]:
         """The tower's inputs for views ``(items[i], views[i])`` of the catalog cache."""

@@ -55,7 +55,7 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
 
     from vsearch import metrics, models, plots
     from vsearch.augment import CUSTOMER_VIEW_SEED, classifier_view, customer_view
-    from vsearch.features import Frozen, extract_cached, files_digest
+    from vsearch.features import TOP_PREDICT_BATCH, Frozen, extract_cached, files_digest
 
     keras.utils.set_random_seed(config.data.seed)
     out = Path(config.out_dir)
@@ -141,8 +141,8 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     models.set_fine_tuning(top, False)
     t = time.perf_counter()
     pooled = keras.Sequential([top, head.pool])
-    p_train = pooled.predict(x_train, batch_size=256, verbose=0)
-    p_val = pooled.predict(x_val, batch_size=256, verbose=0)
+    p_train = pooled.predict(x_train, batch_size=TOP_PREDICT_BATCH, verbose=0)
+    p_val = pooled.predict(x_val, batch_size=TOP_PREDICT_BATCH, verbose=0)
     timings["pooled_cache_s"] = time.perf_counter() - t
     pooled_in = keras.Input((p_train.shape[1],), name="pooled")
     head_trainer = keras.Model(pooled_in, head.dense(head.dropout(pooled_in)), name="classifier_head")
@@ -167,7 +167,7 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     y_pred = probs.argmax(axis=1)
     report = metrics.classification_report(y_val, y_pred, names)
     # The full model must compute what was trained on cached features (float16 cache aside).
-    cached_probs = trainer.predict(x_val, batch_size=256, verbose=0)
+    cached_probs = trainer.predict(x_val, batch_size=TOP_PREDICT_BATCH, verbose=0)
     report["cache_max_abs_diff"] = float(np.abs(cached_probs - probs).max())
     timings["total_s"] = time.perf_counter() - t0
     result = {**report, "num_train": int(len(y_train)), "num_validation": int(len(y_val)),
