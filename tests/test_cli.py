@@ -26,6 +26,22 @@ def test_bad_override_exits_2_with_one_line(capsys):
     assert len(err) == 1 and "unknown config key 'no_such'" in err[0]
 
 
+def test_bad_config_file_exits_2_with_one_line(tmp_path, capsys):
+    (tmp_path / "broken.json").write_text("{")
+    for path in (tmp_path / "missing.json", tmp_path / "broken.json"):
+        assert cli.main(["train", "--config", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0]
+
+
+def test_data_refuses_to_write_into_its_source(image_root, capsys):
+    before = sorted(p for p in image_root.rglob("*"))
+    assert cli.main(["data", "--source", str(image_root), "--dest", str(image_root), "--classes", "blue,green,red",
+                     "--feature-cache-dir", ""]) == 2
+    assert "overlaps --source" in capsys.readouterr().err
+    assert sorted(p for p in image_root.rglob("*")) == before
+
+
 def test_missing_data_folder_exits_2(tmp_path, capsys):
     assert cli.main(["data", "--source", str(tmp_path / "nowhere"), "--dest", str(tmp_path / "out")]) == 2
     assert "no such folder" in capsys.readouterr().err

@@ -89,3 +89,18 @@ def test_a_config_json_written_before_a_value_was_renamed_still_loads(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(c.ConfigError, match="augmentation must be"):
         c.load_json(c.ClassifierConfig, tmp_path / "config.json")
+
+
+def test_eval_validation():
+    with pytest.raises(c.ConfigError, match="grid_queries must be >= 1"):
+        c.EvalConfig(grid_queries=0)
+
+
+@pytest.mark.parametrize("text, message", [(None, "cannot read it"), ("{not json", "not valid JSON"),
+                                           ("[1, 2]", "expected a JSON object")])
+def test_unreadable_config_file_is_a_config_error(tmp_path, text, message):
+    path = tmp_path / "config.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(c.ConfigError, match=f"--config .*config.json: {message}"):
+        c.load_json(c.ClassifierConfig, path)

@@ -102,6 +102,53 @@ def test_prepare_from_local_copy_is_idempotent(image_root, tmp_path):
     assert "EXCLUDED (train)" in data.format_report(result)
 
 
+def _tree(root):
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("dest", [".", "train", ".."])
+def test_prepare_refuses_a_destination_overlapping_the_source(image_root, dest):
+    awkward_files(image_root / "train" / "blue")  # files a mirror would leave out or normalise
+    before = _tree(image_root.parent)
+    with pytest.raises(DataError, match="overlaps --source"):
+        data.prepare(image_root, image_root / dest, class_names=("blue", "green", "red"))
+    assert _tree(image_root.parent) == before  # nothing deleted, nothing written
+
+
+def test_prepare_refuses_a_folder_of_photos_it_did_not_write(image_root, tmp_path):
+    theirs = tmp_path / "theirs"
+    (theirs / "train" / "blue").mkdir(parents=True)
+    (theirs / "train" / "blue" / "keep.jpg").write_bytes(b"someone's photo")
+    with pytest.raises(DataError, match="not written by `vsearch data`"):
+        data.prepare(image_root, theirs, class_names=("blue", "green", "red"))
+    assert (theirs / "train" / "blue" / "keep.jpg").read_bytes() == b"someone's photo"
+    empty = tmp_path / "empty"
+    (empty / "train" / "blue").mkdir(parents=True)  # empty class folders are fine
+    data.prepare(image_root, empty, class_names=("blue", "green", "red"))
+    assert (empty / "report.json").is_file()
+
+
+def test_interrupted_writes_leave_nothing_behind(image_root, tmp_path, monkeypatch):
+    awkward_files(image_root / "train" / "blue")
+    dest = tmp_path / "out"
+    from PIL import Image
+
+    def crash(self, fp, *args, **kwargs):  # the disk fills up, or Ctrl-C, half-way through a PNG
+        with open(fp, "wb") as fh:
+            fh.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare(image_root, dest, class_names=("blue", "green", "red"))
+    folder = dest / "train" / "blue"
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no temporary file
+    assert all(p.read_bytes() != b"\x89PNG half" for p in folder.iterdir())  # nor a half-written one
+    monkeypatch.undo()
+    result = data.prepare(image_root, dest, class_names=("blue", "green", "red"))  # the re-run completes
+    assert not data.scan_split(dest / "train").bad and result["splits"]["train"]["converted"]
+
+
 def test_prepare_downloads_an_archive(image_root, tmp_path):
     archive = tmp_path / "upstream.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -117,6 +164,18 @@ def test_prepare_downloads_an_archive(image_root, tmp_path):
 def test_download_failure_says_what_to_do(tmp_path):
     with pytest.raises(DataError, match="--source DIR"):
         data.download((tmp_path / "missing.zip").as_uri())
+
+
+def test_an_archive_without_the_splits_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    archive = tmp_path / "other.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("something/else.txt", "not a dataset")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(data.tempfile, "tempdir", str(scratch))
+    with pytest.raises(DataError, match="no train/ and validation/"):
+        data.download(archive.as_uri())
+    assert list(scratch.iterdir()) == []
 
 
 def test_load_split_lists_files_in_dataset_order(image_root, tmp_path):

@@ -81,3 +81,15 @@ def test_not_a_saved_model(tmp_path):
 
     with pytest.raises(DataError, match="not a SavedModel"):
         read_metadata(tmp_path)
+
+
+@pytest.mark.parametrize("text, message", [("{", "unreadable"), ("[]", "not vsearch metadata")])
+def test_damaged_metadata_is_a_data_error(tmp_path, text, message):
+    from vsearch.errors import DataError
+    from vsearch.export import METADATA_FILE
+
+    (tmp_path / "saved_model.pb").write_bytes(b"")
+    (tmp_path / METADATA_FILE).parent.mkdir()
+    (tmp_path / METADATA_FILE).write_text(text)
+    with pytest.raises(DataError, match=f"vsearch.json: {message}"):
+        read_metadata(tmp_path)

@@ -63,6 +63,18 @@ def test_pixel_limit_refuses_huge_images(tmp_path):
         images.load_image(path, max_pixels=10_000)
 
 
+def test_unreadable_file_is_an_image_error(tmp_path, monkeypatch):
+    path = tmp_path / "locked.jpg"
+    path.write_bytes(jpeg_bytes(Image.new("RGB", (8, 8))))
+
+    def denied(self):  # what open() raises on a file without read permission (tests may run as root)
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(path), "read_bytes", denied)
+    with pytest.raises(ImageError, match="locked.jpg: cannot read the file .Permission denied"):
+        images.read_bytes(path)
+
+
 def test_byte_limit(tmp_path):
     path = tmp_path / "big.png"
     Image.new("RGB", (64, 64)).save(path)

@@ -107,3 +107,52 @@ def test_load_errors(tmp_path):
              meta=np.frombuffer(b'{"format": "vsearch-catalog/1"}', np.uint8))
     with pytest.raises(DataError, match="unknown index format"):
         Catalog.load(tmp_path / "old.npz")
+
+
+def test_damaged_index_files_are_data_errors(tmp_path):
+    catalog = Catalog(2, "abc")
+    catalog.add([{"id": "x"}, {"id": "y"}], unit([[1, 0], [0, 1]]))
+    whole = catalog.save(tmp_path / "whole.vsi").read_bytes()
+    (tmp_path / "half.vsi").write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    with pytest.raises(DataError, match="half.vsi: not a vsearch catalog"):
+        Catalog.load(tmp_path / "half.vsi")
+    with open(tmp_path / "array.vsi", "wb") as fh:  # a plain .npy under the index's name
+        np.save(fh, np.zeros(3))
+    with pytest.raises(DataError, match="array.vsi: not a vsearch catalog"):
+        Catalog.load(tmp_path / "array.vsi")
+
+
+def test_save_onto_a_folder_is_a_data_error(tmp_path):
+    (tmp_path / "taken.vsi").mkdir()
+    with pytest.raises(DataError, match="taken.vsi: cannot write the catalog index"):
+        Catalog(2, "abc").save(tmp_path / "taken.vsi")
+    assert [p.name for p in tmp_path.iterdir()] == ["taken.vsi"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_search_among_ids_is_exact_over_them(kind):
+    rng = np.random.default_rng(3)
+    vecs = unit(rng.normal(size=(2000, 16)))
+    ids = [str(i) for i in range(len(vecs))]
+    index = FaissIndex(16, kind, hnsw_m=8, ef_search=16)
+    index.add(ids, vecs)
+    index.remove(["7"])
+    among = ["3", "7", "11", "500", "1999", "unknown"]  # a removed and an unknown id are ignored
+    query = vecs[:4]
+    scores, found = index.search(query, 10, among=among)
+    live = np.array([3, 11, 500, 1999])
+    expected = live[np.argsort(-(query @ vecs[live].T), axis=1)]
+    assert found == [[str(i) for i in row] for row in expected]
+    assert np.allclose(scores, np.sort(query @ vecs[live].T, axis=1)[:, ::-1], atol=1e-5)
+    assert index.search(query, 3, among=[])[1] == [[], [], [], []]
+
+
+def test_catalog_category_ids_follow_changes():
+    catalog = Catalog(2, "abc")
+    catalog.add([{"id": "a", "category": "hats"}, {"id": "b", "category": "shoes"}], unit([[1, 0], [0, 1]]))
+    assert catalog.category_ids("hats") == ["a"] and catalog.category_ids("bags") == []
+    catalog.add([{"id": "c", "category": "hats"}], unit([[1, 1]]))
+    assert catalog.category_ids("hats") == ["a", "c"]
+    catalog.remove(["a"])
+    assert catalog.category_ids("hats") == ["c"]
+    assert [m["id"] for m in catalog.search(unit([[1, 0]]), 5, among=catalog.category_ids("hats"))[0]] == ["c"]

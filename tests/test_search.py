@@ -118,6 +118,8 @@ def test_searcher_pixels_accepts_0_255_numbers_and_refuses_others(shop):
     assert np.array_equal(searcher.pixels(olive.astype(np.float64) + 0.2), olive)  # rounded, not truncated
     with pytest.raises(ImageError, match="0..255"):
         searcher.search(olive.astype(np.float32) / 255.0 - 0.5)  # -0.5..0.5: not pixels
+    with pytest.raises(ImageError, match="look like 0..1 floats"):
+        searcher.search(olive.astype(np.float32) / 255.0)  # the usual float image: refused, not near-black
     with pytest.raises(ImageError, match="0..255"):
         searcher.search(olive.astype(np.int32) * 300)
     with pytest.raises(ImageError, match="RGB pixels"):
@@ -146,6 +148,41 @@ def test_add_images_and_clash(shop, tmp_path):
         add_images(catalog, ColourEmbedder(), [tmp_path / "nothing.jpg"])
 
 
+def test_one_id_for_two_photos_is_refused_before_embedding(shop, tmp_path):
+    solid(shop / "hats" / "red.png", (240, 20, 20))  # hats/red.jpg and hats/red.png: both id hats/red
+    calls = []
+
+    class Counting(ColourEmbedder):
+        def embed_pixels(self, pixels):
+            calls.append(len(pixels))
+            return super().embed_pixels(pixels)
+
+    with pytest.raises(DataError, match=r"1 id\(s\) name more than one photo, e.g. 'hats/red' \(.*red.jpg and .*red.png\)"):
+        build_catalog(Counting(), shop, kind="exact")
+    catalog, _ = build_catalog(ColourEmbedder(), solid_shop(tmp_path), kind="exact")
+    with pytest.raises(DataError, match="name more than one photo"):
+        add_images(catalog, Counting(), [shop / "hats" / "pink.png", shop / "hats" / "pink.png"])
+    assert calls == [] and len(catalog) == 1  # nothing embedded, nothing added
+
+
+def test_a_small_category_of_an_hnsw_catalog_is_searched_exactly():
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(3000, 4)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    catalog = Catalog(4, ColourEmbedder.fingerprint, kind="hnsw")
+    rare = {5, 1000, 2999}
+    catalog.add([{"id": str(i), "category": "rare" if i in rare else "common"} for i in range(len(vecs))], vecs)
+    searcher = Searcher(ColourEmbedder(), catalog)
+    query = vecs[42]
+    expected = sorted(rare, key=lambda i: -float(vecs[i] @ query))
+    found = searcher.search_vector(query, 5, "rare").matches
+    assert [m["id"] for m in found] == [str(i) for i in expected]  # all three, best first
+    assert [m["score"] for m in found] == pytest.approx([float(vecs[i] @ query) for i in expected], abs=1e-5)
+    common = searcher.search_vector(query, 5, "common").matches  # a large one: the graph, widened
+    assert len(common) == 5 and {m["category"] for m in common} == {"common"}
+    assert common[0]["id"] == "42"
+
+
 def solid_shop(tmp_path):
     root = tmp_path / "base"
     solid(root / "bags" / "blue.png", (10, 10, 240))
@@ -166,12 +203,12 @@ def test_cli_index_and_search_with_exported_model(smoke_run, smoke_index, tmp_pa
     shutil.copy(index_path, index)
     photo = sorted((smoke_run["data"] / "validation").rglob("*.jpg"))[0]
     assert cli.main(["search", str(photo), "--model", str(model), "--index", str(index), "-k", "3", "--json",
-                     "--plot", str(tmp_path / "plot.png")]) == 0
+                     "--plot", str(tmp_path / "plots" / "plot.png")]) == 0  # its folder is made
     out = capsys.readouterr().out
     result = json.loads(out[:out.rindex("}") + 1])
     assert len(result["matches"]) == 3 and result["matches"][0]["rank"] == 1
     scores = [m["score"] for m in result["matches"]]
-    assert scores == sorted(scores, reverse=True) and (tmp_path / "plot.png").stat().st_size > 0
+    assert scores == sorted(scores, reverse=True) and (tmp_path / "plots" / "plot.png").stat().st_size > 0
 
     # a catalog photo finds itself first
     own = sorted((smoke_run["data"] / "train").rglob("*.jpg"))[0]
@@ -205,3 +242,16 @@ def test_cli_search_errors(smoke_index, tmp_path, capsys):
     assert cli.main(["index", "build", str(tmp_path / "nowhere"), "--model", str(model),
                      "--out", str(tmp_path / "x.vsi")]) == 2
     assert "no such catalog folder" in capsys.readouterr().err
+    shop = tmp_path / "shop"
+    solid(shop / "hats" / "red.png", (250, 10, 10))
+    (tmp_path / "taken").mkdir()
+    for extra, message in ((["--batch-size", "0"], "--batch-size must be >= 1"),
+                           (["--workers", "0"], "--workers must be >= 1"),
+                           (["--out", str(tmp_path / "taken")], "is a folder; give a file name"),
+                           (["--out", str(good / "x.vsi")], "not a writable folder")):
+        assert cli.main(["index", "build", str(shop), "--model", str(model), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["search", str(good), "--model", str(model), "--index", str(index),
+                     "--plot", str(tmp_path / "taken")]) == 2
+    assert "--plot" in capsys.readouterr().err

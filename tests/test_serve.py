@@ -138,6 +138,18 @@ def test_item_metadata_and_image(client, searcher):
     assert image.content == searcher.image_path(item_id).read_bytes()
 
 
+def test_an_item_called_image_keeps_its_metadata_url(embedder, smoke_index):
+    searcher = make_searcher(embedder, smoke_index)
+    source = searcher.catalog.items[sorted(searcher.catalog.items)[0]]
+    category = source["category"]
+    searcher.catalog.add([{**source, "id": f"{category}/image"}], searcher.catalog.index.vectors[:1])
+    client = TestClient(create_app(searcher))
+    meta = client.get(f"/api/items/{category}/image")  # also the photo URL of an item called "<category>"
+    assert meta.status_code == 200 and meta.json()["id"] == f"{category}/image"
+    photo = client.get(meta.json()["image_url"])
+    assert photo.status_code == 200 and photo.content == Path(source["path"]).read_bytes()
+
+
 @pytest.mark.parametrize("url", [
     "/api/items/red/no_such_item", "/api/items/red/no_such_item/image",
     "/api/items/..%2F..%2Fetc%2Fpasswd", "/api/items/..%2F..%2Fetc%2Fpasswd/image",

@@ -271,3 +271,12 @@ print("LOADED", loaded)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "LOADED []" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("text, message", [("{", "unreadable"), ("[]", "not vsearch metadata")])
+def test_damaged_sidecar_is_a_data_error(tmp_path, text, message):
+    model = tmp_path / "embedding.tflite"
+    model.write_bytes(b"flatbuffer")
+    tflite.sidecar_path(model).write_text(text)
+    with pytest.raises(DataError, match=f"embedding.tflite.json: {message}"):
+        tflite.read_tflite_metadata(model)

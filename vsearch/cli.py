@@ -120,7 +120,11 @@ def cmd_index(args) -> int:
 
     embed_kwargs = {"batch_size": getattr(args, "batch_size", 32), "workers": getattr(args, "workers", 4),
                     "progress": True}
+    for flag, value in (("--batch-size", embed_kwargs["batch_size"]), ("--workers", embed_kwargs["workers"])):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
     if args.action == "build":
+        _check_output_file(args.out, "--out")  # before the embedding work, not after it
         catalog, report = build_catalog(_load_embedder(args), args.catalog, args.items, args.kind, **embed_kwargs)
         catalog.save(args.out)
         print(report.format())
@@ -154,6 +158,20 @@ def cmd_index(args) -> int:
     return 0
 
 
+def _check_output_file(path: str, flag: str) -> None:
+    """A file about to be written: not a folder, and its folder exists or can be made."""
+    from pathlib import Path
+
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: cannot create it there ({parent} is not a writable folder)")
+
+
 def cmd_search(args) -> int:
     import json
 
@@ -164,6 +182,8 @@ def cmd_search(args) -> int:
     from vsearch.images import load_image
 
     pixels = load_image(args.photo)  # fail fast, before loading the model
+    if args.plot:
+        _check_output_file(args.plot, "--plot")
     searcher = Searcher.from_paths(args.model, args.index, num_threads=args.threads)
     result = searcher.search(pixels, args.k, args.category, source=args.photo)
     if args.json:
@@ -184,6 +204,7 @@ def cmd_search(args) -> int:
         m = result.matches
         fig = plots.retrieval(pixels, None, thumbnails(m), [x.get("title") or x.get("category", "") for x in m],
                               [x["score"] for x in m], title=f"vsearch: {args.photo}")
+        os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
         fig.savefig(args.plot, dpi=80, bbox_inches="tight")
         print(f"wrote {args.plot}")
     return 0

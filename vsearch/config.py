@@ -176,6 +176,7 @@ class EvalConfig:
     def __post_init__(self):
         _check(self.top_k >= 1, "top_k must be >= 1")
         _check(self.customer_queries >= 0, "customer_queries must be >= 0")
+        _check(self.grid_queries >= 1, "grid_queries must be >= 1")
         _check(self.num_threads >= 0, "num_threads must be >= 0 (0: every core)")
 
 
@@ -328,4 +329,13 @@ def save_json(config, path: str | Path) -> None:
 
 
 def load_json(cls: type, path: str | Path):
-    return from_dict(cls, json.loads(Path(path).read_text()))
+    """A config saved by :func:`save_json` (``--config``); unreadable or malformed: ConfigError."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"--config {path}: not valid JSON ({exc})") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"--config {path}: expected a JSON object of config fields, got {type(data).__name__}")
+    return from_dict(cls, data)

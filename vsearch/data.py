@@ -19,6 +19,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from vsearch.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, dec
 
 UPSTREAM_URL = "https://github.com/alexeygrigorev/clothing-dataset-small/archive/refs/heads/master.zip"
 SPLITS = ("train", "validation")
+DEST_MARKER = ".vsearch-data"  # left in `prepare`'s destination before it writes anything there
 # Formats TensorFlow's decode_image reads, and the Pillow modes it decodes to the same RGB.
 _TF_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
 _TF_MODES = {"RGB", "L", "P"}
@@ -211,11 +213,27 @@ def _normalised_name(path: Path) -> str:
     return path.name + ".png" if path.suffix.lower() != ".png" else path.name
 
 
+def _write_atomic(dest: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temporary file beside ``dest``, then renames it over ``dest``.
+
+    An interrupted run leaves no half-written file that a later run's up-to-date test
+    (modification times) would take for finished."""
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}-", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write_normalised(src: Path, dest: Path) -> None:
     from PIL import Image
 
     pixels = decode_image(read_bytes(src), str(src))
-    Image.fromarray(pixels, "RGB").save(dest, format="PNG")
+    _write_atomic(dest, lambda tmp: Image.fromarray(pixels, "RGB").save(tmp, format="PNG"))
 
 
 def materialise(report: SplitReport, dest: str | os.PathLike, link: bool = True) -> Path:
@@ -241,7 +259,7 @@ def materialise(report: SplitReport, dest: str | os.PathLike, link: bool = True)
                     continue
                 except OSError:
                     pass
-            shutil.copy2(src, target)
+            _write_atomic(target, lambda tmp, src=src: shutil.copy2(src, tmp))
         for src in (Path(p) for p in report.convert if Path(p).parent.name == cls):
             target = out_dir / _normalised_name(src)
             wanted.add(target.name)
@@ -270,8 +288,30 @@ def download(url: str = UPSTREAM_URL, timeout: float = 60.0) -> Path:
             "train/<class>/ and validation/<class>/ with --source DIR (make data SOURCE=DIR)") from None
     candidates = [p.parent for p in (tmp / "unpacked").rglob("train") if (p.parent / "validation").is_dir()]
     if not candidates:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"{url}: archive has no train/ and validation/ folders")
     return candidates[0]
+
+
+def _check_destination(source: Path | None, dest: Path, class_names: tuple[str, ...]) -> None:
+    """Refuses a ``dest`` whose photos :func:`prepare` could destroy.
+
+    ``prepare`` mirrors the source's class folders into ``dest`` and deletes what the
+    source no longer has, so ``dest`` must not overlap the source, and class folders with
+    files in them must come from an earlier ``prepare`` (its ``report.json``, or the marker
+    it leaves first, so an interrupted run can be run again)."""
+    if source is not None:
+        src, out = source.resolve(), dest.resolve()
+        if src == out or src in out.parents or out in src.parents:
+            raise DataError(f"--dest {dest} overlaps --source {source}: the catalog is copied into a folder "
+                            "of its own (files the source does not have are deleted there); choose another --dest")
+    if (dest / "report.json").is_file() or (dest / DEST_MARKER).is_file():
+        return
+    foreign = [d for split in SPLITS for d in (dest / split / c for c in class_names)
+               if d.is_dir() and any(p.is_file() for p in d.iterdir())]
+    if foreign:
+        raise DataError(f"{dest}: {foreign[0]} holds files, but {dest} was not written by `vsearch data` "
+                        "(no report.json), and they would be replaced; choose a new or empty --dest")
 
 
 def prepare(source: str | os.PathLike | None, dest: str | os.PathLike = "data/clothing",
@@ -285,6 +325,9 @@ def prepare(source: str | os.PathLike | None, dest: str | os.PathLike = "data/cl
         A report: per-split per-class counts, normalised and excluded files. Also written
         to ``dest/report.json``.
     """
+    _check_destination(None if source is None else Path(source), Path(dest), class_names)
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    (Path(dest) / DEST_MARKER).touch()
     downloaded = None
     if source is None:
         downloaded = source = download(url)

@@ -111,4 +111,17 @@ def read_metadata(model_dir: str | os.PathLike) -> dict:
         raise DataError(f"{model_dir}: not a SavedModel (no saved_model.pb); run `vsearch siamese` first")
     if not path.is_file():
         raise DataError(f"{path}: missing; this SavedModel was not exported by vsearch")
-    return json.loads(path.read_text())
+    return read_json_object(path, "export the model again")
+
+
+def read_json_object(path: str | os.PathLike, remedy: str) -> dict:
+    """Metadata written beside an export; unreadable, not JSON or not an object: DataError."""
+    from vsearch.errors import DataError
+
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); {remedy}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: not vsearch metadata (a JSON object); {remedy}")
+    return meta

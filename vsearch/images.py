@@ -26,16 +26,19 @@ from vsearch.errors import ImageError  # noqa: E402  (re-exported)
 def read_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """Reads a file's bytes with clear errors for missing, empty, huge or non-files."""
     p = Path(path)
-    if not p.exists():
-        raise ImageError(str(p), "no such file")
-    if not p.is_file():
-        raise ImageError(str(p), "not a regular file")
-    size = p.stat().st_size
-    if size == 0:
-        raise ImageError(str(p), "file is empty (0 bytes)")
-    if size > max_bytes:
-        raise ImageError(str(p), f"file is {size} bytes, over the {max_bytes}-byte limit")
-    return p.read_bytes()
+    try:
+        if not p.exists():
+            raise ImageError(str(p), "no such file")
+        if not p.is_file():
+            raise ImageError(str(p), "not a regular file")
+        size = p.stat().st_size
+        if size == 0:
+            raise ImageError(str(p), "file is empty (0 bytes)")
+        if size > max_bytes:
+            raise ImageError(str(p), f"file is {size} bytes, over the {max_bytes}-byte limit")
+        return p.read_bytes()
+    except OSError as exc:  # unreadable (permissions, I/O error, vanished mid-read)
+        raise ImageError(str(p), f"cannot read the file ({exc.strerror or exc})") from None
 
 
 def _to_rgb(img, source: str) -> np.ndarray:

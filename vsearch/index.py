@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -35,7 +36,8 @@ class VectorIndex(Protocol):
 
     def remove(self, ids: Sequence[str]) -> int: ...
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]: ...
+    def search(self, queries: np.ndarray, k: int,
+               among: Sequence[str] | None = None) -> tuple[np.ndarray, list[list[str]]]: ...
 
     def __len__(self) -> int: ...
 
@@ -147,11 +149,27 @@ class FaissIndex:
         if ids:
             self.add(ids, vectors)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
-        """Top-k per query: (scores (Q, k'), ids), best first; k' = min(k, len)."""
+    def search(self, queries: np.ndarray, k: int,
+               among: Sequence[str] | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-k per query: (scores (Q, k'), ids), best first; k' = min(k, len).
+
+        ``among``: only these ids (unknown ones ignored), searched exactly: a flat scan that
+        skips every other row, since an HNSW walk filtered to a small subset can miss it.
+        """
         import faiss
 
         queries = np.ascontiguousarray(np.asarray(queries, np.float32).reshape(-1, self.dim))
+        if among is not None:
+            rows = np.fromiter((self._row_of[i] for i in map(str, among) if i in self._row_of), np.int64)
+            k = min(int(k), len(rows))
+            if k < 1:
+                return np.zeros((len(queries), 0), np.float32), [[] for _ in queries]
+            flat = self._faiss if self.kind == "exact" else faiss.downcast_index(self._faiss.storage)
+            selector = faiss.IDSelectorBatch(rows)  # kept alive by this name while FAISS reads it
+            params = faiss.SearchParameters()
+            params.sel = selector
+            scores, found = flat.search(queries, k, params=params)
+            return scores, [[self._row_ids[r] for r in row if r >= 0] for row in found]
         k = min(int(k), len(self))
         if k < 1:
             return np.zeros((len(queries), 0), np.float32), [[] for _ in queries]
@@ -216,6 +234,7 @@ class Catalog:
         self.model = dict(model or {})  # what made the vectors: path, image size, class names
         self.items: dict[str, dict] = {}
         self.stats: dict = {}
+        self._by_category: dict[str, list[str]] | None = None  # built on first use, reset by changes
 
     @property
     def dim(self) -> int:
@@ -231,24 +250,42 @@ class Catalog:
         """Adds items (each a dict with at least ``id``) and their vectors."""
         ids = [str(item["id"]) for item in items]
         self.index.add(ids, vectors)
+        self._by_category = None
         for item_id, item in zip(ids, items):
             self.items[item_id] = {**item, "id": item_id}
 
     def remove(self, ids: Sequence[str]) -> int:
+        self._by_category = None
         for item_id in ids:
             self.items.pop(str(item_id), None)
         return self.index.remove([str(i) for i in ids])
 
-    def search(self, queries: np.ndarray, k: int = 5) -> list[list[dict]]:
-        """Per query, the top-k items with a ``score`` field, best first."""
-        scores, ids = self.index.search(queries, k)
+    def category_ids(self, category: str) -> list[str]:
+        """Ids of the items whose ``category`` is ``category``."""
+        if self._by_category is None:
+            groups: dict[str, list[str]] = {}
+            for item_id, item in self.items.items():
+                groups.setdefault(item.get("category", ""), []).append(item_id)
+            self._by_category = groups
+        return self._by_category.get(category, [])
+
+    def search(self, queries: np.ndarray, k: int = 5, among: Sequence[str] | None = None) -> list[list[dict]]:
+        """Per query, the top-k items with a ``score`` field, best first (``among``: only these ids)."""
+        scores, ids = (self.index.search(queries, k) if among is None
+                       else self.index.search(queries, k, among=among))
         return [[{**self.items[i], "score": float(s)} for i, s in zip(row_ids, row_scores)]
                 for row_ids, row_scores in zip(ids, scores)]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes atomically: a crash mid-write leaves the previous file readable."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return self._save(path)
+        except OSError as exc:  # a folder in the way, no space, no permission: nothing was replaced
+            raise DataError(f"{path}: cannot write the catalog index ({exc.strerror or exc})") from None
+
+    def _save(self, path: Path) -> Path:
         arrays = self.index.to_arrays()
         ids = self.index.ids
         meta = {"format": FORMAT, "fingerprint": self.fingerprint, "dim": self.index.dim,
@@ -277,7 +314,8 @@ class Catalog:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files if name != "meta"}
                 meta = json.loads(data["meta"].tobytes().decode())
-        except (OSError, ValueError, KeyError, EOFError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError) as exc:
+            # TypeError: a plain .npy file (np.load returns an array, not an archive)
             raise DataError(f"{path}: not a vsearch catalog index ({exc})") from None
         if meta.get("format") != FORMAT:
             raise DataError(f"{path}: unknown index format {meta.get('format')!r}; rebuild it with "

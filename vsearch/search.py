@@ -29,6 +29,12 @@ from vsearch.index import Catalog, FaissIndex, choose_kind, measure_recall
 AUTO_NEIGHBOURS = 10      # neighbours that vote for the query's category
 AUTO_CONFIDENCE = 0.6     # vote share above which `auto` ranks the predicted category first
 VOTE_TEMPERATURE = 0.05   # softmax temperature over cosine scores for the vote
+# Category search (Searcher._in_category): a category up to this share of the catalog is
+# scanned exactly over its own items, a larger one found by widening an ordinary search. The
+# shares are where the two cost the same (bench/category.py, 200k items: an exact index's
+# scan costs the selector check of every row, its widening a full scan per round; HNSW's
+# widening is a few cheap graph walks). Other index kinds filter by ids themselves.
+SCAN_CATEGORY_SHARE = {"exact": 1 / 4, "hnsw": 1 / 32}
 
 
 # ---------------------------------------------------------------- catalog files and metadata
@@ -164,10 +170,19 @@ def _planned_items(files: Sequence[tuple[Path, str, str, str]], rows: dict[str, 
 
 
 def _embed_into(catalog: Catalog, embedder, items: list[dict], report: IndexReport, **embed_kwargs) -> None:
-    """Embeds the items' photos and adds the readable ones; refuses ids already present."""
+    """Embeds the items' photos and adds the readable ones; refuses ids already present or repeated."""
     clash = [it["id"] for it in items if it["id"] in catalog]
     if clash:
         raise DataError(f"{len(clash)} item(s) already in the catalog, e.g. {clash[:3]}; remove them first")
+    first: dict[str, str] = {}
+    repeated = []
+    for it in items:
+        if it["id"] in first:
+            repeated.append(f"{it['id']!r} ({first[it['id']]} and {it['path']})")
+        first.setdefault(it["id"], it["path"])
+    if repeated:
+        raise DataError(f"{len(repeated)} id(s) name more than one photo, e.g. {'; '.join(repeated[:3])}: ids are "
+                        "the path without its extension, so rename one photo or give ids in an items CSV")
     vectors, good, bad = embed_paths(embedder, [Path(it["path"]) for it in items], **embed_kwargs)
     catalog.add([items[i] for i in good], vectors)
     report.added += len(good)
@@ -302,6 +317,9 @@ class Searcher:
         if pixels.size == 0:
             raise ImageError(source, f"empty image {pixels.shape}")
         if pixels.dtype != np.uint8:
+            if np.issubdtype(pixels.dtype, np.floating) and pixels.max() <= 1.0:
+                raise ImageError(source, f"{pixels.dtype} pixels in {pixels.min():g}..{pixels.max():g} look like "
+                                 "0..1 floats; the model takes RGB in 0..255 (multiply by 255, or pass uint8)")
             if not (np.issubdtype(pixels.dtype, np.number) and 0 <= pixels.min() and pixels.max() <= 255):
                 raise ImageError(source, f"expected RGB pixels in 0..255, got {pixels.dtype} "
                                  f"in {pixels.min()}..{pixels.max()}")
@@ -342,7 +360,16 @@ class Searcher:
         return SearchResult(self._in_category(vector, category, k), info)
 
     def _in_category(self, vector: np.ndarray, category: str, k: int) -> list[dict]:
-        """Top-k within one category, widening the search until k are found or none are left."""
+        """Top-k within one category: scanned exactly if small, else a widened search.
+
+        A category up to :data:`SCAN_CATEGORY_SHARE` of the catalog is searched over its own
+        items only; a larger one by an ordinary search, 4x deeper each round until k of its
+        items come back (few rounds, since they are common).
+        """
+        ids = self.catalog.category_ids(category)
+        share = SCAN_CATEGORY_SHARE.get(getattr(self.catalog.index, "kind", ""), 1.0)
+        if len(ids) <= share * len(self.catalog):
+            return self.catalog.search(vector[None], k, among=ids)[0]
         depth = max(4 * k, 64)
         while True:
             found = self.catalog.search(vector[None], depth)[0]

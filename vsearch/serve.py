@@ -156,7 +156,7 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
     """
     from fastapi import FastAPI, File, Form, Query, UploadFile
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, HTMLResponse
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from vsearch import __version__
@@ -218,6 +218,10 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
         try:
             path = searcher.image_path(item_id)
         except KeyError:
+            # Photo ids are paths, so an item may be called "<folder>/image": this route
+            # matches its metadata URL too, and the item's metadata is what was asked for.
+            if f"{item_id}/image" in searcher.catalog.items:
+                return JSONResponse(public_item(searcher.catalog.items[f"{item_id}/image"]))
             return error_response(404, f"no item {item_id!r} in the catalog")
         if not path.is_file():
             return error_response(404, f"the photo of item {item_id!r} is missing on the server")

@@ -224,7 +224,9 @@ def read_tflite_metadata(path: str | os.PathLike) -> dict:
     side = sidecar_path(path)
     if not side.is_file():
         raise DataError(f"{side}: missing; this .tflite was not exported by `vsearch export` (keep the two together)")
-    meta = json.loads(side.read_text())
+    from vsearch.export import read_json_object
+
+    meta = read_json_object(side, "export again")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if meta.get("format") != FORMAT or meta.get("tflite", {}).get("sha256") != digest:
         raise DataError(f"{side}: does not describe {path.name} (another conversion?); export again")
