@@ -163,6 +163,8 @@ def test_one_id_for_two_photos_is_refused_before_embedding(shop, tmp_path):
     with pytest.raises(DataError, match="name more than one photo"):
         add_images(catalog, Counting(), [shop / "hats" / "pink.png", shop / "hats" / "pink.png"])
     assert calls == [] and len(catalog) == 1  # nothing embedded, nothing added
+    with pytest.raises(ValueError, match="batch_size and workers must be >= 1, got 0 and 4"):
+        build_catalog(ColourEmbedder(), solid_shop(tmp_path), batch_size=0)
 
 
 def test_a_small_category_of_an_hnsw_catalog_is_searched_exactly():

@@ -112,6 +112,8 @@ def embed_paths(embedder, paths: Sequence[Path], batch_size: int = 32, workers: 
     """
     from tqdm import tqdm
 
+    if batch_size < 1 or workers < 1:
+        raise ValueError(f"embed_paths: batch_size and workers must be >= 1, got {batch_size} and {workers}")
     size = embedder.image_size
 
     def load(path: Path):
