@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import zipfile
 
@@ -147,6 +148,9 @@ def test_interrupted_writes_leave_nothing_behind(image_root, tmp_path, monkeypat
     monkeypatch.undo()
     result = data.prepare(image_root, dest, class_names=("blue", "green", "red"))  # the re-run completes
     assert not data.scan_split(dest / "train").bad and result["splits"]["train"]["converted"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {p.stat().st_mode & 0o777 for p in folder.glob("*.jpg.png")} == {0o666 & ~mask}  # not mkstemp's 0600
 
 
 def test_prepare_downloads_an_archive(image_root, tmp_path):

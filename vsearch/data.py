@@ -109,10 +109,8 @@ class CheckMemo:
         if self.path is None or not self._dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".checks-", suffix=".json", dir=self.path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"version": CHECKS_VERSION, "verdicts": self.verdicts}, fh)
-        os.replace(tmp, self.path)  # concurrent stages: the last writer wins, nothing is half-written
+        text = json.dumps({"version": CHECKS_VERSION, "verdicts": self.verdicts})
+        _write_atomic(self.path, lambda tmp: tmp.write_text(text))  # concurrent stages: the last writer wins
         self._dirty = False
 
 
@@ -222,6 +220,9 @@ def _write_atomic(dest: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     tmp = Path(name)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; these are ordinary files (copy2 copies the source's)
         write(tmp)
         os.replace(tmp, dest)
     except BaseException:
