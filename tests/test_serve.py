@@ -118,8 +118,11 @@ def test_k_and_category_as_query_fields(client, photo):
 
 
 def test_warm_up_searches_through_the_upload_path(searcher, monkeypatch):
-    calls, original = [], searcher.pixels
-    monkeypatch.setattr(searcher, "pixels", lambda image, source: calls.append(type(image)) or original(image, source))
+    from vsearch import serve
+
+    calls, original = [], serve.decode_upload
+    monkeypatch.setattr(serve, "decode_upload",
+                        lambda s, data, source: calls.append(type(data)) or original(s, data, source))
     warm_up(searcher)
     assert calls == [bytes]  # encoded bytes, decoded like an upload
 
@@ -181,7 +184,7 @@ def test_healthz(client, searcher):
 def test_openapi_describes_the_api(client):
     spec = client.get("/openapi.json").json()
     assert {"/api/search", "/api/items/{item_id}", "/api/items/{item_id}/image", "/healthz"} <= spec["paths"].keys()
-    assert client.get("/docs").status_code == 200
+    assert client.get("/docs").status_code == 200 and client.get("/redoc").status_code == 200
 
 
 # ---------------------------------------------------------------- bad input
@@ -251,7 +254,7 @@ def test_photo_over_the_pixel_limit_is_422(small_client, photo):
 
 def test_unexpected_failure_is_a_json_500(embedder, smoke_index, photo, monkeypatch):
     searcher = make_searcher(embedder, smoke_index)
-    monkeypatch.setattr(searcher, "search", lambda *a, **kw: 1 / 0)
+    monkeypatch.setattr(searcher, "search_vector", lambda *a, **kw: 1 / 0)
     with TestClient(create_app(searcher), raise_server_exceptions=False) as c:
         assert_json_error(post(c, photo), 500, "internal error (ZeroDivisionError)")
         assert c.get("/healthz").status_code == 200

@@ -79,3 +79,38 @@ def test_upload_shows_a_grid_of_loaded_matches(browser, page_url, smoke_run, tmp
         assert not page.is_visible("#error")
     finally:
         page.close()
+
+
+@pytest.fixture(scope="module")
+def fake_url(tmp_path_factory):
+    """A server over the fake model's catalog: the API docs need no trained model."""
+    from fake_server import load_searcher, write_catalog
+    from vsearch.serve import BackgroundServer, create_app
+
+    with BackgroundServer(create_app(load_searcher(write_catalog(tmp_path_factory.mktemp("fake"))))) as server:
+        yield server.url
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_api_docs_render_with_nothing_from_elsewhere(browser, fake_url, path):
+    """Swagger UI and ReDoc draw the API from this server alone: every other host is cut off."""
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    elsewhere = []
+
+    def only_this_server(route):
+        url = route.request.url
+        if url.startswith((fake_url + "/", "data:", "blob:")):
+            route.continue_()
+        else:
+            elsewhere.append(url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    try:
+        page.goto(fake_url + path)
+        page.wait_for_function("document.body.innerText.includes('Search the catalog with a photo')",
+                               timeout=30_000)
+        assert "/api/items/" in page.inner_text("body")
+        assert not elsewhere, elsewhere
+    finally:
+        page.close()

@@ -210,13 +210,30 @@ def cmd_search(args) -> int:
     return 0
 
 
+def _megabytes_arg(flag: str, value: float) -> int:
+    """A positive, finite size in MB (as given on the command line) -> bytes, at least 1."""
+    import math
+
+    if not (math.isfinite(value) and value * 1024 * 1024 >= 1):
+        raise UsageError(f"{flag} must be a positive number of MB, got {value}")
+    return int(value * 1024 * 1024)
+
+
 def cmd_serve(args) -> int:
+    import math
+
     from vsearch.serve import run
 
-    if args.max_upload_mb <= 0:
-        raise UsageError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
-    run(args.model, args.index, host=args.host, port=args.port,
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), num_threads=args.threads)
+    max_upload_bytes = _megabytes_arg("--max-upload-mb", args.max_upload_mb)
+    decode_budget_bytes = _megabytes_arg("--decode-budget-mb", args.decode_budget_mb)
+    if not 1 <= args.port <= 65535:
+        raise UsageError(f"--port must be 1..65535, got {args.port}")
+    if not (math.isfinite(args.reload_interval) and args.reload_interval >= 0):
+        raise UsageError(f"--reload-interval must be a number of seconds >= 0, got {args.reload_interval}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    run(args.model, args.index, host=args.host, port=args.port, max_upload_bytes=max_upload_bytes,
+        num_threads=args.threads, decode_budget_bytes=decode_budget_bytes, reload_interval_s=args.reload_interval)
     return 0
 
 
@@ -331,12 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="the upload web page and JSON API",
                        description="Serve the upload page at / and the JSON API (/api/search, /api/items/ID, "
-                                   "/healthz; docs at /docs) with uvicorn.")
+                                   "/healthz, /metrics; docs at /docs) with uvicorn.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
     p.add_argument("--index", default=DEFAULT_INDEX, help=f"catalog index (default {DEFAULT_INDEX})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, default=10, help="largest accepted photo in MB (default 10)")
+    p.add_argument("--decode-budget-mb", type=float, default=1024,
+                   help="memory for decoding photos at once, across requests, in MB; a photo that does not "
+                        "fit waits briefly, then gets 503 (default 1024)")
+    p.add_argument("--reload-interval", type=float, default=2.0, metavar="SECONDS",
+                   help="how often to check the index file and load it again when it was replaced "
+                        "(default 2; 0: never)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
     p.set_defaults(func=cmd_serve)
     return parser

@@ -1,0 +1,109 @@
+"""A real Searcher over a small catalog with a fake model, for fast server tests.
+
+The fake model (:class:`ColourEmbedder`) is a few numpy statistics of the model input, so
+everything around it is the real thing: the image road, the catalog index, the searcher
+and the web app. Run as a script, it serves such a catalog on loopback (the memory test
+measures that process)::
+
+    python tests/fake_server.py --root DIR --port-file FILE [--budget-mb N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+FINGERPRINT = "colour-embedder-1"
+COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 200)}
+
+
+class ColourEmbedder:
+    """(N, 16, 16, 3) pixels -> unit vectors of channel means, spreads and gradients."""
+
+    image_size = 16
+    dim = 8
+    fingerprint = FINGERPRINT
+    name = "colour statistics"
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        x = np.asarray(pixels, np.float32) / 255.0
+        if x.ndim != 4 or x.shape[1:] != (16, 16, 3) or not len(x):
+            raise ValueError(f"expected (N, 16, 16, 3) pixels, got {x.shape}")
+        means, spreads = x.mean(axis=(1, 2)), x.std(axis=(1, 2))
+        vertical = x[:, :8].mean(axis=(1, 2, 3)) - x[:, 8:].mean(axis=(1, 2, 3))
+        horizontal = x[:, :, :8].mean(axis=(1, 2, 3)) - x[:, :, 8:].mean(axis=(1, 2, 3))
+        out = np.concatenate([means, spreads, vertical[:, None], horizontal[:, None]], axis=1) + 1e-3
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def photo(colour, seed: int, size=(40, 48)) -> np.ndarray:
+    """A product-like photo: a coloured block with a seeded position on a light background."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size[1], size[0], 3), 235, np.uint8)
+    top, left = rng.integers(2, 12, 2)
+    img[top:top + 24, left:left + 20] = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
+    return img
+
+
+def write_catalog(root: Path, per_category: int = 4) -> Path:
+    """Writes root/photos/<colour>/<i>.png and root/catalog.vsi (exact index); returns the index path."""
+    from PIL import Image
+
+    from vsearch.images import model_input
+    from vsearch.index import Catalog
+
+    embedder = ColourEmbedder()
+    catalog = Catalog(embedder.dim, FINGERPRINT, kind="exact", model={"source": "fake"})
+    items, inputs = [], []
+    for c, (name, colour) in enumerate(sorted(COLOURS.items())):
+        folder = root / "photos" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_category):
+            path = folder / f"{i}.png"
+            Image.fromarray(photo(colour, 10 * c + i)).save(path)
+            items.append({"id": f"{name}/{i}", "path": str(path.resolve()), "category": name,
+                          "title": f"{name} item {i}"})
+            inputs.append(model_input(path, embedder.image_size))
+    catalog.add(items, embedder.embed_pixels(np.stack(inputs)))
+    return catalog.save(root / "catalog.vsi")
+
+
+def load_searcher(index: Path, **kwargs):
+    from vsearch.index import Catalog
+    from vsearch.search import Searcher
+
+    return Searcher(ColourEmbedder(), Catalog.load(index, expected_fingerprint=FINGERPRINT), **kwargs)
+
+
+def main(argv=None) -> int:
+    import uvicorn
+
+    from vsearch.serve import DEFAULT_DECODE_BUDGET_BYTES, LiveSearcher, create_app, listen, warm_up
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--port-file", required=True, type=Path)
+    parser.add_argument("--budget-mb", type=float, default=DEFAULT_DECODE_BUDGET_BYTES / 2 ** 20)
+    parser.add_argument("--wait-s", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    index = write_catalog(args.root)
+    searcher = load_searcher(index)
+    warm_up(searcher)
+    sock = listen("127.0.0.1", 0)
+    sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
+    app = create_app(LiveSearcher(searcher, index), decode_budget_bytes=int(args.budget_mb * 2 ** 20),
+                     decode_wait_s=args.wait_s)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    tmp = args.port_file.with_suffix(".tmp")
+    tmp.write_text(str(sock.getsockname()[1]))
+    os.replace(tmp, args.port_file)
+    server.run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.exit(main())
