@@ -129,9 +129,90 @@ def smoke_run(tmp_path_factory):
 def smoke_index(smoke_run, tmp_path_factory):
     """The smoke model's catalog index over the synthetic train split: (model dir, index path)."""
     from vsearch.embedder import SavedModelEmbedder
-    from vsearch.search import build_catalog
+    from vsearch.catalog import build_catalog
 
     model = Path(smoke_run["siamese"].out_dir)
     catalog, _ = build_catalog(SavedModelEmbedder(model), smoke_run["data"] / "train", kind="exact")
     path = catalog.save(tmp_path_factory.mktemp("index") / "catalog.vsi")
     return model, path
+
+
+# ---------------------------------------------------------------- a transparent model and a tiny shop
+
+class ColourEmbedder:
+    """A transparent stand-in model: the unit vector of an image's mean colour (plus a bias)."""
+
+    image_size, dim, fingerprint = 8, 4, "colour-v1"
+
+    def embed_pixels(self, pixels):
+        mean = np.asarray(pixels, np.float32).mean(axis=(1, 2)) / 255.0
+        out = np.concatenate([mean, np.full((len(mean), 1), 0.1, np.float32)], axis=1)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def solid(path, colour, size=(40, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+@pytest.fixture
+def shop(tmp_path):
+    root = tmp_path / "shop"
+    solid(root / "hats" / "red.jpg", (250, 10, 10))
+    solid(root / "hats" / "pink.png", (250, 120, 140))
+    solid(root / "shoes" / "green.png", (10, 240, 10))
+    solid(root / "shoes" / "olive.png", (120, 160, 20))
+    (root / "shoes" / ".hidden.png").write_bytes(b"ignored")
+    return root
+
+
+def solid_shop(tmp_path):
+    root = tmp_path / "base"
+    solid(root / "bags" / "blue.png", (10, 10, 240))
+    return root
+
+
+# ---------------------------------------------------------------- a tiny exported model, converted three ways
+
+TINY_SIZE = 32
+
+
+def tiny_tower(seed: int = 0):
+    """MobileNetV2's kinds of layers (conv, BatchNorm, ReLU6, depthwise, pooling, dense, L2), shallow.
+
+    The last conv has 2,048 weights, above the converter's 1,024-element floor, so that
+    ``dynamic`` really quantizes something.
+    """
+    import keras
+
+    from vsearch import models
+
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    base = keras.Sequential([
+        keras.Input((TINY_SIZE, TINY_SIZE, 3)), layers.Conv2D(16, 3, strides=2, padding="same"), layers.BatchNormalization(),
+        layers.ReLU(6.0), layers.DepthwiseConv2D(3, padding="same"), layers.ReLU(6.0), layers.Conv2D(128, 1),
+    ], name=models.BACKBONE_NAME)
+    return models.build_tower(base, 8, TINY_SIZE)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """The tiny model exported as a SavedModel and converted three ways."""
+    from vsearch import tflite
+    from vsearch.embedder import SavedModelEmbedder
+    from vsearch.export import export_embedding
+
+    root = tmp_path_factory.mktemp("tflite")
+    data = make_image_folder(root / "data")
+    model_dir = export_embedding(tiny_tower(), root / "embedding", {"class_names": ["blue", "green", "red"]})
+    files = {q: tflite.export_tflite(model_dir, None, q, data / "train", 12, log=lambda *_: None)
+             for q in tflite.QUANTIZATIONS}
+    photos = sorted(p for p in (data / "validation").rglob("*") if p.is_file())
+    return {"root": root, "data": data, "model": model_dir, "files": files, "saved": SavedModelEmbedder(model_dir),
+            "blobs": [p.read_bytes() for p in photos], "photos": photos}
+
+
+def cosine(a, b):
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))

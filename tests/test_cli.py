@@ -66,3 +66,42 @@ def test_eval_bad_query_exits_2_naming_the_file(tmp_path, capsys, name, reason):
 def test_eval_missing_query_file(tmp_path, capsys):
     assert cli.main(["eval", "--query", str(tmp_path / "nope.jpg")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_concurrent_index_adds_lose_nothing(tiny, tmp_path):
+    """Four `vsearch index add` at once on one index: every photo reported added is there."""
+    import os
+
+    from vsearch.index import Catalog
+
+    model = str(tiny["files"]["none"])  # LiteRT: no TensorFlow import, so the processes start fast
+    index = tmp_path / "catalog.vsi"
+    assert cli.main(["index", "build", str(tiny["data"] / "train"), "--model", model, "--out", str(index)]) == 0
+    before = set(Catalog.load(index).items)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "vsearch", "index", "add", str(index), str(photo),
+                               "--model", model, "--category", f"new{n}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for n, photo in enumerate(tiny["photos"][:4])]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [o[1][-500:] for o in outs]
+    assert all("added 1 item(s)" in o[0] for o in outs)
+    after = set(Catalog.load(index).items)
+    assert after - before == {f"new{n}/{photo.stem}" for n, photo in enumerate(tiny["photos"][:4])}
+
+
+def test_a_writer_that_cannot_get_the_lock_fails_clearly(tiny, tmp_path, capsys):
+    from vsearch.artifacts import file_lock
+    from vsearch.index import Catalog
+
+    index = tmp_path / "catalog.vsi"
+    assert cli.main(["index", "build", str(tiny["data"] / "train"), "--model", str(tiny["files"]["none"]),
+                     "--out", str(index)]) == 0
+    some_id = next(iter(Catalog.load(index).items))
+    capsys.readouterr()
+    with file_lock(index):
+        assert cli.main(["index", "remove", str(index), some_id, "--wait", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "another writer still holds" in err and err.count("error:") == 1
+    assert some_id in Catalog.load(index)  # nothing changed
+    assert cli.main(["index", "remove", str(index), some_id]) == 0 and some_id not in Catalog.load(index)

@@ -70,9 +70,9 @@ def test_bad_bytes_are_clear_errors_not_crashes(smoke_run):
     embedder = SavedModelEmbedder(smoke_run["root"] / "embedding")
     for bad in (b"", b"definitely not an image"):
         with pytest.raises(ImageError, match="could not decode"):
-            embedder.embed_bytes([bad])
+            embedder.serving_default([bad])
     gray = __import__("PIL.Image", fromlist=["Image"]).new("LA", (40, 30), (90, 128))
-    out = embedder.embed_bytes([png_bytes(gray)])  # still alive, and handles gray + alpha
+    out = embedder.serving_default([png_bytes(gray)])  # still alive, and handles gray + alpha
     assert out.shape == (1, 8 + 4 + 3)
 
 
@@ -93,3 +93,14 @@ def test_damaged_metadata_is_a_data_error(tmp_path, text, message):
     (tmp_path / METADATA_FILE).write_text(text)
     with pytest.raises(DataError, match=f"vsearch.json: {message}"):
         read_metadata(tmp_path)
+
+
+def test_serving_default_refuses_a_pixel_bomb_from_its_header(tiny):
+    """A 20000 x 20000 PNG of a few hundred bytes: refused before decoding (it took 7 GB and 25 s)."""
+    from test_images import forged_png
+
+    embedder = tiny["saved"]
+    assert read_metadata(tiny["model"])["max_pixels"] == 40_000_000
+    with pytest.raises(ImageError, match="over the 40000000-pixel limit"):
+        embedder.serving_default([forged_png(20000, 20000)])
+    assert embedder.serving_default([tiny["blobs"][0]]).shape == (1, 8)  # still serving

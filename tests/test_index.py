@@ -105,7 +105,7 @@ def test_load_errors(tmp_path):
     raw = np.load(tmp_path / "v1.vsi")
     np.savez(tmp_path / "old.npz", vectors=raw["vectors"],
              meta=np.frombuffer(b'{"format": "vsearch-catalog/1"}', np.uint8))
-    with pytest.raises(DataError, match="unknown index format"):
+    with pytest.raises(DataError, match="not a vsearch catalog index .format 'vsearch-catalog/1'"):
         Catalog.load(tmp_path / "old.npz")
 
 
@@ -120,6 +120,51 @@ def test_damaged_index_files_are_data_errors(tmp_path):
         np.save(fh, np.zeros(3))
     with pytest.raises(DataError, match="array.vsi: not a vsearch catalog"):
         Catalog.load(tmp_path / "array.vsi")
+
+
+def _with_header(path, tmp_path, change, arrays=None):
+    """A copy of the index at ``path`` whose JSON header (or arrays) are changed."""
+    import json
+
+    with np.load(path) as data:
+        stored = {name: data[name] for name in data.files}
+    meta = json.loads(stored.pop("meta").tobytes())
+    meta = change(meta)
+    out = tmp_path / "edited.vsi"
+    with open(out, "wb") as fh:
+        np.savez(fh, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **(stored if arrays is None else arrays))
+    return out
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: [m], "format 'list'"),
+    (lambda m: {k: v for k, v in m.items() if k != "items"}, "no 'items' in the header"),
+    (lambda m: {**m, "dim": "2"}, "'dim' is a str, expected a int"),
+    (lambda m: {**m, "dim": True}, "'dim' is a bool"),
+    (lambda m: {**m, "index": [1]}, "'index' is a list, expected a dict"),
+    (lambda m: {**m, "items": [{"id": 3}, {"id": "y"}]}, "item 0 is not an object with a text id"),
+    (lambda m: {**m, "items": ["x", "y"]}, "item 0 is not an object"),
+    (lambda m: {**m, "model": "x"}, "'model' is a str"),
+    (lambda m: {**m, "index": {"kind": "ivf"}}, "damaged catalog index"),
+    (lambda m: {**m, "index": {"bogus": 1}}, "damaged catalog index"),
+    (lambda m: {**m, "dim": 3}, "the header says 3"),
+])
+def test_a_damaged_header_is_not_an_index(tmp_path, change, message):
+    catalog = Catalog(2, "abc")
+    catalog.add([{"id": "x"}, {"id": "y"}], unit([[1, 0], [0, 1]]))
+    edited = _with_header(catalog.save(tmp_path / "whole.vsi"), tmp_path, change)
+    with pytest.raises(DataError, match=f"edited.vsi: .*{message}"):
+        Catalog.load(edited)
+
+
+def test_damaged_arrays_are_not_an_index(tmp_path):
+    catalog = Catalog(2, "abc")
+    catalog.add([{"id": "x"}, {"id": "y"}], unit([[1, 0], [0, 1]]))
+    path = catalog.save(tmp_path / "whole.vsi")
+    for arrays in ({}, {"vectors": np.zeros(4, np.float32)}, {"vectors": np.array([["a", "b"], ["c", "d"]])},
+                   {"vectors": np.zeros((3, 2), np.float32)}):
+        with pytest.raises(DataError, match="edited.vsi: damaged catalog index"):
+            Catalog.load(_with_header(path, tmp_path, lambda m: m, arrays))
 
 
 def test_save_onto_a_folder_is_a_data_error(tmp_path):

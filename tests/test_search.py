@@ -1,3 +1,4 @@
+"""Answering a photo (vsearch.search) and the search / index CLI."""
 import json
 import shutil
 
@@ -5,81 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import awkward_files
+from conftest import ColourEmbedder, solid
 from vsearch import cli
+from vsearch.catalog import build_catalog
 from vsearch.errors import DataError, ImageError
 from vsearch.index import Catalog
-from vsearch.search import (Searcher, add_images, build_catalog, catalog_files, predict_category,
-                            read_items_csv)
-
-
-class ColourEmbedder:
-    """A transparent stand-in model: the unit vector of an image's mean colour (plus a bias)."""
-
-    image_size, dim, fingerprint = 8, 4, "colour-v1"
-
-    def embed_pixels(self, pixels):
-        mean = np.asarray(pixels, np.float32).mean(axis=(1, 2)) / 255.0
-        out = np.concatenate([mean, np.full((len(mean), 1), 0.1, np.float32)], axis=1)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
-def solid(path, colour, size=(40, 30)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-    return path
-
-
-@pytest.fixture
-def shop(tmp_path):
-    root = tmp_path / "shop"
-    solid(root / "hats" / "red.jpg", (250, 10, 10))
-    solid(root / "hats" / "pink.png", (250, 120, 140))
-    solid(root / "shoes" / "green.png", (10, 240, 10))
-    solid(root / "shoes" / "olive.png", (120, 160, 20))
-    (root / "shoes" / ".hidden.png").write_bytes(b"ignored")
-    return root
-
-
-def test_catalog_files_ids_and_categories(shop, tmp_path):
-    files = catalog_files(shop)
-    assert [(f[1], f[2]) for f in files] == [("hats", "hats/pink"), ("hats", "hats/red"),
-                                             ("shoes", "shoes/green"), ("shoes", "shoes/olive")]
-    with pytest.raises(DataError, match="no such catalog folder"):
-        catalog_files(tmp_path / "missing")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no files found"):
-        catalog_files(tmp_path / "empty")
-
-
-def test_read_items_csv(tmp_path):
-    good = tmp_path / "items.csv"
-    good.write_text("id,path,title,price\nH1,hats/red.jpg,Red cap,9.99\n")
-    assert read_items_csv(good) == {"hats/red.jpg": {"id": "H1", "title": "Red cap", "price": "9.99"}}
-    bad = tmp_path / "bad.csv"
-    bad.write_text("sku,title\n1,x\n")
-    with pytest.raises(DataError, match="needs an 'id' column"):
-        read_items_csv(bad)
-    bad.write_text("id,image\n1,a.jpg\n1,b.jpg\n")
-    with pytest.raises(DataError, match=r"bad.csv:3: duplicate id '1'"):
-        read_items_csv(bad)
-    with pytest.raises(DataError, match="no such items file"):
-        read_items_csv(tmp_path / "nope.csv")
-
-
-def test_build_skips_bad_files_and_joins_csv(shop, tmp_path):
-    files = awkward_files(shop / "misc")
-    items = tmp_path / "items.csv"
-    items.write_text("id,path,title\nH1,hats/red.jpg,Red cap\nGONE,hats/missing.jpg,Lost\n")
-    catalog, report = build_catalog(ColourEmbedder(), shop, items, kind="exact", batch_size=3, workers=2)
-    assert set(report.skipped) == {str(files[k]) for k in ("corrupt", "truncated", "empty", "text")}
-    assert "file is empty" in report.skipped[str(files["empty"])]
-    assert report.unmatched_rows == ["hats/missing.jpg"]
-    assert report.added == len(catalog) == 4 + 5  # 4 shop photos + gray, rgba, 16-bit, cmyk, exif
-    assert catalog.items["H1"]["title"] == "Red cap" and catalog.items["H1"]["category"] == "hats"
-    assert "hats/red" not in catalog and "misc/exif_rotated" in catalog
-    text = report.format()
-    assert "skipped 4 unreadable file(s)" in text and "hats/missing.jpg" in text
+from vsearch.search import Searcher, predict_category
 
 
 def test_searcher_finds_the_item_and_filters(shop):
@@ -136,37 +68,6 @@ def test_searcher_refuses_another_model(shop):
         Searcher(other, catalog)
 
 
-def test_add_images_and_clash(shop, tmp_path):
-    catalog, _ = build_catalog(ColourEmbedder(), solid_shop(tmp_path), kind="exact")
-    report = add_images(catalog, ColourEmbedder(), [shop / "hats" / "red.jpg", shop / "shoes"])
-    assert report.added == 3 and {"hats/red", "shoes/green", "shoes/olive"} <= set(catalog.items)
-    with pytest.raises(DataError, match="already in the catalog"):
-        add_images(catalog, ColourEmbedder(), [shop / "hats" / "red.jpg"])
-    report = add_images(catalog, ColourEmbedder(), [shop / "hats" / "pink.png"], category="sale")
-    assert catalog.items["sale/pink"]["category"] == "sale"
-    with pytest.raises(DataError, match="no such file or folder"):
-        add_images(catalog, ColourEmbedder(), [tmp_path / "nothing.jpg"])
-
-
-def test_one_id_for_two_photos_is_refused_before_embedding(shop, tmp_path):
-    solid(shop / "hats" / "red.png", (240, 20, 20))  # hats/red.jpg and hats/red.png: both id hats/red
-    calls = []
-
-    class Counting(ColourEmbedder):
-        def embed_pixels(self, pixels):
-            calls.append(len(pixels))
-            return super().embed_pixels(pixels)
-
-    with pytest.raises(DataError, match=r"1 id\(s\) name more than one photo, e.g. 'hats/red' \(.*red.jpg and .*red.png\)"):
-        build_catalog(Counting(), shop, kind="exact")
-    catalog, _ = build_catalog(ColourEmbedder(), solid_shop(tmp_path), kind="exact")
-    with pytest.raises(DataError, match="name more than one photo"):
-        add_images(catalog, Counting(), [shop / "hats" / "pink.png", shop / "hats" / "pink.png"])
-    assert calls == [] and len(catalog) == 1  # nothing embedded, nothing added
-    with pytest.raises(ValueError, match="batch_size and workers must be >= 1, got 0 and 4"):
-        build_catalog(ColourEmbedder(), solid_shop(tmp_path), batch_size=0)
-
-
 def test_a_small_category_of_an_hnsw_catalog_is_searched_exactly():
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(3000, 4)).astype(np.float32)
@@ -183,12 +84,6 @@ def test_a_small_category_of_an_hnsw_catalog_is_searched_exactly():
     common = searcher.search_vector(query, 5, "common").matches  # a large one: the graph, widened
     assert len(common) == 5 and {m["category"] for m in common} == {"common"}
     assert common[0]["id"] == "42"
-
-
-def solid_shop(tmp_path):
-    root = tmp_path / "base"
-    solid(root / "bags" / "blue.png", (10, 10, 240))
-    return root
 
 
 def test_predict_category():

@@ -114,9 +114,14 @@ def _load_embedder(args):
     return load_embedder(args.model, num_threads=getattr(args, "threads", None))
 
 
+def _log_err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def cmd_index(args) -> int:
+    from vsearch.artifacts import file_lock
+    from vsearch.catalog import add_images, build_catalog
     from vsearch.index import Catalog
-    from vsearch.search import add_images, build_catalog
 
     embed_kwargs = {"batch_size": getattr(args, "batch_size", 32), "workers": getattr(args, "workers", 4),
                     "progress": True}
@@ -126,23 +131,27 @@ def cmd_index(args) -> int:
     if args.action == "build":
         _check_output_file(args.out, "--out")  # before the embedding work, not after it
         catalog, report = build_catalog(_load_embedder(args), args.catalog, args.items, args.kind, **embed_kwargs)
-        catalog.save(args.out)
+        with file_lock(args.out, args.wait, _log_err):
+            catalog.save(args.out)
         print(report.format())
         print(f"wrote {args.out}: {len(catalog)} items, {catalog.dim}-d, {catalog.index.kind} index")
     elif args.action == "add":
         embedder = _load_embedder(args)
-        catalog = Catalog.load(args.index, expected_fingerprint=embedder.fingerprint)
-        report = add_images(catalog, embedder, args.paths, args.category, args.items, **embed_kwargs)
-        catalog.save(args.index)
+        # Held from reading to writing: a concurrent add or remove waits, and loses nothing.
+        with file_lock(args.index, args.wait, _log_err):
+            catalog = Catalog.load(args.index, expected_fingerprint=embedder.fingerprint)
+            report = add_images(catalog, embedder, args.paths, args.category, args.items, **embed_kwargs)
+            catalog.save(args.index)
         print(report.format())
         print(f"wrote {args.index}: {len(catalog)} items")
     elif args.action == "remove":
-        catalog = Catalog.load(args.index)
-        unknown = [i for i in args.ids if i not in catalog]
-        if unknown:
-            raise UsageError(f"{len(unknown)} id(s) not in {args.index}: {unknown[:5]}; nothing removed")
-        removed = catalog.remove(args.ids)
-        catalog.save(args.index)
+        with file_lock(args.index, args.wait, _log_err):
+            catalog = Catalog.load(args.index)
+            unknown = [i for i in args.ids if i not in catalog]
+            if unknown:
+                raise UsageError(f"{len(unknown)} id(s) not in {args.index}: {unknown[:5]}; nothing removed")
+            removed = catalog.remove(args.ids)
+            catalog.save(args.index)
         print(f"removed {removed} item(s); wrote {args.index}: {len(catalog)} items")
     else:
         catalog = Catalog.load(args.index)
@@ -315,20 +324,27 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--workers", type=int, default=4, help="decoding threads")
         q.add_argument("--items", help="CSV of item metadata: id, path (relative to the folder), title, url, ...")
 
+    def wait_arg(q):
+        q.add_argument("--wait", type=float, default=600.0,
+                       help="seconds to wait for another writer of the index to finish (default 600)")
+
     q = actions.add_parser("build", help="embed a folder of catalog photos (<category>/<photo>)")
     q.add_argument("catalog", help="catalog folder, one sub-folder per category")
     q.add_argument("--out", default=DEFAULT_INDEX, help=f"index file (default {DEFAULT_INDEX})")
     q.add_argument("--kind", default="auto", choices=("auto", "exact", "hnsw"),
                    help="exact search, HNSW, or auto (HNSW above 100k items)")
     model_args(q)
+    wait_arg(q)
     q = actions.add_parser("add", help="add photos (files or folders) without re-embedding the rest")
     q.add_argument("index")
     q.add_argument("paths", nargs="+", help="image files or <category>/<photo> folders")
     q.add_argument("--category", help="category of the added photos (default: their folder's name)")
     model_args(q)
+    wait_arg(q)
     q = actions.add_parser("remove", help="remove items by id")
     q.add_argument("index")
     q.add_argument("ids", nargs="+")
+    wait_arg(q)
     q = actions.add_parser("info", help="size, categories and model of an index")
     q.add_argument("index")
     p.set_defaults(func=cmd_index)

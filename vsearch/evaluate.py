@@ -1,9 +1,12 @@
-"""Stage 3: retrieval metrics and pictures from the exported SavedModel.
+"""Stage 3: retrieval metrics and pictures of the road the server serves.
 
-The catalog is the train split, the queries the validation split. Three embedders are
-measured on the same images in the same run: the frozen ImageNet MobileNetV2 (global
-average pooling), the fine-tuned classifier's pooled features, and the exported embedding
-model (through its ``serving_default`` signature, as a client would call it).
+The catalog is the train split, the queries the validation split. Every model is measured
+on the same photos, in the same run, through the same road the index and the server use
+(:func:`vsearch.embedder.embed_images`: Pillow decoding with EXIF orientation, the
+OpenCV resize): the frozen ImageNet MobileNetV2 (global average pooling), the fine-tuned
+classifier's pooled features, and the exported embedding model. Beside them, ``in_graph``
+states the parity of the SavedModel's own ``serving_default`` (decoding inside the graph,
+what TF Serving clients get) with the served road.
 
 ``model_dir`` may also be a ``.tflite`` file (``vsearch export --format tflite``): then the
 SavedModel it was converted from is measured in the same run too, and ``parity`` reports
@@ -16,21 +19,20 @@ original among catalog + validation images.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
-import os
-import platform
-import subprocess
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from vsearch import config as cfg_mod
 from vsearch import metrics
+from vsearch.artifacts import provenance, write_atomic, write_json
 from vsearch.config import EvalConfig
 from vsearch.data import checks_path, load_split
-from vsearch.images import decode_image, read_bytes
+from vsearch.embedder import embed_images, embed_one
+from vsearch.errors import DataError
+from vsearch.images import load_image
 
 
 def class_retrieval(queries: np.ndarray, query_labels: np.ndarray, catalog: np.ndarray,
@@ -48,8 +50,7 @@ def customer_queries(paths: list[str], seed: int, limit: int = 0) -> tuple[list[
 
     chosen = np.arange(len(paths)) if not limit else np.random.default_rng(seed).choice(
         len(paths), size=min(limit, len(paths)), replace=False)
-    photos = [customer_photo(decode_image(read_bytes(paths[i]), paths[i]), np.random.default_rng([seed, int(i)]))
-              for i in chosen]
+    photos = [customer_photo(load_image(paths[i]), np.random.default_rng([seed, int(i)])) for i in chosen]
     return photos, np.asarray(chosen)
 
 
@@ -61,24 +62,17 @@ def customer_matching(photo_emb: np.ndarray, targets: np.ndarray, catalog: np.nd
     return {**metrics.instance_recall(ranks, (1, 10)), "num_queries": int(len(targets))}
 
 
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+def embed_all(embedder, images: Sequence, batch_size: int, label: str | bool = False) -> np.ndarray:
+    """Vectors of every image through the served road; a validated split has no bad photo.
 
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    Raises:
+        DataError: a photo could not be used (its rows would no longer line up with the labels).
+    """
+    done = embed_images(embedder, images, batch_size=batch_size, progress=label)
+    if done.bad:
+        source, why = next(iter(done.bad.items()))
+        raise DataError(f"{len(done.bad)} photo(s) could not be embedded, e.g. {source}: {why}")
+    return done.vectors
 
 
 def parity(vectors: np.ndarray, reference: np.ndarray) -> dict:
@@ -91,8 +85,7 @@ def parity(vectors: np.ndarray, reference: np.ndarray) -> dict:
 def _reference(config: EvalConfig, exported, log: Callable[[str], None]):
     """The SavedModel a TFLite model is compared with, or None (not TFLite, or not found)."""
     from vsearch.embedder import SavedModelEmbedder
-    from vsearch.errors import DataError
-    from vsearch.tflite import FORMAT, source_model_dir
+    from vsearch.litert import FORMAT, source_model_dir
 
     if exported.metadata.get("format") != FORMAT:
         return None
@@ -143,7 +136,7 @@ def _embedders(config: EvalConfig, log: Callable[[str], None]):
 
 def run_eval(config: EvalConfig, query: str | None = None, log: Callable[[str], None] = print) -> dict:
     """Runs stage 3 and writes ``reports/``; returns the metrics dict."""
-    from vsearch.embedder import KerasEmbedder, embed_arrays, embed_files
+    from vsearch.embedder import KerasEmbedder, SavedModelEmbedder
 
     reports = Path(config.reports_dir)
     reports.mkdir(parents=True, exist_ok=True)
@@ -160,9 +153,9 @@ def run_eval(config: EvalConfig, query: str | None = None, log: Callable[[str], 
     results: dict[str, dict] = {}
     vectors = {}
     for name, embedder in embedders:
-        cat = embed_files(embedder, catalog.paths, config.data.batch_size, progress=f"{name}: catalog")
-        qry = embed_files(embedder, val.paths, config.data.batch_size, progress=f"{name}: queries")
-        cust = embed_arrays(embedder, photos, config.data.batch_size)
+        cat = embed_all(embedder, catalog.paths, config.data.batch_size, f"{name}: catalog")
+        qry = embed_all(embedder, val.paths, config.data.batch_size, f"{name}: queries")
+        cust = embed_all(embedder, photos, config.data.batch_size)
         results[name] = {**class_retrieval(qry, val.labels, cat, catalog.labels, names),
                          "customer_photo": customer_matching(cust, targets, cat, qry)}
         vectors[name] = (cat, qry, cust)
@@ -171,8 +164,7 @@ def run_eval(config: EvalConfig, query: str | None = None, log: Callable[[str], 
             f"customer R@1 {c['recall@1']:.4f} R@10 {c['recall@10']:.4f}")
     summary = {"models": results, "class_names": names, "num_catalog": len(catalog.paths),
                "num_queries": len(val.paths), "config": cfg_mod.to_dict(config),
-               "commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine_description(), "model": embedders[-1][0], "model_metadata": {
+               **provenance(), "model": embedders[-1][0], "model_metadata": {
                    k: exported.metadata.get(k) for k in ("fingerprint", "embedding_dim", "image_size", "backbone",
                                                          "format", "quantization")}}
     if reference is not None:
@@ -181,18 +173,39 @@ def run_eval(config: EvalConfig, query: str | None = None, log: Callable[[str], 
         p = summary["parity"]
         log(f"  parity with {p['reference']}: cosine mean {p['bytes']['cosine_mean']:.4f} "
             f"min {p['bytes']['cosine_min']:.4f} (validation photos, bytes)")
+    if isinstance(exported, SavedModelEmbedder):
+        summary["in_graph"] = in_graph_parity(exported, val, vectors[embedders[-1][0]], catalog, names,
+                                              config.data.batch_size)
+        g = summary["in_graph"]
+        log(f"  serving_default (in-graph decoding) against the served road: cosine mean {g['cosine_mean']:.4f} "
+            f"min {g['cosine_min']:.4f}; its P@1 {g['precision@1']:.4f} MAP@R {g['map@r']:.4f}")
     if classifier is not None:
-        probs = embed_files(KerasEmbedder(classifier, normalize=False), val.paths, config.data.batch_size)
+        probs = embed_all(KerasEmbedder(classifier, normalize=False), val.paths, config.data.batch_size)
         pred = probs.argmax(axis=1)
         summary["classifier"] = metrics.classification_report(val.labels, pred, names)
         log(f"  classifier accuracy {summary['classifier']['accuracy']:.4f}")
 
     cat, qry, cust = vectors[summary["model"]]
     _pictures(config, reports, catalog, val, names, exported, cat, qry, photos, targets, cust, query)
-    (reports / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (reports / "eval.md").write_text(format_markdown(summary))
+    write_json(reports / "metrics.json", summary)
+    write_atomic(reports / "eval.md", format_markdown(summary))
     log(f"wrote {reports}/metrics.json, eval.md and pictures")
     return summary
+
+
+def in_graph_parity(exported, val, road_vectors, catalog, names, batch_size: int) -> dict:
+    """The SavedModel's ``serving_default`` (decoding in the graph) against the served road.
+
+    Per validation photo, the cosine between the two vectors; and the class retrieval of
+    the in-graph query vectors against the road's catalog vectors.
+    """
+    from vsearch.images import read_bytes
+
+    cat, qry, _ = road_vectors
+    graph = np.concatenate([exported.serving_default([read_bytes(p) for p in val.paths[i:i + batch_size]])
+                            for i in range(0, len(val.paths), batch_size)])
+    cross = class_retrieval(graph, val.labels, cat, catalog.labels, names)["overall"]
+    return {**parity(graph, qry), "precision@1": cross["precision@1"], "map@r": cross["map@r"]}
 
 
 def _parity(reference_vectors, vectors, reference, val, catalog, names, targets) -> dict:
@@ -221,6 +234,12 @@ def format_markdown(summary: dict) -> str:
     if "classifier" in summary:
         text += [f"Classifier validation accuracy: {summary['classifier']['accuracy']:.3f} "
                  f"(balanced {summary['classifier']['balanced_accuracy']:.3f}).", ""]
+    if "in_graph" in summary:
+        g = summary["in_graph"]
+        text += [f"The SavedModel's own `serving_default` (decoding in the graph, no EXIF orientation: what "
+                 f"TF Serving clients get) against the served road, on the {g['num_images']} validation photos: "
+                 f"cosine mean {g['cosine_mean']:.4f}, min {g['cosine_min']:.4f}; its queries against the "
+                 f"served catalog: P@1 {g['precision@1']:.3f}, MAP@R {g['map@r']:.3f}.", ""]
     if "parity" in summary:
         p = summary["parity"]
         b, x, q = p["bytes"], p["pixels"], p["queries_in_reference_catalog"]
@@ -245,12 +264,11 @@ def format_markdown(summary: dict) -> str:
 
 
 def _thumb(path: str) -> np.ndarray:
-    return decode_image(read_bytes(path), path)
+    return load_image(path)
 
 
 def _pictures(config, reports, catalog, val, names, embedder, cat, qry, photos, targets, cust, query):
     from vsearch import plots
-    from vsearch.embedder import embed_photo
 
     rng = np.random.default_rng(config.seed)
     k = config.top_k
@@ -260,7 +278,8 @@ def _pictures(config, reports, catalog, val, names, embedder, cat, qry, photos, 
         return idx[0], scores[0]
 
     if query:
-        pixels, vec = embed_photo(embedder, query, config.data.max_image_pixels)
+        pixels = load_image(query, config.data.max_image_pixels)
+        vec = embed_one(embedder, pixels, query)
         q_label, caption = None, Path(query).name
     else:
         i = int(rng.integers(len(val.paths)))

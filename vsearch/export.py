@@ -12,13 +12,12 @@ The contract other code relies on (``tf.saved_model.load`` or TF Serving):
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from vsearch.artifacts import read_json_object, replace_dir, write_json
 
 METADATA_FILE = Path("assets.extra") / "vsearch.json"
 
@@ -31,13 +30,15 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def export_embedding(tower, out_dir: str | os.PathLike, metadata: dict) -> Path:
+def export_embedding(tower, out_dir: str | os.PathLike, metadata: dict, max_pixels: int | None = None) -> Path:
     """Writes the SavedModel with both signatures and its metadata; replaces ``out_dir`` atomically.
 
     Args:
         tower: Keras model, pixels (S, S, 3) 0..255 -> unit embedding (D,).
         out_dir: Destination folder.
         metadata: Extra JSON-able facts (class names, config, metrics...).
+        max_pixels: ``serving_default`` refuses larger images from their header, before
+            decoding them (default :data:`vsearch.images.DEFAULT_MAX_PIXELS`).
     Returns:
         The output folder.
     """
@@ -45,16 +46,17 @@ def export_embedding(tower, out_dir: str | os.PathLike, metadata: dict) -> Path:
     import tensorflow as tf
 
     from vsearch import __version__
-    from vsearch.images import tf_decode_and_resize
+    from vsearch.images import DEFAULT_MAX_PIXELS, tf_decode_and_resize
 
     size = int(tower.input.shape[1])
     dim = int(tower.output.shape[-1])
+    max_pixels = int(max_pixels or DEFAULT_MAX_PIXELS)
 
     def embed_pixels(images):
         return {"embedding": tower(images, training=False)}
 
     def serve_bytes(image_bytes):
-        images = tf.map_fn(lambda b: tf_decode_and_resize(b, size), image_bytes,
+        images = tf.map_fn(lambda b: tf_decode_and_resize(b, size, max_pixels), image_bytes,
                            fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
         return {"embedding": tower(images, training=False)}
 
@@ -65,30 +67,20 @@ def export_embedding(tower, out_dir: str | os.PathLike, metadata: dict) -> Path:
     archive.add_endpoint("embed_pixels", embed_pixels,
                          input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    info = {"format": "vsearch-embedding/1", "image_size": size, "embedding_dim": dim,
+            "input_range": [0, 255], "max_pixels": max_pixels, "signatures": {
+                "serving_default": {"inputs": {"image_bytes": "string[None]"},
+                                    "outputs": {"embedding": f"float32[None,{dim}]"}},
+                "embed_pixels": {"inputs": {"images": f"float32[None,{size},{size},3]"},
+                                 "outputs": {"embedding": f"float32[None,{dim}]"}}},
+            "fingerprint": weights_fingerprint(tower), "vsearch_version": __version__,
+            **metadata}
+
+    def fill(staging: Path) -> None:
         archive.write_out(str(staging), verbose=False)
-        info = {"format": "vsearch-embedding/1", "image_size": size, "embedding_dim": dim,
-                "input_range": [0, 255], "signatures": {
-                    "serving_default": {"inputs": {"image_bytes": "string[None]"},
-                                        "outputs": {"embedding": f"float32[None,{dim}]"}},
-                    "embed_pixels": {"inputs": {"images": f"float32[None,{size},{size},3]"},
-                                     "outputs": {"embedding": f"float32[None,{dim}]"}}},
-                "fingerprint": weights_fingerprint(tower), "vsearch_version": __version__,
-                **metadata}
-        (staging / METADATA_FILE).parent.mkdir(parents=True, exist_ok=True)
-        (staging / METADATA_FILE).write_text(json.dumps(info, indent=2, default=_jsonable) + "\n")
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
-            os.replace(out, trash / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_json(staging / METADATA_FILE, info, default=_jsonable)
+
+    out = replace_dir(out_dir, fill)
     return out
 
 
@@ -112,16 +104,3 @@ def read_metadata(model_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: missing; this SavedModel was not exported by vsearch")
     return read_json_object(path, "export the model again")
-
-
-def read_json_object(path: str | os.PathLike, remedy: str) -> dict:
-    """Metadata written beside an export; unreadable, not JSON or not an object: DataError."""
-    from vsearch.errors import DataError
-
-    try:
-        meta = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable ({exc}); {remedy}") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: not vsearch metadata (a JSON object); {remedy}")
-    return meta

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 
+from vsearch.artifacts import write_atomic
 from vsearch.errors import DataError
 
 FORMAT = "vsearch-catalog/2"
 KINDS = ("exact", "hnsw")
 # Above this many items `auto` builds an HNSW graph: exact search over N x 384 floats costs
-# about N * 1.5 KB of memory traffic per query, ~15 ms at 100k items on a 2-core machine.
+# about N * 1.5 KB of memory traffic per query (bench/search.py: ~15 ms at 100k items on 2 cores).
 AUTO_HNSW_ABOVE = 100_000
 
 
@@ -40,12 +40,6 @@ class VectorIndex(Protocol):
                among: Sequence[str] | None = None) -> tuple[np.ndarray, list[list[str]]]: ...
 
     def __len__(self) -> int: ...
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def choose_kind(kind: str, size: int) -> str:
@@ -224,6 +218,28 @@ def measure_recall(index: FaissIndex, queries: np.ndarray, k: int = 10) -> float
     return recall_at_k(index.search(queries, k)[1], exact.search(queries, k)[1], k)
 
 
+# The header's fields and their types; a file that does not have them is not an index.
+_HEADER_TYPES = {"fingerprint": str, "dim": int, "index": dict, "items": list}
+
+
+def _header_problem(meta: dict) -> str:
+    """What is wrong with a catalog file's header, or "" when nothing is."""
+    for key, kind in _HEADER_TYPES.items():
+        if key not in meta:
+            return f"no {key!r} in the header"
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            return f"{key!r} is a {type(meta[key]).__name__}, expected a {kind.__name__}"
+    if meta["dim"] < 1:
+        return f"dimension {meta['dim']}"
+    for n, item in enumerate(meta["items"]):
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            return f"item {n} is not an object with a text id"
+    for key in ("model", "stats"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"{key!r} is a {type(meta[key]).__name__}, expected an object"
+    return ""
+
+
 class Catalog:
     """An index with per-item metadata and the fingerprint of the model behind the vectors."""
 
@@ -291,17 +307,13 @@ class Catalog:
         meta = {"format": FORMAT, "fingerprint": self.fingerprint, "dim": self.index.dim,
                 "index": self.index.params(), "model": self.model, "stats": self.stats,
                 "items": [self.items[i] for i in ids]}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an index is an ordinary file
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        payload = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a handle: np.savez would add ".npz" to a path
+                np.savez(fh, meta=payload, **arrays)
+
+        write_atomic(path, write)
         return path
 
     @classmethod
@@ -314,21 +326,27 @@ class Catalog:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files if name != "meta"}
                 meta = json.loads(data["meta"].tobytes().decode())
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError) as exc:
-            # TypeError: a plain .npy file (np.load returns an array, not an archive)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError, AttributeError) as exc:
+            # TypeError / AttributeError: a plain .npy file (np.load returns an array, not an archive)
             raise DataError(f"{path}: not a vsearch catalog index ({exc})") from None
-        if meta.get("format") != FORMAT:
-            raise DataError(f"{path}: unknown index format {meta.get('format')!r}; rebuild it with "
-                            "`vsearch index build`")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise DataError(f"{path}: not a vsearch catalog index (format {found!r}, expected {FORMAT!r}); "
+                            "rebuild it with `vsearch index build`")
+        problem = _header_problem(meta)
+        if problem:
+            raise DataError(f"{path}: not a vsearch catalog index ({problem}); rebuild it with `vsearch index build`")
         if expected_fingerprint is not None and meta["fingerprint"] != expected_fingerprint:
             raise DataError(f"{path}: built with model {meta['fingerprint']}, but the query model is "
                             f"{expected_fingerprint}; rebuild the index with this model")
         items = meta["items"]
         try:
             index = FaissIndex.from_arrays([it["id"] for it in items], arrays, meta["index"])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise DataError(f"{path}: damaged catalog index ({exc})") from None
-        catalog = cls(int(meta["dim"]), meta["fingerprint"], index=index, model=meta.get("model"))
+        except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError) as exc:
+            raise DataError(f"{path}: damaged catalog index ({type(exc).__name__}: {exc})") from None
+        if index.dim != meta["dim"]:
+            raise DataError(f"{path}: damaged catalog index (vectors are {index.dim}-d, the header says {meta['dim']})")
+        catalog = cls(int(meta["dim"]), meta["fingerprint"], index=index, model=meta.get("model") or {})
         catalog.items = {str(it["id"]): it for it in items}
-        catalog.stats = meta.get("stats", {})
+        catalog.stats = meta.get("stats") or {}
         return catalog

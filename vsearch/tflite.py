@@ -1,21 +1,17 @@
-"""TFLite (LiteRT) export and runtime: the embedding model for fast CPU inference.
+"""TFLite (LiteRT) conversion: the embedding model for fast CPU inference.
 
 ``vsearch export --format tflite`` converts the SavedModel's ``embed_pixels`` signature
 (float32 [None, S, S, 3] RGB 0..255 -> unit embedding) into a flatbuffer, with a sidecar
 ``<file>.tflite.json``: the SavedModel's metadata plus the format, the quantization, the
-source model and the calibration set. Image decoding is not in the flatbuffer; it runs in
-Python (Pillow, a thread pool), the same way the SavedModel's graph decodes.
+source model and the calibration set. Running it is :mod:`vsearch.litert`'s job; photos
+reach it through the same road as every other model (:mod:`vsearch.images`).
 
 Quantizations, and whether their vectors may be mixed with the source SavedModel's in one
 index: only where every validation photo's cosine to the source stays >= 0.99 (measured
-by ``vsearch eval --model FILE.tflite``, which reports it; numbers in ``bench/RESULTS.md``):
+by ``vsearch eval --model FILE.tflite``, which reports it):
 
-* ``none``: float32. The model gives the same numbers; what remains is the JPEG decoder
-  (Pillow runs libjpeg's exact DCT, TensorFlow's graph the fast one): cosine >= 0.995,
-  mean 0.999. Keeps the source fingerprint: an index built with the SavedModel serves its
-  queries and the reverse. (Photos at least twice the input size are decoded at reduced
-  scale by default, see :func:`decode_pixels`: that moves their vectors, cosine down to
-  0.94 on 4x photos, without changing retrieval; ``draft=False`` keeps parity on them.)
+* ``none``: float32, the same numbers as the SavedModel on the same pixels. Keeps the
+  source fingerprint: an index built with the SavedModel serves its queries and the reverse.
 * ``dynamic``: int8 weights, float activations, no calibration. Cosine down to 0.97, so
   its own fingerprint (``<source>:dynamic``); on XNNPACK it also ran slower than float32.
 * ``int8``: integer weights and activations calibrated on catalog photos, except the first
@@ -28,22 +24,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import os
-import tempfile
-import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from vsearch.errors import ConfigError, DataError, ImageError
-from vsearch.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
-from vsearch.resize import resize_bilinear
+from vsearch.artifacts import write_atomic, write_json
+from vsearch.errors import ConfigError, DataError
+from vsearch.images import IMAGE_EXTENSIONS, model_input
+from vsearch.litert import FORMAT, sidecar_path
 
-FORMAT = "vsearch-embedding-tflite/1"
 QUANTIZATIONS = ("none", "dynamic", "int8")
 SIGNATURE = "embed_pixels"
 CALIBRATION_IMAGES = 300
@@ -64,12 +56,6 @@ def default_out_path(model_dir: str | os.PathLike, quantize: str) -> Path:
     model_dir = Path(model_dir)
     suffix = "" if quantize == "none" else f"-{quantize}"
     return model_dir.parent / f"{model_dir.name}{suffix}.tflite"
-
-
-def sidecar_path(tflite_path: str | os.PathLike) -> Path:
-    """The metadata JSON written next to a ``.tflite`` file."""
-    path = Path(tflite_path)
-    return path.with_name(path.name + ".json")
 
 
 def derived_fingerprint(source_fingerprint: str, quantize: str) -> str:
@@ -101,26 +87,10 @@ def calibration_paths(folder: str | os.PathLike, count: int = CALIBRATION_IMAGES
     return [found[i] for i in sorted(chosen)]
 
 
-def decode_pixels(data: bytes, size: int, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
-                  draft: bool = True, out: np.ndarray | None = None) -> np.ndarray:
-    """Encoded image -> (size, size, 3) float32 RGB 0..255, as the SavedModel's graph decodes it.
-
-    Like ``serving_default``: no EXIF rotation, grayscale expanded, alpha over white, then
-    :func:`resize_bilinear` (``out``: where to write). With ``draft``, a JPEG at least twice
-    the model input on both sides is decoded at 1/2, 1/4 or 1/8 scale by libjpeg (Pillow's
-    ``draft``), still at least ``size`` pixels per side: faster on large photos, at the cost
-    of exact parity with the SavedModel on them (numbers in ``bench/RESULTS.md``).
-
-    Raises:
-        ImageError: empty, not an image, corrupt or over ``max_pixels``.
-    """
-    pixels = decode_image(data, source, max_pixels, upright=False, draft_size=size if draft else None)
-    return resize_bilinear(pixels, size, out)
-
-
 def _pixel_batches(paths: Sequence[Path], size: int) -> Iterator[list[np.ndarray]]:
+    """Calibration photos through the road the served queries take, one at a time."""
     for path in paths:
-        yield [decode_pixels(Path(path).read_bytes(), size, str(path))[None]]
+        yield [model_input(path, size)[None]]
 
 
 def float_nodes(model: bytes) -> list[str]:
@@ -199,43 +169,9 @@ def tflite_metadata(source: dict, source_rel: str, quantize: str, model: bytes,
 
 def write_tflite(model: bytes, metadata: dict, out: str | os.PathLike) -> Path:
     """Writes the flatbuffer and its sidecar, each replaced atomically."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    for path, payload in ((out, model), (sidecar_path(out), (json.dumps(metadata, indent=2) + "\n").encode())):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from a server's user
-        os.replace(tmp, path)
-    return out
-
-
-def read_tflite_metadata(path: str | os.PathLike) -> dict:
-    """The sidecar of a ``.tflite`` file, checked against the file it describes.
-
-    Raises:
-        DataError: the file or its sidecar is missing, or the sidecar describes another file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such TFLite file; run `vsearch export --format tflite` first")
-    side = sidecar_path(path)
-    if not side.is_file():
-        raise DataError(f"{side}: missing; this .tflite was not exported by `vsearch export` (keep the two together)")
-    from vsearch.export import read_json_object
-
-    meta = read_json_object(side, "export again")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if meta.get("format") != FORMAT or meta.get("tflite", {}).get("sha256") != digest:
-        raise DataError(f"{side}: does not describe {path.name} (another conversion?); export again")
-    return meta
-
-
-def source_model_dir(tflite_path: str | os.PathLike, metadata: dict) -> Path:
-    """The SavedModel a ``.tflite`` was converted from (recorded relative to the file's folder)."""
-    return Path(tflite_path).parent / metadata["source"]["path"]
+    write_atomic(out, model)
+    write_json(sidecar_path(out), metadata)
+    return Path(out)
 
 
 def export_tflite(model_dir: str | os.PathLike, out: str | os.PathLike | None = None, quantize: str = "none",
@@ -270,124 +206,3 @@ def export_tflite(model_dir: str | os.PathLike, out: str | os.PathLike | None = 
     return out
 
 
-class LiteRTRunner:
-    """A LiteRT interpreter with one float32 input, called on whole batches: ``runner(x) -> y``.
-
-    The AUTO op resolver applies the XNNPACK delegate with ``num_threads`` (default: every
-    core). The input is resized only when the batch size changes; calls are serialised by
-    a lock, since one interpreter is not thread-safe. Give ``model_path`` or ``model_content``
-    (flatbuffer bytes); a damaged flatbuffer raises ``ValueError`` from LiteRT.
-    """
-
-    def __init__(self, model_path: str | os.PathLike | None = None, model_content: bytes | None = None,
-                 num_threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.num_threads = num_threads or os.cpu_count() or 1
-        self._interpreter = Interpreter(model_path=None if model_path is None else str(model_path),
-                                        model_content=model_content, num_threads=self.num_threads)
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
-        self._batch = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        with self._lock:
-            if self._batch != len(batch):
-                self._interpreter.resize_tensor_input(self._input, batch.shape, strict=True)
-                self._interpreter.allocate_tensors()
-                self._batch = len(batch)
-            self._interpreter.set_tensor(self._input, batch)
-            self._interpreter.invoke()
-            return self._interpreter.get_tensor(self._output)  # a copy already
-
-
-class TFLiteEmbedder:
-    """A converted ``.tflite`` embedding model on the LiteRT interpreter (XNNPACK, CPU).
-
-    Implements :class:`vsearch.embedder.Embedder`. Bytes are decoded by a thread pool
-    (Pillow and numpy release the GIL) straight into the batch array; each chunk of
-    ``max_batch`` images runs through the interpreter on ``num_threads`` XNNPACK threads as
-    soon as it is decoded, while the pool decodes the next (:class:`LiteRTRunner`).
-
-    Args:
-        path: The ``.tflite`` file (its sidecar JSON beside it).
-        num_threads: Decoding and inference threads (default: every core).
-        draft: Decode large JPEGs at reduced scale (see :func:`decode_pixels`).
-        max_batch: Images per interpreter call. 8 was the fastest in one run on the
-            shared 2-core machine (fp32 110 img/s against 91 at 1 and 81 at 32, int8 314
-            against 232 and 216): larger batches' activations fall out of the CPU caches.
-        max_pixels: Larger images are refused.
-    """
-
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = None, draft: bool = True,
-                 max_batch: int = 8, max_pixels: int = DEFAULT_MAX_PIXELS):
-        if num_threads is not None and num_threads < 1:
-            raise ConfigError(f"num_threads must be >= 1, got {num_threads}")
-        if max_batch < 1:
-            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
-        self.path = Path(path)
-        self.metadata = read_tflite_metadata(path)
-        self.image_size = int(self.metadata["image_size"])
-        self.dim = int(self.metadata["embedding_dim"])
-        self.fingerprint = self.metadata["fingerprint"]
-        self.quantization = self.metadata["quantization"]
-        self.name = f"exported embedding (TFLite {'fp32' if self.quantization == 'none' else self.quantization})"
-        self._runner = LiteRTRunner(self.path, num_threads=num_threads)
-        self.num_threads = self._runner.num_threads  # resolved there (default: every core)
-        self.draft = draft
-        self.max_batch = max_batch
-        self.max_pixels = max_pixels
-        self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="tflite-decode")
-
-    def embed_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
-        """Encoded images -> (N, dim) float32 unit vectors; a bad image raises ImageError.
-
-        Decoding and inference overlap: each chunk of ``max_batch`` images runs through the
-        interpreter as soon as it is decoded, while the pool decodes the next ones.
-        """
-        blobs = list(blobs)
-        pixels = np.empty((len(blobs), self.image_size, self.image_size, 3), np.float32)
-
-        def decode(i: int) -> None:
-            decode_pixels(blobs[i], self.image_size, "<bytes>", self.max_pixels, self.draft, out=pixels[i])
-
-        if len(blobs) == 1:  # no pool hop for single queries (latency)
-            decode(0)
-            return self.embed_pixels(pixels)
-        futures = [self._pool.submit(decode, i) for i in range(len(blobs))]
-
-        def decoded(start: int, stop: int) -> None:
-            for future in futures[start:stop]:
-                future.result()  # raises the first bad image's ImageError
-
-        try:
-            return self._run(pixels, decoded)
-        finally:
-            for future in futures:
-                future.cancel()
-
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) float32 RGB 0..255 -> (N, dim) float32 unit vectors."""
-        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        if pixels.ndim != 4 or pixels.shape[1:] != (self.image_size, self.image_size, 3):
-            raise ImageError("<pixels>", f"expected (N, {self.image_size}, {self.image_size}, 3), got {pixels.shape}")
-        return self._run(pixels)
-
-    def _run(self, pixels: np.ndarray, ready: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """``pixels`` through the interpreter ``max_batch`` at a time; ``ready(start, stop)``
-        first waits until those rows are filled in."""
-        out = np.empty((len(pixels), self.dim), np.float32)
-        for start in range(0, len(pixels), self.max_batch):
-            stop = min(start + self.max_batch, len(pixels))
-            if ready is not None:
-                ready(start, stop)
-            out[start:stop] = self._runner(pixels[start:stop])
-        # The graph ends in an L2 normalisation, but int8 rounds its output to a coarse grid;
-        # renormalising keeps every variant's vectors exactly unit length.
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-    def close(self) -> None:
-        """Stops the decoding threads."""
-        self._pool.shutdown(wait=False)
