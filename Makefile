@@ -26,6 +26,7 @@ help:
 	@echo "make demo   - data, train, siamese, eval end to end (SOURCE=DIR for a local dataset copy)"
 	@echo "make test   - run the tests"
 	@echo "make data | train | siamese | eval | index | serve | tflite | docs | notebook | test-integration | clean"
+	@echo "benchmarks: $(PY) -m bench.<name> | experiments.<name> (docs/benchmarks.md)"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)

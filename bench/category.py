@@ -1,28 +1,28 @@
 """Search restricted to one category (``--category NAME``, ``category=`` of the API) at scale.
 
-A catalog of synthetic unit vectors (``bench/search.py``'s sampler: the real catalog's
-covariance) whose items fall in categories of a few sizes, from a handful of items to
-half the catalog. For each index kind and category size: p50 / p99 latency of one query
-at a time through ``Searcher.search_vector(q, k, category)``, and its recall@k against
-an exact search over that category's vectors. The ``widening`` rows time what the search
-did before session 11 (an ordinary search, 4x deeper each round until k items of the
-category come back), on the same index and queries.
+A catalog of synthetic unit vectors (``bench.search``'s sampler: the real catalog's
+covariance, or isotropic without one) whose items fall in categories of a few sizes, from
+a handful of items to half the catalog. For each index kind and category size: p50 / p99
+latency of one query at a time through ``Searcher.search_vector(q, k, category)``, and
+its recall@k against an exact search over that category's vectors. The ``widening`` rows
+time the alternative on the same index and queries: an ordinary search, 4x deeper each
+round until k items of the category come back. Where the two cost the same sets
+``vsearch.search.SCAN_CATEGORY_SHARE``.
 
-    python bench/category.py                    # 200k items; about 10 min on 2 cores
-    python bench/category.py --size 20000 --no-append
+    python -m bench.category                    # 200k items; about 10 min on 2 cores
+    python -m bench.category --size 20000 --no-write
+
+Rewrites ``bench/results/category.md``.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.common import ROOT, output_args, publish
+from bench.search import sampler
 
 
 class _Model:
@@ -35,7 +35,7 @@ class _Model:
 
 
 def widening(catalog, vector: np.ndarray, category: str, k: int) -> list[dict]:
-    """The category search before session 11: widen an ordinary search until k are found."""
+    """Widens an ordinary search until k items of ``category`` come back."""
     depth = max(4 * k, 64)
     while True:
         found = catalog.search(vector[None], depth)[0]
@@ -55,21 +55,19 @@ def timed(fn, queries: np.ndarray) -> tuple[np.ndarray, list]:
 
 
 def main() -> None:
-    from search import sampler
-
     from vsearch.index import Catalog, FaissIndex
     from vsearch.search import Searcher
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=200_000)
     ap.add_argument("--like", default=str(ROOT / "saved_models" / "catalog.vsi"))
-    ap.add_argument("--dim", type=int, default=384, help="dimension when --like none")
+    ap.add_argument("--dim", type=int, default=391, help="dimension of isotropic vectors (--like none)")
     ap.add_argument("--shares", default="0.00002,0.001,0.01,0.1,0.5", help="category sizes, shares of the catalog")
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--widening-queries", type=int, default=3,
-                    help="queries for the old method (over a minute each for a tiny category of an HNSW index)")
+                    help="queries for widening (over a minute each for a tiny category of an HNSW index)")
     ap.add_argument("-k", type=int, default=10)
-    ap.add_argument("--no-append", action="store_true")
+    output_args(ap, "category")
     args = ap.parse_args()
     started = time.perf_counter()
 
@@ -107,18 +105,16 @@ def main() -> None:
                 print(f"{kind} {n} {method}: p50 {rows[-1][4]:.1f} ms, recall {recall:.3f}", flush=True)
         print(f"{kind}: built in {build_s:.0f} s", flush=True)
 
-    from report import provenance, publish
-
-    command = " ".join(["python bench/category.py"] + sys.argv[1:])
-    lines = [f"## Category-restricted search (`bench/category.py`, {time.strftime('%Y-%m-%d')})", "",
-             f"{provenance()}. Command: `{command}` ({time.perf_counter() - started:.0f} s). "
-             f"{args.size:,} items of dimension {dim}, k {args.k}, one query at a time; recall@k against "
-             "an exact search over the category's vectors.", "",
+    lines = [f"{args.size:,} items of dimension {dim}, k {args.k}, one query at a time; recall@k against an "
+             f"exact search over the category's vectors; {time.perf_counter() - started:.0f} s. `Searcher`: "
+             "`Searcher.search_vector(q, k, category)`; `widening`: an ordinary search, 4x deeper each round "
+             "until k items of the category come back.", "",
              "| index | category items | method | queries | p50 ms | p99 ms | recall@k |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {kind} | {n:,} | {method} | {q} | {p50:.1f} | {p99:.1f} | {rec:.3f} |"
               for kind, n, method, q, p50, p99, rec in rows]
-    publish(lines + [""], append=not args.no_append)
+    publish(args, "Category-restricted search", lines)
+
 
 if __name__ == "__main__":
     main()

@@ -1,34 +1,34 @@
-"""Whole-path embedding throughput: file bytes -> unit vector, per runtime (run by hand).
+"""Whole-path embedding throughput: file bytes -> unit vector, per runtime.
 
-Same images, same run, each variant in a fresh subprocess (so that peak RSS is its own):
+Every variant embeds the same files through the served road,
+:func:`vsearch.embedder.embed_images` (Pillow decoding in a thread pool, overlapped with
+the model call), so the variants differ only in the model:
 
-* ``baseline``: the frozen Keras MobileNetV2 ImageNet (+ GAP, as ``vsearch eval`` builds it),
-  decoding in TensorFlow;
-* ``savedmodel``: ``saved_models/embedding`` through ``serving_default`` (TF decoding);
+* ``baseline``: the frozen Keras MobileNetV2 ImageNet (+ GAP, as ``vsearch eval`` builds it);
+* ``savedmodel``: ``saved_models/embedding`` (its ``embed_pixels`` signature);
 * ``tflite-fp32`` / ``tflite-dynamic`` / ``tflite-int8``: ``vsearch export --format tflite``
-  outputs on LiteRT + XNNPACK, Pillow decoding in a thread pool.
+  outputs on LiteRT + XNNPACK.
 
-Each variant embeds the images at batch 1 and batch 32 (after one untimed warm-up batch that
-traces graphs and allocates tensors); reading the files is inside the timed loop. The variants
-run in ``--rounds`` interleaved rounds (baseline, SavedModel, ..., then again): a slow spell
-of the shared machine then hits every variant alike. The table gives each variant's median
-over the rounds, and each ratio to the baseline is the median of the per-round ratios
-(min..max beside it). The
+Each variant runs in a fresh subprocess (so that peak RSS is its own) and embeds the
+images at batch 1 and batch 32 after one untimed warm-up batch (tracing, allocation);
+reading the files is inside the timed loop. The variants run in ``--rounds`` interleaved
+rounds (baseline, SavedModel, ..., then again), so a slow spell of a shared machine hits
+every variant alike: the table gives each variant's median over the rounds, and each
+ratio to the baseline is the median of the per-round ratios (min..max beside it). The
 TFLite variants' vectors are compared with the SavedModel's on the same images (cosine).
-``--draft-check`` also measures what JPEG draft decoding does on photos 2x and 4x the
-catalog's size (the catalog's own photos, 400x533, are too small for it to act): speed,
-per-image cosine to the SavedModel on the same bytes, and retrieval.
+``--draft-check`` also measures JPEG draft decoding (``embed_images(draft=True)``) on the
+validation photos upscaled 2x and 4x (the catalog's own photos, 400x533, are too small for
+it to act): speed, per-image cosine to the SavedModel on the same bytes, and retrieval.
 
-    python bench/embed.py                         # 256 validation images, all variants, 3 rounds
-    python bench/embed.py --images 64 --variants tflite-fp32,tflite-int8 --no-append
+    python -m bench.embed                     # 256 validation images, all variants, 3 rounds
+    python -m bench.embed --images 64 --variants tflite-fp32,tflite-int8 --no-write
 
-Prints a markdown table and appends it to ``bench/RESULTS.md`` with the date, commit,
-machine, load average and command.
+Needs ``make demo`` and ``make tflite`` (and ``vsearch export --format tflite --quantize
+dynamic`` for that variant). Rewrites ``bench/results/embed.md``.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import io
 import json
 import os
@@ -41,11 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import ROOT, output_args, publish, sample_images, shown, use_local_weights
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-if (ROOT / ".cache" / "keras").is_dir():  # where `make` links the ImageNet weights
-    os.environ.setdefault("KERAS_HOME", str(ROOT / ".cache" / "keras"))
+use_local_weights()
 
 MODELS = ROOT / "saved_models"
 VARIANTS = {
@@ -61,22 +60,11 @@ FILES = {"savedmodel": MODELS / "embedding", "tflite-fp32": MODELS / "embedding.
 
 def _stale(tflite: Path) -> bool:
     """Whether a TFLite export was converted from a SavedModel other than the current one."""
-    import json
-
     from vsearch.export import read_metadata
+    from vsearch.litert import read_tflite_metadata
 
     source = read_metadata(MODELS / "embedding")["fingerprint"]
-    made_from = json.loads(Path(f"{tflite}.json").read_text())["fingerprint"].split(":")[0]
-    return made_from != source
-
-
-def sample_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """A seeded sample of ``count`` images under ``folder``, sorted (the same in every variant)."""
-    from vsearch.images import IMAGE_EXTENSIONS
-
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    chosen = np.random.default_rng(seed).choice(len(found), size=min(count, len(found)), replace=False)
-    return [found[i] for i in sorted(chosen)]
+    return read_tflite_metadata(tflite)["fingerprint"].split(":")[0] != source
 
 
 def load_variant(variant: str, threads: int | None):
@@ -92,11 +80,19 @@ def load_variant(variant: str, threads: int | None):
 
 
 def time_path(embedder, paths: list[Path], batch: int) -> tuple[float, np.ndarray]:
-    """Seconds to read and embed every file at ``batch`` images per call, and the vectors."""
-    embedder.embed_bytes([p.read_bytes() for p in paths[:batch]])  # warm-up, untimed
+    """Seconds to read and embed every file at ``batch`` images per model call, and the vectors.
+
+    Imports nothing beyond the serving wing, so that a LiteRT worker's peak RSS stays its own.
+    """
+    from vsearch.embedder import embed_images
+
+    embed_images(embedder, paths[:batch], batch_size=batch)  # warm-up, untimed
     start = time.perf_counter()
-    out = [embedder.embed_bytes([p.read_bytes() for p in paths[i:i + batch]]) for i in range(0, len(paths), batch)]
-    return time.perf_counter() - start, np.concatenate(out)
+    done = embed_images(embedder, paths, batch_size=batch)
+    seconds = time.perf_counter() - start
+    if done.bad:
+        raise SystemExit(f"{len(done.bad)} photo(s) could not be embedded: {done.bad}")
+    return seconds, done.vectors
 
 
 def worker(variant: str, list_file: str, batches: list[int], threads: int | None, vectors_file: str) -> dict:
@@ -131,19 +127,19 @@ def draft_check(threads: int | None) -> dict:
     from PIL import Image
 
     from vsearch import metrics
-    from vsearch.embedder import SavedModelEmbedder, embed_files
-    from vsearch.evaluate import class_retrieval
-    from vsearch.tflite import TFLiteEmbedder
+    from vsearch.embedder import SavedModelEmbedder, embed_images
+    from vsearch.evaluate import class_retrieval, embed_all
+    from vsearch.litert import TFLiteEmbedder
 
     data = ROOT / "data" / "clothing"
     cat_paths, cat_labels, names = labelled(data / "train")
     val_paths, val_labels, _ = labelled(data / "validation")
     saved = SavedModelEmbedder(FILES["savedmodel"])
-    catalog, originals = embed_files(saved, cat_paths), embed_files(saved, val_paths)
+    catalog, originals = embed_all(saved, cat_paths, 32), embed_all(saved, val_paths, 32)
     pool, targets = np.concatenate([catalog, originals]), np.arange(len(val_paths)) + len(catalog)
-    embedders = {"SavedModel": saved, **{f"TFLite fp32, {'draft' if d else 'full'} decode":
-                                         TFLiteEmbedder(FILES["tflite-fp32"], num_threads=threads, draft=d)
-                                         for d in (False, True)}}
+    tflite = TFLiteEmbedder(FILES["tflite-fp32"], num_threads=threads)
+    runs = {"SavedModel": (saved, False), "TFLite fp32, full decode": (tflite, False),
+            "TFLite fp32, draft decode": (tflite, True)}
     out = {}
     for factor in (2, 4):
         blobs = []
@@ -153,10 +149,10 @@ def draft_check(threads: int | None) -> dict:
             img.resize((img.width * factor, img.height * factor), Image.BICUBIC).save(buf, "JPEG", quality=90)
             blobs.append(buf.getvalue())
         reference = None
-        for name, embedder in embedders.items():
-            embedder.embed_bytes(blobs[:32])
+        for name, (embedder, draft) in runs.items():
+            embed_images(embedder, blobs[:32], draft=draft)  # warm-up, untimed
             start = time.perf_counter()
-            vectors = np.concatenate([embedder.embed_bytes(blobs[i:i + 32]) for i in range(0, len(blobs), 32)])
+            vectors = embed_images(embedder, blobs, batch_size=32, draft=draft).vectors
             seconds = time.perf_counter() - start
             reference = vectors if reference is None else reference
             cosine = np.sum(vectors * reference, axis=1)
@@ -169,7 +165,8 @@ def draft_check(threads: int | None) -> dict:
 
 
 def run_worker(args_list: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *args_list], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "bench.embed", *args_list], capture_output=True, text=True,
+                          cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"worker {args_list[:2]} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -238,8 +235,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="TFLite threads (default: every core)")
-    parser.add_argument("--draft-check", action="store_true")
-    parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--draft-check", action="store_true", help="also measure JPEG draft decoding")
+    output_args(parser, "embed")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--list", help=argparse.SUPPRESS)
     parser.add_argument("--vectors", help=argparse.SUPPRESS)
@@ -251,8 +248,6 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.list, batches, args.threads, args.vectors)))
         return
-
-    from report import provenance, publish
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -291,20 +286,14 @@ def main() -> None:
     table = format_table(results, batches, cosines)
     draft = format_draft(run_worker(["--worker", "draft", *common])) if args.draft_check else ""
     load_after = os.getloadavg()
-    command = "python bench/embed.py " + " ".join(sys.argv[1:])
-    report = [f"## Whole-path embedding throughput, file bytes -> vector ({dt.date.today().isoformat()})", "",
-              f"{provenance()}. "
-              f"Command: `{command.strip()}` ({time.perf_counter() - started:.0f} s, {args.rounds} interleaved "
-              f"rounds, medians). {len(paths)} images from "
-              f"`{Path(args.split).relative_to(ROOT) if Path(args.split).is_relative_to(ROOT) else args.split}`, "
-              "the same in every variant, each variant in a fresh process (peak RSS = its ru_maxrss). "
-              f"Load average before / after: {load_before[0]:.2f} / {load_after[0]:.2f} (the machine is shared).",
-              "", table, ""]
+    lines = [f"{len(paths)} images from `{shown(args.split)}`, the same in every variant, each variant in a "
+             f"fresh process (peak RSS = its ru_maxrss), {args.rounds} interleaved rounds, medians; "
+             f"{time.perf_counter() - started:.0f} s. Load average before / after: {load_before[0]:.2f} / "
+             f"{load_after[0]:.2f}.", "", table, ""]
     if draft:
-        report += ["JPEG draft decoding on photos larger than the catalog's (`--draft-check`; retrieval "
-                   "against the SavedModel's catalog of the train split):", "", draft, ""]
-    publish(report, append=not args.no_append)
-
+        lines += ["JPEG draft decoding on photos larger than the catalog's (`--draft-check`; retrieval "
+                  "against the SavedModel's catalog of the train split):", "", draft, ""]
+    publish(args, "Whole-path embedding throughput, file bytes -> vector", lines)
 
 if __name__ == "__main__":
     main()

@@ -7,39 +7,25 @@ customer-photo view, the bottom, float16 storage) on each runtime of `data.featu
 alternately over `--rounds`, and compares the features. The LiteRT conversion is timed
 separately (the stages keep the flatbuffer in `.cache/features`, so it is paid once).
 
-    python bench/features.py                   # 512 train photos, keras vs tflite, clean + customer view, 2 rounds
-    python bench/features.py --images 128 --no-append
+    python -m bench.features                   # 512 train photos, keras vs tflite, clean + customer view, 2 rounds
+    python -m bench.features --images 128 --no-write
 
-Prints a markdown table and appends it to `bench/RESULTS.md` with the date, commit, machine
-and command.
+Needs `make data` and the ImageNet weights. Rewrites `bench/results/features.md`.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import ROOT, output_args, publish, sample_images, shown, use_local_weights
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-if (ROOT / ".cache" / "keras").is_dir():  # where `make` links the ImageNet weights
-    os.environ.setdefault("KERAS_HOME", str(ROOT / ".cache" / "keras"))
-
-
-def sample_paths(folder: Path, count: int, seed: int = 0) -> list[str]:
-    from vsearch.images import list_images
-
-    found = sorted(str(p) for sub in sorted(folder.iterdir()) if sub.is_dir() for p in list_images(sub))
-    if not found:
-        raise SystemExit(f"{folder}: no images (run `make data` first)")
-    chosen = np.random.default_rng(seed).choice(len(found), size=min(count, len(found)), replace=False)
-    return [found[i] for i in sorted(chosen)]
+use_local_weights()
 
 
 def main() -> None:
@@ -47,17 +33,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--split", default=str(ROOT / "data" / "clothing" / "train"))
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (best and median reported)")
-    parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    output_args(parser, "features")
     args = parser.parse_args()
 
     from vsearch import models
     from vsearch.augment import CUSTOMER_VIEW_SEED, customer_view
     from vsearch.config import DataConfig
-    from report import provenance, publish
     from vsearch.features import Frozen, extract, image_batches
 
     data = DataConfig()
-    paths = sample_paths(Path(args.split), args.images)
+    paths = [str(p) for p in sample_images(args.split, args.images)]
     base = models.build_backbone(data.image_size, "imagenet", 1.0)
     bottom, _ = models.split_backbone(base, "block_14")
     started, load_before = time.perf_counter(), os.getloadavg()
@@ -92,18 +77,12 @@ def main() -> None:
             rows.append(f"| {view} | {name} | {rate:.1f} ({best:.1f}) | {rate / keras_rate:.2f}x | "
                         f"{diff.max():.4f} | {diff.mean() / np.abs(reference).mean():.2e} |")
     load_after = os.getloadavg()
-    split = Path(args.split)
-    command = ("python bench/features.py " + " ".join(sys.argv[1:])).strip()
-    report = [f"## Frozen-backbone features per runtime ({dt.date.today().isoformat()})", "",
-              f"{provenance()}. "
-              f"Command: `{command}` ({time.perf_counter() - started:.0f} s, {args.rounds} alternating rounds). "
-              f"{len(paths)} photos of `{split.relative_to(ROOT) if split.is_relative_to(ROOT) else split}` "
-              f"through `extract` (tf.data reading + decoding, MobileNetV2 ImageNet bottom to block_13, "
-              f"float16 storage), {data.image_size} px, batch {data.batch_size}. LiteRT conversion of the "
-              f"bottom (cold): {convert_s:.1f} s. Load average before / after: {load_before[0]:.2f} / "
-              f"{load_after[0]:.2f}.", "", *rows, ""]
-    publish(report, append=not args.no_append)
-
+    publish(args, "Frozen-backbone features per runtime", [
+        f"{len(paths)} photos of `{shown(args.split)}` through `extract` (tf.data reading + decoding, MobileNetV2 "
+        f"ImageNet bottom to block_13, float16 storage), {data.image_size} px, batch {data.batch_size}, "
+        f"{args.rounds} alternating rounds; {time.perf_counter() - started:.0f} s. LiteRT conversion of the "
+        f"bottom (cold): {convert_s:.1f} s. Load average before / after: {load_before[0]:.2f} / "
+        f"{load_after[0]:.2f}.", "", *rows])
 
 if __name__ == "__main__":
     main()

@@ -1,29 +1,29 @@
-"""Query latency: one photo end to end (decode, embed, search) on the real catalog (run by hand).
+"""Query latency: one photo end to end (decode, embed, search) on the real catalog.
 
 Every validation photo is a query, sent as encoded bytes held in memory: in-process through
-``Searcher.search`` (plus a pass timing its three stages), then as ``POST /api/search`` to
-uvicorn on loopback, one request at a time and from concurrent clients. Prints a markdown
-table and appends it to bench/RESULTS.md with the date, commit, machine and command.
+``Searcher.search`` (plus a pass timing its three stages: decoding, resize + model call,
+index search), then as ``POST /api/search`` to uvicorn on loopback, one request at a time
+and from concurrent clients. p50 / p99 / mean latency and throughput per path.
 
-    .venv/bin/python bench/query.py                       # saved_models/{embedding,catalog.vsi}
-    .venv/bin/python bench/query.py --queries data/clothing/validation -k 10 --concurrency 8
+    python -m bench.query                       # saved_models/{embedding,catalog.vsi}
+    python -m bench.query --model saved_models/embedding.tflite --out bench/results/query-tflite.md
 
-Build the catalog first: ``vsearch index build data/clothing/train``.
+Build the catalog first (``make index``). Rewrites ``bench/results/query.md`` (``--out``
+for another model's run).
 """
 import argparse
 import os
-import shlex
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 
+from bench.common import ROOT, output_args, publish, shown
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 5  # the first calls trace TF functions and fill caches
 
 
@@ -44,7 +44,7 @@ def summary(name: str, seconds, wall: float | None = None) -> dict:
 
 def in_process(searcher, queries, k: int) -> list[dict]:
     """Searcher.search end to end, then the same work split into decode / embed / index search."""
-    from vsearch.resize import resize_bilinear
+    from vsearch.embedder import embed_one
 
     for _, data in queries[:WARMUP]:
         searcher.search(data, k)
@@ -59,8 +59,7 @@ def in_process(searcher, queries, k: int) -> list[dict]:
         t0 = time.perf_counter()
         pixels = searcher.pixels(data)
         t1 = time.perf_counter()
-        batch = resize_bilinear(pixels, searcher.embedder.image_size)[None]
-        vector = searcher.embedder.embed_pixels(batch)[0]
+        vector = embed_one(searcher.embedder, pixels)
         t2 = time.perf_counter()
         searcher.search_vector(vector, k)
         t3 = time.perf_counter()
@@ -111,14 +110,6 @@ def over_http(searcher, queries, k: int, concurrency: int) -> list[dict]:
     return rows
 
 
-def shown(path: str) -> str:
-    """A path relative to the repository when it is inside it (no home folders in RESULTS.md)."""
-    try:
-        return Path(path).resolve().relative_to(ROOT).as_posix()
-    except ValueError:
-        return path
-
-
 def table(rows: list[dict]) -> str:
     lines = ["| path | queries | p50 ms | p99 ms | mean ms | throughput q/s |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -135,10 +126,9 @@ def main() -> None:
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
-    parser.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    output_args(parser, "query")
     args = parser.parse_args()
 
-    from vsearch.evaluate import git_commit, machine_description
     from vsearch.search import Searcher
 
     queries = load_queries(Path(args.queries), args.min_queries)
@@ -146,21 +136,11 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     rows = in_process(searcher, queries, args.k) + over_http(searcher, queries, args.k, args.concurrency)
     load_after = os.getloadavg()[0]
-    command = "python bench/query.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    entry = (f"{date.today().isoformat()}, commit {git_commit()}, {machine_description()}. "
-             f"Command: `{command.strip()}`. Catalog: {len(searcher.catalog)} items, {searcher.catalog.dim}-d, "
-             f"{searcher.catalog.index.kind} index, model {Path(args.model).name} "
-             f"({searcher.embedder.image_size} px); queries: {len(queries)} photos of {shown(args.queries)}, "
-             f"k={args.k}, {WARMUP} warm-up queries per path not counted. 1-min load average "
-             f"{load_before:.1f} before, {load_after:.1f} after (other jobs share the cores).")
-    text = entry + "\n\n" + table(rows) + "\n"
-    print(text)
-    if not args.no_append:
-        results = ROOT / "bench" / "RESULTS.md"
-        with open(results, "a") as fh:
-            fh.write("\n## Query latency (`bench/query.py`)\n\n" + text)
-        print(f"appended to {results}")
-
+    lines = [f"Catalog: {len(searcher.catalog)} items, {searcher.catalog.dim}-d, {searcher.catalog.index.kind} "
+             f"index, model {Path(args.model).name} ({searcher.embedder.image_size} px); queries: {len(queries)} "
+             f"photos of {shown(args.queries)}, k={args.k}, {WARMUP} warm-up queries per path not counted. "
+             f"1-min load average {load_before:.1f} before, {load_after:.1f} after.", "", table(rows)]
+    publish(args, "Query latency: one photo -> matches", lines)
 
 if __name__ == "__main__":
     main()

@@ -1,30 +1,29 @@
 """Vector search at catalog scale: exact vs HNSW FAISS indexes on synthetic unit vectors.
 
 For each size (default 10k, 100k, 1M) and index kind: build time, memory added by the
-index (RSS), p50/p99 latency of one query at a time, and recall@10 against exact search.
-Prints a markdown table and appends it to bench/RESULTS.md.
+index (RSS), p50/p99 latency of one query at a time on one thread (what a request costs),
+and recall@10 against exact search.
 
-    python bench/search.py                       # 10k, 100k, 1M; about 15 min on 2 cores
-    python bench/search.py --sizes 10000 --no-append
+    python -m bench.search                       # 10k, 100k, 1M; about 15 min on 2 cores
+    python -m bench.search --sizes 10000 --no-write
 
-Data: unit vectors at the model's dimension (384), drawn from a Gaussian with the
-covariance of the real catalog's embeddings (``--like saved_models/catalog.vsi``), so their
-spectrum is that of real embeddings; ``--like none`` draws isotropic vectors, the hardest
-case for any approximate index (all neighbours almost equally far). Queries are fresh
-draws from the same distribution.
+Data: unit vectors drawn from a Gaussian with the covariance of the real catalog's
+embeddings (``--like saved_models/catalog.vsi``), so their spectrum is that of real
+embeddings; without that file, or with ``--like none``, isotropic vectors of ``--dim``
+dimensions, the hardest case for any approximate index (all neighbours almost equally
+far). Queries are fresh draws from the same distribution. Rewrites
+``bench/results/search.md``.
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import ROOT, output_args, publish, shown
 
 
 def rss_mb() -> float:
@@ -37,7 +36,7 @@ def rss_mb() -> float:
 def sampler(like: str, dim: int, seed: int = 0):
     """A function n -> (n, dim) float32 unit vectors."""
     rng = np.random.default_rng(seed)
-    if like != "none":
+    if like != "none" and Path(like).is_file():
         from vsearch.index import Catalog
 
         real = Catalog.load(like).index.vectors.astype(np.float64)
@@ -71,19 +70,18 @@ def latencies(index, queries: np.ndarray, k: int) -> np.ndarray:
 def main() -> None:
     import faiss
 
-    from vsearch.evaluate import git_commit, machine_description
     from vsearch.index import FaissIndex, recall_at_k
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--like", default=str(ROOT / "saved_models" / "catalog.vsi"),
                     help="index whose vectors' covariance shapes the synthetic data, or 'none'")
-    ap.add_argument("--dim", type=int, default=384, help="dimension when --like none")
+    ap.add_argument("--dim", type=int, default=391, help="dimension of isotropic vectors (--like none)")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--ef-search", default="64,128")
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
-    ap.add_argument("--no-append", action="store_true")
+    output_args(ap, "search")
     args = ap.parse_args()
     like = args.like if args.like == "none" or Path(args.like).is_file() else "none"
     draw, dim = sampler(like, args.dim)
@@ -125,22 +123,14 @@ def main() -> None:
         del hnsw, vectors
         gc.collect()
 
-    data = (f"Gaussian with the covariance of {Path(like).relative_to(ROOT) if like != 'none' else ''} "
-            "vectors" if like != "none" else "isotropic") + f", {dim}-d, unit norm"
+    data = (f"Gaussian with the covariance of {shown(like)} vectors" if like != "none" else "isotropic")
     table = ["| vectors | index | build s | index memory MB | p50 ms | p99 ms | recall@10 |",
              "|---|---|---|---|---|---|---|"]
     table += [f"| {n:,} | {kind} | {b:.1f} | {m:.0f} | {p50:.2f} | {p99:.2f} | {r:.3f} |"
               for n, kind, b, m, p50, p99, r in rows]
-    command = "python bench/search.py " + " ".join(sys.argv[1:])
-    text = (f"\n## Vector search (`bench/search.py`)\n\n{time.strftime('%Y-%m-%d')}, commit {git_commit()}, "
-            f"{machine_description()}.\nCommand: `{command.strip()}`. Data: {data}; {len(queries)} queries, "
-            "one at a time on one thread (build on all cores); recall against exact search.\n\n"
-            + "\n".join(table) + "\n")
-    print(text)
-    if not args.no_append:
-        with open(ROOT / "bench" / "RESULTS.md", "a") as fh:
-            fh.write(text)
-
+    publish(args, "Vector search: exact vs HNSW",
+            [f"Data: {data}, {dim}-d, unit norm; {len(queries)} queries, one at a time on one thread (build on "
+             "all cores); recall against exact search.", "", *table])
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""Cost of one training step of the trainable top, per sample (run by hand; results in RESULTS.md).
+"""Cost of one training step of the trainable top, per sample.
 
 Both training stages spend most of their time here: the top blocks (from ``--cut``) and
 the classifier head, forward and backward, on cached feature maps. This times
@@ -11,11 +11,14 @@ that could make it cheaper on a CPU:
 - either under the ``mixed_bfloat16`` policy (bfloat16 arithmetic, float32 weights; the
   CPU needs AVX512_BF16 or AMX for it to pay).
 
-    python bench/train_step.py                      # every variant at batch 32 and 128
-    python bench/train_step.py --variants conv/float32 --batch 32,64,128
+    python -m bench.train_step                      # every variant at batch 32 and 128
+    python -m bench.train_step --variants conv/float32 --batch 32,64,128
 
 Each variant runs in its own process (the dtype policy is global), 3 timed epochs of
 ``--samples`` samples after a warm-up; the table gives the median and the spread.
+TensorFlow's environment (``TF_NUM_INTRAOP_THREADS``, ``TF_ENABLE_ONEDNN_OPTS``, ...)
+passes through to the variants. No data or model needed. Rewrites
+``bench/results/train_step.md``.
 """
 import argparse
 import json
@@ -23,9 +26,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, output_args, publish
+
 VARIANTS = ("conv/float32", "dense/float32", "conv/mixed_bfloat16", "dense/mixed_bfloat16")
 
 
@@ -74,30 +77,32 @@ def main(argv=None) -> int:
     ap.add_argument("--cut", default="block_14")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--one", help=argparse.SUPPRESS)  # variant:batch, run in a child process
+    output_args(ap, "train_step")
     args = ap.parse_args(argv)
     if args.one:
         variant, batch = args.one.rsplit(":", 1)
         print(json.dumps(measure(variant, int(batch), args.samples, args.cut, args.repeats)))
         return 0
-    print(f"top from {args.cut}, {args.samples} samples per timed epoch, {args.repeats} epochs; "
-          f"ms per sample, median (min-max)\n")
-    print("| variant | batch | ms / sample | min-max |")
-    print("|---|---|---|---|")
+    settings = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                        if k.startswith("TF_") and k != "TF_CPP_MIN_LOG_LEVEL") or "TensorFlow's defaults"
+    lines = [f"Top from {args.cut}, {args.samples} samples per timed epoch, {args.repeats} epochs; ms per "
+             f"sample, median (min-max). Environment: {settings}.", "", "| variant | batch | ms / sample | min-max |", "|---|---|---|---|"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     for variant in args.variants.split(","):
         if variant not in VARIANTS:
             ap.error(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
         for batch in args.batch.split(","):
             child = subprocess.run(
-                [sys.executable, __file__, "--one", f"{variant}:{batch}", "--samples", str(args.samples),
-                 "--cut", args.cut, "--repeats", str(args.repeats)],
+                [sys.executable, "-m", "bench.train_step", "--one", f"{variant}:{batch}", "--samples",
+                 str(args.samples), "--cut", args.cut, "--repeats", str(args.repeats)],
                 capture_output=True, text=True, env=env, cwd=ROOT)
             if child.returncode:
                 print(child.stderr[-2000:], file=sys.stderr)
                 return child.returncode
             times = sorted(json.loads(child.stdout.strip().splitlines()[-1]))
-            print(f"| {variant} | {batch} | {times[len(times) // 2]:.2f} | {times[0]:.2f}-{times[-1]:.2f} |",
-                  flush=True)
+            lines.append(f"| {variant} | {batch} | {times[len(times) // 2]:.2f} | {times[0]:.2f}-{times[-1]:.2f} |")
+            print(lines[-1], file=sys.stderr, flush=True)
+    publish(args, "One training step of the trainable top, per sample", lines)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Re-weights the trained tower's branches after training (run by hand; results in RESULTS.md).
+"""Re-weights the trained tower's branches after training: the class / instance trade-off.
 
 The exported embedding is ``normalize([sqrt(w) * class_mix, sqrt(1 - w) * instance])`` with
 ``class_mix = normalize([class_projection, p * probabilities])``. The branch outputs do not
@@ -7,11 +7,14 @@ shows how much of a change of ``class_weight`` / ``class_probs_weight`` needs no
 (the instance branch was trained under the configured mix, so a full ``vsearch siamese``
 confirms the choice).
 
-    python bench/branch_mix.py                       # saved_models/siamese/tower.keras
-    python bench/branch_mix.py --w 0.25,0.3,0.35 --p 0.5,1,2,4
+    python -m experiments.branch_mix                       # saved_models/siamese/tower.keras
+    python -m experiments.branch_mix --w 0.25,0.3,0.35 --p 0.5,1,2,4
 
-Metrics as `vsearch eval` computes them: validation queries against the train split (P@1,
-MAP@R), and the same seeded customer photos against train + validation originals (R@1).
+Metrics as `vsearch eval` computes them, through the same road: validation queries against
+the train split (P@1, MAP@R), and the same seeded customer photos against train +
+validation originals (R@1, R@10). Needs `make demo`. Rewrites
+`experiments/results/branch_mix.md`. ``load_queries``, ``embed_queries``,
+``branch_outputs`` and ``mix`` serve the other experiments too.
 """
 import argparse
 import sys
@@ -19,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, output_args, publish, shown, use_local_weights
+
+use_local_weights()
 
 
 def load_queries(data_dir: Path, seed: int = 7, customer_photos: bool = True) -> dict:
@@ -28,11 +33,11 @@ def load_queries(data_dir: Path, seed: int = 7, customer_photos: bool = True) ->
     ``customer_photos=False`` leaves out the photos (``photos`` and ``targets``) for callers
     that make their own.
     """
-    from vsearch.data import load_split
+    from vsearch.config import DataConfig
+    from vsearch.datasets import load_splits
     from vsearch.evaluate import customer_queries
 
-    cat = load_split(data_dir / "train", ROOT / "reports" / ".clean", None, 40_000_000)
-    val = load_split(data_dir / "validation", ROOT / "reports" / ".clean", cat.class_names, 40_000_000)
+    cat, val = load_splits(DataConfig(data_dir=str(data_dir)), ROOT / "reports" / ".clean")
     if not customer_photos:
         return {"catalog": cat, "queries": val}
     photos, targets = customer_queries(val.paths, seed)
@@ -41,11 +46,11 @@ def load_queries(data_dir: Path, seed: int = 7, customer_photos: bool = True) ->
 
 def embed_queries(embedder, data: dict) -> dict[str, np.ndarray]:
     """Vectors of the catalog, the queries and the customer photos of :func:`load_queries`."""
-    from vsearch.embedder import embed_arrays, embed_files
+    from vsearch.evaluate import embed_all
 
-    return {"catalog": embed_files(embedder, data["catalog"].paths, 32, progress="catalog"),
-            "queries": embed_files(embedder, data["queries"].paths, 32, progress="queries"),
-            "customer": embed_arrays(embedder, data["photos"], 32)}
+    return {"catalog": embed_all(embedder, data["catalog"].paths, 32, "catalog"),
+            "queries": embed_all(embedder, data["queries"].paths, 32, "queries"),
+            "customer": embed_all(embedder, data["photos"], 32, "customer photos")}
 
 
 def branch_outputs(tower_path: Path, data: dict) -> dict[str, list[np.ndarray]]:
@@ -79,21 +84,26 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(ROOT / "data" / "clothing"))
     ap.add_argument("--w", default="0.2,0.25,0.3,0.35,0.4")
     ap.add_argument("--p", default="0,0.5,1,1.5,2,3")
+    output_args(ap, "branch_mix", "experiments")
     args = ap.parse_args(argv)
     data = load_queries(Path(args.data))
     out = branch_outputs(Path(args.tower), data)
     ycat, yval, targets, names = (data["catalog"].labels, data["queries"].labels, data["targets"],
                                   data["catalog"].class_names)
-    print(f"tower {args.tower}: {len(ycat)} catalog, {len(yval)} queries\n")
-    print("| class_weight | class_probs_weight | P@1 | MAP@R | customer R@1 | customer R@10 |")
-    print("|---|---|---|---|---|---|")
+    lines = [f"Tower `{shown(args.tower)}`: {len(ycat)} catalog items, {len(yval)} queries. Its class, "
+             "probability and instance outputs recombined for each class weight `w` and probability weight `p`; "
+             "only the mix the instance branch was trained under is the exported model.", "",
+             "| class_weight | class_probs_weight | P@1 | MAP@R | customer R@1 | customer R@10 |",
+             "|---|---|---|---|---|---|"]
     for w in (float(v) for v in args.w.split(",")):
         for p in (float(v) for v in args.p.split(",")):
             cat, qry, cust = (mix(out[k], w, p) for k in ("catalog", "queries", "customer"))
             o = class_retrieval(qry, yval, cat, ycat, names)["overall"]
             c = customer_matching(cust, targets, cat, qry)
-            print(f"| {w:g} | {p:g} | {o['precision@1']:.3f} | {o['map@r']:.3f} | "
-                  f"{c['recall@1']:.3f} | {c['recall@10']:.3f} |", flush=True)
+            lines.append(f"| {w:g} | {p:g} | {o['precision@1']:.3f} | {o['map@r']:.3f} | "
+                         f"{c['recall@1']:.3f} | {c['recall@10']:.3f} |")
+            print(lines[-1], file=sys.stderr, flush=True)
+    publish(args, "Branch mix: class / instance trade-off of a trained tower", lines)
     return 0
 
 

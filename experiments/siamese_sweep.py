@@ -1,24 +1,26 @@
-"""Siamese hyper-parameter sweep on cached backbone features (run by hand; results in RESULTS.md).
+"""Siamese hyper-parameter sweep on cached backbone features.
 
 Caches the frozen bottom of the trained classifier's backbone once (train: 1 clean + 3
 simulated customer views; validation: clean, and the seeded Pillow customer photos that
 `vsearch eval` uses), then trains a tower per setting and prints, after every epoch, class
 P@1 / MAP@R (validation vs train) and customer-photo R@1 / R@10 (vs train + validation).
 
-    python bench/siamese_sweep.py cache                      # once, ~3 min, after `make train`
-    python bench/siamese_sweep.py run lr=1e-4 w=0.4 nce=1 iinit=imagenet epochs=3
+    python -m experiments.siamese_sweep cache                 # once, after `make train`
+    python -m experiments.siamese_sweep run lr=1e-4 w=0.4 nce=1 iinit=imagenet epochs=3
 
 Keys: lr, epochs, inst (instance_fraction), nce (in-batch term weight), tau, margin, T
 (triplets per epoch), dim, w (class-branch weight; 0: single branch), iinit (imagenet |
-classifier), mining (semihard | random).
+classifier), mining (semihard | random). Each ``run`` prints its metrics after every
+epoch; experiments/results/siamese_sweep.md gathers the runs that chose the defaults.
 """
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, use_local_weights
+
+use_local_weights()
 CACHE = ROOT / ".cache" / "siamese_sweep.npz"
 CUT = "block_14"
 
@@ -28,9 +30,9 @@ def cache() -> None:
 
     from vsearch import models
     from vsearch.augment import customer_photo, customer_view
-    from vsearch.data import image_dataset
+    from vsearch.datasets import image_dataset
     from vsearch.features import extract
-    from vsearch.images import load_image, resize_pixels
+    from vsearch.images import load_image, model_input
     from vsearch.train import load_classifier
 
     clf, names = load_classifier(ROOT / "saved_models" / "classifier")
@@ -39,7 +41,7 @@ def cache() -> None:
     tr, va = (image_dataset(data / s, names, 224, 32) for s in ("train", "validation"))
     views = [extract(bottom, tr)] + [extract(bottom, tr, transform=customer_view, seed=1000 + v) for v in (1, 2, 3)]
     photos = [customer_photo(load_image(p), np.random.default_rng([7, i])) for i, p in enumerate(va.file_paths)]
-    pixels = np.stack([resize_pixels(p, 224).numpy() for p in photos])
+    pixels = np.stack([model_input(p, 224) for p in photos])
     CACHE.parent.mkdir(exist_ok=True)
     np.savez(CACHE, train=np.stack(views, 1), ytr=np.concatenate([y.numpy() for _, y in tr]),
              val=extract(bottom, va), yva=np.concatenate([y.numpy() for _, y in va]),

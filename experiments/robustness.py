@@ -17,12 +17,15 @@ R@10), for the exported model and the frozen ImageNet baseline in the same run:
 - ``background``: the item shrunk to 45-70% onto a cluttered, textured background;
 - ``rotate90``: a quarter turn (a phone held sideways, no EXIF orientation).
 
-    python bench/robustness.py                             # saved_models/embedding
-    python bench/robustness.py --model saved_models/embedding-int8.tflite --kinds eval,noise
+    python -m experiments.robustness                       # saved_models/embedding
+    python -m experiments.robustness --model saved_models/embedding-int8.tflite --kinds eval,noise \
+        --out experiments/results/robustness-int8.md
 
 No kind here is used in training: the table measures how the tower generalizes, and is
 no target to tune the training views against one by one (adding the quarter turn, the
-hidden patch and the small photo to the training views was measured: bench/RESULTS.md).
+hidden patch and the small photo to the training views was measured:
+experiments/results/robustness.md). Needs `make demo`. Rewrites
+`experiments/results/robustness.md`.
 """
 import argparse
 import io
@@ -34,8 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.common import ROOT, output_args, publish, shown
+from experiments.branch_mix import load_queries
 
 
 def _jpeg(img: Image.Image, quality: int) -> Image.Image:
@@ -119,10 +122,10 @@ KINDS_INDEX = {k: i for i, k in enumerate(KINDS)}
 
 
 def decode_all(paths) -> list[np.ndarray]:
-    """The images of ``paths`` as RGB uint8 (decoded once, for every kind of damage)."""
-    from vsearch.images import decode_image, read_bytes
+    """The images of ``paths`` as upright RGB uint8 (decoded once, for every kind of damage)."""
+    from vsearch.images import to_pixels
 
-    return [decode_image(read_bytes(path), path) for path in paths]
+    return [to_pixels(path) for path in paths]
 
 
 def damaged_photos(images: list[np.ndarray], kind: str, seed: int = 11) -> list[np.ndarray]:
@@ -140,22 +143,21 @@ def damaged_photos(images: list[np.ndarray], kind: str, seed: int = 11) -> list[
 
 
 def main(argv=None) -> int:
-    from vsearch import models
-    from vsearch.embedder import KerasEmbedder, embed_arrays, embed_files, load_embedder
-    from vsearch.evaluate import customer_matching
-    from branch_mix import load_queries
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "saved_models" / "embedding"))
     ap.add_argument("--data", default=str(ROOT / "data" / "clothing"))
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--no-baseline", action="store_true", help="skip the frozen ImageNet baseline")
     ap.add_argument("--save", help="write each kind's first 8 photos side by side to this PNG")
+    output_args(ap, "robustness", "experiments")
     args = ap.parse_args(argv)
     kinds = args.kinds.split(",")
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         ap.error(f"unknown kinds {unknown}; known: {', '.join(KINDS)}")
+    from vsearch import models  # after the checks: importing TensorFlow takes seconds
+    from vsearch.embedder import KerasEmbedder, load_embedder
+    from vsearch.evaluate import customer_matching, embed_all
 
     t0 = time.perf_counter()
     data = load_queries(Path(args.data), customer_photos=False)  # the photos are made below
@@ -173,18 +175,19 @@ def main(argv=None) -> int:
     targets = np.arange(len(paths))
     rows = {}
     for name, embedder in embedders:
-        catalog = embed_files(embedder, data["catalog"].paths, 32, progress=f"{name} catalog")
-        originals = embed_files(embedder, paths, 32, progress=f"{name} queries")
+        catalog = embed_all(embedder, data["catalog"].paths, 32, f"{name} catalog")
+        originals = embed_all(embedder, paths, 32, f"{name} queries")
         for kind in kinds:
-            c = customer_matching(embed_arrays(embedder, photos[kind], 32), targets, catalog, originals)
+            c = customer_matching(embed_all(embedder, photos[kind], 32), targets, catalog, originals)
             rows.setdefault(kind, []).append((c["recall@1"], c["recall@10"]))
-    print(f"\n{len(paths)} photos per kind, matched among {len(data['catalog'].paths)} catalog + "
-          f"{len(paths)} originals; {time.perf_counter() - t0:.0f} s\n")
     names = [n for n, _ in embedders]
-    print("| damage | " + " | ".join(f"{n} R@1 | {n} R@10" for n in names) + " |")
-    print("|---" * (1 + 2 * len(names)) + "|")
-    for kind in kinds:
-        print(f"| {kind} | " + " | ".join(f"{r1:.3f} | {r10:.3f}" for r1, r10 in rows[kind]) + " |")
+    lines = [f"Model `{shown(args.model)}`. {len(paths)} photos per kind (one seeded photo per validation image; "
+             f"ranges in the script's docstring), matched among {len(data['catalog'].paths)} catalog + "
+             f"{len(paths)} originals, as in `vsearch eval`; {time.perf_counter() - t0:.0f} s.", "",
+             "| damage | " + " | ".join(f"{n} R@1 | {n} R@10" for n in names) + " |",
+             "|---" * (1 + 2 * len(names)) + "|"]
+    lines += [f"| {kind} | " + " | ".join(f"{r1:.3f} | {r10:.3f}" for r1, r10 in rows[kind]) + " |" for kind in kinds]
+    publish(args, "Customer photos with damage the tower never trained on", lines)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""New categories: how a tower trained without some classes retrieves them (run by hand).
+"""New categories: how a tower trained without some classes retrieves them.
 
 A shop adds categories the model never saw. This measures it on our data: train both
 stages on a copy of the data without the ``--held-out`` classes, then embed the whole
@@ -10,7 +10,7 @@ catalog (every class, as a shop's catalog would be):
 - customer R@1 / R@10: a simulated customer photo of a new-category item against catalog +
   validation originals (``vsearch eval``'s seeded photos).
 
-The trained classes' queries are scored too, for contrast. As in ``branch_mix.py``, the
+The trained classes' queries are scored too, for contrast. As in ``experiments.branch_mix``, the
 tower's class, probability and instance outputs are recombined in numpy for each class
 weight ``w`` and probability weight ``p``: ``w 0`` is the instance branch alone, ``w 1 p 0``
 the classifier's projected features alone; the configured mix is the exported model.
@@ -23,7 +23,9 @@ every class (an upper bound: it saw the held-out classes).
     vsearch train --set data.data_dir=data/holdout5 --set out_dir=saved_models/holdout/classifier
     vsearch siamese --set data.data_dir=data/holdout5 --set classifier_dir=saved_models/holdout/classifier \\
         --set out_dir=saved_models/holdout/embedding --set work_dir=saved_models/holdout/siamese
-    python bench/holdout.py --held-out longsleeve,shorts --oracle saved_models/siamese/tower.keras
+    python -m experiments.holdout --held-out longsleeve,shorts --oracle saved_models/siamese/tower.keras
+
+Rewrites ``experiments/results/holdout.md``.
 """
 import argparse
 import sys
@@ -31,10 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from branch_mix import branch_outputs, embed_queries, load_queries, mix  # noqa: E402
+from bench.common import ROOT, output_args, publish, shown
+from experiments.branch_mix import branch_outputs, embed_queries, load_queries, mix
 
 
 def scores(cat, qry, cust, ycat, yval, targets, names, queries: np.ndarray) -> dict:
@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--w", default="0,0.2,0.3,0.5,1")
     ap.add_argument("--p", default="0,1")
     ap.add_argument("--seed", type=int, default=7)
+    output_args(ap, "holdout", "experiments")
     args = ap.parse_args(argv)
     data = Path(args.data)
 
@@ -81,28 +82,30 @@ def main(argv=None) -> int:
     new = np.flatnonzero(np.isin(yval, held))
     trained = np.flatnonzero(~np.isin(yval, held))
     groups = {"new": new, "trained": trained}
-    print(f"tower {args.tower}; held out {args.held_out}: {int(np.isin(ycat, held).sum())} catalog items, "
-          f"{len(new)} queries; trained classes: {len(trained)} queries; catalog {len(ycat)} items\n")
-    print("| embedding | new P@1 | new MAP@R | new cust R@1 | new cust R@10 "
-          "| trained P@1 | trained MAP@R | trained cust R@1 | trained cust R@10 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    lines = [f"Tower `{shown(args.tower)}`; held out {args.held_out}: {int(np.isin(ycat, held).sum())} catalog "
+             f"items, {len(new)} queries (\"new\"); trained classes: {len(trained)} queries; catalog {len(ycat)} "
+             "items. Customer R@1 / R@10: the seeded customer photo of each query against catalog + validation "
+             "originals, as in `vsearch eval`.", "",
+             "| embedding | new P@1 | new MAP@R | new cust R@1 | new cust R@10 "
+             "| trained P@1 | trained MAP@R | trained cust R@1 | trained cust R@10 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def add(label: str, cat, qry, cust) -> None:
+        lines.append(row(label, {g: scores(cat, qry, cust, ycat, yval, targets, names, q) for g, q in groups.items()}))
+        print(lines[-1], file=sys.stderr, flush=True)
+
     frozen = KerasEmbedder(models.build_pooled_features(models.build_backbone(224, "imagenet"), 224))
     vectors = embed_queries(frozen, queries)
-    cat, qry, cust = (vectors[k] for k in ("catalog", "queries", "customer"))
-    print(row("frozen ImageNet MobileNetV2 (GAP)",
-              {g: scores(cat, qry, cust, ycat, yval, targets, names, q) for g, q in groups.items()}), flush=True)
+    add("frozen ImageNet MobileNetV2 (GAP)", *(vectors[k] for k in ("catalog", "queries", "customer")))
     out = branch_outputs(Path(args.tower), queries)
     for w in (float(v) for v in args.w.split(",")):
         for p in ((0.0,) if w == 0 else (float(v) for v in args.p.split(","))):
-            cat, qry, cust = (mix(out[k], w, p) for k in ("catalog", "queries", "customer"))
-            print(row(f"held-out tower, w {w:g}, p {p:g}",
-                      {g: scores(cat, qry, cust, ycat, yval, targets, names, q) for g, q in groups.items()}),
-                  flush=True)
+            add(f"held-out tower, w {w:g}, p {p:g}", *(mix(out[k], w, p) for k in ("catalog", "queries", "customer")))
     if args.oracle:
         oracle = branch_outputs(Path(args.oracle), queries)
-        cat, qry, cust = (mix(oracle[k], 0.3, 1.0) for k in ("catalog", "queries", "customer"))
-        print(row("tower trained on every class (w 0.3, p 1)",
-                  {g: scores(cat, qry, cust, ycat, yval, targets, names, q) for g, q in groups.items()}))
+        add("tower trained on every class (w 0.3, p 1)",
+            *(mix(oracle[k], 0.3, 1.0) for k in ("catalog", "queries", "customer")))
+    publish(args, "New categories: a tower trained without some classes", lines)
     return 0
 
 

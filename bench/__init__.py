@@ -1,0 +1,1 @@
+"""Performance benchmarks; run each as ``python -m bench.<name>`` from the repository root (docs/benchmarks.md)."""
