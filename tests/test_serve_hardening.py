@@ -2,6 +2,7 @@
 HEAD, offline docs, odd item ids, /metrics, the decode budget, catalog reloads, CLI limits."""
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -218,18 +219,37 @@ def test_budget_counts_and_refuses():
 
 
 def test_budget_waits_briefly_then_gives_up():
-    import asyncio
-
     budget = DecodeBudget(100)
     assert budget.try_acquire(80)
-    threading.Timer(0.1, budget.release, args=(80,)).start()
+    threading.Timer(0.2, budget.release, args=(80,)).start()  # from another thread, like a worker
     start = time.monotonic()
-    assert asyncio.run(budget.acquire(50, wait_s=5)) and time.monotonic() - start < 2
+    assert asyncio.run(budget.acquire(50, wait_s=5))
+    assert 0.2 <= time.monotonic() - start < 0.5  # woken by the release, not after the wait
     start = time.monotonic()
     assert not asyncio.run(budget.acquire(60, wait_s=0.2))  # 50 still held
     assert 0.2 <= time.monotonic() - start < 1
+    start = time.monotonic()
     assert not asyncio.run(budget.acquire(101, wait_s=5))  # never fits: no wait at all
-    assert budget.in_flight == 50
+    assert time.monotonic() - start < 0.1 and budget.in_flight == 50 and budget.waiting == 0
+
+
+def test_budget_wakes_waiters_in_turn_and_caps_how_many_wait():
+    async def scenario():
+        budget = DecodeBudget(100, max_waiting=2)
+        assert budget.try_acquire(100)
+        first = asyncio.create_task(budget.acquire(60, wait_s=5))
+        second = asyncio.create_task(budget.acquire(60, wait_s=5))
+        await asyncio.sleep(0.05)
+        assert budget.waiting == 2
+        assert not await budget.acquire(1, wait_s=5)  # a third is refused at once
+        budget.release(100)
+        done, pending = await asyncio.wait({first, second}, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1 and next(iter(done)).result() and budget.in_flight == 60
+        budget.release(60)  # the other one gets its turn
+        assert await asyncio.wait_for(next(iter(pending)), 1) and budget.in_flight == 60
+        assert budget.waiting == 0
+
+    asyncio.run(scenario())
 
 
 def test_photo_over_the_whole_budget_is_422(searcher):

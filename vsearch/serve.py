@@ -27,7 +27,8 @@ and its decoding is admitted against a process-wide budget of decoded bytes in f
 (``decode_budget_bytes``, 1 GiB by default): a photo's cost is what decoding and resizing it
 can take at their peak, so 16-bit and palette images count at their real size. A photo that
 does not fit waits up to ``decode_wait_s``, then gets 503 with ``Retry-After``; one that
-could never fit is 422. The rest of a request (the model, the search) holds no budget.
+could never fit is 422; when ``decode_max_waiting`` photos already wait, the next one gets
+503 at once. The rest of a request (the model, the search) holds no budget.
 
 Reloading: given the index file (``index_path``), a background thread checks it every
 ``reload_interval_s`` and, when it was replaced (``vsearch index add/remove/build`` rename a
@@ -70,7 +71,7 @@ DEFAULT_K = 5
 PRIVATE_FIELDS = ("path",)  # item metadata that must not leave the server
 DEFAULT_DECODE_BUDGET_BYTES = 1024 ** 3
 DEFAULT_DECODE_WAIT_S = 5.0     # how long a photo may wait for the decode budget before a 503
-DECODE_POLL_S = 0.01            # how often a waiting photo looks at the budget again
+DEFAULT_DECODE_MAX_WAITING = 32  # uploads waiting for the budget at once; more are refused at once
 RETRY_AFTER_S = 1               # the Retry-After of a 503
 DEFAULT_RELOAD_INTERVAL_S = 2.0  # how often the index file is checked for a replacement
 DOCS_STATIC_URL = "/static-offline-docs"
@@ -295,20 +296,34 @@ def _route_label(routes, scope) -> str:
 class DecodeBudget:
     """Bytes of decoded images in flight across all requests, at most ``capacity``.
 
-    Thread-safe; waiting is done by the event loop (:meth:`acquire` polls), so a waiting
-    request holds no worker thread.
+    Thread-safe. Waiting happens on the event loop (a future woken by :meth:`release`), so
+    a waiting request holds no worker thread; at most ``max_waiting`` requests wait at once
+    (each holds its upload), the others are refused at once.
     """
 
-    def __init__(self, capacity: int):
+    class _Waiter:
+        __slots__ = ("loop", "future")
+
+        def __init__(self, loop):
+            self.loop, self.future = loop, None
+
+    def __init__(self, capacity: int, max_waiting: int = DEFAULT_DECODE_MAX_WAITING):
         if capacity < 1:
             raise ValueError(f"decode budget must be >= 1 byte, got {capacity}")
-        self.capacity = int(capacity)
+        if max_waiting < 0:
+            raise ValueError(f"max_waiting must be >= 0, got {max_waiting}")
+        self.capacity, self.max_waiting = int(capacity), int(max_waiting)
         self._in_flight = 0
+        self._waiters: list[DecodeBudget._Waiter] = []
         self._lock = threading.Lock()
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
 
     def try_acquire(self, n: int) -> bool:
         with self._lock:
@@ -319,20 +334,48 @@ class DecodeBudget:
 
     def release(self, n: int) -> None:
         with self._lock:
-            self._in_flight -= n
-            if self._in_flight < 0:
+            if n > self._in_flight:
                 raise RuntimeError("decode budget released more than it held")
+            self._in_flight -= n
+            wake = [w for w in self._waiters if w.future is not None]
+        for waiter in wake:
+            waiter.loop.call_soon_threadsafe(_wake, waiter.future)
 
     async def acquire(self, n: int, wait_s: float) -> bool:
-        """Takes ``n`` bytes, waiting up to ``wait_s`` for them; False if they never fit."""
+        """Takes ``n`` bytes, waiting up to ``wait_s`` for them; False if they did not fit by then."""
         if n > self.capacity:
             return False
-        deadline = time.monotonic() + wait_s
-        while not self.try_acquire(n):
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(DECODE_POLL_S)
-        return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        waiter = None
+        try:
+            while True:
+                with self._lock:
+                    if self._in_flight + n <= self.capacity:
+                        self._in_flight += n
+                        return True
+                    if waiter is None:
+                        if len(self._waiters) >= self.max_waiting:
+                            return False
+                        waiter = self._Waiter(loop)
+                        self._waiters.append(waiter)
+                    waiter.future = loop.create_future()
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(waiter.future, remaining)
+                except TimeoutError:
+                    deadline = loop.time()  # one last look at the budget, then give up
+        finally:
+            if waiter is not None:
+                with self._lock:
+                    self._waiters.remove(waiter)
+
+
+def _wake(future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def return_freed_memory() -> None:
@@ -477,6 +520,8 @@ class ServerMetrics:
               registry=registry).set(budget.capacity)
         Gauge("vsearch_decode_in_flight_bytes", "Decoded bytes in flight now",
               registry=registry).set_function(lambda: budget.in_flight)
+        Gauge("vsearch_decode_waiting_requests", "Photos waiting for the decode budget now",
+              registry=registry).set_function(lambda: budget.waiting)
         self.refusals = Counter("vsearch_decode_refusals", "Photos refused by the decode budget: busy (503) "
                                 "or too_large (422, over the whole budget)", ("reason",), registry=registry)
         self.decode_wait_seconds = Histogram("vsearch_decode_wait_seconds", "Time waited for the decode budget",
@@ -534,6 +579,7 @@ def _timed(histogram, func, *args):
 
 def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title: str = "vsearch", *,
                decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES, decode_wait_s: float = DEFAULT_DECODE_WAIT_S,
+               decode_max_waiting: int = DEFAULT_DECODE_MAX_WAITING,
                index_path: str | os.PathLike | None = None,
                reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S):
     """The FastAPI app serving ``searcher``.
@@ -546,6 +592,7 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
         title: Shown in the page header and the API docs.
         decode_budget_bytes: Decoded bytes in flight across requests (see the module doc).
         decode_wait_s: How long a photo waits for the budget before a 503.
+        decode_max_waiting: How many photos may wait at once; more get a 503 at once.
         index_path: The searcher's index file: watched and reloaded when replaced (a
             :class:`LiveSearcher` brings its own).
         reload_interval_s: How often ``index_path`` is checked (0: never).
@@ -567,7 +614,7 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
         raise ValueError(f"max_upload_bytes must be >= 1, got {max_upload_bytes}")
     if not (math.isfinite(decode_wait_s) and decode_wait_s >= 0):
         raise ValueError(f"decode_wait_s must be a finite number >= 0, got {decode_wait_s}")
-    budget = DecodeBudget(decode_budget_bytes)
+    budget = DecodeBudget(decode_budget_bytes, decode_max_waiting)
     metrics = ServerMetrics(live, budget)
     live.listeners.append(lambda outcome: metrics.reloads.labels(outcome).inc())
 
@@ -664,13 +711,15 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
             if not admitted:
                 metrics.refusals.labels("busy").inc()
                 return error_response(503, f"busy: {_megabytes(budget.in_flight)} of photos are being decoded "
-                                           f"(budget {_megabytes(budget.capacity)}); retry in {RETRY_AFTER_S} s",
+                                           f"(budget {_megabytes(budget.capacity)}), {budget.waiting} waiting; "
+                                           f"retry in {RETRY_AFTER_S} s",
                                       headers={"Retry-After": str(RETRY_AFTER_S)})
             try:
                 pixels = await run_in_threadpool(
                     _timed, metrics.stage_seconds.labels("decode"), decode_upload, current, data, name)
             finally:
                 budget.release(cost)  # the thread has finished: run_in_threadpool waits for it
+            data = None  # the upload is not needed for the rest of the request
             result = await run_in_threadpool(_embed_and_search, metrics, current, pixels, k, category)
         except ImageError as exc:
             return error_response(422, f"{name}: {exc.reason}")
