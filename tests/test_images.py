@@ -353,3 +353,27 @@ def test_the_graph_refuses_an_image_over_the_limit_before_decoding_it():
     assert images.tf_decode_rgb(tf.constant(ok), max_pixels=200).shape == (10, 20, 3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="over the 199-pixel limit"):
         images.tf_decode_rgb(tf.constant(ok), max_pixels=199)
+
+
+# ---------------------------------------------------------------- a part of the photo
+
+def test_a_box_crops_the_upright_photo_before_resizing(files):
+    upright = images.load_image(files["exif"])
+    h, w = upright.shape[:2]
+    part = images.to_pixels(files["exif"], box="0.5,0,1,0.25")
+    assert part.shape == (round(h * 0.25), w - w // 2, 3)
+    assert np.array_equal(part, upright[: round(h * 0.25), w // 2:])
+    assert np.array_equal(images.model_input(files["exif"], 16, box=(0.5, 0, 1, 0.25)),
+                          images.resize_bilinear(part, 16))
+    tiny = images.to_pixels(upright, box=(0.5, 0.5, 0.5001, 0.5001))  # never empty: at least a pixel
+    assert tiny.shape == (1, 1, 3)
+
+
+@pytest.mark.parametrize("box, message", [
+    ("0.1,0.2,0.3", "four finite numbers"), ("a,b,c,d", "four numbers"), ("0,0,nan,1", "finite"),
+    ("0.5,0,0.4,1", "not a box inside the photo"), ("0,0,0,1", "not a box"), ("-0.1,0,1,1", "not a box"),
+    ("0,0,1,1.5", "not a box"), (None, "four numbers"),
+])
+def test_bad_boxes_are_clear_errors(box, message):
+    with pytest.raises(ImageError, match=message):
+        images.parse_box(box)

@@ -231,19 +231,57 @@ def check_pixels(image, source: str = "<pixels>") -> np.ndarray:
     return np.round(pixels).astype(np.uint8)
 
 
+Box = tuple[float, float, float, float]
+
+
+def parse_box(box, source: str = "box") -> Box:
+    """A part of a photo: ``x0,y0,x1,y1`` as fractions 0..1 of the upright photo's width and height.
+
+    Takes the text ``"0.1,0.2,0.6,0.9"`` or four numbers. Raises ImageError for anything
+    that is not four finite numbers with ``0 <= x0 < x1 <= 1`` and ``0 <= y0 < y1 <= 1``.
+    """
+    import math
+
+    parts = box.split(",") if isinstance(box, str) else box
+    try:
+        values = tuple(float(v) for v in parts)
+    except (TypeError, ValueError):
+        raise ImageError(source, f"expected x0,y0,x1,y1 as four numbers, got {box!r}") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ImageError(source, f"expected x0,y0,x1,y1 as four finite numbers, got {box!r}")
+    x0, y0, x1, y1 = values
+    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+        raise ImageError(source, f"{box!r} is not a box inside the photo: need 0 <= x0 < x1 <= 1 and "
+                         "0 <= y0 < y1 <= 1 (fractions of the width and height)")
+    return values
+
+
+def crop(pixels: np.ndarray, box: Box) -> np.ndarray:
+    """The part of (H, W, 3) pixels inside ``box`` (see :func:`parse_box`), at least one pixel."""
+    height, width = pixels.shape[:2]
+    x0, x1 = int(box[0] * width), max(int(round(box[2] * width)), int(box[0] * width) + 1)
+    y0, y1 = int(box[1] * height), max(int(round(box[3] * height)), int(box[1] * height) + 1)
+    return np.ascontiguousarray(pixels[y0:min(y1, height), x0:min(x1, width)])
+
+
 def to_pixels(image, source: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
               max_bytes: int = DEFAULT_MAX_BYTES, upright: bool = True,
-              draft_size: int | None = None) -> np.ndarray:
+              draft_size: int | None = None, box: Box | None = None) -> np.ndarray:
     """Step 1 of the road: bytes, a path or an (H, W, 3) array -> RGB ``uint8`` pixels.
 
     Args:
         image: Encoded bytes, a file path, or pixels (checked by :func:`check_pixels`).
         source: Name for error messages (default: the path, or ``<bytes>``/``<pixels>``).
         max_pixels / max_bytes: Limits for decoded size and encoded size.
-        upright / draft_size: See :func:`decode_image`.
+        upright / draft_size: See :func:`decode_image` (no draft with a ``box``: the part
+            keeps the photo's full resolution).
+        box: Only this part of the (upright) photo, see :func:`parse_box`.
     Raises:
         ImageError: the image cannot be used; the message names ``source`` and why.
     """
+    if box is not None:
+        box = parse_box(box)
+        return crop(to_pixels(image, source, max_pixels, max_bytes, upright, None), box)
     if isinstance(image, (str, os.PathLike)):
         source = source or os.fsdecode(image)
         image = read_bytes(image, max_bytes)
@@ -296,7 +334,7 @@ def resize_bilinear(pixels: np.ndarray, size: int, out: np.ndarray | None = None
 
 def model_input(image, size: int, source: str | None = None, upright: bool = True, draft: bool = False,
                 max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
-                out: np.ndarray | None = None) -> np.ndarray:
+                out: np.ndarray | None = None, box: Box | None = None) -> np.ndarray:
     """The whole road: bytes / path / array -> (size, size, 3) float32 RGB 0..255.
 
     Args:
@@ -305,10 +343,11 @@ def model_input(image, size: int, source: str | None = None, upright: bool = Tru
         upright: Apply EXIF orientation (the served default).
         draft: Decode large JPEGs at reduced scale, still >= ``size`` per side.
         out: Optional batch slot to write into (see :func:`resize_bilinear`).
+        box: Only this part of the photo (see :func:`parse_box`), cut before resizing.
     Raises:
         ImageError: the image cannot be used.
     """
-    pixels = to_pixels(image, source, max_pixels, max_bytes, upright, size if draft else None)
+    pixels = to_pixels(image, source, max_pixels, max_bytes, upright, size if draft else None, box)
     return resize_bilinear(pixels, size, out)
 
 

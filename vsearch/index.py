@@ -24,8 +24,8 @@ from vsearch.errors import DataError
 
 FORMAT = "vsearch-catalog/2"
 KINDS = ("exact", "hnsw")
-# Above this many items `auto` builds an HNSW graph: exact search over N x 384 floats costs
-# about N * 1.5 KB of memory traffic per query (bench/search.py: ~15 ms at 100k items on 2 cores).
+# Above this many items `auto` builds an HNSW graph: exact search reads every vector per
+# query (bench/search.py: 69 ms p50 at 1M 391-d vectors on 2 cores, HNSW 2.7 ms at recall@10 0.95).
 AUTO_HNSW_ABOVE = 100_000
 
 

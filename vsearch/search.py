@@ -91,19 +91,23 @@ class Searcher:
         catalog = Catalog.load(index, expected_fingerprint=getattr(embedder, "fingerprint", None))
         return cls(embedder, catalog, **kwargs)
 
-    def pixels(self, image, source: str = "<upload>") -> np.ndarray:
-        """bytes, a path, or an (H, W, 3) array -> upright RGB uint8 pixels (strict checks)."""
+    def pixels(self, image, source: str = "<upload>", box=None) -> np.ndarray:
+        """bytes, a path, or an (H, W, 3) array -> upright RGB uint8 pixels (strict checks).
+
+        ``box``: only that part of the photo (``x0,y0,x1,y1`` fractions, see
+        :func:`vsearch.images.parse_box`), cut at full resolution.
+        """
         if isinstance(image, (str, os.PathLike)):
             source = os.fsdecode(image)
-        return to_pixels(image, source, self.max_pixels, self.max_bytes)
+        return to_pixels(image, source, self.max_pixels, self.max_bytes, box=box)
 
-    def embed(self, image, source: str = "<upload>") -> np.ndarray:
-        """One photo -> its unit vector, through the road."""
-        return embed_one(self.embedder, self.pixels(image, source), source)
+    def embed(self, image, source: str = "<upload>", box=None) -> np.ndarray:
+        """One photo (or a part of it) -> its unit vector, through the road."""
+        return embed_one(self.embedder, self.pixels(image, source, box), source)
 
-    def search(self, image, k: int = 5, category: str = "any", source: str = "<upload>") -> SearchResult:
-        """The top-k catalog items for a photo (bytes, path or pixels)."""
-        return self.search_vector(self.embed(image, source), k, category)
+    def search(self, image, k: int = 5, category: str = "any", source: str = "<upload>", box=None) -> SearchResult:
+        """The top-k catalog items for a photo (bytes, path or pixels), or for a ``box`` of it."""
+        return self.search_vector(self.embed(image, source, box), k, category)
 
     def search_vector(self, vector: np.ndarray, k: int = 5, category: str = "any") -> SearchResult:
         """The top-k catalog items for an embedding (see the module doc for ``category``)."""
