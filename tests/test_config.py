@@ -80,7 +80,7 @@ def test_classifier_validation():
 
 
 def test_a_config_json_written_before_a_value_was_renamed_still_loads(tmp_path):
-    # Classifiers trained before session 6 recorded augmentation "keras" (now "mild").
+    # Classifiers trained when the views were Keras layers recorded augmentation "keras" (now "mild").
     data = c.to_dict(c.ClassifierConfig())
     data["augmentation"] = "keras"
     (tmp_path / "config.json").write_text(json.dumps(data))
@@ -104,3 +104,43 @@ def test_unreadable_config_file_is_a_config_error(tmp_path, text, message):
         path.write_text(text)
     with pytest.raises(c.ConfigError, match=f"--config .*config.json: {message}"):
         c.load_json(c.ClassifierConfig, path)
+
+
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf", "1e999"])
+def test_non_finite_overrides_are_refused_naming_the_key(raw):
+    with pytest.raises(c.ConfigError, match=f"head_learning_rate: expected a finite number, got {raw!r}"):
+        c.apply_overrides(c.ClassifierConfig(), {"head_learning_rate": raw})
+    with pytest.raises(c.ConfigError, match="learning_rate: expected a finite number"):
+        c.apply_overrides(c.SiameseConfig(), {"learning_rate": float(raw)})  # typed values too
+
+
+def test_non_finite_numbers_in_a_config_file_are_refused(tmp_path):
+    path = tmp_path / "config.json"
+    c.save_json(c.SiameseConfig(), path)
+    path.write_text(path.read_text().replace('"margin": 0.2', '"margin": Infinity'))  # Python's json reads it
+    with pytest.raises(c.ConfigError, match="margin: expected a finite number, got inf"):
+        c.load_json(c.SiameseConfig, path)
+
+
+def test_configs_built_in_code_refuse_non_finite_numbers():
+    with pytest.raises(c.ConfigError, match="fine_tune_learning_rate: expected a finite number, got nan"):
+        c.ClassifierConfig(fine_tune_learning_rate=float("nan"))
+    with pytest.raises(c.ConfigError, match="temperature: expected a finite number, got inf"):
+        c.SiameseConfig(temperature=float("inf"))
+
+
+def test_save_json_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "config.json"
+    c.save_json(c.ClassifierConfig(), path)
+    before = path.read_text()
+
+    def interrupted(*args):  # Ctrl-C just before the new file would have replaced the old one
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        c.save_json(c.preset(c.ClassifierConfig, "smoke"), path)
+    monkeypatch.undo()
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["config.json"]

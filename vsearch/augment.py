@@ -8,11 +8,11 @@ and reproduced. Evaluation simulates customer photos with :func:`customer_photo`
 independent Pillow implementation with its own parameters, so the evaluation does not
 simply replay the training distribution.
 
-Why not Keras preprocessing layers or ``tf.image`` ops: on the 2-core CPU, the Keras
-augmentation layers cost about 18 ms per 224x224 image, 17 of them in the three projective
-warps of RandomRotation / RandomZoom / RandomTranslation (``ImageProjectiveTransformV3`` is
-slow on a CPU); one fused OpenCV affine warp does the same geometry in about a millisecond
-(bench/RESULTS.md, session 6). These views are computed once per training image and view.
+Why not Keras preprocessing layers or ``tf.image`` ops: the three projective warps of
+RandomRotation / RandomZoom / RandomTranslation (``ImageProjectiveTransformV3``) are slow on
+a CPU and made up almost all of those layers' cost; one fused OpenCV affine warp does the
+same geometry for a small fraction of it. These views are computed once per training image
+and view.
 """
 from __future__ import annotations
 

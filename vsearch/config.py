@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from vsearch.artifacts import write_json
+from vsearch.errors import ConfigError
+
 CLASS_NAMES = ("dress", "hat", "longsleeve", "pants", "shoes", "shorts", "t-shirt")
-
-
-from vsearch.errors import ConfigError  # noqa: E402  (re-exported)
-
 
 # What may run the frozen backbone for the feature caches (see vsearch.features.resolve_runtime).
 FEATURE_RUNTIMES = ("auto", "keras", "tflite")
@@ -45,7 +45,7 @@ class DataConfig:
             LiteRT flatbuffer, image checks (``image-checks.json``, keyed by the files' bytes).
             Empty: features in memory only, every image decoded to check it.
         feature_runtime: What runs the frozen backbone to make those features: ``keras``,
-            ``tflite`` (LiteRT + XNNPACK, about 2x as fast on a CPU, same numbers) or ``auto``
+            ``tflite`` (LiteRT + XNNPACK, faster on a CPU, same numbers) or ``auto``
             (``tflite`` unless TensorFlow sees a GPU or the images are too few to pay for the
             conversion: ``vsearch.features.resolve_runtime``).
     """
@@ -59,6 +59,7 @@ class DataConfig:
     feature_runtime: str = "auto"
 
     def __post_init__(self):
+        _check_finite(self)
         _check(self.image_size >= 32, "data.image_size must be >= 32 (MobileNetV2's minimum)")
         _check(self.batch_size >= 1, "data.batch_size must be >= 1")
         _check(self.max_image_pixels > 0, "data.max_image_pixels must be > 0")
@@ -73,7 +74,7 @@ class ClassifierConfig:
     Training runs the frozen lower part of the backbone once per image view and caches
     its output, so both phases (head only, then the top blocks) cost only the top part.
 
-    ``vsearch train --preset default``: 7-21 min on the 2-core CPUs of bench/RESULTS.md.
+    ``vsearch train --preset default``
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -84,7 +85,7 @@ class ClassifierConfig:
     augment_views: int = 3  # augmented views cached per training image (plus the clean one)
     # mild: flips, small rotations, zoom, shifts, contrast, brightness (augment.classifier_view).
     # customer: the seeded customer-photo views stage 2 trains on (shared on disk), measured
-    # worse for the classifier (bench/RESULTS.md).
+    # worse for the classifier.
     augmentation: str = "mild"
     head_epochs: int = 6
     fine_tune_epochs: int = 8
@@ -94,10 +95,11 @@ class ClassifierConfig:
     dropout: float = 0.3
     label_smoothing: float = 0.1
     weight_decay: float = 1e-4
-    patience: int = 5  # the best epoch often follows a dip (bench/RESULTS.md, session 2)
+    patience: int = 5  # the best epoch often follows a dip
     class_weighting: bool = True
 
     def __post_init__(self):
+        _check_finite(self)
         _check(self.augment_views >= 0, "augment_views must be >= 0")
         _check(self.augmentation in AUGMENTATIONS, f"augmentation must be one of {', '.join(AUGMENTATIONS)}")
         _check(self.lr_schedule in ("cosine", "constant"), "lr_schedule must be 'cosine' or 'constant'")
@@ -112,7 +114,7 @@ class ClassifierConfig:
 class SiameseConfig:
     """Stage 2, ``vsearch siamese``: triplet training of the embedding tower and export.
 
-    ``vsearch siamese --preset default``: 7-15 min on the 2-core CPUs of bench/RESULTS.md.
+    ``vsearch siamese --preset default``
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -138,6 +140,7 @@ class SiameseConfig:
     weight_decay: float = 1e-4
 
     def __post_init__(self):
+        _check_finite(self)
         _check(self.embedding_dim >= 2, "embedding_dim must be >= 2")
         _check(self.views_per_image >= 1, "views_per_image must be >= 1")
         _check(self.triplets_per_epoch >= self.batch_size, "triplets_per_epoch must be >= batch_size")
@@ -174,6 +177,7 @@ class EvalConfig:
     reference_dir: str = ""  # TFLite model_dir: SavedModel for parity (empty: the one it came from)
 
     def __post_init__(self):
+        _check_finite(self)
         _check(self.top_k >= 1, "top_k must be >= 1")
         _check(self.customer_queries >= 0, "customer_queries must be >= 0")
         _check(self.grid_queries >= 1, "grid_queries must be >= 1")
@@ -183,6 +187,14 @@ class EvalConfig:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _check_finite(config) -> None:
+    """Refuses NaN and infinite numbers: a NaN learning rate trains NaN weights without an error."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name}: expected a finite number, got {value}")
 
 
 def _smoke_data(data_dir: str = "data/smoke") -> DataConfig:
@@ -235,9 +247,12 @@ def _parse_value(raw: str, annotation: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected a boolean (true/false), got {raw!r}")
     if annotation in (int, float):
         try:
-            return annotation(raw)
+            value = annotation(raw)
         except ValueError:
             raise ConfigError(f"{key}: expected {annotation.__name__}, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {raw!r}")
+        return value
     if annotation is str:
         return raw
     raise ConfigError(f"{key}: cannot be overridden from text")
@@ -277,6 +292,8 @@ def apply_overrides(config, overrides: Mapping[str, Any]):
             value = float(value)
         elif not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
             raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):  # e.g. NaN or Infinity in a config file
+            raise ConfigError(f"{key}: expected a finite number, got {value}")
         direct[head] = value
     for head, sub in nested.items():
         direct[head] = apply_overrides(getattr(config, head), sub)
@@ -300,7 +317,7 @@ def to_dict(config) -> dict[str, Any]:
 
 
 # Values renamed since a config.json may have been written: (class name, key) -> {old: new}.
-# "keras": the classifier's augmentation was Keras preprocessing layers before session 6.
+# "keras": the classifier's augmentation, when it was made of Keras preprocessing layers.
 RENAMED_VALUES = {("ClassifierConfig", "augmentation"): {"keras": "mild"}}
 
 
@@ -325,7 +342,8 @@ def from_dict(cls: type, data: Mapping[str, Any]):
 
 
 def save_json(config, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    """The config as ``config.json`` (read back by :func:`load_json`, ``--config``), written atomically."""
+    write_json(path, to_dict(config))
 
 
 def load_json(cls: type, path: str | Path):
