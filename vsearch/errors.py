@@ -24,3 +24,7 @@ class ImageError(VSearchError):
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+
+
+class TrainingError(VSearchError):
+    """Training cannot go on (the loss is no longer a finite number); no model was saved."""
