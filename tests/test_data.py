@@ -1,86 +1,13 @@
 import json
 import os
-import shutil
 import zipfile
 
 import pytest
 
-from conftest import awkward_files, make_image_folder
+from conftest import awkward_files
 from vsearch import data
+from vsearch.checks import scan_split
 from vsearch.errors import DataError
-
-
-def test_scan_split_counts_and_classifies(image_root):
-    awkward = awkward_files(image_root / "train" / "red")
-    report = data.scan_split(image_root / "train")
-    assert report.class_names == ["blue", "green", "red"]
-    counts = report.counts()
-    assert counts["blue"] == 6 and counts["green"] == 6
-    assert counts["red"] == 6 + 5  # gray, rgba, 16-bit, cmyk, exif are usable
-    assert set(report.bad) == {str(awkward[k]) for k in ("corrupt", "truncated", "empty", "text")}
-    converted = {k for k, v in awkward.items() if str(v) in report.convert}
-    assert converted == {"rgba", "sixteen", "cmyk", "exif"}
-    assert str(awkward["gray"]) in report.files["red"]  # TF reads 8-bit grayscale as is
-
-
-def test_remembered_checks_give_the_same_report_without_decoding(image_root, tmp_path, monkeypatch):
-    awkward = awkward_files(image_root / "train" / "red")
-    checks = tmp_path / "cache" / "image-checks.json"
-    first = data.scan_split(image_root / "train", checks=checks)
-    assert first == data.scan_split(image_root / "train")
-    stored = json.loads(checks.read_text())["verdicts"]
-    assert len(stored) == first.total  # ok and convert verdicts; bad files are checked every time
-
-    decoded = []
-    real = data._inspect
-    monkeypatch.setattr(data, "_inspect", lambda *a: decoded.append(a[1].name) or real(*a))
-    assert data.scan_split(image_root / "train", checks=checks) == first
-    bad = sorted(awkward[k].name for k in ("corrupt", "truncated", "text"))  # (empty: reading it fails)
-    assert sorted(decoded) == bad
-    # Keyed by bytes: a copy elsewhere is known, an edited file is checked again.
-    copy = tmp_path / "copy"
-    shutil.copytree(image_root / "train", copy)
-    decoded.clear()
-    assert data.scan_split(copy, checks=checks).counts() == first.counts()
-    assert sorted(decoded) == bad
-    photo = sorted((copy / "blue").iterdir())[0]
-    photo.write_bytes(photo.read_bytes()[:300])  # now truncated
-    decoded.clear()
-    report = data.scan_split(copy, checks=checks)
-    assert str(photo) in report.bad and photo.name in decoded
-    # A damaged or older-version file of checks is ignored, never trusted.
-    checks.write_text("{not json")
-    assert data.scan_split(image_root / "train", checks=checks) == first
-    checks.write_text(json.dumps({"version": data.CHECKS_VERSION - 1,
-                                  "verdicts": {k: ["ok", ""] for k in stored}}))
-    decoded.clear()
-    assert data.scan_split(image_root / "train", checks=checks) == first and len(decoded) > first.total
-
-
-def test_missing_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="no such folder"):
-        data.scan_split(tmp_path / "nope")
-
-
-def test_one_class_is_not_enough(tmp_path):
-    make_image_folder(tmp_path)
-    for name in ("green", "red"):
-        shutil.rmtree(tmp_path / "train" / name)
-    with pytest.raises(DataError, match="need at least 2"):
-        data.scan_split(tmp_path / "train")
-
-
-def test_empty_class_is_named(image_root):
-    for f in (image_root / "train" / "green").iterdir():
-        f.unlink()
-    (image_root / "train" / "green" / "broken.jpg").write_bytes(b"nope")
-    with pytest.raises(DataError, match=r"no usable image in class folder\(s\) \['green'\]"):
-        data.scan_split(image_root / "train")
-
-
-def test_expected_class_missing(image_root):
-    with pytest.raises(DataError, match="class folder missing"):
-        data.scan_split(image_root / "validation", ["blue", "green", "red", "purple"])
 
 
 def test_prepare_from_local_copy_is_idempotent(image_root, tmp_path):
@@ -97,7 +24,7 @@ def test_prepare_from_local_copy_is_idempotent(image_root, tmp_path):
     assert again == result
     assert sorted(p.relative_to(dest) for p in dest.rglob("*") if p.is_file()) == files
     # the clean copy has nothing left to normalise or exclude
-    clean = data.scan_split(dest / "train")
+    clean = scan_split(dest / "train")
     assert not clean.bad and not clean.convert
     assert json.loads((dest / "report.json").read_text()) == result
     assert "EXCLUDED (train)" in data.format_report(result)
@@ -147,7 +74,7 @@ def test_interrupted_writes_leave_nothing_behind(image_root, tmp_path, monkeypat
     assert all(p.read_bytes() != b"\x89PNG half" for p in folder.iterdir())  # nor a half-written one
     monkeypatch.undo()
     result = data.prepare(image_root, dest, class_names=("blue", "green", "red"))  # the re-run completes
-    assert not data.scan_split(dest / "train").bad and result["splits"]["train"]["converted"]
+    assert not scan_split(dest / "train").bad and result["splits"]["train"]["converted"]
     mask = os.umask(0)
     os.umask(mask)
     assert {p.stat().st_mode & 0o777 for p in folder.glob("*.jpg.png")} == {0o666 & ~mask}  # not mkstemp's 0600
@@ -181,15 +108,3 @@ def test_an_archive_without_the_splits_leaves_no_temporary_folder(tmp_path, monk
         data.download(archive.as_uri())
     assert list(scratch.iterdir()) == []
 
-
-def test_load_split_lists_files_in_dataset_order(image_root, tmp_path):
-    awkward_files(image_root / "validation" / "green")
-    split = data.load_split(image_root / "validation", tmp_path / "cache")
-    assert split.root != image_root / "validation"  # a clean mirror was needed
-    ds = data.image_dataset(split.root, split.class_names, 32, 4)
-    assert list(ds.file_paths) == split.paths
-    labels = [int(y) for _, batch in ds for y in batch]
-    assert labels == split.labels.tolist() == ds.labels.tolist()  # read from the paths, no decoding
-    cached = data.image_dataset(split.root, split.class_names, 32, 4, cache=True)
-    assert cached.labels.tolist() == labels and list(cached.file_paths) == split.paths
-    assert len(split.paths) == 9 + 5

@@ -47,7 +47,8 @@ def _build_config(cls, args, extra: dict[str, str] | None = None):
 
 
 def cmd_data(args) -> int:
-    from vsearch.data import checks_path, format_report, prepare
+    from vsearch.checks import checks_path
+    from vsearch.data import format_report, prepare
 
     source = args.source or os.environ.get("VSEARCH_DATA_SOURCE") or None
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())

@@ -29,7 +29,8 @@ from vsearch import config as cfg_mod
 from vsearch import metrics
 from vsearch.artifacts import provenance, write_atomic, write_json
 from vsearch.config import EvalConfig
-from vsearch.data import checks_path, load_split
+from vsearch.checks import checks_path
+from vsearch.datasets import load_split
 from vsearch.embedder import embed_images, embed_one
 from vsearch.errors import DataError
 from vsearch.images import load_image

@@ -69,7 +69,7 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
 
     from vsearch import models
     from vsearch.augment import CUSTOMER_VIEW_SEED, customer_view
-    from vsearch.data import image_dataset
+    from vsearch.datasets import image_dataset
     from vsearch.export import export_embedding
     from vsearch.features import TOP_PREDICT_BATCH, Frozen, extract, extract_cached, files_digest
     from vsearch.mining import sample_triplets

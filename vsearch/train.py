@@ -25,7 +25,9 @@ import numpy as np
 
 from vsearch import config as cfg_mod
 from vsearch.config import ClassifierConfig
-from vsearch.data import DataError, checks_path, clean_split, image_dataset
+from vsearch.checks import checks_path, clean_split
+from vsearch.datasets import image_dataset
+from vsearch.errors import DataError
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
