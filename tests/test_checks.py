@@ -80,3 +80,21 @@ def test_expected_class_missing(image_root):
     with pytest.raises(DataError, match="class folder missing"):
         checks.scan_split(image_root / "validation", ["blue", "green", "red", "purple"])
 
+
+def test_materialise_writes_again_only_files_whose_source_changed(image_root, tmp_path, monkeypatch):
+    awkward_files(image_root / "train" / "red")
+    mirror = checks.materialise(checks.scan_split(image_root / "train"), tmp_path / "mirror", link=False)
+    assert sorted(p.name for p in (mirror / "red").iterdir()) == sorted(
+        ["cmyk.jpg.png", "exif_rotated.jpg.png", "gray.png", "rgba.png", "sixteen.png"]
+        + [f"red_{i}.{'png' if i % 3 == 2 else 'jpg'}" for i in range(6)])
+    written = []
+    for name in ("_write_copy", "_write_normalised"):
+        real = getattr(checks, name)
+        monkeypatch.setattr(checks, name, lambda src, dest, *a, real=real: written.append(dest.name) or real(src, dest, *a))
+    checks.materialise(checks.scan_split(image_root / "train"), mirror, link=False)
+    assert written == []  # nothing changed, nothing written
+    (image_root / "train" / "blue" / "blue_0.jpg").write_bytes((image_root / "train" / "blue" / "blue_1.jpg").read_bytes())
+    (mirror / "red" / "gray.png").unlink()
+    checks.materialise(checks.scan_split(image_root / "train"), mirror, link=False)
+    assert sorted(written) == ["blue_0.jpg", "gray.png"]
+    assert (mirror / "blue" / "blue_0.jpg").read_bytes() == (image_root / "train" / "blue" / "blue_1.jpg").read_bytes()

@@ -2,6 +2,7 @@ import json
 import os
 import zipfile
 
+import numpy as np
 import pytest
 
 from conftest import awkward_files
@@ -108,3 +109,55 @@ def test_an_archive_without_the_splits_leaves_no_temporary_folder(tmp_path, monk
         data.download(archive.as_uri())
     assert list(scratch.iterdir()) == []
 
+
+def _replace_with_older(path, data: bytes) -> None:
+    """Replaces ``path`` by a new file with ``data`` and a modification time years older, as a
+    backup restore, ``cp -p`` or ``rsync -a`` would (rsync: a new file renamed over the old)."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    os.utime(tmp, (1e9, 1e9))
+    os.replace(tmp, path)
+
+
+@pytest.mark.parametrize("link", [True, False])
+def test_a_replaced_photo_is_copied_again_whatever_its_modification_time(image_root, tmp_path, monkeypatch, link):
+    from PIL import Image
+
+    from conftest import jpeg_bytes
+    from vsearch.images import decode_image
+
+    def cross_device(*args):
+        raise OSError("Invalid cross-device link")
+
+    if not link:  # another file system: copies instead of hard links
+        monkeypatch.setattr(os, "link", cross_device)
+    awkward = awkward_files(image_root / "train" / "blue")
+    dest = tmp_path / "out"
+    data.prepare(image_root, dest, class_names=("blue", "green", "red"))
+    photo = image_root / "train" / "blue" / "blue_0.jpg"
+    new_photo = (image_root / "train" / "green" / "green_1.jpg").read_bytes()
+    _replace_with_older(photo, new_photo)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    new_rotated = jpeg_bytes(Image.new("RGB", (30, 20), (10, 200, 30)), exif=exif)
+    _replace_with_older(awkward["exif"], new_rotated)
+
+    data.prepare(image_root, dest, class_names=("blue", "green", "red"))
+    assert (dest / "train" / "blue" / "blue_0.jpg").read_bytes() == new_photo
+    normalised = dest / "train" / "blue" / "exif_rotated.jpg.png"
+    assert np.array_equal(np.asarray(Image.open(normalised).convert("RGB")), decode_image(new_rotated))
+
+
+def test_a_destination_that_is_a_file_is_a_clear_error(image_root, tmp_path, capsys):
+    from vsearch import cli
+
+    file = tmp_path / "catalog.zip"
+    file.write_bytes(b"not a folder")
+    for dest in (file, file / "clothing"):
+        with pytest.raises(DataError, match=f"--dest {dest}: {file} is a file, not a folder"):
+            data.prepare(image_root, dest, class_names=("blue", "green", "red"))
+    assert cli.main(["data", "--source", str(image_root), "--dest", str(file), "--classes", "blue,green,red",
+                     "--feature-cache-dir", ""]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file, not a folder" in err[0]
+    assert file.read_bytes() == b"not a folder"

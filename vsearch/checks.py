@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vsearch.artifacts import write_atomic
+from vsearch.artifacts import write_atomic, write_json
 from vsearch.errors import DataError
 from vsearch.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image, read_bytes
 
@@ -27,6 +27,8 @@ _TF_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
 _TF_MODES = {"RGB", "L", "P"}
 # Bumped when inspect_image's verdicts change, so that remembered checks are not reused.
 CHECKS_VERSION = 1
+# Beside a mirror's class folders: the SHA-256 of the source each of its files was made from.
+SOURCES_FILE = ".vsearch-sources.json"
 
 
 @dataclass
@@ -203,38 +205,55 @@ def _write_normalised(src: Path, dest: Path) -> None:
     write_atomic(dest, lambda tmp: Image.fromarray(pixels, "RGB").save(tmp, format="PNG"))
 
 
+def _write_copy(src: Path, dest: Path, link: bool) -> None:
+    dest.unlink(missing_ok=True)
+    if link:
+        try:
+            os.link(src, dest)
+            return
+        except OSError:  # another file system, or links not allowed: copy
+            pass
+    write_atomic(dest, lambda tmp: shutil.copy2(src, tmp))
+
+
+def _read_sources(dest: Path) -> dict[str, str]:
+    try:
+        sources = json.loads((dest / SOURCES_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return sources if isinstance(sources, dict) else {}
+
+
 def materialise(report: SplitReport, dest: str | os.PathLike, link: bool = True) -> Path:
     """Writes a clean copy of a scanned split: good files linked or copied, others normalised.
 
-    Idempotent: existing files that are at least as new as their source are kept.
+    Idempotent: a file made from a source with the same bytes is kept. Freshness is decided
+    by content (the source's SHA-256, recorded in ``dest/.vsearch-sources.json``), not by
+    modification times, which backup restores, ``cp -p`` and ``rsync -a`` set to older values.
     """
     dest = Path(dest)
+    made_from = _read_sources(dest)
+    sources: dict[str, str] = {}
     for cls in report.class_names:
         out_dir = dest / cls
         out_dir.mkdir(parents=True, exist_ok=True)
-        wanted = set()
-        for src in map(Path, report.files.get(cls, [])):
-            target = out_dir / src.name
-            wanted.add(target.name)
-            if target.exists() and target.stat().st_mtime >= src.stat().st_mtime:
+        jobs = [(Path(p), Path(p).name, False) for p in report.files.get(cls, [])]
+        jobs += [(Path(p), _normalised_name(Path(p)), True) for p in report.convert if Path(p).parent.name == cls]
+        for src, name, normalise in jobs:
+            target, key = out_dir / name, f"{cls}/{name}"
+            sources[key] = hashlib.sha256(src.read_bytes()).hexdigest()
+            if made_from.get(key) == sources[key] and target.is_file():
                 continue
-            if target.exists() or target.is_symlink():
-                target.unlink()
-            if link:
-                try:
-                    os.link(src, target)
-                    continue
-                except OSError:
-                    pass
-            write_atomic(target, lambda tmp, src=src: shutil.copy2(src, tmp))
-        for src in (Path(p) for p in report.convert if Path(p).parent.name == cls):
-            target = out_dir / _normalised_name(src)
-            wanted.add(target.name)
-            if not (target.exists() and target.stat().st_mtime >= src.stat().st_mtime):
+            if normalise:
                 _write_normalised(src, target)
+            else:
+                _write_copy(src, target, link)
+        wanted = {name for _, name, _ in jobs}
         for stale in out_dir.iterdir():
             if stale.name not in wanted and stale.is_file():
                 stale.unlink()
+    if sources != made_from:  # written last: an interrupted run's files are made again
+        write_json(dest / SOURCES_FILE, sources)
     return dest
 
 

@@ -55,7 +55,11 @@ def _check_destination(source: Path | None, dest: Path, class_names: tuple[str, 
     ``prepare`` mirrors the source's class folders into ``dest`` and deletes what the
     source no longer has, so ``dest`` must not overlap the source, and class folders with
     files in them must come from an earlier ``prepare`` (its ``report.json``, or the marker
-    it leaves first, so an interrupted run can be run again)."""
+    it leaves first, so an interrupted run can be run again). ``dest``, or a folder above
+    it, that is a file is refused before anything is written."""
+    existing = next((p for p in (dest, *dest.parents) if p.exists() or p.is_symlink()), None)
+    if existing is not None and not existing.is_dir():
+        raise DataError(f"--dest {dest}: {existing} is a file, not a folder; choose a folder for the catalog")
     if source is not None:
         src, out = source.resolve(), dest.resolve()
         if src == out or src in out.parents or out in src.parents:
