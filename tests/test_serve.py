@@ -314,3 +314,52 @@ def test_serve_missing_index_exits_2_with_one_line(tmp_path, capsys):
     assert cli.main(["serve", "--index", str(tmp_path / "none.vsi"), "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none.vsi: no such catalog index" in err[0]
+
+
+def test_vsearch_serve_serves_and_reloads_its_index(smoke_index, tmp_path):
+    """`vsearch serve` as an operator runs it: serves, then picks up `vsearch index remove`."""
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    model, index = smoke_index
+    local = Path(shutil.copy(index, tmp_path / "catalog.vsi"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "vsearch", "serve", "--model", str(model), "--index", str(local),
+                             "--port", str(port), "--reload-interval", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "vsearch serve did not start"
+            try:
+                health = httpx.get(url + "/healthz", timeout=5).json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        gone = sorted(catalog_ids(local))[0]
+        assert httpx.get(url + "/api/items/" + gone).status_code == 200
+        assert cli.main(["index", "remove", str(local), gone]) == 0
+        deadline = time.monotonic() + 10
+        while httpx.get(url + "/api/items/" + gone).status_code != 404:
+            assert time.monotonic() < deadline, "the removed item was still served after 10 s"
+            time.sleep(0.1)
+        assert httpx.get(url + "/healthz").json()["items"] == health["items"] - 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0 and "Traceback" not in out, out  # Ctrl-C stops it cleanly
+    assert f"serving http://127.0.0.1:{port}/" in out and "reloaded when replaced" in out
+
+
+def catalog_ids(path) -> list[str]:
+    from vsearch.index import Catalog
+
+    return list(Catalog.load(path).items)

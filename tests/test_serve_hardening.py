@@ -162,6 +162,17 @@ def test_search_results_carry_working_urls_for_odd_ids(odd_server):
         assert httpx.get(server.url + found[item_id]).status_code == 200
 
 
+# ---------------------------------------------------------------- the served road
+
+def test_the_served_steps_make_the_searchers_vector(searcher):
+    """decode (under the budget), then embed: the same vector as Searcher.embed."""
+    from vsearch.serve import decode_upload, embed_input
+
+    data = photo_of(searcher, "green/2")
+    served = embed_input(searcher, decode_upload(searcher, data, "q.png"))
+    np.testing.assert_allclose(served, searcher.embed(data), atol=1e-6)
+
+
 # ---------------------------------------------------------------- /metrics
 
 def test_metrics_scrape(searcher, index):

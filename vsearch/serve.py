@@ -856,4 +856,7 @@ def run(model: str | os.PathLike, index: str | os.PathLike, host: str = "127.0.0
         else "not reloaded"
     print(f"vsearch: {len(searcher.catalog)} items, {index} {reload_note}; serving http://{host}:{port}/ "
           f"(API docs at /docs, metrics at /metrics)")
-    uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn has shut down gracefully, then re-raises Ctrl-C
+        print("vsearch: stopped")
