@@ -185,11 +185,37 @@ def build_catalog(embedder, root: str | os.PathLike, items_csv: str | os.PathLik
     report.unmatched_rows = sorted(rows)
     if not len(catalog):
         raise DataError(f"{root}: none of the {len(files)} files could be read as an image")
-    if catalog.index.kind != "exact":
-        sample = catalog.index.vectors[np.random.default_rng(0).choice(len(catalog), min(500, len(catalog)), False)]
-        report.recall_at_10 = measure_recall(catalog.index, sample, 10)
-        catalog.stats["recall@10"] = report.recall_at_10
+    report.recall_at_10 = _approximate_recall(catalog)
     return catalog, report
+
+
+def _approximate_recall(catalog: Catalog) -> float | None:
+    """An HNSW index's recall@10 against exact search on a sample (kept in its stats); None when exact."""
+    if catalog.index.kind == "exact":
+        return None
+    sample = catalog.index.vectors[np.random.default_rng(0).choice(len(catalog), min(500, len(catalog)), False)]
+    catalog.stats["recall@10"] = measure_recall(catalog.index, sample, 10)
+    return catalog.stats["recall@10"]
+
+
+def catalog_from_vectors(items: Sequence[dict], vectors: np.ndarray, fingerprint: str, model: dict | None = None,
+                         kind: str = "auto") -> tuple[Catalog, IndexReport]:
+    """A new catalog of vectors embedded elsewhere (``vsearch embed``'s shards); nothing is embedded.
+
+    Args:
+        items: One dict per vector, with at least ``id`` (unique).
+        vectors: (len(items), dim) unit vectors.
+        fingerprint: Of the model that made them.
+        model: What made them (source, image size, class names), kept with the catalog.
+        kind: ``auto``, ``exact`` or ``hnsw`` (see :func:`vsearch.index.choose_kind`).
+    """
+    vectors = np.asarray(vectors, np.float32)
+    if not len(items) or vectors.ndim != 2 or len(vectors) != len(items):
+        raise DataError(f"no vectors to index ({len(items)} item(s), vectors of shape {vectors.shape})")
+    dim = vectors.shape[1]
+    catalog = Catalog(dim, fingerprint, index=FaissIndex(dim, choose_kind(kind, len(items))), model=model)
+    catalog.add(list(items), vectors)
+    return catalog, IndexReport(added=len(catalog), recall_at_10=_approximate_recall(catalog))
 
 
 def add_images(catalog: Catalog, embedder, paths: Iterable[str | os.PathLike], category: str | None = None,

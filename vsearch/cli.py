@@ -6,6 +6,7 @@
     vsearch eval [--preset P] [--query PATH] stage 3, metrics and retrieval pictures
     vsearch export --format tflite [--quantize none|dynamic|int8]  the model for fast CPU inference
     vsearch index build|add|remove|info      the catalog index (FAISS)
+    vsearch embed MANIFEST --out DIR [-- BEAM OPTIONS]  embed a catalog on Apache Beam into Parquet shards
     vsearch search PHOTO [-k 5]              a customer's photo -> matching catalog items
     vsearch serve [--port 8000]              the upload page and JSON API
 
@@ -131,7 +132,13 @@ def cmd_index(args) -> int:
             raise UsageError(f"{flag} must be >= 1, got {value}")
     if args.action == "build":
         _check_output_file(args.out, "--out")  # before the embedding work, not after it
-        catalog, report = build_catalog(_load_embedder(args), args.catalog, args.items, args.kind, **embed_kwargs)
+        if args.from_embeddings:
+            catalog, report = _catalog_from_embeddings(args)
+        elif not args.catalog:
+            raise UsageError("give a catalog folder, or --from-embeddings DIR (the output of `vsearch embed`)")
+        else:
+            args.model = args.model or DEFAULT_MODEL
+            catalog, report = build_catalog(_load_embedder(args), args.catalog, args.items, args.kind, **embed_kwargs)
         with file_lock(args.out, args.wait, _log_err):
             catalog.save(args.out)
         print(report.format())
@@ -165,6 +172,44 @@ def cmd_index(args) -> int:
             print(f"  {name or '(no category)'}: {n}")
         if catalog.stats:
             print("  stats: " + ", ".join(f"{k} {v:.3f}" for k, v in catalog.stats.items()))
+    return 0
+
+
+def _catalog_from_embeddings(args):
+    """``index build --from-embeddings DIR``: the shards of ``vsearch embed``, without re-embedding."""
+    from vsearch.catalog import catalog_from_vectors
+
+    if args.catalog or args.items:
+        raise UsageError("--from-embeddings takes the catalog from the embeddings; give no catalog folder or --items")
+    pipeline = _pipeline()
+    expected = pipeline.describe_model(args.model)["fingerprint"] if args.model else None
+    done = pipeline.load_embeddings(args.from_embeddings, expected_fingerprint=expected)
+    catalog, report = catalog_from_vectors(done.items, done.vectors, done.summary["fingerprint"],
+                                           done.summary["model"], args.kind)
+    report.skipped.update(done.dead_letters)
+    return catalog, report
+
+
+def _pipeline():
+    """vsearch.pipeline, or how to install what it needs."""
+    try:
+        from vsearch import pipeline
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("apache_beam", "pyarrow"):
+            raise UsageError(f"this command needs Apache Beam and pyarrow ({exc.name} is missing): "
+                             "pip install 'vsearch[beam]'") from None
+        raise
+    return pipeline
+
+
+def cmd_embed(args) -> int:
+    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    pipeline = _pipeline()
+    summary = pipeline.embed_catalog(args.manifest, args.model, args.out, args.batch_size, args.threads,
+                                     args.beam_args)
+    print(pipeline.format_summary(summary, args.out))
     return 0
 
 
@@ -330,11 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds to wait for another writer of the index to finish (default 600)")
 
     q = actions.add_parser("build", help="embed a folder of catalog photos (<category>/<photo>)")
-    q.add_argument("catalog", help="catalog folder, one sub-folder per category")
+    q.add_argument("catalog", nargs="?", help="catalog folder, one sub-folder per category")
+    q.add_argument("--from-embeddings", metavar="DIR",
+                   help="instead of a folder: the output of `vsearch embed` (no re-embedding; with --model, "
+                        "a different model is refused)")
     q.add_argument("--out", default=DEFAULT_INDEX, help=f"index file (default {DEFAULT_INDEX})")
     q.add_argument("--kind", default="auto", choices=("auto", "exact", "hnsw"),
                    help="exact search, HNSW, or auto (HNSW above 100k items)")
     model_args(q)
+    q.set_defaults(model=None)  # --from-embeddings checks the model only when one is given
     wait_arg(q)
     q = actions.add_parser("add", help="add photos (files or folders) without re-embedding the rest")
     q.add_argument("index")
@@ -349,6 +398,21 @@ def build_parser() -> argparse.ArgumentParser:
     q = actions.add_parser("info", help="size, categories and model of an index")
     q.add_argument("index")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("embed", help="embed a catalog on Apache Beam into Parquet shards (pip install 'vsearch[beam]')",
+                       description="Read a manifest (CSV, JSON Lines or Parquet: product_id, image, category, "
+                                   "attributes) or a <category>/<photo> folder, embed every photo with "
+                                   "RunInference, and write Parquet shards, dead_letters.jsonl and embeddings.json "
+                                   "to --out. Everything after -- goes to Beam's PipelineOptions, e.g. "
+                                   "-- --runner DirectRunner --direct_num_workers 2 --direct_running_mode "
+                                   "multi_processing.")
+    p.add_argument("manifest", help="manifest file (.csv, .jsonl, .parquet) or catalog folder")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"SavedModel folder or .tflite, a local path on every worker (default {DEFAULT_MODEL})")
+    p.add_argument("--out", required=True, help="output folder (local, or gs://... with Beam's GCP extra)")
+    p.add_argument("--batch-size", type=int, default=32, help="photos per model call (default 32)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads per worker")
+    p.set_defaults(func=cmd_embed, beam_args=[])
 
     p = sub.add_parser("search", help="find the catalog items in a photo",
                        description="Embed a photo and print the top-k catalog items.")
@@ -386,7 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     from vsearch.errors import VSearchError
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    beam_args: list[str] = []
+    if argv[:1] == ["embed"] and "--" in argv:  # the rest is Beam's, untouched by argparse
+        argv, beam_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = parser.parse_args(argv)
+    if beam_args:
+        args.beam_args = beam_args
     if getattr(args, "url", "") is None:
         from vsearch.data import UPSTREAM_URL
 
