@@ -377,3 +377,17 @@ def test_a_box_crops_the_upright_photo_before_resizing(files):
 def test_bad_boxes_are_clear_errors(box, message):
     with pytest.raises(ImageError, match=message):
         images.parse_box(box)
+
+
+def test_palette_images_with_and_without_transparency():
+    arr = np.zeros((6, 8), np.uint8)
+    arr[:, 4:] = 1
+    img = Image.fromarray(arr, "P")
+    img.putpalette([200, 0, 0, 0, 0, 200] + [0] * 762)
+    opaque = images.decode_image(png_bytes(img))
+    assert (opaque[:, :4] == (200, 0, 0)).all() and (opaque[:, 4:] == (0, 0, 200)).all()
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", transparency=1)  # colour 1 is see-through: composited over white
+    clear = images.decode_image(buf.getvalue())
+    assert (clear[:, :4] == (200, 0, 0)).all() and (clear[:, 4:] == 255).all()
+    assert images.image_header(buf.getvalue()).decoded_bytes >= 48 * 24  # counted with the RGBA copies
