@@ -194,7 +194,24 @@ def tiny_tower(seed: int = 0):
         keras.Input((TINY_SIZE, TINY_SIZE, 3)), layers.Conv2D(16, 3, strides=2, padding="same"), layers.BatchNormalization(),
         layers.ReLU(6.0), layers.DepthwiseConv2D(3, padding="same"), layers.ReLU(6.0), layers.Conv2D(128, 1),
     ], name=models.BACKBONE_NAME)
-    return models.build_tower(base, 8, TINY_SIZE)
+    return build_tower(base, 8, TINY_SIZE)
+
+
+def build_tower(base, embedding_dim: int, image_size: int):
+    """A one-branch embedding tower: pixels 0..255 -> ``base`` -> pooled -> projected -> unit norm.
+
+    The shape of the exported model with the fewest parts, for tests of what takes a tower
+    (saving, the triplet model, conversion); the stages build theirs in vsearch.siamese.
+    """
+    import keras
+
+    from vsearch import models
+
+    projection = keras.layers.Dense(embedding_dim, name="projection")
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = base(models.preprocessing_layer()(inputs))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, models.L2Normalize(name="l2_normalize")(projection(x)), name="embedding")
 
 
 @pytest.fixture(scope="session")

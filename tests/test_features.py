@@ -120,3 +120,39 @@ def test_runtime_auto_uses_tflite_without_a_gpu_for_enough_images_and_refuses_un
     assert resolve_runtime("keras") == "keras"
     with pytest.raises(ConfigError, match="auto, keras, tflite"):
         resolve_runtime("onnx")
+
+
+def test_cache_views_runs_each_job_and_keeps_the_cached_ones(image_root, tmp_path, monkeypatch):
+    import keras
+
+    import vsearch.features as features
+    from vsearch.config import DataConfig
+    from vsearch.features import View, cache_views
+
+    inputs = keras.Input((32, 32, 3))
+    bottom = keras.Model(inputs, keras.layers.Conv2D(2, 3, strides=4)(inputs))
+    datasets = []
+    for split in ("train", "validation"):
+        paths = sorted(str(p) for p in (image_root / split).rglob("*.jpg"))[:4]
+        ds = image_batches(paths, 32, 2)
+        ds.file_paths = paths
+        datasets.append(ds)
+    train, val = datasets
+    jobs = [(train, View("clean")), (train, View("view", customer_view, 3)), (val, View("val clean")),
+            (val, View("val view", customer_view, 5, cached=False))]
+    hashed = []
+    real_digest = features.files_digest
+    monkeypatch.setattr(features, "files_digest", lambda paths: hashed.append(len(paths)) or real_digest(paths))
+    data = DataConfig(image_size=32, batch_size=2, feature_cache_dir=str(tmp_path), feature_runtime="keras")
+    logs = []
+    out = cache_views(bottom, data, jobs, logs.append)
+    expected = [extract(bottom, ds, view.transform, view.seed, 2) for ds, view in jobs]
+    assert all(np.array_equal(a, b) for a, b in zip(out, expected)) and not np.array_equal(out[0], out[1])
+    assert len(list(tmp_path.glob("*.npy"))) == 3  # the uncached view is not kept
+    assert hashed == [4, 4]  # each dataset's files hashed once, however many views it has
+    logs.clear()
+    again = cache_views(bottom, data, jobs, logs.append)
+    assert all(np.array_equal(a, b) for a, b in zip(again, out))
+    assert [("from the cache" in line) for line in logs] == [True, True, True, False]
+    assert [line.split(":")[0] for line in logs] == ["  features clean", "  features view", "  features val clean",
+                                                      "  features val view"]

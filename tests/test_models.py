@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import build_tower
 from vsearch import models
 from vsearch.errors import BackboneError
 
@@ -45,7 +46,7 @@ def test_fine_tuning_keeps_batchnorm_frozen(tiny_base):
 
 
 def test_tower_outputs_unit_vectors_and_round_trips(tiny_base, tmp_path):
-    tower = models.build_tower(tiny_base, 8, 32)
+    tower = build_tower(tiny_base, 8, 32)
     projection = tower.get_layer("projection")  # an untrained tiny backbone outputs near zero
     projection.set_weights([projection.get_weights()[0], np.linspace(-1, 1, 8).astype(np.float32)])
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
@@ -57,7 +58,7 @@ def test_tower_outputs_unit_vectors_and_round_trips(tiny_base, tmp_path):
 
 
 def test_triplet_model_save_load_compare(tiny_base, tmp_path):
-    tower = models.build_tower(tiny_base, 4, 32)
+    tower = build_tower(tiny_base, 4, 32)
     triplet = models.build_triplet_model(tower, margin=0.3)
     assert [t.name for t in triplet.inputs] == ["anchor", "positive", "negative"]
     x = [np.random.default_rng(i).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32) for i in range(3)]

@@ -3,7 +3,10 @@ import json
 
 import numpy as np
 
-from vsearch.siamese import pca_projection, quick_metrics
+import pytest
+
+from vsearch.mining import Triplets
+from vsearch.siamese import Views, pca_projection, quick_metrics, triplet_inputs
 
 
 def test_pca_projection_is_orthonormal_and_centres():
@@ -66,3 +69,37 @@ def test_siamese_without_class_branch(smoke_run, tmp_path):
     assert metrics["cache_max_abs_diff"] < 1e-2
     meta = json.loads((tmp_path / "embedding" / "assets.extra" / "vsearch.json").read_text())
     assert meta["embedding_dim"] == config.embedding_dim and meta["branches"]["class"] == 0
+
+
+def _views(with_class: bool) -> Views:
+    maps = np.arange(3 * 2 * 4, dtype=np.float16).reshape(3, 2, 2, 2, 1)  # 3 items, 2 views, 2x2x1 maps
+    vectors = -np.arange(3 * 2 * 5, dtype=np.float32).reshape(3, 2, 5) if with_class else None
+    return Views(maps, vectors, maps[:, 0], None, maps[:, 1], None)
+
+
+@pytest.mark.parametrize("with_class", [True, False])
+def test_triplet_inputs_gather_each_role_from_the_cached_views(with_class):
+    views = _views(with_class)
+    trip = Triplets(anchor=np.array([[0, 1], [2, 0]]), positive=np.array([[0, 0], [1, 1]]),
+                    negative=np.array([[1, 0], [2, 1]]), instance=np.array([True, False]))
+    inputs = triplet_inputs(views, trip)
+    per_role = 2 if with_class else 1
+    assert len(inputs) == 3 * per_role
+    for r, role in enumerate((trip.anchor, trip.positive, trip.negative)):
+        maps = inputs[r * per_role]
+        assert maps.dtype == np.float16  # fed as cached: no float32 copy
+        assert np.array_equal(maps, np.stack([views.catalog[i, v] for i, v in role]))
+        if with_class:
+            assert np.array_equal(inputs[r * per_role + 1], np.stack([views.catalog_class[i, v] for i, v in role]))
+
+
+def test_a_loss_that_is_no_longer_finite_stops_stage_2_and_saves_nothing(smoke_run, tmp_path):
+    from vsearch.errors import TrainingError
+    from vsearch.siamese import train_siamese
+
+    config = dataclasses.replace(smoke_run["siamese"], learning_rate=1e38, out_dir=str(tmp_path / "embedding"),
+                                 work_dir=str(tmp_path / "siamese"))
+    with pytest.raises(TrainingError, match=r"training the triplet model: the loss became (nan|inf) .*learning_rate"):
+        train_siamese(config, log=lambda _: None)
+    assert not (tmp_path / "embedding").exists()
+    assert not [p.name for p in (tmp_path / "siamese").iterdir() if p.suffix in (".keras", ".json")]

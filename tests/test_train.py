@@ -1,10 +1,11 @@
 import json
+import re
 
 import numpy as np
 import pytest
 
 from vsearch import config as c
-from vsearch.train import class_weights, load_classifier, train_classifier
+from vsearch.train import class_weights, joined_history, load_classifier, train_classifier, training_views
 
 
 def test_class_weights_balance_the_classes():
@@ -75,3 +76,41 @@ def test_frozen_bottom_runs_on_litert_and_is_converted_once(smoke_run):
     # stage 2 reads the flatbuffer stage 1 converted
     assert sum("to TFLite in" in line for line in train_logs) == 1
     assert not any("to TFLite in" in line for line in siamese_logs)
+
+
+def test_training_views_are_the_clean_one_then_seeded_augmentations():
+    from vsearch.augment import CUSTOMER_VIEW_SEED, classifier_view, customer_view
+
+    mild = training_views(c.apply_overrides(c.ClassifierConfig(), {"augment_views": 2, "data.seed": 5}))
+    assert [(v.label, v.transform, v.seed) for v in mild] == [
+        ("train clean", None, 0), ("train view 1", classifier_view, 6), ("train view 2", classifier_view, 7)]
+    customer = training_views(c.apply_overrides(c.ClassifierConfig(), {"augment_views": 1, "augmentation": "customer"}))
+    # the very views stage 2 caches as its customer view 1, so the caches are shared
+    assert [(v.transform, v.seed) for v in customer] == [(None, 0), (customer_view, CUSTOMER_VIEW_SEED + 1)]
+    assert all(v.cached for v in mild + customer)
+
+
+def test_joined_history_puts_the_phases_end_to_end():
+    head = {"accuracy": [0.5, 0.6], "loss": [2.0, 1.5], "val_accuracy": [0.4, 0.5], "val_loss": [2.1, 1.9]}
+    fine = {"accuracy": [0.7], "loss": [1.2], "val_accuracy": [0.55], "val_loss": [1.8], "learning_rate": [1e-4]}
+    history, starts = joined_history([head, fine])
+    assert history == {"accuracy": [0.5, 0.6, 0.7], "loss": [2.0, 1.5, 1.2], "val_accuracy": [0.4, 0.5, 0.55],
+                       "val_loss": [2.1, 1.9, 1.8]}
+    assert starts == [0, 2]
+
+
+def test_a_loss_that_is_no_longer_finite_stops_training_and_saves_nothing(tmp_path, capsys):
+    from conftest import make_image_folder
+    from vsearch import cli
+
+    data = make_image_folder(tmp_path / "data", split_counts=(("train", 3), ("validation", 2)))
+    out = tmp_path / "clf"
+    # A finite but absurd learning rate: the first step throws the weights to ~1e38, the next loss overflows.
+    assert cli.main(["train", "--preset", "smoke", "--data-dir", str(data), "--set", f"out_dir={out}",
+                     "--set", f"data.feature_cache_dir={tmp_path / 'features'}", "--set", "head_learning_rate=1e38",
+                     "--set", "augment_views=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(r"training classifier_head: the loss became (nan|inf) at epoch 1", err[0])
+    assert "head_learning_rate" in err[0]
+    for name in ("classifier.keras", "config.json", "class_names.json", "metrics.json"):
+        assert not (out / name).exists(), name

@@ -1,46 +1,45 @@
 """Feature caching: run the frozen lower backbone once per image view, train on the result.
 
-The frozen part of MobileNetV2 costs ~85% of a forward pass at 224x224 and never changes
-during training, so re-running it every epoch is waste. Each training image is passed
-through it once clean and once per augmented view; the trainable top blocks then train
-on those cached tensors, many times faster (see bench/RESULTS.md).
+The frozen part of MobileNetV2 costs most of a forward pass and never changes during
+training, so re-running it every epoch is waste. Each training image is passed through it
+once clean and once per augmented view (:func:`cache_views`, which both stages call); the
+trainable top blocks then train on those cached tensors.
 
 :func:`extract_cached` also keeps those tensors on disk, keyed by the model's weights, the
 images' bytes and the view: ``vsearch train`` and ``vsearch siamese`` share the same frozen
 bottom and the same seeded customer-photo views, so stage 2 reads what stage 1 computed.
 
-:class:`Frozen` runs that forward pass on Keras/TensorFlow or on LiteRT (XNNPACK). On a CPU,
-LiteRT runs MobileNetV2's bottom about twice as fast as TensorFlow (``bench/features.py``:
-48 against 24 img/s for clean photos, file to features, on the shared 2-core machine) with
-the same numbers (differences below the float16 cache's own rounding), so ``auto`` picks
-it when no GPU is visible and there are enough images to pay for converting the model.
+:class:`Frozen` runs that forward pass on Keras/TensorFlow or on LiteRT (XNNPACK), which
+gives the same numbers (differences below the float16 cache's own rounding) and is faster
+on a CPU, so ``auto`` picks it when no GPU is visible and there are enough images to pay
+for converting the model (:data:`AUTO_TFLITE_MIN_IMAGES`).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from vsearch.artifacts import write_atomic
 from vsearch.config import FEATURE_RUNTIMES as RUNTIMES
+from vsearch.config import DataConfig
 from vsearch.errors import ConfigError
 
 
 # LiteRT pays for its conversion above this many 224x224 images: converting the bottom
-# costs about 30 s whatever the input side (27-30 s on the 2-core machine, smoke and real
-# models alike), and saves about 20 ms per 224x224 image against Keras there
-# (bench/features.py: 48 against 24 img/s), so it breaks even near 1,500 images.
+# costs about 30 s whatever the input side, and saves about 20 ms per 224x224 image against
+# Keras on a CPU (bench/features.py: 48 against 24 img/s), so it breaks even near 1,500.
 AUTO_TFLITE_MIN_IMAGES = 1500
 
 # Batch for forward passes of the top blocks over cached feature maps (stage 1's pooled cache,
-# stage 2's class-branch cache and its embeddings for mining). On the 2-core machine of
-# bench/RESULTS.md 128 maps per batch cost 4.1 ms each against 5.0 at 256 (the batches
-# outgrow the caches) and 4.6 at 32 (session 11).
+# stage 2's class-branch cache and its embeddings for mining). On a CPU 128 maps per batch
+# measured faster than 256 (the batches outgrow the CPU caches) and than 32.
 TOP_PREDICT_BATCH = 128
 
 
@@ -98,7 +97,7 @@ def tflite_flatbuffer(model, cache_dir: str | os.PathLike | None = None,
     if log:
         log(f"  converted {model.name} to TFLite in {time.perf_counter() - start:.1f}s")
     if path is not None:
-        _atomic_write(path, flatbuffer)
+        write_atomic(path, flatbuffer)  # readers never see a half-written entry
     return flatbuffer
 
 
@@ -132,7 +131,7 @@ class Frozen:
 
             model = self.model
             return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        from vsearch.tflite import LiteRTRunner
+        from vsearch.litert import LiteRTRunner
 
         convert = lambda refresh=False: tflite_flatbuffer(self.model, self._cache_dir, self._log, refresh)  # noqa: E731
         try:
@@ -144,14 +143,6 @@ class Frozen:
         if self._run is None:
             self._run = self._runner()
         return np.asarray(self._run(pixels))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)  # readers never see a half-written entry
 
 
 def image_batches(paths: list[str], image_size: int, batch_size: int):
@@ -208,7 +199,6 @@ def extract(model, batches, transform: Callable | None = None, seed: int = 0,
     return np.concatenate(out) if out else np.zeros((0,) + tuple(run.model.output.shape[1:]), dtype)
 
 
-
 def files_digest(paths: Sequence[str | os.PathLike]) -> str:
     """A hash of the files' names (within their folder) and bytes, in order."""
     digest = hashlib.sha256()
@@ -253,6 +243,55 @@ def extract_cached(model, batches, paths: Sequence[str | os.PathLike], cache_dir
             path.unlink(missing_ok=True)  # a damaged entry is recomputed
     out = extract(model, batches, transform, seed, batch_size, dtype, log, label)
     buffer = io.BytesIO()
-    np.save(buffer, out)
-    _atomic_write(path, buffer.getvalue())
+    np.save(buffer, out)  # (np.save to a path would add ".npy" to write_atomic's temporary name)
+    write_atomic(path, buffer.getvalue())
+    return out
+
+
+@dataclass(frozen=True)
+class View:
+    """One view of every image of a dataset, for :func:`cache_views`.
+
+    Attributes:
+        label: Names the view in the log (``train view 1``).
+        transform: The per-image view (:mod:`vsearch.augment`); None: the clean images.
+        seed: Image ``i`` of the view draws from ``np.random.default_rng((seed, i))``.
+        cached: Kept on disk under ``data.feature_cache_dir``; False: computed every time.
+    """
+
+    label: str
+    transform: Callable | None = None
+    seed: int = 0
+    cached: bool = True
+
+
+def cache_views(bottom, data: DataConfig, jobs: Sequence[tuple[object, View]],
+                log: Callable[[str], None] | None = None) -> list[np.ndarray]:
+    """The frozen ``bottom``'s features of each ``(dataset, view)`` job, in order.
+
+    The one road both stages take to their feature caches: one :class:`Frozen` forward pass
+    on ``data.feature_runtime`` (sized by all the jobs' images, so ``auto`` can judge the
+    work), entries under ``data.feature_cache_dir`` keyed by :func:`extract_cached`.
+
+    Args:
+        bottom: The frozen lower backbone (pixels 0..255 in, feature maps out).
+        data: Where the cache is, which runtime runs the bottom, the batch size of views.
+        jobs: ``(dataset, view)`` pairs; a dataset comes from
+            :func:`vsearch.datasets.image_dataset` (pixel batches with ``file_paths``).
+        log: Where progress lines go.
+    Returns:
+        One float16 array of feature maps per job, images in dataset order.
+    """
+    cache_dir = data.feature_cache_dir or None
+    frozen = Frozen(bottom, data.feature_runtime, cache_dir, log,
+                    images=sum(len(dataset.file_paths) for dataset, _ in jobs))
+    digests: dict[int, str] = {}  # hashing a dataset's files once, whatever its number of views
+    out = []
+    for dataset, view in jobs:
+        where = cache_dir if view.cached else None
+        if where and id(dataset) not in digests:
+            digests[id(dataset)] = files_digest(dataset.file_paths)
+        out.append(extract_cached(frozen, dataset, dataset.file_paths, where, transform=view.transform,
+                                  seed=view.seed, batch_size=data.batch_size, log=log, label=view.label,
+                                  digest=digests.get(id(dataset))))
     return out

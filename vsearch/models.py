@@ -1,4 +1,4 @@
-"""Models: the MobileNetV2 backbone, the classifier, the embedding tower and the triplet model.
+"""Models: the MobileNetV2 backbone, the classifier, the embedding tower's parts and the triplet model.
 
 Every model takes plain RGB pixels in 0..255; MobileNetV2's preprocessing (scale to -1..1)
 is a layer inside the model, so saved models need no outside preprocessing.
@@ -173,15 +173,6 @@ def build_classifier(base, head: ClassifierHead, image_size: int):
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = preprocessing_layer()(inputs)
     return keras.Model(inputs, head(base(x)), name="classifier")
-
-
-def build_tower(base, embedding_dim: int, image_size: int, projection=None):
-    """The embedding tower: pixels 0..255 -> unit-norm embedding of ``embedding_dim``."""
-    projection = projection or keras.layers.Dense(embedding_dim, name="projection")
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = base(preprocessing_layer()(inputs))
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(inputs, L2Normalize(name="l2_normalize")(projection(x)), name="embedding")
 
 
 def build_pooled_features(base, image_size: int):
