@@ -152,3 +152,22 @@ def test_cli_search_errors(smoke_index, tmp_path, capsys):
     assert cli.main(["search", str(good), "--model", str(model), "--index", str(index),
                      "--plot", str(tmp_path / "taken")]) == 2
     assert "--plot" in capsys.readouterr().err
+    # a place no one can write, not even root: one line, not a traceback
+    assert cli.main(["search", str(good), "--model", str(model), "--index", str(index),
+                     "--plot", "/proc/vsearch-test/plot.png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "/proc/vsearch-test" in err[0] and "error:" in err[0]
+
+
+def test_searching_a_part_of_the_photo_finds_the_item_in_it(shop, tmp_path):
+    """Two catalog items side by side on one canvas: a box around each finds each."""
+    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
+    searcher = Searcher(ColourEmbedder(), catalog)
+    canvas = np.zeros((30, 80, 3), np.uint8)
+    canvas[:, :40] = (250, 10, 10)    # the red hat
+    canvas[:, 40:] = (10, 240, 10)    # the green shoes
+    assert searcher.search(canvas, 1, box="0,0,0.5,1").matches[0]["id"] == "hats/red"
+    assert searcher.search(canvas, 1, box=(0.5, 0, 1, 1)).matches[0]["id"] == "shoes/green"
+    assert searcher.search(canvas, 1).matches[0]["id"] not in ("hats/red", "shoes/green")  # the mix is neither
+    with pytest.raises(ImageError, match="not a box inside the photo"):
+        searcher.search(canvas, 1, box="0.6,0,0.5,1")

@@ -466,6 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     except (VSearchError, UsageError) as exc:
         print(f"vsearch {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file the command had to write or read: permissions, space, a folder in the way
+        where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
+        print(f"vsearch {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
