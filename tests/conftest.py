@@ -86,6 +86,7 @@ def calibrated_backbone_weights(path: Path, data: Path, size: int = 32, alpha: f
 
     from vsearch.models import build_backbone
 
+    keras.utils.set_random_seed(0)  # the same random backbone every run: reproducible smoke metrics
     base = build_backbone(size, "none", alpha)
     images = sorted((data / "train").rglob("*.jpg"))[:24]
     x = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size)), np.float32) for p in images])
