@@ -6,6 +6,7 @@
     vsearch eval [--preset P] [--query PATH] stage 3, metrics and retrieval pictures
     vsearch export --format tflite [--quantize none|dynamic|int8]  the model for fast CPU inference
     vsearch index build|add|remove|info      the catalog index (FAISS)
+    vsearch calibrate [--target-precision 0.95]  what a search answer means, kept with the index
     vsearch embed MANIFEST --out DIR [-- BEAM OPTIONS]  embed a catalog on Apache Beam into Parquet shards
     vsearch search PHOTO [-k 5]              a customer's photo -> matching catalog items
     vsearch serve [--port 8000]              the upload page and JSON API
@@ -132,13 +133,18 @@ def cmd_index(args) -> int:
             raise UsageError(f"{flag} must be >= 1, got {value}")
     if args.action == "build":
         _check_output_file(args.out, "--out")  # before the embedding work, not after it
+        if args.calibrate:
+            _check_calibration_args(args)
         if args.from_embeddings:
             catalog, report = _catalog_from_embeddings(args)
         elif not args.catalog:
             raise UsageError("give a catalog folder, or --from-embeddings DIR (the output of `vsearch embed`)")
         else:
             args.model = args.model or DEFAULT_MODEL
-            catalog, report = build_catalog(_load_embedder(args), args.catalog, args.items, args.kind, **embed_kwargs)
+            embedder = _load_embedder(args)
+            catalog, report = build_catalog(embedder, args.catalog, args.items, args.kind, **embed_kwargs)
+        if args.calibrate:
+            _calibrate(catalog, embedder if not args.from_embeddings else _load_embedder(args), args)
         with file_lock(args.out, args.wait, _log_err):
             catalog.save(args.out)
         print(report.format())
@@ -172,6 +178,47 @@ def cmd_index(args) -> int:
             print(f"  {name or '(no category)'}: {n}")
         if catalog.stats:
             print("  stats: " + ", ".join(f"{k} {v:.3f}" for k, v in catalog.stats.items()))
+        if catalog.calibration:
+            from vsearch.calibrate import format_calibration
+
+            print("  " + format_calibration(catalog.calibration).replace("\n", "\n  "))
+    return 0
+
+
+def _check_calibration_args(args) -> None:
+    if not 0 < args.target_precision < 1:
+        raise UsageError(f"--target-precision must be between 0 and 1, got {args.target_precision}")
+    if args.photos < 1:
+        raise UsageError(f"--photos must be >= 1, got {args.photos}")
+    if not args.model:
+        raise UsageError("--calibrate needs --model: it searches customer photos made from the catalog")
+
+
+def _calibrate(catalog, embedder, args) -> None:
+    """Calibrates ``catalog`` in memory (``vsearch calibrate``, ``index build --calibrate``)."""
+    from vsearch.calibrate import calibrate_catalog, format_calibration
+
+    calibration = calibrate_catalog(catalog, embedder, args.target_precision, args.photos, args.seed,
+                                    getattr(args, "batch_size", 32), log=_log_err)
+    catalog.set_calibration(calibration)
+    print(format_calibration(calibration))
+
+
+def cmd_calibrate(args) -> int:
+    from vsearch.artifacts import file_lock
+    from vsearch.index import Catalog
+
+    _check_calibration_args(args)
+    embedder = _load_embedder(args)
+    catalog = Catalog.load(args.index, expected_fingerprint=embedder.fingerprint)
+    _calibrate(catalog, embedder, args)
+    # Calibrating takes minutes, so the index is read again under the lock and only the
+    # calibration is put in: an `index add` or `remove` meanwhile is kept, not undone.
+    with file_lock(args.index, args.wait, _log_err):
+        current = Catalog.load(args.index, expected_fingerprint=embedder.fingerprint)
+        current.set_calibration(catalog.calibration)
+        current.save(args.index)
+    print(f"wrote the calibration into {args.index}")
     return 0
 
 
@@ -244,6 +291,9 @@ def cmd_search(args) -> int:
     if args.json:
         print(json.dumps({"query": args.photo, **result.to_dict()}, indent=2))
     else:
+        if result.match:
+            print({"exact": f"This is it ({result.match['confidence']:.2f})", "similar": "Similar items",
+                   "none": "Not in the catalog"}[result.match["verdict"]])
         cat = result.category
         if cat["predicted"]:
             print(f"category {cat['mode']}: {cat['predicted']}"
@@ -374,6 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--wait", type=float, default=600.0,
                        help="seconds to wait for another writer of the index to finish (default 600)")
 
+    def calibration_args(q):
+        from vsearch.calibrate import DEFAULT_PHOTOS, DEFAULT_SEED, DEFAULT_TARGET
+
+        q.add_argument("--target-precision", type=float, default=DEFAULT_TARGET,
+                       help="precision of 'exact' and of 'none' answers (default %(default)s)")
+        q.add_argument("--photos", type=int, default=DEFAULT_PHOTOS,
+                       help="simulated customer photos per seed; three seeds: fit, thresholds, check "
+                            "(default %(default)s)")
+        q.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                       help="first of the three seeds of the customer photos (default %(default)s)")
+
     q = actions.add_parser("build", help="embed a folder of catalog photos (<category>/<photo>)")
     q.add_argument("catalog", nargs="?", help="catalog folder, one sub-folder per category")
     q.add_argument("--from-embeddings", metavar="DIR",
@@ -384,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact search, HNSW, or auto (HNSW above 100k items)")
     model_args(q)
     q.set_defaults(model=None)  # --from-embeddings checks the model only when one is given
+    q.add_argument("--calibrate", action="store_true",
+                   help="also calibrate the answers (as `vsearch calibrate` does) before writing the index")
+    calibration_args(q)
     wait_arg(q)
     q = actions.add_parser("add", help="add photos (files or folders) without re-embedding the rest")
     q.add_argument("index")
@@ -398,6 +462,19 @@ def build_parser() -> argparse.ArgumentParser:
     q = actions.add_parser("info", help="size, categories and model of an index")
     q.add_argument("index")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("calibrate", help="learn what a search answer means: exact item, similar, not in the catalog",
+                       description="Search simulated customer photos of the catalog's own items, with their item "
+                                   "in the index and left out; fit calibrated probabilities (Platt or isotonic, per "
+                                   "category) and the thresholds for the target precision; store them in the index, "
+                                   "so every search result carries match: {verdict, confidence}.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
+    p.add_argument("--index", default=DEFAULT_INDEX, help=f"catalog index (default {DEFAULT_INDEX})")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch")
+    calibration_args(p)
+    wait_arg(p)
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("embed", help="embed a catalog on Apache Beam into Parquet shards (pip install 'vsearch[beam]')",
                        description="Read a manifest (CSV, JSON Lines or Parquet: product_id, image, category, "

@@ -7,7 +7,8 @@ implementation of the same four methods.
 
 :class:`Catalog` pairs an index with item metadata and the fingerprint of the model that
 made the vectors; ``save`` is atomic (temporary file, fsync, rename) and ``load`` refuses a
-catalog made by a different model.
+catalog made by a different model. A catalog may carry its calibration (what a search
+answer means, :mod:`vsearch.calibrate`) in the header; files without one load as before.
 """
 from __future__ import annotations
 
@@ -234,10 +235,47 @@ def _header_problem(meta: dict) -> str:
     for n, item in enumerate(meta["items"]):
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             return f"item {n} is not an object with a text id"
-    for key in ("model", "stats"):
+    for key in ("model", "stats", "calibration"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             return f"{key!r} is a {type(meta[key]).__name__}, expected an object"
     return ""
+
+
+def calibration_problem(calibration: dict, fingerprint: str) -> str:
+    """What makes a calibration unusable with a catalog of model ``fingerprint``, or ""."""
+    if calibration.get("fingerprint") != fingerprint:
+        return f"was made with model {calibration.get('fingerprint')}, the index with {fingerprint}"
+    heads, thresholds = calibration.get("heads"), calibration.get("thresholds")
+    if not isinstance(heads, dict) or not isinstance(thresholds, dict):
+        return "has no heads or thresholds"
+    for name in ("exact", "present"):
+        head = heads.get(name)
+        if not isinstance(head, dict) or not isinstance(head.get("global"), dict) \
+                or not isinstance(head.get("categories"), dict):
+            return f"has no {name!r} head"
+        for model in (head["global"], *head["categories"].values()):
+            if not _calibration_model_ok(model):
+                return f"has a damaged {name!r} model"
+    for name in ("exact", "none"):
+        value = thresholds.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return f"has a {name!r} threshold that is not a number"
+    return ""
+
+
+def _calibration_model_ok(model) -> bool:
+    """A model :func:`vsearch.search.probability` can evaluate: numbers where it reads them."""
+    def numbers(value, size=None) -> bool:
+        return (isinstance(value, list) and bool(value) and (size is None or len(value) == size)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+    if not isinstance(model, dict) or model.get("method") not in ("platt", "isotonic"):
+        return False
+    if not all(numbers(model.get(key), 2) for key in ("mean", "scale", "coef")) \
+            or not numbers([model.get("intercept")]):
+        return False
+    return model["method"] == "platt" or (numbers(model.get("edges")) and numbers(model.get("values"))
+                                          and len(model["edges"]) == len(model["values"]))
 
 
 class Catalog:
@@ -250,6 +288,7 @@ class Catalog:
         self.model = dict(model or {})  # what made the vectors: path, image size, class names
         self.items: dict[str, dict] = {}
         self.stats: dict = {}
+        self.calibration: dict | None = None  # see set_calibration
         self._by_category: dict[str, list[str]] | None = None  # built on first use, reset by changes
 
     @property
@@ -275,6 +314,18 @@ class Catalog:
         for item_id in ids:
             self.items.pop(str(item_id), None)
         return self.index.remove([str(i) for i in ids])
+
+    def set_calibration(self, calibration: dict | None) -> None:
+        """Keeps a calibration (:func:`vsearch.calibrate.calibrate_catalog`) with the catalog.
+
+        Raises:
+            DataError: it was made with another model, or is not a calibration.
+        """
+        if calibration is not None:
+            problem = calibration_problem(calibration, self.fingerprint)
+            if problem:
+                raise DataError(f"calibration refused: it {problem}")
+        self.calibration = calibration
 
     def category_ids(self, category: str) -> list[str]:
         """Ids of the items whose ``category`` is ``category``."""
@@ -307,6 +358,8 @@ class Catalog:
         meta = {"format": FORMAT, "fingerprint": self.fingerprint, "dim": self.index.dim,
                 "index": self.index.params(), "model": self.model, "stats": self.stats,
                 "items": [self.items[i] for i in ids]}
+        if self.calibration is not None:
+            meta["calibration"] = self.calibration
         payload = np.frombuffer(json.dumps(meta).encode(), np.uint8)
 
         def write(tmp: Path) -> None:
@@ -349,4 +402,10 @@ class Catalog:
         catalog = cls(int(meta["dim"]), meta["fingerprint"], index=index, model=meta.get("model") or {})
         catalog.items = {str(it["id"]): it for it in items}
         catalog.stats = meta.get("stats") or {}
+        calibration = meta.get("calibration")
+        if calibration is not None:
+            problem = calibration_problem(calibration, catalog.fingerprint)
+            if problem:
+                raise DataError(f"{path}: its calibration {problem}; run `vsearch calibrate` again")
+            catalog.calibration = calibration
         return catalog

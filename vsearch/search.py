@@ -9,6 +9,14 @@ the results to it; ``auto`` predicts the query's category from its nearest catal
 (a score-weighted vote) and, when the vote is confident, ranks that category's items first.
 The vote runs over the catalog's own categories, so it also works for a shop whose
 categories the classifier never saw.
+
+Calibrated verdict: when the catalog carries a calibration (``vsearch calibrate``, made by
+:mod:`vsearch.calibrate`), every result also says what the top match means, as
+``match = {"verdict": "exact" | "similar" | "none", "confidence": p}``: ``p`` is the
+calibrated probability that the first match is the very product in the photo, from its
+score and its gap to the next product. "exact" when ``p`` reaches the calibration's
+threshold; "none" (not in the catalog) when the calibrated probability that the product
+is in the catalog at all falls to its threshold; "similar" otherwise, and when the two disagree.
 """
 from __future__ import annotations
 
@@ -33,6 +41,73 @@ VOTE_TEMPERATURE = 0.05   # softmax temperature over cosine scores for the vote
 # scan costs the selector check of every row, its widening a full scan per round; HNSW's
 # widening is a few cheap graph walks). Other index kinds filter by ids themselves.
 SCAN_CATEGORY_SHARE = {"exact": 1 / 4, "hnsw": 1 / 32}
+# Results read, however few are shown, to find the first match's gap to the next product
+# (a product may have several photos); vsearch.calibrate measures the gap over as many.
+VERDICT_DEPTH = 10
+
+
+# ---------------------------------------------------------------- the calibrated verdict
+
+def product_of(item: dict) -> str:
+    """The product a catalog photo shows: its ``product_id``; without one the photo is its own product."""
+    return str(item.get("product_id") or item["id"])
+
+
+def ranked_features(scores: Sequence[float], products: Sequence[str]) -> tuple[float, float]:
+    """(top-1 score, gap to the best-scored other product) of a ranked list, best first.
+
+    With no other product in the list the gap is taken to its last score (a lower bound).
+    """
+    top = float(scores[0])
+    for score, product in zip(scores[1:], products[1:]):
+        if product != products[0]:
+            return top, top - float(score)
+    return top, top - float(scores[-1])
+
+
+def probability(model: dict, top1, gap) -> np.ndarray:
+    """A fitted calibration model's probability for (top-1 score, gap) pairs.
+
+    ``model``: standardisation (``mean``, ``scale``), a linear score (``coef``,
+    ``intercept``), then either Platt's sigmoid of it or an isotonic step function of it
+    (``edges``: each step's lowest score, ``values``: its probability).
+    """
+    x = np.column_stack([np.atleast_1d(np.asarray(top1, np.float64)), np.atleast_1d(np.asarray(gap, np.float64))])
+    z = ((x - np.asarray(model["mean"])) / np.asarray(model["scale"])) @ np.asarray(model["coef"]) + model["intercept"]
+    if model["method"] == "isotonic":
+        values = np.asarray(model["values"], np.float64)
+        step = np.searchsorted(np.asarray(model["edges"], np.float64), z, side="right") - 1
+        return values[np.clip(step, 0, len(values) - 1)]
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
+
+
+def head_model(head: dict, category: str) -> dict:
+    """A head's model for a category of the top match: its own if fitted, else the global one."""
+    return head["categories"].get(category) or head["global"]
+
+
+def verdicts(p_exact, p_present, thresholds: dict) -> np.ndarray:
+    """The verdict per query, "exact", "similar" or "none", from the two calibrated probabilities.
+
+    ``thresholds["exact"]``: ``p_exact`` at or above it says "exact"; ``thresholds["none"]``:
+    ``p_present`` at or below it says "none"; either may be None (never said). A query that
+    both would claim is "similar".
+    """
+    p_exact, p_present = np.atleast_1d(p_exact), np.atleast_1d(p_present)
+    exact = p_exact >= thresholds["exact"] if thresholds.get("exact") is not None else np.zeros(len(p_exact), bool)
+    none = p_present <= thresholds["none"] if thresholds.get("none") is not None else np.zeros(len(p_present), bool)
+    return np.where(exact & ~none, "exact", np.where(none & ~exact, "none", "similar"))
+
+
+def match_verdict(calibration: dict, matches: Sequence[dict]) -> dict:
+    """``{"verdict", "confidence"}`` for a ranked list of matches under a stored calibration."""
+    top1, gap = ranked_features([m["score"] for m in matches], [product_of(m) for m in matches])
+    category = matches[0].get("category", "")
+    heads = calibration["heads"]
+    p_exact = float(probability(head_model(heads["exact"], category), top1, gap)[0])
+    p_present = float(probability(head_model(heads["present"], category), top1, gap)[0])
+    return {"verdict": str(verdicts(p_exact, p_present, calibration["thresholds"])[0]),
+            "confidence": round(p_exact, 4)}
 
 
 # ---------------------------------------------------------------- answering a photo
@@ -54,10 +129,14 @@ def predict_category(matches: Sequence[dict], temperature: float = VOTE_TEMPERAT
 class SearchResult:
     matches: list[dict]
     category: dict  # mode, predicted, confidence, applied
+    match: dict | None = None  # verdict and confidence, when the catalog is calibrated
 
     def to_dict(self) -> dict:
-        return {"category": self.category,
-                "matches": [{"rank": r + 1, **m} for r, m in enumerate(self.matches)]}
+        out = {"category": self.category,
+               "matches": [{"rank": r + 1, **m} for r, m in enumerate(self.matches)]}
+        if self.match is not None:
+            out["match"] = self.match
+        return out
 
 
 class Searcher:
@@ -110,9 +189,20 @@ class Searcher:
         return self.search_vector(self.embed(image, source, box), k, category)
 
     def search_vector(self, vector: np.ndarray, k: int = 5, category: str = "any") -> SearchResult:
-        """The top-k catalog items for an embedding (see the module doc for ``category``)."""
+        """The top-k catalog items for an embedding (see the module doc for ``category``),
+        with the calibrated verdict on the first of them when the catalog has a calibration."""
         if k < 1:
             raise DataError(f"k must be >= 1, got {k}")
+        calibration = self.catalog.calibration
+        if calibration is None:
+            return self._ranked(vector, k, category)
+        result = self._ranked(vector, max(k, VERDICT_DEPTH), category)
+        if result.matches:
+            result.match = match_verdict(calibration, result.matches)
+        result.matches = result.matches[:k]
+        return result
+
+    def _ranked(self, vector: np.ndarray, k: int, category: str) -> SearchResult:
         category = category or "any"
         info = {"mode": category, "predicted": None, "confidence": None, "applied": False}
         if category == "any":

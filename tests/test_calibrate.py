@@ -1,0 +1,265 @@
+"""The calibrated verdict (vsearch.calibrate), kept with the index and shown by search."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import ColourEmbedder
+from vsearch import calibrate, cli
+from vsearch.calibrate import Samples
+from vsearch.catalog import build_catalog
+from vsearch.errors import DataError
+from vsearch.index import Catalog
+from vsearch.search import Searcher, probability, ranked_features, verdicts
+
+
+def samples(top1, gap, exact, present, category=None) -> Samples:
+    n = len(top1)
+    return Samples(np.asarray(top1, float), np.asarray(gap, float),
+                   np.asarray(category or [""] * n, dtype=object), np.asarray(exact, bool), np.asarray(present, bool))
+
+
+def world(seed: int, n: int = 400) -> Samples:
+    """Searches where a high score and a wide gap mean the exact item, as a model's do."""
+    rng = np.random.default_rng(seed)
+    inside = rng.random(n) < 0.5
+    top1 = np.where(inside, rng.normal(0.8, 0.08, n), rng.normal(0.55, 0.08, n))
+    gap = np.where(inside, rng.exponential(0.12, n), rng.exponential(0.03, n))
+    exact = inside & (rng.random(n) < 1 / (1 + np.exp(-(12 * (top1 - 0.65) + 20 * gap))))
+    return samples(top1, gap, exact, inside, ["hats" if i % 4 == 0 else "shoes" for i in range(n)])
+
+
+# ---------------------------------------------------------------- the fitting, by hand
+
+def test_isotonic_pools_violators_into_known_steps():
+    edges, values = calibrate.fit_isotonic(np.array([1, 2, 3, 4, 5, 6.0]), np.array([0, 1, 0, 1, 1, 1]))
+    assert edges.tolist() == [1, 2, 4] and values.tolist() == [0, 0.5, 1]
+    edges, values = calibrate.fit_isotonic(np.array([3, 1, 2, 2.0]), np.array([0, 1, 1, 0]))  # unsorted, a tie
+    assert edges.tolist() == [1] and values.tolist() == [0.5]
+
+
+def test_isotonic_is_monotone_and_keeps_the_mean():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=500)
+    y = rng.random(500) < 1 / (1 + np.exp(-2 * z))
+    edges, values = calibrate.fit_isotonic(z, y)
+    assert np.all(np.diff(edges) > 0) and np.all(np.diff(values) > 0)
+    fitted = values[np.searchsorted(edges, z, side="right") - 1]
+    assert fitted.mean() == pytest.approx(y.mean())
+
+
+def test_platt_on_separable_data_is_finite_with_known_probabilities():
+    # n at -1 all wrong, n at +1 all right: Platt's targets make p(+1) = (n+1)/(n+2), p(-1) = 1/(n+2).
+    n = 5
+    x = np.r_[-np.ones(n), np.ones(n)]
+    coef, intercept = calibrate.fit_platt(x[:, None], x > 0)
+    assert coef[0] == pytest.approx(np.log(n + 1)) and intercept == pytest.approx(0, abs=1e-9)
+    model = calibrate.fit_model(x * 0.1 + 0.7, np.full(2 * n, 0.2), x > 0, "platt")  # a constant gap
+    assert probability(model, [0.8, 0.6], [0.2, 0.2]) == pytest.approx([(n + 1) / (n + 2), 1 / (n + 2)])
+
+
+def test_isotonic_model_gives_the_step_values():
+    top1 = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    model = calibrate.fit_model(top1, np.zeros(6), np.array([0, 1, 0, 1, 1, 1]), "isotonic")
+    assert probability(model, top1, np.zeros(6)).tolist() == [0, 0.5, 0.5, 1, 1, 1]
+    assert probability(model, [0.0, 2.0], [0, 0]).tolist() == [0, 1]  # beyond the ends: the end steps
+
+
+def test_expected_calibration_error_by_hand():
+    p, y = np.array([0.05, 0.15, 0.95, 0.95]), np.array([0, 1, 1, 0])
+    # bin 0: |0 - .05|, bin 1: |1 - .15|, bin 9: |.5 - .95|, weighted 1/4, 1/4, 2/4
+    assert calibrate.expected_calibration_error(p, y) == pytest.approx(0.05 / 4 + 0.85 / 4 + 0.45 / 2)
+    curve = calibrate.reliability(p, y)
+    assert curve["count"] == [1, 1, 0, 0, 0, 0, 0, 0, 0, 2] and curve["confidence"][2] is None
+    assert curve["frequency"][9] == 0.5
+    assert calibrate.expected_calibration_error(np.array([0.3, 0.3, 0.3]), np.array([0, 0, 1])) == pytest.approx(
+        1 / 30)
+
+
+def test_threshold_for_precision_by_hand():
+    p, y = np.array([0.9, 0.8, 0.7, 0.6, 0.5]), np.array([1, 1, 0, 1, 0])
+    assert calibrate.threshold_for_precision(p, y, 0.75) == 0.6   # 3 of the top 4
+    assert calibrate.threshold_for_precision(p, y, 0.95) == 0.8
+    assert calibrate.threshold_for_precision(p, y, 0.5) == 0.5
+    assert calibrate.threshold_for_precision(np.array([0.9, 0.9]), np.array([1, 0]), 0.9) is None  # a tie, not cut
+    assert calibrate.threshold_for_precision(p[2:], y[2:] * 0, 0.5) is None
+
+
+def test_verdicts_follow_the_thresholds():
+    t = {"exact": 0.9, "none": 0.2}
+    assert verdicts([0.95, 0.5, 0.1, 0.95], [0.99, 0.5, 0.1, 0.1], t).tolist() == [
+        "exact", "similar", "none", "similar"]  # the last: both heads claim it
+    assert verdicts([0.99], [0.0], {"exact": None, "none": None}).tolist() == ["similar"]
+
+
+def test_ranked_features_gap_is_to_the_next_product():
+    assert ranked_features([0.9, 0.85, 0.6], ["a", "a", "b"]) == pytest.approx((0.9, 0.3))
+    assert ranked_features([0.9, 0.8], ["a", "a"]) == pytest.approx((0.9, 0.1))  # only a lower bound
+    assert ranked_features([0.9], ["a"]) == (0.9, 0.0)
+
+
+def test_fit_calibration_chooses_by_held_out_ece_and_meets_its_target_on_new_seeds():
+    fit, check, heldout = world(1), world(2), world(3)
+    calibration = calibrate.fit_calibration(fit, check, "model-1", target=0.9)
+    for head in ("exact", "present"):
+        eces = calibration["selection_ece"][head]
+        assert calibration["method"][head] == min(eces, key=eces.get)
+    assert set(calibration["heads"]["exact"]["categories"]) == {"shoes"}  # hats: 100 samples, too few
+    figures = calibrate.verdict_metrics(calibration, heldout)
+    assert figures["exact_precision"] >= 0.85 and figures["exact_coverage"] > 0.3
+    assert figures["none_on_left_out"] > 0.5 and figures["none_on_in_catalog"] < 0.1
+    assert figures["ece_exact"] < 0.08 and figures["num_left_out"] == int((~heldout.present).sum())
+    json.dumps(calibration, allow_nan=False)  # stored in the index header as plain JSON
+
+
+def test_isotonic_wins_where_the_truth_is_a_step():
+    rng = np.random.default_rng(0)
+
+    def step_world(n=600):
+        top1 = rng.uniform(0, 1, n)
+        exact = rng.random(n) < np.where(top1 < 0.5, 0.3, 0.97)
+        return samples(top1, np.zeros(n), exact, np.ones(n, bool))
+
+    method, eces = calibrate.choose_method(step_world(), step_world(), "exact")
+    assert method == "isotonic" and eces["isotonic"] < eces["platt"]
+
+
+# ---------------------------------------------------------------- leave-one-out on a tiny catalog
+
+def tiny_catalog() -> Catalog:
+    vectors = np.array([[1, 0, 0], [0.8, 0.6, 0], [0.6, 0.8, 0], [0, 0, 1], [0, 0.6, 0.8]], np.float32)
+    catalog = Catalog(3, "v1", kind="exact")
+    catalog.add([{"id": "a", "category": "hats"}, {"id": "b", "category": "hats"},
+                 {"id": "c1", "product_id": "c", "category": "shoes"},
+                 {"id": "c2", "product_id": "c", "category": "shoes"}, {"id": "d", "category": "shoes"}], vectors)
+    return catalog
+
+
+def test_query_samples_search_with_the_item_and_with_its_product_left_out():
+    catalog = tiny_catalog()
+    queries = np.array([[1, 0, 0], [0.6, 0.8, 0]], np.float32)
+    s = calibrate.query_samples(catalog, queries, ["a", "c1"])
+    # in the catalog: a finds a (1; b .8: gap .2); c's photo finds c1 (1), its gap skips c2 (same product) to b (.96)
+    # left out: a's photo finds b (.8; c1 .6: gap .2); c's photo, c1 and c2 gone, finds b (.96; a .6: gap .36)
+    assert s.present.tolist() == [True, True, False, False]
+    assert s.exact.tolist() == [True, True, False, False]
+    assert s.top1 == pytest.approx([1, 1, 0.8, 0.96])
+    assert s.gap == pytest.approx([0.2, 1 - 0.96, 0.2, 0.36])
+    assert s.category.tolist() == ["hats", "shoes", "hats", "hats"]
+
+
+def test_customer_photos_are_seeded_and_skip_unreadable_items(shop):
+    items = [{"id": p.stem, "path": str(p)} for p in sorted(shop.rglob("*.*")) if not p.name.startswith(".")]
+    items.append({"id": "gone", "path": str(shop / "gone.png")})
+    photos, ids = calibrate.customer_photos(items, 10, seed=3)
+    again, same_ids = calibrate.customer_photos(items, 10, seed=3)
+    assert ids == same_ids and all(np.array_equal(a, b) for a, b in zip(photos, again))
+    assert len(ids) == 8 and "gone" not in ids and set(ids) == {"red", "pink", "green", "olive"}
+    other, _ = calibrate.customer_photos(items, 10, seed=4)
+    assert not all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(photos, other))
+
+
+# ---------------------------------------------------------------- kept with the index, shown by search
+
+def hand_calibration(fingerprint: str) -> dict:
+    return calibrate.fit_calibration(world(1), world(2), fingerprint, target=0.9)
+
+
+def test_calibration_round_trips_through_the_index_file(tmp_path, shop):
+    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
+    catalog.save(tmp_path / "old.vsi")
+    assert Catalog.load(tmp_path / "old.vsi").calibration is None  # a file without one still loads
+    catalog.set_calibration(hand_calibration(ColourEmbedder.fingerprint))
+    catalog.save(tmp_path / "cal.vsi")
+    loaded = Catalog.load(tmp_path / "cal.vsi")
+    assert loaded.calibration == json.loads(json.dumps(catalog.calibration))
+    assert len(loaded) == 4
+
+
+def test_a_calibration_of_another_model_is_refused(tmp_path, shop):
+    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
+    with pytest.raises(DataError, match="calibration refused: it was made with model other"):
+        catalog.set_calibration(hand_calibration("other"))
+    assert catalog.calibration is None
+    broken = hand_calibration(ColourEmbedder.fingerprint)
+    broken["heads"]["exact"]["global"]["coef"] = "steep"
+    with pytest.raises(DataError, match="damaged 'exact' model"):
+        catalog.set_calibration(broken)
+    # a header edited by hand: refused on loading, with what to do
+    catalog.calibration = hand_calibration("other")
+    catalog.save(tmp_path / "cal.vsi")
+    with pytest.raises(DataError, match="its calibration was made with model other.*vsearch calibrate"):
+        Catalog.load(tmp_path / "cal.vsi")
+
+
+def test_search_results_carry_the_verdict(shop):
+    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
+    searcher = Searcher(ColourEmbedder(), catalog)
+    photo = (shop / "shoes" / "olive.png").read_bytes()
+    assert "match" not in searcher.search(photo, 1).to_dict()  # no calibration, no verdict
+    calibration = hand_calibration(ColourEmbedder.fingerprint)
+    catalog.set_calibration(calibration)
+    result = searcher.search(photo, 1).to_dict()
+    top1, gap = ranked_features([m["score"] for m in searcher.search(photo, 4).matches],
+                                [m["id"] for m in searcher.search(photo, 4).matches])
+    expected = probability(calibration["heads"]["exact"]["categories"].get("shoes")
+                           or calibration["heads"]["exact"]["global"], top1, gap)[0]
+    assert len(result["matches"]) == 1 and result["match"]["confidence"] == pytest.approx(expected, abs=1e-4)
+    assert result["match"]["verdict"] in ("exact", "similar", "none")
+    sure = {**calibration, "thresholds": {"exact": 0.0, "none": None}}
+    catalog.set_calibration(sure)
+    assert searcher.search(photo, 2, category="hats").to_dict()["match"]["verdict"] == "exact"
+    catalog.set_calibration({**calibration, "thresholds": {"exact": None, "none": 1.0}})
+    assert searcher.search_vector(ColourEmbedder().embed_pixels(np.zeros((1, 8, 8, 3)))[0], 3).match[
+        "verdict"] == "none"
+
+
+def test_calibrate_catalog_with_a_transparent_model(shop):
+    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
+    logs = []
+    calibration = calibrate.calibrate_catalog(catalog, ColourEmbedder(), photos=12, seed=5, log=logs.append)
+    assert calibration["seeds"] == {"fit": 5, "check": 6, "heldout": 7} and len(logs) == 3
+    assert calibration["heldout"]["num_in_catalog"] == calibration["heldout"]["num_left_out"] == 12
+    catalog.set_calibration(calibration)
+    match = Searcher(ColourEmbedder(), catalog).search(shop / "hats" / "red.jpg", 2).match
+    assert match["verdict"] in ("exact", "similar", "none") and 0 <= match["confidence"] <= 1
+    other = ColourEmbedder()
+    other.fingerprint = "colour-v2"
+    with pytest.raises(DataError, match="calibrate with the catalog's model"):
+        calibrate.calibrate_catalog(catalog, other, photos=4)
+
+
+# ---------------------------------------------------------------- the command line, with a tiny exported model
+
+def test_cli_calibrate_then_search_shows_the_verdict(tiny, tmp_path, capsys):
+    model, index = str(tiny["model"]), str(tmp_path / "catalog.vsi")
+    assert cli.main(["index", "build", str(tiny["data"] / "train"), "--model", model, "--out", index]) == 0
+    assert cli.main(["calibrate", "--model", model, "--index", index, "--photos", "8", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "calibration for target precision 0.95" in out and "held-out photos (seed 3" in out
+    stored = Catalog.load(index).calibration
+    assert stored["fingerprint"] == tiny["saved"].fingerprint and stored["photos"] == 8
+    photo = str(tiny["photos"][0])
+    assert cli.main(["search", photo, "--model", model, "--index", index, "--json", "-k", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["match"]) == {"verdict", "confidence"} and len(result["matches"]) == 2
+    assert cli.main(["search", photo, "--model", model, "--index", index, "-k", "2"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == {"exact": f"This is it ({result['match']['confidence']:.2f})", "similar": "Similar items",
+                     "none": "Not in the catalog"}[result["match"]["verdict"]]
+    assert cli.main(["index", "info", index]) == 0
+    assert "'exact' when P(exact) >=" in capsys.readouterr().out
+
+
+def test_cli_build_with_calibrate_and_refusals(tiny, tmp_path, capsys):
+    model, index = str(tiny["model"]), str(tmp_path / "catalog.vsi")
+    assert cli.main(["index", "build", str(tiny["data"] / "train"), "--model", model, "--out", index,
+                     "--calibrate", "--photos", "6"]) == 0
+    assert Catalog.load(index).calibration["photos"] == 6
+    capsys.readouterr()
+    assert cli.main(["calibrate", "--model", model, "--index", index, "--target-precision", "1.5"]) == 2
+    assert "--target-precision must be between 0 and 1" in capsys.readouterr().err
+    assert cli.main(["calibrate", "--model", str(tiny["files"]["int8"]), "--index", index, "--photos", "4"]) == 2
+    assert "rebuild the index with this model" in capsys.readouterr().err
+    assert Catalog.load(index).calibration["photos"] == 6  # the refused run changed nothing
+

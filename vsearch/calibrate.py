@@ -1,0 +1,413 @@
+"""What a search answer means: "this is the item", "similar items", "not in our catalog".
+
+A raw cosine score is not a probability, and no fixed score cut-off fits every catalog,
+model and category. This stage learns what the scores mean from the catalog itself:
+
+1. **Photos** (:func:`customer_photos`): simulated customer photos of catalog items
+   (:func:`vsearch.augment.customer_photo`, seeded per photo).
+2. **Samples** (:func:`query_samples`): each photo is searched twice, once as is (its
+   product is in the catalog) and once with its product left out (the top results over
+   the whole catalog with that product dropped: the same photo, now of something the
+   shop does not sell). Each search gives two features, the top-1 score and its gap to
+   the next product (:func:`vsearch.search.ranked_features`), and two outcomes: the top-1
+   is the exact product, and the product is in the catalog at all.
+3. **Heads** (:func:`fit_heads`): two calibrated probabilities, ``exact`` (the top-1 is
+   the product) and ``present`` (the product is in the catalog), each per category of the
+   top match, with a global model for categories with too few samples. A model is a
+   logistic regression on the standardised features (Platt scaling) or an isotonic
+   (pool-adjacent-violators) step function of the same linear score.
+4. **Choice and thresholds** (:func:`fit_calibration`): both methods are fitted on the
+   photos of one seed and compared by expected calibration error on photos of another;
+   on those held-out photos the thresholds are set for the target precision: "exact"
+   from ``exact``, "none" from ``present``.
+5. **Check** (:func:`verdict_metrics`): precision and coverage of the verdicts on photos
+   of a third seed, kept with the calibration.
+
+In-catalog and left-out searches are equally many, so precisions and probabilities are
+those of a stream of customer photos half of which show a product the shop sells.
+
+    vsearch calibrate --model saved_models/embedding --index saved_models/catalog.vsi
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from vsearch.artifacts import provenance
+from vsearch.errors import DataError, ImageError
+from vsearch.search import VERDICT_DEPTH, head_model, probability, product_of, ranked_features, verdicts
+
+DEFAULT_TARGET = 0.95
+DEFAULT_PHOTOS = 1000   # customer photos per seed (fit, choice and thresholds, check)
+DEFAULT_SEED = 0
+METHODS = ("platt", "isotonic")
+MIN_CATEGORY_SAMPLES = 150  # a category with fewer uses the global model,
+MIN_CATEGORY_OUTCOMES = 15  # as does one with fewer of either outcome
+ECE_BINS = 10
+# What issue 21 asks of the verdicts, on photos not used to fit the calibration.
+TARGETS = {"exact_precision": (">=", 0.95), "exact_coverage": (">=", 0.80),
+           "none_on_left_out": (">=", 0.90), "none_on_in_catalog": ("<=", 0.05)}
+
+
+# ---------------------------------------------------------------- 1. photos
+
+def customer_photos(items: Sequence[dict], count: int, seed: int,
+                    load: Callable[[str], np.ndarray] | None = None) -> tuple[list[np.ndarray], list[str]]:
+    """``count`` simulated customer photos of catalog items and the id each one shows.
+
+    Items are taken in a seeded order, all of them before any twice; photo ``j`` is drawn
+    from the generator seeded ``(seed, j)``. An item whose photo cannot be read is skipped.
+    """
+    from vsearch.augment import customer_photo
+    from vsearch.images import load_image
+
+    load = load or load_image
+    order = np.random.default_rng(seed).permutation(len(items))
+    photos, ids = [], []
+    for j in range(count if len(items) else 0):
+        item = items[order[j % len(items)]]
+        try:
+            pixels = load(item["path"])
+        except (ImageError, OSError, KeyError):
+            continue
+        photos.append(customer_photo(pixels, np.random.default_rng([seed, j])))
+        ids.append(item["id"])
+    return photos, ids
+
+
+# ---------------------------------------------------------------- 2. samples
+
+@dataclass
+class Samples:
+    """Searches of customer photos: features, the top match's category and the outcomes."""
+
+    top1: np.ndarray      # (n,) top-1 score
+    gap: np.ndarray       # (n,) top-1 score minus the next product's
+    category: np.ndarray  # (n,) category of the top-1 match
+    exact: np.ndarray     # (n,) bool: the top-1 is the photo's product
+    present: np.ndarray   # (n,) bool: the photo's product is in the searched catalog
+
+    def __len__(self) -> int:
+        return len(self.top1)
+
+
+def _features(scores: Sequence[float], products: Sequence[str], categories: Sequence[str], truth: str):
+    """(top1, gap, category, exact) of one ranked list, read as the searcher reads it."""
+    scores, products, categories = scores[:VERDICT_DEPTH], products[:VERDICT_DEPTH], categories[:VERDICT_DEPTH]
+    top1, gap = ranked_features(scores, products)
+    return top1, gap, categories[0], products[0] == truth
+
+
+def query_samples(catalog, vectors: np.ndarray, true_ids: Sequence[str]) -> Samples:
+    """Each query searched with its product in the catalog and with it left out.
+
+    Args:
+        catalog: A :class:`vsearch.index.Catalog` holding every ``true_ids`` item.
+        vectors: (n, dim) embeddings of customer photos.
+        true_ids: The catalog item each photo shows.
+    Returns:
+        :class:`Samples`, the n in-catalog searches first, then the left-out ones (a query
+        whose catalog holds no other product has none).
+    """
+    products = {item_id: product_of(item) for item_id, item in catalog.items.items()}
+    photos_per_product: dict[str, int] = {}
+    for product in products.values():
+        photos_per_product[product] = photos_per_product.get(product, 0) + 1
+    depth = VERDICT_DEPTH + max(photos_per_product.values(), default=0)
+    scores, ids = catalog.index.search(np.asarray(vectors, np.float32), depth)
+    inside, left_out = [], []
+    for row_scores, row_ids, true_id in zip(scores, ids, true_ids):
+        truth = products[true_id]
+        row_products = [products[i] for i in row_ids]
+        row_categories = [catalog.items[i].get("category", "") for i in row_ids]
+        inside.append(_features(list(row_scores[:len(row_ids)]), row_products, row_categories, truth))
+        keep = [n for n, product in enumerate(row_products) if product != truth]
+        if keep:
+            left_out.append(_features([row_scores[n] for n in keep], [row_products[n] for n in keep],
+                                      [row_categories[n] for n in keep], truth))
+    rows = inside + left_out
+    return Samples(np.array([r[0] for r in rows], np.float64), np.array([r[1] for r in rows], np.float64),
+                   np.array([r[2] for r in rows], dtype=object), np.array([r[3] for r in rows], bool),
+                   np.arange(len(rows)) < len(inside))
+
+
+def catalog_samples(catalog, embedder, count: int, seed: int, batch_size: int = 32) -> Samples:
+    """Customer photos of the catalog's own items (seed ``seed``), embedded and searched both ways."""
+    from vsearch.embedder import embed_images
+
+    photos, ids = customer_photos(list(catalog.items.values()), count, seed)
+    done = embed_images(embedder, photos, batch_size=batch_size)
+    return query_samples(catalog, done.vectors, [ids[i] for i in done.good])
+
+
+def concat(*parts: Samples) -> Samples:
+    return Samples(*(np.concatenate([getattr(p, name) for p in parts])
+                     for name in ("top1", "gap", "category", "exact", "present")))
+
+
+# ---------------------------------------------------------------- 3. heads
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
+
+
+def fit_platt(x: np.ndarray, y: np.ndarray, iterations: int = 100) -> tuple[np.ndarray, float]:
+    """Logistic regression of ``y`` on ``x`` by Newton's method, with Platt's targets.
+
+    Platt (1999) fits to ``(n+ + 1) / (n+ + 2)`` for a positive and ``1 / (n- + 2)`` for a
+    negative instead of 1 and 0, so the fit is finite on separable data too.
+
+    Returns:
+        (coefficients (d,), intercept).
+    """
+    x, y = np.asarray(x, np.float64).reshape(len(y), -1), np.asarray(y, bool)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    target = np.where(y, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+    design = np.column_stack([x, np.ones(len(x))])
+    w = np.zeros(design.shape[1])
+
+    def loss(w):
+        z = design @ w
+        return float(np.sum(np.logaddexp(0.0, z) - target * z))
+
+    current = loss(w)
+    for _ in range(iterations):
+        p = _sigmoid(design @ w)
+        hessian = design.T @ (design * (p * (1 - p))[:, None]) + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hessian, design.T @ (p - target))
+        scale = 1.0
+        while scale > 1e-6 and loss(w - scale * step) > current:  # a step that overshoots is halved
+            scale /= 2
+        w = w - scale * step
+        previous, current = current, loss(w)
+        if previous - current < 1e-12 * max(1.0, abs(current)):
+            break
+    return w[:-1], float(w[-1])
+
+
+def fit_isotonic(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The non-decreasing step function of ``z`` closest to ``y`` (pool adjacent violators).
+
+    Returns:
+        (edges, values): step i starts at ``edges[i]`` (its lowest ``z``) with value
+        ``values[i]``; equal neighbouring steps are merged.
+    """
+    z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)
+    levels, first = np.unique(z, return_inverse=True)
+    sums, weights = np.bincount(first, y, len(levels)), np.bincount(first, minlength=len(levels)).astype(float)
+    blocks: list[list[float]] = []  # [sum, weight, lowest z]
+    for total, weight, level in zip(sums, weights, levels):
+        blocks.append([total, weight, level])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            total, weight, _ = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += weight
+    return np.array([b[2] for b in blocks]), np.array([b[0] / b[1] for b in blocks])
+
+
+def fit_model(top1: np.ndarray, gap: np.ndarray, y: np.ndarray, method: str) -> dict:
+    """One calibration model (see :func:`vsearch.search.probability`) of outcome ``y``."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    x = np.column_stack([top1, gap]).astype(np.float64)
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    coef, intercept = fit_platt((x - mean) / scale, y)
+    model = {"method": method, "mean": mean.tolist(), "scale": scale.tolist(), "coef": coef.tolist(),
+             "intercept": intercept, "samples": int(len(y)), "positives": int(np.sum(y))}
+    if method == "isotonic":
+        edges, values = fit_isotonic(((x - mean) / scale) @ coef + intercept, y)
+        model.update(edges=edges.tolist(), values=values.tolist())
+    return model
+
+
+def fit_head(samples: Samples, outcome: str, method: str, min_samples: int = MIN_CATEGORY_SAMPLES,
+             min_outcomes: int = MIN_CATEGORY_OUTCOMES) -> dict:
+    """A global model of ``outcome`` (``exact`` or ``present``) and one per category with enough samples."""
+    y = getattr(samples, outcome)
+    if len(y) == 0:
+        raise DataError("no calibration samples: no customer photo of the catalog could be searched")
+    head = {"global": fit_model(samples.top1, samples.gap, y, method), "categories": {}}
+    for category in sorted(set(samples.category)):
+        mask = samples.category == category
+        if mask.sum() >= min_samples and min(y[mask].sum(), (~y[mask]).sum()) >= min_outcomes:
+            head["categories"][category] = fit_model(samples.top1[mask], samples.gap[mask], y[mask], method)
+    return head
+
+
+def head_probabilities(head: dict, samples: Samples) -> np.ndarray:
+    """A head's probability for every sample, each by its top match's category's model."""
+    out = np.empty(len(samples))
+    for category in set(samples.category):
+        mask = samples.category == category
+        out[mask] = probability(head_model(head, category), samples.top1[mask], samples.gap[mask])
+    return out
+
+
+# ---------------------------------------------------------------- 4. choice and thresholds
+
+def reliability(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> dict:
+    """The reliability curve: per equal-width probability bin, mean probability and outcome rate.
+
+    Empty bins have None for both.
+    """
+    p, y = np.asarray(p, np.float64), np.asarray(y, np.float64)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    confidence = np.bincount(which, p, bins)
+    frequency = np.bincount(which, y, bins)
+    return {"edges": np.linspace(0, 1, bins + 1).round(6).tolist(), "count": count.tolist(),
+            "confidence": [float(c / n) if n else None for c, n in zip(confidence, count)],
+            "frequency": [float(f / n) if n else None for f, n in zip(frequency, count)]}
+
+
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Sum over bins of (share of samples) x |outcome rate - mean probability|."""
+    curve = reliability(p, y, bins)
+    total = sum(curve["count"])
+    if not total:
+        return float("nan")
+    return float(sum(n / total * abs(f - c) for n, f, c in zip(curve["count"], curve["frequency"],
+                                                                curve["confidence"]) if n))
+
+
+def threshold_for_precision(score: np.ndarray, y: np.ndarray, target: float) -> float | None:
+    """The lowest threshold t for which the samples with ``score >= t`` are right ``target`` of the time.
+
+    Lowest: the most answers at that precision. None when no threshold reaches it.
+    """
+    score, y = np.asarray(score, np.float64), np.asarray(y, bool)
+    order = np.argsort(-score, kind="stable")
+    ranked, right = score[order], y[order]
+    precision = np.cumsum(right) / np.arange(1, len(right) + 1)
+    whole = np.r_[ranked[1:] != ranked[:-1], True]  # a cut may not split samples of one score
+    ok = np.flatnonzero((precision >= target) & whole)
+    return float(ranked[ok[-1]]) if len(ok) else None
+
+
+def choose_method(fit: Samples, check: Samples, outcome: str) -> tuple[str, dict]:
+    """The method whose model, fitted on ``fit``, has the lower ECE on ``check``; and both ECEs."""
+    y = getattr(check, outcome)
+    eces = {m: expected_calibration_error(head_probabilities(fit_head(fit, outcome, m), check), y)
+            for m in METHODS}
+    return min(METHODS, key=lambda m: (eces[m], m != "platt")), eces
+
+
+def fit_calibration(fit: Samples, check: Samples, fingerprint: str, target: float = DEFAULT_TARGET) -> dict:
+    """Both heads fitted on ``fit``; methods chosen and thresholds set on ``check``.
+
+    "exact": the lowest ``exact`` probability at which the answers on ``check`` are right
+    ``target`` of the time; "none": the highest ``present`` probability at which those it
+    calls "none" are, ``target`` of the time, products not in the catalog.
+    """
+    if not 0 < target < 1:
+        raise ValueError(f"the target precision must be between 0 and 1, got {target}")
+    if not len(fit) or not len(check):
+        raise DataError("no calibration samples: no customer photo of the catalog could be searched")
+    heads, selection = {}, {}
+    for outcome in ("exact", "present"):
+        method, selection[outcome] = choose_method(fit, check, outcome)
+        heads[outcome] = fit_head(fit, outcome, method)
+    none = threshold_for_precision(-head_probabilities(heads["present"], check), ~check.present, target)
+    thresholds = {"exact": threshold_for_precision(head_probabilities(heads["exact"], check), check.exact, target),
+                  "none": None if none is None else -none}
+    return {"version": 1, "fingerprint": fingerprint, "features": ["top1", "gap"], "target_precision": target,
+            "heads": heads, "thresholds": thresholds,
+            "method": {name: head["global"]["method"] for name, head in heads.items()},
+            "selection_ece": selection}
+
+
+# ---------------------------------------------------------------- 5. check
+
+def _share(mask: np.ndarray) -> float | None:
+    return float(mask.mean()) if len(mask) else None
+
+
+def verdict_metrics(calibration: dict, samples: Samples) -> dict:
+    """How the verdicts fare on samples the calibration was not fitted on.
+
+    ``exact_precision``: share of "exact" answers whose top-1 is the product (in-catalog
+    and left-out searches together); ``exact_coverage``: share of in-catalog searches
+    answered "exact"; ``false_exact_on_left_out``: share of left-out searches answered
+    "exact"; ``none_on_left_out`` / ``none_on_in_catalog``: share answered "none";
+    ``top1_correct``: share of in-catalog searches whose top-1 is the product (R@1);
+    ``ece_exact`` / ``ece_present``: expected calibration error of the two heads.
+    """
+    p_exact = head_probabilities(calibration["heads"]["exact"], samples)
+    p_present = head_probabilities(calibration["heads"]["present"], samples)
+    said = verdicts(p_exact, p_present, calibration["thresholds"])
+    inside, outside = samples.present, ~samples.present
+    exact, none = said == "exact", said == "none"
+    out = {"exact_precision": float(samples.exact[exact].mean()) if exact.any() else None,
+           "exact_coverage": _share(exact[inside]), "false_exact_on_left_out": _share(exact[outside]),
+           "none_on_left_out": _share(none[outside]), "none_on_in_catalog": _share(none[inside]),
+           "top1_correct": _share(samples.exact[inside]),
+           "ece_exact": expected_calibration_error(p_exact, samples.exact),
+           "ece_present": expected_calibration_error(p_present, samples.present),
+           "num_in_catalog": int(inside.sum()), "num_left_out": int(outside.sum())}
+    out["targets_met"] = {name: out[name] is not None and (out[name] >= bound if op == ">=" else out[name] <= bound)
+                          for name, (op, bound) in TARGETS.items()}
+    return out
+
+
+def reliability_curves(calibration: dict, samples: Samples, bins: int = ECE_BINS) -> dict:
+    """The reliability curves of both heads on ``samples`` (for :func:`vsearch.plots.reliability_diagram`)."""
+    return {"top-1 is the exact item": reliability(head_probabilities(calibration["heads"]["exact"], samples),
+                                                   samples.exact, bins),
+            "item is in the catalog": reliability(head_probabilities(calibration["heads"]["present"], samples),
+                                                  samples.present, bins)}
+
+
+# ---------------------------------------------------------------- the stage
+
+def calibrate_catalog(catalog, embedder, target: float = DEFAULT_TARGET, photos: int = DEFAULT_PHOTOS,
+                      seed: int = DEFAULT_SEED, batch_size: int = 32,
+                      log: Callable[[str], None] = print) -> dict:
+    """Calibrates the answers of ``catalog`` searched with ``embedder``; returns the calibration.
+
+    Photos of seed ``seed`` fit the heads, of ``seed + 1`` choose the method and set the
+    thresholds, of ``seed + 2`` check the verdicts (``heldout`` in the result).
+
+    Raises:
+        DataError: the embedder is not the catalog's model, or no photo could be searched.
+    """
+    if photos < 1:
+        raise DataError(f"the number of calibration photos must be >= 1, got {photos}")
+    if embedder.fingerprint != catalog.fingerprint:
+        raise DataError(f"the catalog was built with model {catalog.fingerprint}, the calibration model is "
+                        f"{embedder.fingerprint}; calibrate with the catalog's model")
+    samples = {}
+    for role, offset in (("fit", 0), ("check", 1), ("heldout", 2)):
+        log(f"calibration photos, {role} (seed {seed + offset}): {photos} customer photos of catalog items")
+        samples[role] = catalog_samples(catalog, embedder, photos, seed + offset, batch_size)
+    calibration = fit_calibration(samples["fit"], samples["check"], catalog.fingerprint, target)
+    calibration.update(heldout=verdict_metrics(calibration, samples["heldout"]), photos=photos,
+                       seeds={"fit": seed, "check": seed + 1, "heldout": seed + 2}, num_items=len(catalog),
+                       date=provenance()["date"])
+    return calibration
+
+
+def format_calibration(calibration: dict) -> str:
+    """A few lines for a person: methods, thresholds and the held-out figures."""
+    t, h = calibration["thresholds"], calibration.get("heldout") or {}
+
+    def num(value, digits=3):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = [f"calibration for target precision {calibration['target_precision']:.2f}: "
+             f"exact {calibration['method']['exact']}, present {calibration['method']['present']}; "
+             f"categories with their own model: {sorted(calibration['heads']['exact']['categories']) or 'none'}",
+             f"  'exact' when P(exact) >= {num(t['exact'])}"
+             + (" (never: the target is out of reach)" if t["exact"] is None else "")
+             + f"; 'none' when P(in catalog) <= {num(t['none'])}"
+             + (" (never: the target is out of reach)" if t["none"] is None else "")]
+    if h:
+        lines.append(f"  held-out photos (seed {calibration['seeds']['heldout']}, {h['num_in_catalog']} in the catalog, "
+                     f"{h['num_left_out']} left out): exact precision {num(h['exact_precision'])} at coverage "
+                     f"{num(h['exact_coverage'])} (top-1 right {num(h['top1_correct'])}); false exact on left-out "
+                     f"{num(h['false_exact_on_left_out'])}; none on left-out {num(h['none_on_left_out'])}, "
+                     f"on in-catalog {num(h['none_on_in_catalog'])}; ECE exact {num(h['ece_exact'], 4)}, "
+                     f"present {num(h['ece_present'], 4)}")
+    return "\n".join(lines)
