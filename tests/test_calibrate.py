@@ -155,6 +155,9 @@ def test_customer_photos_are_seeded_and_skip_unreadable_items(shop):
     again, same_ids = calibrate.customer_photos(items, 10, seed=3)
     assert ids == same_ids and all(np.array_equal(a, b) for a, b in zip(photos, again))
     assert len(ids) == 8 and "gone" not in ids and set(ids) == {"red", "pink", "green", "olive"}
+    # made in parts, the same photos (seed 3 takes "gone" first: its turns are photos 0 and 5)
+    tail, tail_ids = calibrate.customer_photos(items, 4, seed=3, start=6)
+    assert tail_ids == ids[-4:] and all(np.array_equal(a, b) for a, b in zip(tail, photos[-4:]))
     other, _ = calibrate.customer_photos(items, 10, seed=4)
     assert not all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(photos, other))
 

@@ -42,6 +42,7 @@ from vsearch.search import VERDICT_DEPTH, head_model, probability, product_of, r
 DEFAULT_TARGET = 0.95
 DEFAULT_PHOTOS = 1000   # customer photos per seed (fit, choice and thresholds, check)
 DEFAULT_SEED = 0
+PHOTO_CHUNK = 128       # photos made and embedded at a time: full-size photos take memory
 METHODS = ("platt", "isotonic")
 MIN_CATEGORY_SAMPLES = 150  # a category with fewer uses the global model,
 MIN_CATEGORY_OUTCOMES = 15  # as does one with fewer of either outcome
@@ -53,9 +54,9 @@ TARGETS = {"exact_precision": (">=", 0.95), "exact_coverage": (">=", 0.80),
 
 # ---------------------------------------------------------------- 1. photos
 
-def customer_photos(items: Sequence[dict], count: int, seed: int,
+def customer_photos(items: Sequence[dict], count: int, seed: int, start: int = 0,
                     load: Callable[[str], np.ndarray] | None = None) -> tuple[list[np.ndarray], list[str]]:
-    """``count`` simulated customer photos of catalog items and the id each one shows.
+    """Simulated customer photos ``start .. start + count - 1`` of catalog items, and the id each one shows.
 
     Items are taken in a seeded order, all of them before any twice; photo ``j`` is drawn
     from the generator seeded ``(seed, j)``. An item whose photo cannot be read is skipped.
@@ -66,7 +67,7 @@ def customer_photos(items: Sequence[dict], count: int, seed: int,
     load = load or load_image
     order = np.random.default_rng(seed).permutation(len(items))
     photos, ids = [], []
-    for j in range(count if len(items) else 0):
+    for j in range(start, start + count) if len(items) else ():
         item = items[order[j % len(items)]]
         try:
             pixels = load(item["path"])
@@ -134,17 +135,17 @@ def query_samples(catalog, vectors: np.ndarray, true_ids: Sequence[str]) -> Samp
 
 
 def catalog_samples(catalog, embedder, count: int, seed: int, batch_size: int = 32) -> Samples:
-    """Customer photos of the catalog's own items (seed ``seed``), embedded and searched both ways."""
+    """``count`` customer photos of the catalog's own items (seed ``seed``), embedded and searched both ways."""
     from vsearch.embedder import embed_images
 
-    photos, ids = customer_photos(list(catalog.items.values()), count, seed)
-    done = embed_images(embedder, photos, batch_size=batch_size)
-    return query_samples(catalog, done.vectors, [ids[i] for i in done.good])
-
-
-def concat(*parts: Samples) -> Samples:
-    return Samples(*(np.concatenate([getattr(p, name) for p in parts])
-                     for name in ("top1", "gap", "category", "exact", "present")))
+    items = list(catalog.items.values())
+    vectors, true_ids = [np.zeros((0, catalog.dim), np.float32)], []
+    for start in range(0, count, PHOTO_CHUNK):
+        photos, ids = customer_photos(items, min(PHOTO_CHUNK, count - start), seed, start)
+        done = embed_images(embedder, photos, batch_size=batch_size)
+        vectors.append(done.vectors)
+        true_ids += [ids[i] for i in done.good]
+    return query_samples(catalog, np.concatenate(vectors), true_ids)
 
 
 # ---------------------------------------------------------------- 3. heads
