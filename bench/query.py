@@ -83,7 +83,8 @@ def over_http(searcher, queries, k: int, concurrency: int) -> list[dict]:
     """POST /api/search to uvicorn on loopback: sequential, then ``concurrency`` clients."""
     import httpx
 
-    from vsearch.serve import BackgroundServer, create_app
+    from vsearch.app import create_app
+    from vsearch.serve import BackgroundServer
 
     rows = []
     with BackgroundServer(create_app(searcher)) as server:

@@ -73,7 +73,8 @@ def main() -> None:
         sys.exit(f"{args.photo}: no such photo (run `make data`, or pass --photo)")
 
     from vsearch.search import Searcher
-    from vsearch.serve import BackgroundServer, create_app, warm_up
+    from vsearch.app import create_app
+    from vsearch.serve import BackgroundServer, warm_up
 
     searcher = Searcher.from_paths(args.model, args.index)
     warm_up(searcher)  # the page shows the search time: leave out the one-off graph tracing

@@ -234,3 +234,31 @@ def tiny(tmp_path_factory):
 
 def cosine(a, b):
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+# ---------------------------------------------------------------- the fake model's catalog (server tests)
+
+@pytest.fixture(scope="module")
+def fake_index(tmp_path_factory) -> Path:
+    """The catalog of tests/fake_server.py: 12 coloured photos, a numpy model, no TensorFlow."""
+    from fake_server import write_catalog
+
+    return write_catalog(tmp_path_factory.mktemp("fake"))
+
+
+@pytest.fixture(scope="module")
+def fake_searcher(fake_index):
+    from fake_server import load_searcher
+
+    return load_searcher(fake_index)
+
+
+@pytest.fixture(scope="module")
+def fake_client(fake_searcher):
+    """FastAPI's TestClient on the app serving ``fake_searcher``."""
+    from fastapi.testclient import TestClient
+
+    from vsearch.app import create_app
+
+    with TestClient(create_app(fake_searcher)) as client:
+        yield client

@@ -2,14 +2,15 @@
 
 The fake model (:class:`ColourEmbedder`) is a few numpy statistics of the model input, so
 everything around it is the real thing: the image road, the catalog index, the searcher
-and the web app. Run as a script, it serves such a catalog on loopback (the memory test
-measures that process)::
+and the web app. Also the helpers the server tests share (uploads, scraped metrics). Run as
+a script, it serves such a catalog on loopback (the memory test measures that process)::
 
     python tests/fake_server.py --root DIR --port-file FILE [--budget-mb N]
 """
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from pathlib import Path
@@ -78,10 +79,50 @@ def load_searcher(index: Path, **kwargs):
     return Searcher(ColourEmbedder(), Catalog.load(index, expected_fingerprint=FINGERPRINT), **kwargs)
 
 
+def photo_of(searcher, item_id: str) -> bytes:
+    """The encoded catalog photo of an item."""
+    return searcher.image_path(item_id).read_bytes()
+
+
+def png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def post(client, data: bytes, name: str = "q.png", **fields):
+    """``POST /api/search`` with ``data`` as the file and ``fields`` as form fields."""
+    return client.post("/api/search", files={"file": (name, data, "application/octet-stream")},
+                       data={k: str(v) for k, v in fields.items()})
+
+
+def metrics_of(client) -> dict[str, list]:
+    """Scraped /metrics, parsed: family name -> its samples."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    return {family.name: family.samples for family in text_string_to_metric_families(r.text)}
+
+
+def sample(families, name: str, **labels) -> float:
+    """The value of the sample ``name`` with ``labels`` among scraped ``families``."""
+    for family in families.values():
+        for s in family:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    raise AssertionError(f"no sample {name} {labels}")
+
+
 def main(argv=None) -> int:
     import uvicorn
 
-    from vsearch.serve import DEFAULT_DECODE_BUDGET_BYTES, LiveSearcher, create_app, listen, warm_up
+    from vsearch.app import create_app
+    from vsearch.budget import DEFAULT_DECODE_BUDGET_BYTES
+    from vsearch.live import LiveSearcher
+    from vsearch.serve import listen, warm_up
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True, type=Path)

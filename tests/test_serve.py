@@ -1,7 +1,8 @@
-"""The web service over the smoke model and catalog: page, API, limits, bad input, load."""
+"""The web service over the smoke model and catalog: page, API, limits, bad input, load; `vsearch serve`."""
 from __future__ import annotations
 
 import json
+import socket
 import statistics
 import threading
 import time
@@ -14,7 +15,8 @@ from conftest import awkward_files, jpeg_bytes
 from fastapi.testclient import TestClient
 
 from vsearch import cli
-from vsearch.serve import BackgroundServer, create_app, image_url, public_item, warm_up
+from vsearch.app import create_app, image_url, public_item
+from vsearch.serve import BackgroundServer, warm_up
 
 MATCH_FIELDS = {"rank", "id", "score", "category", "image_url"}
 
@@ -117,12 +119,10 @@ def test_k_and_category_as_query_fields(client, photo):
     assert [m["category"] for m in r.json()["matches"]] == ["blue", "blue"]
 
 
-def test_warm_up_searches_through_the_upload_path(searcher, monkeypatch):
-    from vsearch import serve
-
-    calls, original = [], serve.decode_upload
-    monkeypatch.setattr(serve, "decode_upload",
-                        lambda s, data, source: calls.append(type(data)) or original(s, data, source))
+def test_warm_up_searches_an_encoded_photo(searcher, monkeypatch):
+    calls, original = [], searcher.search
+    monkeypatch.setattr(searcher, "search",
+                        lambda image, *a, **kw: calls.append(type(image)) or original(image, *a, **kw))
     warm_up(searcher)
     assert calls == [bytes]  # encoded bytes, decoded like an upload
 
@@ -316,11 +316,38 @@ def test_serve_missing_index_exits_2_with_one_line(tmp_path, capsys):
     assert len(err) == 1 and "none.vsi: no such catalog index" in err[0]
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["--max-upload-mb", "nan"], "--max-upload-mb"), (["--max-upload-mb", "inf"], "--max-upload-mb"),
+    (["--max-upload-mb", "-1"], "--max-upload-mb"), (["--max-upload-mb", "0"], "--max-upload-mb"),
+    (["--max-upload-mb", "1e-9"], "--max-upload-mb"),
+    (["--port", "99999"], "--port"), (["--port", "-1"], "--port"), (["--port", "0"], "--port"),
+    (["--decode-budget-mb", "nan"], "--decode-budget-mb"), (["--decode-budget-mb", "-5"], "--decode-budget-mb"),
+    (["--decode-budget-mb", "inf"], "--decode-budget-mb"),
+    (["--reload-interval", "-1"], "--reload-interval"), (["--reload-interval", "nan"], "--reload-interval"),
+    (["--threads", "0"], "--threads"),
+])
+def test_serve_bad_numbers_exit_2_with_one_line(fake_index, capsys, args, fragment):
+    assert cli.main(["serve", "--index", str(fake_index), "--model", "no-model", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0] and "Traceback" not in err[0], err
+
+
+def test_serve_port_in_use_exits_2_before_loading_the_model(fake_index, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        start = time.monotonic()
+        assert cli.main(["serve", "--index", str(fake_index), "--model", "no-model", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot listen on 127.0.0.1:{port}" in err[0], err
+    assert time.monotonic() - start < 5
+
+
 def test_vsearch_serve_serves_and_reloads_its_index(smoke_index, tmp_path):
     """`vsearch serve` as an operator runs it: serves, then picks up `vsearch index remove`."""
     import shutil
     import signal
-    import socket
     import subprocess
     import sys
 

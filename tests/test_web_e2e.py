@@ -31,7 +31,8 @@ def page_url(smoke_index):
     from vsearch.embedder import SavedModelEmbedder
     from vsearch.index import Catalog
     from vsearch.search import Searcher
-    from vsearch.serve import BackgroundServer, create_app
+    from vsearch.app import create_app
+    from vsearch.serve import BackgroundServer
 
     model, index = smoke_index
     with BackgroundServer(create_app(Searcher(SavedModelEmbedder(model), Catalog.load(index)))) as server:
@@ -85,7 +86,8 @@ def test_upload_shows_a_grid_of_loaded_matches(browser, page_url, smoke_run, tmp
 def fake_url(tmp_path_factory):
     """A server over the fake model's catalog: the API docs need no trained model."""
     from fake_server import load_searcher, write_catalog
-    from vsearch.serve import BackgroundServer, create_app
+    from vsearch.app import create_app
+    from vsearch.serve import BackgroundServer
 
     with BackgroundServer(create_app(load_searcher(write_catalog(tmp_path_factory.mktemp("fake"))))) as server:
         yield server.url
@@ -108,7 +110,9 @@ def test_api_docs_render_with_nothing_from_elsewhere(browser, fake_url, path):
     page.route("**/*", only_this_server)
     try:
         page.goto(fake_url + path)
-        page.wait_for_function("document.body.innerText.includes('Search the catalog with a photo')",
+        # A function, not an expression: Playwright evals an expression in the page, which the
+        # pages' Content-Security-Policy forbids.
+        page.wait_for_function("() => document.body.innerText.includes('Search the catalog with a photo')",
                                timeout=30_000)
         assert "/api/items/" in page.inner_text("body")
         assert not elsewhere, elsewhere
