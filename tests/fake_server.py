@@ -72,11 +72,42 @@ def write_catalog(root: Path, per_category: int = 4) -> Path:
     return catalog.save(root / "catalog.vsi")
 
 
-def load_searcher(index: Path, **kwargs):
+def load_searcher(index: Path, verdicts: bool = False, **kwargs):
+    """A Searcher over the catalog at ``index``; ``verdicts``: a :func:`verdict_searcher` instead."""
     from vsearch.index import Catalog
     from vsearch.search import Searcher
 
-    return Searcher(ColourEmbedder(), Catalog.load(index, expected_fingerprint=FINGERPRINT), **kwargs)
+    cls = verdict_searcher() if verdicts else Searcher
+    return cls(ColourEmbedder(), Catalog.load(index, expected_fingerprint=FINGERPRINT), **kwargs)
+
+
+EXACT_SCORE = 0.995  # the fake verdict's "exact" threshold: a catalog photo or a close crop of one
+
+
+def verdict_searcher():
+    """A Searcher class whose answers carry a ``match`` verdict only when the top score is near 1.
+
+    Calibration is not what this fakes: it gives the page an answer with a verdict ("exact")
+    and one without, from the same catalog.
+    """
+    from vsearch.search import Searcher
+
+    class VerdictSearcher(Searcher):
+        def search_vector(self, vector, k=5, category="any"):
+            result = super().search_vector(vector, k, category)
+            if result.matches and result.matches[0]["score"] >= EXACT_SCORE:
+                result.match = {"verdict": "exact", "confidence": round(result.matches[0]["score"], 3)}
+            return result
+
+    return VerdictSearcher
+
+
+def side_by_side(searcher, item_ids, scale: int = 5) -> np.ndarray:
+    """The catalog photos of ``item_ids`` next to each other on one canvas, each enlarged ``scale`` times."""
+    from vsearch.images import load_image
+
+    canvas = np.concatenate([load_image(searcher.image_path(i)) for i in item_ids], axis=1)
+    return canvas.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
 def photo_of(searcher, item_id: str) -> bytes:

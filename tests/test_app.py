@@ -1,4 +1,5 @@
-"""The app's search API and item routes on a real Searcher with a fake model (fast, no TensorFlow)."""
+"""The app's search API and item routes on a real Searcher with a fake model (fast, no TensorFlow):
+odd item ids, the served road, a box on the photo, the verdict."""
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,10 @@ import httpx
 import numpy as np
 import pytest
 
+from fastapi.testclient import TestClient
+
 from conftest import awkward_files
-from fake_server import load_searcher, photo_of, post
+from fake_server import load_searcher, photo_of, png, post, side_by_side
 from vsearch.app import create_app, image_url
 from vsearch.serve import BackgroundServer
 
@@ -63,7 +66,8 @@ def test_search_results_carry_working_urls_for_odd_ids(odd_server):
 @pytest.mark.parametrize("photo", ["catalog png", "exif-rotated jpeg"])
 def test_the_served_road_answers_like_the_searcher(fake_client, fake_searcher, tmp_path, photo):
     """decode (under the budget), embed, search: the matches and scores of Searcher.search."""
-    data = photo_of(fake_searcher, "green/2") if photo == "catalog png" else awkward_files(tmp_path)["exif"].read_bytes()
+    data = photo_of(fake_searcher, "green/2") if photo == "catalog png" \
+        else awkward_files(tmp_path)["exif"].read_bytes()
     r = post(fake_client, data, k=6)
     assert r.status_code == 200, r.text
     direct = fake_searcher.search(data, 6).matches
@@ -92,3 +96,54 @@ print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "LOADED []" in out.stdout, out.stdout
+
+
+# ---------------------------------------------------------------- a box on the photo
+
+@pytest.fixture(scope="module")
+def canvas(fake_searcher) -> bytes:
+    """A red and a blue catalog photo side by side, enlarged: neither one is the whole photo."""
+    return png(side_by_side(fake_searcher, ["red/1", "blue/2"]))
+
+
+@pytest.mark.parametrize("box, top", [("0,0,0.5,1", "red/1"), ("0.5,0,1,1", "blue/2")])
+def test_a_box_searches_that_part_of_the_photo(fake_client, fake_searcher, canvas, box, top):
+    whole = post(fake_client, canvas, k=4).json()
+    part = post(fake_client, canvas, k=4, box=box)
+    assert part.status_code == 200, part.text
+    body = part.json()
+    assert body["box"] == [float(v) for v in box.split(",")] and whole["box"] is None
+    assert body["matches"][0]["id"] == top and whole["matches"][0]["id"] != top
+    assert {m["category"] for m in body["matches"]} == {top.split("/")[0]}
+    direct = fake_searcher.search(canvas, 4, box=box).matches
+    assert [m["id"] for m in body["matches"]] == [m["id"] for m in direct]
+    np.testing.assert_allclose([m["score"] for m in body["matches"]], [m["score"] for m in direct], atol=1e-6)
+
+
+def test_a_box_as_a_query_field(fake_client, canvas):
+    r = fake_client.post("/api/search?box=0.5,0,1,1&k=1", files={"file": ("q.png", canvas)})
+    assert r.status_code == 200, r.text
+    assert r.json()["box"] == [0.5, 0, 1, 1] and r.json()["matches"][0]["id"] == "blue/2"
+
+
+@pytest.mark.parametrize("box, fragment", [
+    ("0,0,1.2,1", "not a box inside the photo"), ("-0.1,0,0.5,1", "not a box inside the photo"),
+    ("0.5,0.2,0.5,0.9", "not a box inside the photo"), ("0.6,0,0.5,1", "not a box inside the photo"),
+    ("0,0.9,1,0.1", "not a box inside the photo"), ("left,top,right,bottom", "four numbers"),
+    ("0,0,1", "four finite numbers"), ("0,0,nan,1", "four finite numbers"), ("0,0,1,1,1", "four finite numbers"),
+])
+def test_bad_boxes_are_422_with_the_reason(fake_client, canvas, box, fragment):
+    r = post(fake_client, canvas, box=box)
+    assert r.status_code == 422 and set(r.json()) == {"error"}, r.text
+    assert r.json()["error"].startswith("box: ") and fragment in r.json()["error"], r.json()
+    q = fake_client.post(f"/api/search?box={quote(box)}", files={"file": ("q.png", canvas)})
+    assert q.status_code == 422 and fragment in q.json()["error"]
+
+
+def test_the_verdict_of_a_search_reaches_the_answer(fake_index, canvas):
+    """A searcher whose results carry `match`: the API passes it on, and leaves it out when absent."""
+    with TestClient(create_app(load_searcher(fake_index, verdicts=True))) as client:
+        whole = post(client, canvas).json()
+        part = post(client, canvas, box="0,0,0.5,1").json()
+    assert "match" not in whole
+    assert part["match"]["verdict"] == "exact" and 0.99 < part["match"]["confidence"] <= 1

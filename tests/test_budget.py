@@ -33,13 +33,14 @@ def test_budget_waits_briefly_then_gives_up():
     threading.Timer(0.2, budget.release, args=(80,)).start()  # from another thread, like a worker
     start = time.monotonic()
     assert asyncio.run(budget.acquire(50, wait_s=5))
-    assert 0.2 <= time.monotonic() - start < 0.5  # woken by the release, not after the wait
+    # Woken by the release, not after the 5 s wait (the bounds leave room for a busy machine).
+    assert 0.2 <= time.monotonic() - start < 2
     start = time.monotonic()
     assert not asyncio.run(budget.acquire(60, wait_s=0.2))  # 50 still held
-    assert 0.2 <= time.monotonic() - start < 1
+    assert 0.2 <= time.monotonic() - start < 2
     start = time.monotonic()
     assert not asyncio.run(budget.acquire(101, wait_s=5))  # never fits: no wait at all
-    assert time.monotonic() - start < 0.1 and budget.in_flight == 50 and budget.waiting == 0
+    assert time.monotonic() - start < 1 and budget.in_flight == 50 and budget.waiting == 0
 
 
 def test_budget_wakes_waiters_in_turn_and_caps_how_many_wait():
@@ -71,6 +72,17 @@ def test_photo_over_the_whole_budget_is_422(fake_searcher):
         assert sample(metrics_of(c), "vsearch_decode_refusals_total", reason="too_large") == 1
     with TestClient(create_app(fake_searcher, decode_budget_bytes=cost)) as c:
         assert post(c, big).status_code == 200
+
+
+def test_a_box_costs_the_whole_photo(fake_searcher):
+    """The box is cut from the decoded photo, so a small box does not make a large photo fit."""
+    big = png(np.full((500, 500, 3), 128, np.uint8))
+    cost = image_header(big).decoded_bytes
+    with TestClient(create_app(fake_searcher, decode_budget_bytes=cost - 1)) as c:
+        r = post(c, big, name="big.png", box="0,0,0.1,0.1")
+        assert r.status_code == 422 and "decode budget" in r.json()["error"], r.text
+    with TestClient(create_app(fake_searcher, decode_budget_bytes=cost)) as c:
+        assert post(c, big, box="0,0,0.1,0.1").json()["box"] == [0, 0, 0.1, 0.1]
 
 
 def test_sixteen_bit_photos_count_at_their_decoded_size(fake_searcher):

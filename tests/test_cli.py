@@ -105,3 +105,61 @@ def test_a_writer_that_cannot_get_the_lock_fails_clearly(tiny, tmp_path, capsys)
     assert "another writer still holds" in err and err.count("error:") == 1
     assert some_id in Catalog.load(index)  # nothing changed
     assert cli.main(["index", "remove", str(index), some_id]) == 0 and some_id not in Catalog.load(index)
+
+
+# ---------------------------------------------------------------- vsearch search --box
+
+@pytest.fixture
+def search_fake_catalog(fake_index, monkeypatch):
+    """`vsearch search ... --index FAKE` answers with the fake model (its --model is not read)."""
+    from fake_server import load_searcher
+    from vsearch.search import Searcher
+
+    monkeypatch.setattr(Searcher, "from_paths", classmethod(lambda cls, model, index, **kw: load_searcher(index)))
+    return ["--index", str(fake_index), "--model", "fake"]
+
+
+@pytest.fixture
+def canvas_file(fake_searcher, tmp_path):
+    """A red and a blue catalog photo side by side."""
+    from PIL import Image
+
+    from fake_server import side_by_side
+
+    path = tmp_path / "canvas.png"
+    Image.fromarray(side_by_side(fake_searcher, ["red/1", "blue/2"])).save(path)
+    return str(path)
+
+
+def test_search_box_searches_that_part(search_fake_catalog, canvas_file, capsys):
+    import json
+
+    assert cli.main(["search", canvas_file, "-k", "2", "--json", "--box", "0.5,0,1,1", *search_fake_catalog]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["box"] == [0.5, 0, 1, 1] and [m["category"] for m in out["matches"]] == ["blue", "blue"]
+    assert out["matches"][0]["id"] == "blue/2"
+    assert cli.main(["search", canvas_file, "-k", "2", "--box", "0,0,0.5,1", *search_fake_catalog]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "the part of the photo in the box 0,0,0.5,1" and "red/1" in lines[1]
+    assert cli.main(["search", canvas_file, "-k", "1", "--json", *search_fake_catalog]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert whole["box"] is None and whole["matches"][0]["id"] not in ("red/1", "blue/2")
+
+
+@pytest.mark.parametrize("box, fragment", [
+    ("0,0,1.5,1", "not a box inside the photo"), ("--box=-0.1,0,0.5,1", "not a box inside the photo"),
+    ("0.5,0,0.5,1", "not a box inside the photo"), ("0.6,0,0.5,1", "not a box inside the photo"),
+    ("a,b,c,d", "four numbers"), ("0,0,1", "four finite numbers"),
+])
+def test_search_bad_box_exits_2_with_one_line_before_loading_the_model(canvas_file, fake_index, monkeypatch,
+                                                                      capsys, box, fragment):
+    from vsearch.search import Searcher
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for a bad --box")
+
+    monkeypatch.setattr(Searcher, "from_paths", no_model)
+    flag = [box] if box.startswith("--box=") else ["--box", box]
+    assert cli.main(["search", canvas_file, *flag, "--index", str(fake_index), "--model", "fake"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vsearch search: error: --box: ") and fragment in err[0], err

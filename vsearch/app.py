@@ -3,10 +3,12 @@
 Routes:
 
 * ``GET /``: the upload page (self-contained HTML, see :mod:`vsearch.page`).
-* ``POST /api/search``: multipart ``file`` plus ``k`` (1..100) and ``category`` (``any``,
-  ``auto`` or a catalog category) as form or query fields; answers
-  ``{"category": {...}, "matches": [{rank, id, score, category, image_url, ...}], "elapsed_ms"}``,
-  plus whatever else :meth:`SearchResult.to_dict` carries.
+* ``POST /api/search``: multipart ``file`` plus ``k`` (1..100), ``category`` (``any``,
+  ``auto`` or a catalog category) and ``box`` (``x0,y0,x1,y1``: search only that part of
+  the photo, as fractions 0..1 of the upright photo), as form or query fields; answers
+  ``{"category": {...}, "matches": [{rank, id, score, category, image_url, ...}], "box",
+  "elapsed_ms"}``, and ``"match"`` (the verdict on the first match) when the catalog is
+  calibrated (:class:`~vsearch.search.SearchResult`).
 * ``GET /api/items/{id}``: an item's metadata; ``GET /api/items/{id}/image``: its photo. Any
   id works once percent-encoded (``image_url`` does it): slashes, newlines and other
   control characters, ``%``, ``?``, ``#``.
@@ -18,12 +20,13 @@ Routes:
   another host (:mod:`vsearch.middleware`). Every ``GET`` route answers ``HEAD`` too.
 
 An upload goes through three timed steps: decode (the photo's header read first, then the
-decode and resize admitted against the :mod:`vsearch.budget`), embed, search. The
+decode and resize admitted against the :mod:`vsearch.budget`; a ``box`` is cut from the
+upright full-resolution photo, so the budget counts the whole photo), embed, search. The
 catalog is reloaded when its index file is replaced (:mod:`vsearch.live`).
 
 Every error is JSON ``{"error": "<message>"}``: 404 unknown item or route, 405 wrong
 method, 413 upload over the size limit, 422 an unusable photo (empty, corrupt, not an
-image, over the pixel limit or the whole decode budget), a bad ``k`` or category, 503
+image, over the pixel limit or the whole decode budget), a bad ``k``, box or category, 503
 too many photos being decoded at once (retry after ``Retry-After`` seconds), 500 anything
 unexpected (logged; the server keeps running). Item photos are found by looking the id up
 in the catalog's metadata, so no path from a request ever reaches the file system, and
@@ -50,12 +53,13 @@ from vsearch.middleware import BodyLimitMiddleware, DocsPolicyMiddleware, HeadMi
 from vsearch.server_metrics import MetricsMiddleware, ServerMetrics, timed
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-FORM_OVERHEAD_BYTES = 16 * 1024  # multipart boundaries, part headers and the k/category fields
+FORM_OVERHEAD_BYTES = 16 * 1024  # multipart boundaries, part headers and the k/category/box fields
 MAX_K = 100
 DEFAULT_K = 5
 PRIVATE_FIELDS = ("path",)  # item metadata that must not leave the server
 RETRY_AFTER_S = 1           # the Retry-After of a 503
 DOCS_STATIC_URL = "/static-offline-docs"
+BOX_HELP = "search only this part of the photo: x0,y0,x1,y1 as fractions 0..1 of the upright photo"
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +111,16 @@ def _register_item_id_convertor() -> None:
 
 # ---------------------------------------------------------------- the steps of one upload
 
-def decode_upload(searcher, data: bytes, source: str) -> np.ndarray:
+def decode_upload(searcher, data: bytes, source: str, box=None) -> np.ndarray:
     """Step 1, under the decode budget: encoded bytes -> the model's (S, S, 3) float32 input.
 
-    The road of every photo (:func:`vsearch.images.model_input`) with the searcher's limits.
+    The road of every photo (:func:`vsearch.images.model_input`) with the searcher's limits;
+    ``box`` is cut from the upright full-resolution photo before resizing.
     """
     from vsearch.images import model_input
 
     return model_input(data, int(searcher.embedder.image_size), source, max_pixels=searcher.max_pixels,
-                       max_bytes=searcher.max_bytes)
+                       max_bytes=searcher.max_bytes, box=box)
 
 
 def embed_and_search(metrics: ServerMetrics, searcher, pixels: np.ndarray, k: int, category: str):
@@ -154,7 +159,7 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from vsearch import __version__
-    from vsearch.images import image_header
+    from vsearch.images import image_header, parse_box
     from vsearch.page import render_page
 
     live = searcher if isinstance(searcher, LiveSearcher) else LiveSearcher(searcher, index_path, reload_interval_s)
@@ -210,13 +215,13 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
                 "max_k": MAX_K, "default_k": 8, "items": len(current.catalog)})
         return pages[current]
 
-    async def decode_within_budget(current, data: bytes, name: str):
+    async def decode_within_budget(current, data: bytes, name: str, box):
         """Step 1 once the budget admits the photo's decoded cost; None if it stayed busy."""
         header = await run_in_threadpool(image_header, data, name)
         if header.pixels > current.max_pixels:
             raise ImageError(name, f"{header.width}x{header.height} pixels is over the "
                                    f"{current.max_pixels}-pixel limit")
-        cost = header.decoded_bytes
+        cost = header.decoded_bytes  # the whole photo, box or not: the box is cut after decoding
         if cost > budget.capacity:
             metrics.refusals.labels("too_large").inc()
             raise ImageError(name, f"{header.width}x{header.height} {header.format} ({header.mode}) needs "
@@ -230,7 +235,7 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
             return None
         try:
             return await run_in_threadpool(timed, metrics.stage_seconds.labels("decode"),
-                                           decode_upload, current, data, name)
+                                           decode_upload, current, data, name, box)
         finally:
             budget.release(cost)  # the thread has finished: run_in_threadpool waits for it
 
@@ -255,21 +260,28 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
     async def search(file: Annotated[UploadFile, File(description="the photo: JPEG, PNG, GIF, BMP, ...")],
                      k_form: Annotated[int | None, Form(alias="k", ge=1, le=MAX_K)] = None,
                      category_form: Annotated[str | None, Form(alias="category")] = None,
+                     box_form: Annotated[str | None, Form(alias="box", description=BOX_HELP)] = None,
                      k_query: Annotated[int | None, Query(alias="k", ge=1, le=MAX_K)] = None,
-                     category_query: Annotated[str | None, Query(alias="category")] = None):
+                     category_query: Annotated[str | None, Query(alias="category")] = None,
+                     box_query: Annotated[str | None, Query(alias="box", description=BOX_HELP)] = None):
         current = live.current  # this request's catalog, even if a new one is swapped in meanwhile
         k = k_form or k_query or DEFAULT_K
         category = (category_form or category_query or "any").strip()
         if category not in ("any", "auto", *current.categories):
             return error_response(422, f"unknown category {category!r}; use any, auto or one of "
                                        f"{list(current.categories)}")
+        box_text = box_form or box_query
+        try:
+            box = parse_box(box_text) if box_text else None
+        except ImageError as exc:  # "box: ... is not a box inside the photo ..."
+            return error_response(422, str(exc))
         data = await file.read(limit + 1)  # the body limit already bounds it; this is the exact cap
         if len(data) > limit:
             return error_response(413, f"upload too large: the limit is {megabytes(limit)}")
         name = file.filename or "upload"
         start = time.perf_counter()
         try:
-            pixels = await decode_within_budget(current, data, name)
+            pixels = await decode_within_budget(current, data, name, box)
             if pixels is None:
                 return error_response(503, f"busy: {megabytes(budget.in_flight)} of photos are being decoded "
                                            f"(budget {megabytes(budget.capacity)}), {budget.waiting} waiting; "
@@ -283,6 +295,7 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
             return error_response(422, str(exc))
         out = result.to_dict()
         out["matches"] = [public_item(m) for m in out["matches"]]
+        out["box"] = list(box) if box is not None else None
         out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 1)
         return out
 

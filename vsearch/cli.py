@@ -8,7 +8,7 @@
     vsearch index build|add|remove|info      the catalog index (FAISS)
     vsearch calibrate [--target-precision 0.95]  what a search answer means, kept with the index
     vsearch embed MANIFEST --out DIR [-- BEAM OPTIONS]  embed a catalog on Apache Beam into Parquet shards
-    vsearch search PHOTO [-k 5]              a customer's photo -> matching catalog items
+    vsearch search PHOTO [-k 5] [--box X0,Y0,X1,Y1]  a customer's photo (or a part) -> catalog items
     vsearch serve [--port 8000]              the upload page and JSON API
 
 Errors a user can fix (a bad path, a bad image, a bad override) print one line and exit 2.
@@ -281,16 +281,20 @@ def cmd_search(args) -> int:
 
     if args.k < 1:
         raise UsageError(f"-k must be >= 1, got {args.k}")
-    from vsearch.images import load_image
+    from vsearch.images import crop, load_image, parse_box
 
-    pixels = load_image(args.photo)  # fail fast, before loading the model
+    # fail fast, before loading the model
+    box = parse_box(args.box, "--box") if args.box is not None else None
+    pixels = load_image(args.photo)
     if args.plot:
         _check_output_file(args.plot, "--plot")
     searcher = Searcher.from_paths(args.model, args.index, num_threads=args.threads)
-    result = searcher.search(pixels, args.k, args.category, source=args.photo)
+    result = searcher.search(pixels, args.k, args.category, source=args.photo, box=box)
     if args.json:
-        print(json.dumps({"query": args.photo, **result.to_dict()}, indent=2))
+        print(json.dumps({"query": args.photo, "box": list(box) if box else None, **result.to_dict()}, indent=2))
     else:
+        if box:
+            print(f"the part of the photo in the box {','.join(f'{v:g}' for v in box)}")
         if result.match:
             print({"exact": f"This is it ({result.match['confidence']:.2f})", "similar": "Similar items",
                    "none": "Not in the catalog"}[result.match["verdict"]])
@@ -307,7 +311,8 @@ def cmd_search(args) -> int:
         from vsearch.search import thumbnails
 
         m = result.matches
-        fig = plots.retrieval(pixels, None, thumbnails(m), [x.get("title") or x.get("category", "") for x in m],
+        query = crop(pixels, box) if box else pixels  # the part that was searched
+        fig = plots.retrieval(query, None, thumbnails(m), [x.get("title") or x.get("category", "") for x in m],
                               [x["score"] for x in m], title=f"vsearch: {args.photo}")
         os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
         fig.savefig(args.plot, dpi=80, bbox_inches="tight")
@@ -497,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5, help="number of matches (default 5)")
     p.add_argument("--category", default="any",
                    help="any | auto (rank the predicted category first when confident) | a category name")
+    p.add_argument("--box", metavar="X0,Y0,X1,Y1",
+                   help="search only this part of the photo: fractions 0..1 of the upright photo's width and "
+                        "height, e.g. 0.5,0.6,1,1 for the lower right")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
     p.add_argument("--index", default=DEFAULT_INDEX, help=f"catalog index (default {DEFAULT_INDEX})")
     p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
