@@ -83,13 +83,14 @@ def test_upload_shows_a_grid_of_loaded_matches(browser, page_url, smoke_run, tmp
 
 
 @pytest.fixture(scope="module")
-def fake_url(tmp_path_factory):
-    """A server over the fake model's catalog: the API docs need no trained model."""
-    from fake_server import load_searcher, write_catalog
+def fake_url(fake_index):
+    """A server over the fake model's catalog, its answers carrying a verdict when the top score
+    is near 1 (tests/fake_server.py): the API docs and the box need no trained model."""
+    from fake_server import load_searcher
     from vsearch.app import create_app
     from vsearch.serve import BackgroundServer
 
-    with BackgroundServer(create_app(load_searcher(write_catalog(tmp_path_factory.mktemp("fake"))))) as server:
+    with BackgroundServer(create_app(load_searcher(fake_index, verdicts=True))) as server:
         yield server.url
 
 
@@ -116,5 +117,130 @@ def test_api_docs_render_with_nothing_from_elsewhere(browser, fake_url, path):
                                timeout=30_000)
         assert "/api/items/" in page.inner_text("body")
         assert not elsewhere, elsewhere
+    finally:
+        page.close()
+
+
+# ---------------------------------------------------------------- a box on the photo, the verdict
+
+CARD_IDS = "els => els.map(e => e.querySelector('img').getAttribute('src'))"
+
+
+def drag(page, start, end, touch: bool = False) -> None:
+    """Drags on the query photo from ``start`` to ``end`` (fractions of it), by mouse or by finger."""
+    rect = page.locator("#preview").bounding_box()
+    (x0, y0), (x1, y1) = [(rect["x"] + fx * rect["width"], rect["y"] + fy * rect["height"]) for fx, fy in (start, end)]
+    steps = [(x0 + (x1 - x0) * i / 8, y0 + (y1 - y0) * i / 8) for i in range(1, 9)]
+    if not touch:
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        for x, y in steps:
+            page.mouse.move(x, y)
+        page.mouse.up()
+        return
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x0, "y": y0}]})
+    for x, y in steps:
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+
+
+def searched(page, action):
+    """Runs ``action`` and returns the JSON of the search it makes once the page has drawn it."""
+    with page.expect_response(lambda r: r.url.endswith("/api/search")) as response:
+        action()
+    body = response.value.json()
+    page.wait_for_function("n => document.querySelectorAll('#results .card').length === n", arg=len(body["matches"]))
+    page.wait_for_function("() => !document.querySelector('#status').textContent.startsWith('Searching')")
+    return body
+
+
+@pytest.mark.parametrize("touch", [False, True], ids=["mouse", "touch"])
+def test_a_box_dragged_on_the_photo_searches_that_part(browser, fake_url, fake_searcher, tmp_path, touch):
+    from PIL import Image
+
+    from fake_server import side_by_side
+
+    canvas = tmp_path / "canvas.png"  # a red and a blue catalog photo side by side
+    Image.fromarray(side_by_side(fake_searcher, ["red/1", "blue/2"])).save(canvas)
+    page = browser.new_page(viewport={"width": 1200, "height": 800}, has_touch=touch)
+    try:
+        page.goto(fake_url + "/")
+        page.fill("#k", "4")
+        page.locator("#k").blur()  # its change event now, not when a later click takes the focus
+        whole = searched(page, lambda: page.set_input_files("#file", str(canvas)))
+        assert whole["box"] is None and "match" not in whole
+        assert page.is_hidden("#verdict") and page.is_hidden("#box") and page.is_hidden("#clearbox")
+        cards = page.eval_on_selector_all("#results .card", CARD_IDS)
+        page.evaluate("() => { window.pointers = []; "
+                      "addEventListener('pointerdown', (e) => pointers.push(e.pointerType), true); }")
+
+        # the left half, around the red photo: its search, the box on the photo, the banner
+        part = searched(page, lambda: drag(page, (0.03, 0.05), (0.46, 0.95), touch))
+        assert page.evaluate("() => pointers") == ["touch" if touch else "mouse"]
+        assert part["box"] == pytest.approx([0.03, 0.05, 0.46, 0.95], abs=0.02)
+        assert part["match"]["verdict"] == "exact"
+        assert page.eval_on_selector_all("#results .card", CARD_IDS) != cards
+        assert page.eval_on_selector_all("#results .badge", "els => els.map(e => e.textContent)") == ["red"] * 4
+        page.wait_for_selector("#verdict", state="visible")
+        assert page.text_content("#verdict strong") == "This is it"
+        assert page.text_content("#verdict span") == f"confidence {round(100 * part['match']['confidence'])}%"
+        photo, drawn = page.locator("#preview").bounding_box(), page.locator("#box").bounding_box()
+        assert drawn["x"] == pytest.approx(photo["x"] + 0.03 * photo["width"], abs=4)
+        assert drawn["width"] == pytest.approx(0.43 * photo["width"], abs=6)
+        assert drawn["height"] == pytest.approx(0.90 * photo["height"], abs=6)
+        assert "in the box" in page.text_content("#status")
+
+        # a tap is not a box: nothing is searched and the box stays
+        rect = page.locator("#preview").bounding_box()
+        if touch:
+            page.touchscreen.tap(rect["x"] + 10, rect["y"] + 10)
+        else:
+            page.mouse.click(rect["x"] + 10, rect["y"] + 10)
+        page.wait_for_timeout(300)
+        assert page.is_visible("#box") and page.is_visible("#verdict")
+
+        # the whole photo again
+        again = searched(page, lambda: page.click("#clearbox"))
+        assert again["box"] is None and page.is_hidden("#box") and page.is_hidden("#verdict")
+        assert page.eval_on_selector_all("#results .card", CARD_IDS) == cards
+        assert not page.is_visible("#error")
+    finally:
+        page.close()
+
+
+VERDICT_ANSWERS = [({"verdict": "exact", "confidence": 0.973}, "This is it", "confidence 97%"),
+                   ({"verdict": "similar", "confidence": 0.41}, "Similar items", "confidence 41%"),
+                   ({"verdict": "none", "confidence": 0.88}, "We could not find this item", "confidence 88%"),
+                   (None, None, None), ({"verdict": "maybe", "confidence": 0.5}, None, None)]
+
+
+def test_the_banner_says_what_the_verdict_means(browser, fake_url, fake_searcher):
+    """Each verdict an answer may carry, and none, as the page shows it (answers made up here)."""
+    import json
+
+    answer = {"category": {"mode": "any", "predicted": None, "confidence": None, "applied": False},
+              "matches": [{"rank": 1, "id": "red/1", "score": 0.9, "category": "red",
+                           "image_url": "/api/items/red/1/image"}], "box": None, "elapsed_ms": 1.0}
+    current = {}
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.route("**/api/search", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(current["answer"])))
+    try:
+        page.goto(fake_url + "/")
+        for match, title, confidence in VERDICT_ANSWERS:
+            current["answer"] = {**answer, **({"match": match} if match else {})}
+            if not page.locator("#preview").get_attribute("src"):
+                action = lambda: page.set_input_files("#file", str(fake_searcher.image_path("red/1")))  # noqa: E731
+            else:
+                action = lambda: page.click("#go")  # noqa: E731
+            searched(page, action)
+            if title is None:
+                assert page.is_hidden("#verdict"), match
+            else:
+                assert page.is_visible("#verdict")
+                assert page.text_content("#verdict strong") == title
+                assert page.text_content("#verdict span") == confidence
+                assert page.get_attribute("#verdict", "class") == f"verdict {match['verdict']}"
     finally:
         page.close()

@@ -3,6 +3,13 @@
 Inline CSS and JavaScript, no CDN, no web fonts, so it works on a machine without internet.
 The page posts the photo to ``/api/search`` and builds the result grid with DOM calls
 (``textContent``, never ``innerHTML`` with data), so catalog titles cannot inject markup.
+
+Once a photo is chosen, dragging on it (mouse, pen or finger: pointer events) draws a box;
+on release the search runs again on that part of the photo (``box=x0,y0,x1,y1``, fractions
+of the photo as shown, which browsers show upright like the server reads it). The box stays
+drawn on the photo until it is cleared or another photo is chosen. When the answer carries
+a ``match`` verdict (``exact`` / ``similar`` / ``none`` with a ``confidence``), a banner
+says so; without one, nothing is shown.
 """
 from __future__ import annotations
 
@@ -34,9 +41,19 @@ PAGE = r"""<!doctype html>
           flex-direction: column; align-items: center; justify-content: center; text-align: center;
           color: var(--muted); cursor: pointer; padding: 12px; transition: border-color .15s, background .15s; }
   #drop.over { border-color: var(--accent); background: var(--accent-soft); }
-  #drop img { max-width: 100%; max-height: 260px; border-radius: 6px; display: none; }
-  #drop.has-photo img { display: block; }
+  [hidden] { display: none !important; }
+  #stage { position: relative; display: none; line-height: 0; overflow: hidden; border-radius: 6px;
+           cursor: crosshair; touch-action: none; user-select: none; -webkit-user-select: none; }
+  #stage img { max-width: 100%; max-height: 260px; display: block; -webkit-user-drag: none; }
+  #drop.has-photo #stage { display: inline-block; }
   #drop.has-photo .hint { display: none; }
+  #box { position: absolute; border: 2px solid #fff; outline: 2px solid var(--accent); pointer-events: none;
+         box-shadow: 0 0 0 9999px rgba(29, 36, 51, .45); }
+  .boxbar { display: flex; flex-wrap: wrap; column-gap: 16px; row-gap: 2px; margin-top: 8px; font-size: 13px;
+            color: var(--muted); }
+  #boxnote { flex: 1 1 100%; }
+  button.link { width: auto; margin: 0; padding: 0; background: none; color: var(--accent); font-weight: 600;
+                font-size: 13px; white-space: nowrap; }
   #drop .hint strong { color: var(--accent); }
   #file { display: none; }
   .controls { display: grid; grid-template-columns: minmax(0, 2fr) minmax(0, 3fr); gap: 12px; margin-top: 14px; }
@@ -52,6 +69,13 @@ PAGE = r"""<!doctype html>
   #error { display: none; border: 1px solid #fecdca; background: var(--bad-soft); color: var(--bad);
            border-radius: 10px; padding: 10px 14px; margin-bottom: 14px; }
   #error.shown { display: block; }
+  .verdict { display: flex; align-items: baseline; gap: 12px; border-radius: 10px; padding: 10px 14px;
+             margin-bottom: 14px; border: 1px solid; }
+  .verdict strong { font-size: 17px; }
+  .verdict span { font-size: 13px; }
+  .verdict.exact { background: #ecfdf3; border-color: #abefc6; color: #067647; }
+  .verdict.similar { background: var(--accent-soft); border-color: #c7d2fe; color: var(--accent); }
+  .verdict.none { background: #f2f4f7; border-color: var(--line); color: #344054; }
   #results { list-style: none; margin: 0; padding: 0; display: grid; gap: 14px;
              grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); }
   .card { background: var(--card); border: 1px solid var(--line); border-radius: 10px; overflow: hidden; }
@@ -79,8 +103,13 @@ PAGE = r"""<!doctype html>
 <main>
   <section class="panel" aria-label="query photo">
     <div id="drop" tabindex="0" role="button" aria-label="choose or drop a photo">
-      <img id="preview" alt="your photo">
+      <div id="stage"><img id="preview" alt="your photo" draggable="false"><div id="box" hidden></div></div>
       <div class="hint"><strong>Choose a photo</strong><br>or drag and drop it here</div>
+    </div>
+    <div class="boxbar" id="boxbar" hidden>
+      <span id="boxnote"></span>
+      <button id="clearbox" class="link" type="button" hidden>Whole photo</button>
+      <button id="another" class="link" type="button">Another photo</button>
     </div>
     <input id="file" type="file" accept="image/*">
     <div class="controls">
@@ -92,6 +121,7 @@ PAGE = r"""<!doctype html>
   </section>
   <section aria-label="results">
     <div id="error" role="alert"></div>
+    <div id="verdict" class="verdict" role="status" hidden></div>
     <p id="status">Upload a photo to find matching products.</p>
     <ol id="results"></ol>
   </section>
@@ -102,7 +132,10 @@ PAGE = r"""<!doctype html>
 const cfg = JSON.parse(document.getElementById("config").textContent);
 const $ = (id) => document.getElementById(id);
 const drop = $("drop"), fileInput = $("file"), kInput = $("k"), catSelect = $("category");
-let photo = null, busy = false;
+const stage = $("stage"), preview = $("preview");
+const VERDICTS = {exact: "This is it", similar: "Similar items", none: "We could not find this item"};
+const MIN_BOX_PX = 8;  // a shorter drag is a click, not a box
+let photo = null, box = null, busy = false, again = false, drag = null;
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -133,14 +166,71 @@ function showError(message) {
 function choose(file) {
   if (!file) return;
   photo = file;
-  $("preview").src = URL.createObjectURL(file);
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(file);
   drop.classList.add("has-photo");
+  $("boxbar").hidden = false;
   $("go").disabled = false;
+  setBox(null);
   search();
 }
 
+// ---- a box on the photo: fractions 0..1 of the photo as shown [x0, y0, x1, y1]
+
+function setBox(value) {
+  box = value;
+  drawBox(box);
+  $("clearbox").hidden = !box;
+  $("boxnote").textContent = box ? "Searching the part in the box." : "Drag on the photo to search a part of it.";
+}
+
+function drawBox(b) {
+  const shown = $("box");
+  shown.hidden = !b;
+  if (!b) return;
+  shown.style.left = 100 * b[0] + "%"; shown.style.top = 100 * b[1] + "%";
+  shown.style.width = 100 * (b[2] - b[0]) + "%"; shown.style.height = 100 * (b[3] - b[1]) + "%";
+}
+
+function pointAt(e) {
+  const r = preview.getBoundingClientRect();
+  const clamp = (v) => Math.min(1, Math.max(0, v));
+  return [clamp((e.clientX - r.left) / r.width), clamp((e.clientY - r.top) / r.height)];
+}
+
+function spanning(a, b) {
+  const round = (v) => Math.round(v * 10000) / 10000;
+  return [round(Math.min(a[0], b[0])), round(Math.min(a[1], b[1])),
+          round(Math.max(a[0], b[0])), round(Math.max(a[1], b[1]))];
+}
+
+stage.addEventListener("pointerdown", (e) => {
+  if (!photo || drag || (e.pointerType === "mouse" && e.button !== 0)) return;
+  e.preventDefault();
+  stage.setPointerCapture(e.pointerId);
+  drag = {id: e.pointerId, from: pointAt(e)};
+});
+stage.addEventListener("pointermove", (e) => {
+  if (drag && e.pointerId === drag.id) drawBox(spanning(drag.from, pointAt(e)));
+});
+function endDrag(e) {
+  if (!drag || e.pointerId !== drag.id) return;
+  const drawn = spanning(drag.from, pointAt(e)), r = preview.getBoundingClientRect();
+  drag = null;
+  const big = (drawn[2] - drawn[0]) * r.width >= MIN_BOX_PX && (drawn[3] - drawn[1]) * r.height >= MIN_BOX_PX;
+  if (e.type !== "pointerup" || !big) { drawBox(box); return; }  // cancelled, or a click: keep the box
+  setBox(drawn);
+  search();
+}
+stage.addEventListener("pointerup", endDrag);
+stage.addEventListener("pointercancel", endDrag);
+stage.addEventListener("click", (e) => e.stopPropagation());  // the photo draws boxes; it does not reopen the chooser
+
+// ---- searching
+
 async function search() {
-  if (!photo || busy) return;
+  if (!photo) return;
+  if (busy) { again = true; return; }  // searched again with the latest choices once this one is back
   showError("");
   if (photo.size > cfg.max_upload_bytes) {
     showError(photo.name + ": " + sizeText(photo.size) + " is over the " + sizeText(cfg.max_upload_bytes) + " limit");
@@ -150,6 +240,7 @@ async function search() {
   body.append("file", photo, photo.name);
   body.append("k", kInput.value || cfg.default_k);
   body.append("category", catSelect.value);
+  if (box) body.append("box", box.join(","));
   busy = true; $("go").disabled = true; $("status").textContent = "Searching\u2026";
   try {
     const response = await fetch("/api/search", {method: "POST", body});
@@ -159,13 +250,30 @@ async function search() {
   } catch (err) {
     $("status").textContent = "";
     $("results").replaceChildren();
+    showVerdict(null);
     showError(String(err.message || err));
   } finally {
     busy = false; $("go").disabled = !photo;
+    if (again) { again = false; search(); }
   }
 }
 
+// The answer's calibrated verdict on its first match, when the catalog is calibrated.
+function showVerdict(match) {
+  const banner = $("verdict");
+  if (!match || !Object.prototype.hasOwnProperty.call(VERDICTS, match.verdict)) {
+    banner.hidden = true; banner.replaceChildren(); return;
+  }
+  banner.className = "verdict " + match.verdict;
+  banner.replaceChildren(el("strong", "", VERDICTS[match.verdict]));
+  if (typeof match.confidence === "number" && isFinite(match.confidence)) {
+    banner.append(el("span", "", "confidence " + Math.round(100 * match.confidence) + "%"));
+  }
+  banner.hidden = false;
+}
+
 function render(data) {
+  showVerdict(data.match);
   const info = data.category || {};
   const status = $("status");
   status.replaceChildren(el("b", "", data.matches.length + " matches"),
@@ -177,6 +285,7 @@ function render(data) {
       : " \u00b7 only " + info.predicted;
     status.append(document.createTextNode(how));
   }
+  if (data.box) status.append(document.createTextNode(" \u00b7 in the box"));
   const cards = data.matches.map((m) => {
     const card = el("li", "card");
     const thumb = el("div", "thumb");
@@ -201,8 +310,10 @@ function render(data) {
 }
 
 drop.addEventListener("click", () => fileInput.click());
+$("another").addEventListener("click", () => fileInput.click());
+$("clearbox").addEventListener("click", () => { setBox(null); search(); });
 drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") fileInput.click(); });
-fileInput.addEventListener("change", () => choose(fileInput.files[0]));
+fileInput.addEventListener("change", () => { choose(fileInput.files[0]); fileInput.value = ""; });
 for (const name of ["dragenter", "dragover"]) {
   drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
 }
