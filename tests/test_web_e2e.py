@@ -184,7 +184,8 @@ def test_a_box_dragged_on_the_photo_searches_that_part(browser, fake_url, fake_s
         assert page.eval_on_selector_all("#results .badge", "els => els.map(e => e.textContent)") == ["red"] * 4
         page.wait_for_selector("#verdict", state="visible")
         assert page.text_content("#verdict strong") == "This is it"
-        assert page.text_content("#verdict span") == f"confidence {round(100 * part['match']['confidence'])}%"
+        likely = f"{round(100 * part['match']['confidence'])}% likely that #1 is the very item"
+        assert page.text_content("#verdict span") == likely
         photo, drawn = page.locator("#preview").bounding_box(), page.locator("#box").bounding_box()
         assert drawn["x"] == pytest.approx(photo["x"] + 0.03 * photo["width"], abs=4)
         assert drawn["width"] == pytest.approx(0.43 * photo["width"], abs=6)
@@ -209,9 +210,9 @@ def test_a_box_dragged_on_the_photo_searches_that_part(browser, fake_url, fake_s
         page.close()
 
 
-VERDICT_ANSWERS = [({"verdict": "exact", "confidence": 0.973}, "This is it", "confidence 97%"),
-                   ({"verdict": "similar", "confidence": 0.41}, "Similar items", "confidence 41%"),
-                   ({"verdict": "none", "confidence": 0.88}, "We could not find this item", "confidence 88%"),
+VERDICT_ANSWERS = [({"verdict": "exact", "confidence": 0.973}, "This is it", "97%"),
+                   ({"verdict": "similar", "confidence": 0.41}, "Similar items", "41%"),
+                   ({"verdict": "none", "confidence": 0.03}, "We could not find this item", "3%"),
                    (None, None, None), ({"verdict": "maybe", "confidence": 0.5}, None, None)]
 
 
@@ -240,7 +241,7 @@ def test_the_banner_says_what_the_verdict_means(browser, fake_url, fake_searcher
             else:
                 assert page.is_visible("#verdict")
                 assert page.text_content("#verdict strong") == title
-                assert page.text_content("#verdict span") == confidence
+                assert page.text_content("#verdict span") == f"{confidence} likely that #1 is the very item"
                 assert page.get_attribute("#verdict", "class") == f"verdict {match['verdict']}"
     finally:
         page.close()

@@ -8,8 +8,8 @@ Once a photo is chosen, dragging on it (mouse, pen or finger: pointer events) dr
 on release the search runs again on that part of the photo (``box=x0,y0,x1,y1``, fractions
 of the photo as shown, which browsers show upright like the server reads it). The box stays
 drawn on the photo until it is cleared or another photo is chosen. When the answer carries
-a ``match`` verdict (``exact`` / ``similar`` / ``none`` with a ``confidence``), a banner
-says so; without one, nothing is shown.
+a ``match`` verdict (``exact`` / ``similar`` / ``none`` with a ``confidence``: how likely
+the first match is the very item), a banner says so; without one, nothing is shown.
 """
 from __future__ import annotations
 
@@ -258,7 +258,8 @@ async function search() {
   }
 }
 
-// The answer's calibrated verdict on its first match, when the catalog is calibrated.
+// The answer's calibrated verdict, when the catalog is calibrated; its confidence is the
+// probability that the first match is the very item in the photo, whatever the verdict.
 function showVerdict(match) {
   const banner = $("verdict");
   if (!match || !Object.prototype.hasOwnProperty.call(VERDICTS, match.verdict)) {
@@ -267,7 +268,7 @@ function showVerdict(match) {
   banner.className = "verdict " + match.verdict;
   banner.replaceChildren(el("strong", "", VERDICTS[match.verdict]));
   if (typeof match.confidence === "number" && isFinite(match.confidence)) {
-    banner.append(el("span", "", "confidence " + Math.round(100 * match.confidence) + "%"));
+    banner.append(el("span", "", Math.round(100 * match.confidence) + "% likely that #1 is the very item"));
   }
   banner.hidden = false;
 }
