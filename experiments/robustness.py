@@ -96,18 +96,30 @@ def occlusion(img, rng):
     return out
 
 
-def background(img, rng):
-    w, h = img.size
-    # Coloured blobs at several scales: a bedspread, a floor, a shelf.
+def clutter(w: int, h: int, rng) -> Image.Image:
+    """A seeded cluttered, textured background of ``w`` x ``h``: a bedspread, a floor, a shelf."""
+    # Coloured blobs at several scales.
     layers = [np.asarray(Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC),
                          dtype=np.float32) for s in (4, 16, 64)]
     texture = 0.5 * layers[0] + 0.3 * layers[1] + 0.2 * layers[2]
     texture = 0.5 * texture + 0.5 * texture.mean(axis=2, keepdims=True)  # half the saturation
-    canvas = Image.fromarray(np.clip(texture, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(texture, 0, 255).astype(np.uint8))
+
+
+def background_placed(img, rng) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """:func:`background`'s photo and where the item is in it (x0, y0, x1, y1 fractions, a box)."""
+    w, h = img.size
+    canvas = clutter(w, h, rng)
     scale = rng.uniform(0.45, 0.70)
     item = img.resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.BILINEAR)
-    canvas.paste(item, (int(rng.integers(0, w - item.size[0] + 1)), int(rng.integers(0, h - item.size[1] + 1))))
-    return canvas.filter(ImageFilter.GaussianBlur(0.6))
+    x, y = int(rng.integers(0, w - item.size[0] + 1)), int(rng.integers(0, h - item.size[1] + 1))
+    canvas.paste(item, (x, y))
+    box = (x / w, y / h, (x + item.size[0]) / w, (y + item.size[1]) / h)
+    return canvas.filter(ImageFilter.GaussianBlur(0.6)), box
+
+
+def background(img, rng):
+    return background_placed(img, rng)[0]
 
 
 def rotate90(img, rng):
@@ -128,13 +140,25 @@ def decode_all(paths) -> list[np.ndarray]:
     return [to_pixels(path) for path in paths]
 
 
+def photo_rng(seed: int, kind: str, index: int) -> np.random.Generator:
+    """The generator of image ``index``'s photo with damage ``kind``."""
+    return np.random.default_rng([seed, KINDS_INDEX[kind], index])
+
+
+def placed_photos(images: list[np.ndarray], seed: int = 11) -> tuple[list[np.ndarray], list[tuple]]:
+    """The ``background`` photos of :func:`damaged_photos` (same seeds) and the item's box in each."""
+    placed = [background_placed(Image.fromarray(pixels, "RGB"), photo_rng(seed, "background", i))
+              for i, pixels in enumerate(images)]
+    return [np.asarray(img.convert("RGB")) for img, _ in placed], [box for _, box in placed]
+
+
 def damaged_photos(images: list[np.ndarray], kind: str, seed: int = 11) -> list[np.ndarray]:
     """One seeded photo of each RGB uint8 image with damage ``kind`` (RGB uint8)."""
     from vsearch.augment import customer_photo
 
     out = []
     for i, pixels in enumerate(images):
-        rng = np.random.default_rng([seed, KINDS_INDEX[kind], i])
+        rng = photo_rng(seed, kind, i)
         if kind == "eval":
             out.append(customer_photo(pixels, rng))
         else:
