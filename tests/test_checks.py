@@ -98,3 +98,22 @@ def test_materialise_writes_again_only_files_whose_source_changed(image_root, tm
     checks.materialise(checks.scan_split(image_root / "train"), mirror, link=False)
     assert sorted(written) == ["blue_0.jpg", "gray.png"]
     assert (mirror / "blue" / "blue_0.jpg").read_bytes() == (image_root / "train" / "blue" / "blue_1.jpg").read_bytes()
+
+
+def test_a_file_name_that_is_not_utf8_is_excluded_and_listed(image_root, tmp_path):
+    """tf.data cannot name such a file: it crashed `vsearch train`; now it is left out, by name."""
+    import os
+
+    train = image_root / "train"
+    cls = sorted(p for p in train.iterdir() if p.is_dir())[0]
+    good = sorted(cls.iterdir())[0]
+    raw = os.path.join(os.fsencode(cls), b"caf\xe9.jpg")
+    with open(raw, "wb") as fh:
+        fh.write(good.read_bytes())
+    report = checks.scan_split(train)
+    [(path, why)] = report.bad.items()
+    assert path.endswith("caf\\xe9.jpg") and "not valid UTF-8" in why
+    assert all(os.fsdecode(raw) not in files for files in report.files.values())
+    json.dumps(report.to_dict()).encode("utf-8")  # the report can be written and printed
+    clean, _ = checks.clean_split(train, tmp_path / "clean")
+    assert not any(b"\xe9" in os.fsencode(p) for p in clean.rglob("*"))

@@ -87,6 +87,11 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | Writer, mode: int 
     return path
 
 
+def printable(path: str | os.PathLike) -> str:
+    """A path as text that can always be printed and stored as JSON (undecodable bytes as \\xNN)."""
+    return os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def write_json(path: str | os.PathLike, value, default: Callable | None = None) -> Path:
     """``value`` as indented JSON, written atomically."""
     return write_atomic(path, json.dumps(value, indent=2, default=default) + "\n")

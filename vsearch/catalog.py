@@ -15,14 +15,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from vsearch.artifacts import printable
 from vsearch.embedder import embed_images
 from vsearch.errors import DataError
 from vsearch.index import Catalog, FaissIndex, choose_kind, measure_recall
-
-
-def printable(path: str | os.PathLike) -> str:
-    """A path as text that can always be printed and stored as JSON (undecodable bytes as \\xNN)."""
-    return os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _walk(root: Path, skipped: dict[str, str]) -> list[Path]:

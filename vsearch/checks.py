@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vsearch.artifacts import write_atomic, write_json
+from vsearch.artifacts import printable, write_atomic, write_json
 from vsearch.errors import DataError
 from vsearch.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, decode_image, read_bytes
 
@@ -178,6 +178,9 @@ def scan_split(root: str | os.PathLike, class_names: list[str] | None = None,
             raise DataError(f"{folder}: class folder missing")
         good = []
         for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+            if printable(path) != str(path):  # tf.data could not even name it
+                report.bad[printable(path)] = "file name is not valid UTF-8; rename the file"
+                continue
             status, why = inspect_image(path, max_pixels, memo)
             if status == "ok":
                 good.append(str(path))
