@@ -78,11 +78,27 @@ def test_expected_calibration_error_by_hand():
 
 def test_threshold_for_precision_by_hand():
     p, y = np.array([0.9, 0.8, 0.7, 0.6, 0.5]), np.array([1, 1, 0, 1, 0])
-    assert calibrate.threshold_for_precision(p, y, 0.75) == 0.6   # 3 of the top 4
-    assert calibrate.threshold_for_precision(p, y, 0.95) == 0.8
-    assert calibrate.threshold_for_precision(p, y, 0.5) == 0.5
-    assert calibrate.threshold_for_precision(np.array([0.9, 0.9]), np.array([1, 0]), 0.9) is None  # a tie, not cut
-    assert calibrate.threshold_for_precision(p[2:], y[2:] * 0, 0.5) is None
+    assert calibrate.threshold_for_precision(p, y, 0.75, z=0) == 0.6   # 3 of the top 4
+    assert calibrate.threshold_for_precision(p, y, 0.95, z=0) == 0.8
+    assert calibrate.threshold_for_precision(p, y, 0.5, z=0) == 0.5
+    assert calibrate.threshold_for_precision(np.array([0.9, 0.9]), np.array([1, 0]), 0.9, z=0) is None  # a tie
+    assert calibrate.threshold_for_precision(p[2:], y[2:] * 0, 0.5, z=0) is None
+
+
+def test_thresholds_hold_at_90_percent_confidence():
+    # n right answers out of n: the Wilson lower bound is 1 / (1 + z^2 / n), >= 0.95 from n = 19 z^2 = 31.2
+    z = calibrate.CONFIDENCE_Z
+    lower, upper = calibrate.wilson_interval(20, 20, z)
+    assert lower == pytest.approx(1 / (1 + z * z / 20)) and upper == pytest.approx(1)
+    assert calibrate.threshold_for_precision(np.linspace(1, 0.5, 31), np.ones(31, bool), 0.95) is None
+    assert calibrate.threshold_for_precision(np.linspace(1, 0.5, 32), np.ones(32, bool), 0.95) == 0.5
+    # at most 5% at or below a cut: with z = 0, 5 of 100; at 90% confidence 2 of 100 (Wilson upper bounds:
+    # 1 in 100 3.3%, 2 in 100 4.7%, 3 in 100 6.0%)
+    scores = np.arange(100) / 100
+    assert calibrate.threshold_for_rate(scores, 0.05, z=0) == 0.04
+    assert calibrate.threshold_for_rate(scores, 0.05) == 0.01
+    assert calibrate.threshold_for_rate(scores, 0.04) == 0.0
+    assert calibrate.threshold_for_rate(np.r_[np.zeros(10), scores], 0.05) is None  # a tie of ten: too many
 
 
 def test_verdicts_follow_the_thresholds():

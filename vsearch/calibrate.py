@@ -11,17 +11,19 @@ model and category. This stage learns what the scores mean from the catalog itse
    shop does not sell). Each search gives two features, the top-1 score and its gap to
    the next product (:func:`vsearch.search.ranked_features`), and two outcomes: the top-1
    is the exact product, and the product is in the catalog at all.
-3. **Heads** (:func:`fit_heads`): two calibrated probabilities, ``exact`` (the top-1 is
+3. **Heads** (:func:`fit_head`): two calibrated probabilities, ``exact`` (the top-1 is
    the product) and ``present`` (the product is in the catalog), each per category of the
    top match, with a global model for categories with too few samples. A model is a
    logistic regression on the standardised features (Platt scaling) or an isotonic
    (pool-adjacent-violators) step function of the same linear score.
 4. **Choice and thresholds** (:func:`fit_calibration`): both methods are fitted on the
    photos of one seed and compared by expected calibration error on photos of another;
-   on those held-out photos the thresholds are set for the target precision: "exact"
-   from ``exact``, "none" from ``present``.
+   on those held-out photos the thresholds are set: "exact" where ``exact`` answers
+   reach the target precision, "none" where ``present`` wrongly says "none" to at most
+   5% of the photos of products in the catalog. Both hold at 90% confidence (a Wilson
+   bound), so that they hold on new photos too, not just on these.
 5. **Check** (:func:`verdict_metrics`): precision and coverage of the verdicts on photos
-   of a third seed, kept with the calibration.
+   of a third seed, kept with the calibration: the precision "none" is stated at.
 
 In-catalog and left-out searches are equally many, so precisions and probabilities are
 those of a stream of customer photos half of which show a product the shop sells.
@@ -40,6 +42,8 @@ from vsearch.errors import DataError, ImageError
 from vsearch.search import VERDICT_DEPTH, head_model, probability, product_of, ranked_features, verdicts
 
 DEFAULT_TARGET = 0.95
+DEFAULT_WRONG_NONE = 0.05  # the most in-catalog photos "none" may be said to
+CONFIDENCE_Z = 1.2816      # one-sided 90% normal quantile, for the thresholds' Wilson bounds
 DEFAULT_PHOTOS = 1000   # customer photos per seed (fit, choice and thresholds, check)
 DEFAULT_SEED = 0
 PHOTO_CHUNK = 128       # photos made and embedded at a time: full-size photos take memory
@@ -274,17 +278,43 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = ECE_BIN
                                                                 curve["confidence"]) if n))
 
 
-def threshold_for_precision(score: np.ndarray, y: np.ndarray, target: float) -> float | None:
-    """The lowest threshold t for which the samples with ``score >= t`` are right ``target`` of the time.
+def wilson_interval(k: np.ndarray, n: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score bounds of a rate of ``k`` in ``n`` at normal quantile ``z`` (0: the rate itself)."""
+    k, n = np.asarray(k, np.float64), np.asarray(n, np.float64)
+    rate = k / n
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
-    Lowest: the most answers at that precision. None when no threshold reaches it.
+
+def _cuts(values: np.ndarray) -> np.ndarray:
+    """In a sorted array, the last position of each run of equal values: a cut may not split a run."""
+    return np.r_[values[1:] != values[:-1], True]
+
+
+def threshold_for_precision(score: np.ndarray, y: np.ndarray, target: float,
+                            z: float = CONFIDENCE_Z) -> float | None:
+    """The lowest t for which the samples with ``score >= t`` are right ``target`` of the time.
+
+    Lowest: the most answers at that precision; "right" by the Wilson lower bound at ``z``.
+    None when no threshold reaches it.
     """
     score, y = np.asarray(score, np.float64), np.asarray(y, bool)
     order = np.argsort(-score, kind="stable")
-    ranked, right = score[order], y[order]
-    precision = np.cumsum(right) / np.arange(1, len(right) + 1)
-    whole = np.r_[ranked[1:] != ranked[:-1], True]  # a cut may not split samples of one score
-    ok = np.flatnonzero((precision >= target) & whole)
+    ranked = score[order]
+    lower, _ = wilson_interval(np.cumsum(y[order]), np.arange(1, len(ranked) + 1), z)
+    ok = np.flatnonzero((lower >= target) & _cuts(ranked))
+    return float(ranked[ok[-1]]) if len(ok) else None
+
+
+def threshold_for_rate(score: np.ndarray, max_rate: float, z: float = CONFIDENCE_Z) -> float | None:
+    """The highest t for which at most ``max_rate`` of ``score`` is ``<= t`` (by the Wilson upper bound).
+
+    None when even the lowest score alone is too many.
+    """
+    ranked = np.sort(np.asarray(score, np.float64))
+    _, upper = wilson_interval(np.arange(1, len(ranked) + 1), len(ranked), z)
+    ok = np.flatnonzero((upper <= max_rate) & _cuts(ranked))
     return float(ranked[ok[-1]]) if len(ok) else None
 
 
@@ -296,12 +326,14 @@ def choose_method(fit: Samples, check: Samples, outcome: str) -> tuple[str, dict
     return min(METHODS, key=lambda m: (eces[m], m != "platt")), eces
 
 
-def fit_calibration(fit: Samples, check: Samples, fingerprint: str, target: float = DEFAULT_TARGET) -> dict:
+def fit_calibration(fit: Samples, check: Samples, fingerprint: str, target: float = DEFAULT_TARGET,
+                    wrong_none: float = DEFAULT_WRONG_NONE) -> dict:
     """Both heads fitted on ``fit``; methods chosen and thresholds set on ``check``.
 
     "exact": the lowest ``exact`` probability at which the answers on ``check`` are right
-    ``target`` of the time; "none": the highest ``present`` probability at which those it
-    calls "none" are, ``target`` of the time, products not in the catalog.
+    ``target`` of the time; "none": the highest ``present`` probability at which at most
+    ``wrong_none`` of the in-catalog searches of ``check`` would be told "none". Both at
+    90% confidence (:func:`threshold_for_precision`, :func:`threshold_for_rate`).
     """
     if not 0 < target < 1:
         raise ValueError(f"the target precision must be between 0 and 1, got {target}")
@@ -311,11 +343,10 @@ def fit_calibration(fit: Samples, check: Samples, fingerprint: str, target: floa
     for outcome in ("exact", "present"):
         method, selection[outcome] = choose_method(fit, check, outcome)
         heads[outcome] = fit_head(fit, outcome, method)
-    none = threshold_for_precision(-head_probabilities(heads["present"], check), ~check.present, target)
     thresholds = {"exact": threshold_for_precision(head_probabilities(heads["exact"], check), check.exact, target),
-                  "none": None if none is None else -none}
+                  "none": threshold_for_rate(head_probabilities(heads["present"], check)[check.present], wrong_none)}
     return {"version": 1, "fingerprint": fingerprint, "features": ["top1", "gap"], "target_precision": target,
-            "heads": heads, "thresholds": thresholds,
+            "wrong_none": wrong_none, "heads": heads, "thresholds": thresholds,
             "method": {name: head["global"]["method"] for name, head in heads.items()},
             "selection_ece": selection}
 
@@ -333,6 +364,7 @@ def verdict_metrics(calibration: dict, samples: Samples) -> dict:
     and left-out searches together); ``exact_coverage``: share of in-catalog searches
     answered "exact"; ``false_exact_on_left_out``: share of left-out searches answered
     "exact"; ``none_on_left_out`` / ``none_on_in_catalog``: share answered "none";
+    ``none_precision``: share of "none" answers to left-out searches;
     ``top1_correct``: share of in-catalog searches whose top-1 is the product (R@1);
     ``ece_exact`` / ``ece_present``: expected calibration error of the two heads.
     """
@@ -344,6 +376,7 @@ def verdict_metrics(calibration: dict, samples: Samples) -> dict:
     out = {"exact_precision": float(samples.exact[exact].mean()) if exact.any() else None,
            "exact_coverage": _share(exact[inside]), "false_exact_on_left_out": _share(exact[outside]),
            "none_on_left_out": _share(none[outside]), "none_on_in_catalog": _share(none[inside]),
+           "none_precision": float(outside[none].mean()) if none.any() else None,
            "top1_correct": _share(samples.exact[inside]),
            "ece_exact": expected_calibration_error(p_exact, samples.exact),
            "ece_present": expected_calibration_error(p_present, samples.present),
@@ -403,12 +436,14 @@ def format_calibration(calibration: dict) -> str:
              f"  'exact' when P(exact) >= {num(t['exact'])}"
              + (" (never: the target is out of reach)" if t["exact"] is None else "")
              + f"; 'none' when P(in catalog) <= {num(t['none'])}"
-             + (" (never: the target is out of reach)" if t["none"] is None else "")]
+             + (" (never: it would be wrong too often)" if t["none"] is None else
+                f" (wrong on at most {calibration.get('wrong_none', DEFAULT_WRONG_NONE):.0%} of in-catalog "
+                "photos)")]
     if h:
         lines.append(f"  held-out photos (seed {calibration['seeds']['heldout']}, {h['num_in_catalog']} in the catalog, "
                      f"{h['num_left_out']} left out): exact precision {num(h['exact_precision'])} at coverage "
                      f"{num(h['exact_coverage'])} (top-1 right {num(h['top1_correct'])}); false exact on left-out "
                      f"{num(h['false_exact_on_left_out'])}; none on left-out {num(h['none_on_left_out'])}, "
-                     f"on in-catalog {num(h['none_on_in_catalog'])}; ECE exact {num(h['ece_exact'], 4)}, "
-                     f"present {num(h['ece_present'], 4)}")
+                     f"on in-catalog {num(h['none_on_in_catalog'])} (precision {num(h['none_precision'])}); "
+                     f"ECE exact {num(h['ece_exact'], 4)}, present {num(h['ece_present'], 4)}")
     return "\n".join(lines)
