@@ -3,9 +3,10 @@ import json
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from conftest import ColourEmbedder
-from vsearch import calibrate, cli
+from vsearch import calibrate, cli, plots
 from vsearch.calibrate import Samples
 from vsearch.catalog import build_catalog
 from vsearch.errors import DataError
@@ -248,6 +249,13 @@ def test_calibrate_catalog_with_a_transparent_model(shop):
         calibrate.calibrate_catalog(catalog, other, photos=4)
 
 
+def test_reliability_diagram_is_a_figure():
+    curves = calibrate.reliability_curves(hand_calibration("m"), world(3))
+    fig = plots.reliability_diagram(curves, "held out")
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    assert len(fig.axes[0].lines) == 3  # the diagonal and one curve per head
+
+
 # ---------------------------------------------------------------- the command line, with a tiny exported model
 
 def test_cli_calibrate_then_search_shows_the_verdict(tiny, tmp_path, capsys):
@@ -282,3 +290,30 @@ def test_cli_build_with_calibrate_and_refusals(tiny, tmp_path, capsys):
     assert "rebuild the index with this model" in capsys.readouterr().err
     assert Catalog.load(index).calibration["photos"] == 6  # the refused run changed nothing
 
+
+# ---------------------------------------------------------------- vsearch eval's figures
+
+def test_eval_measures_the_verdict_on_validation_items_it_never_saw(image_root):
+    from types import SimpleNamespace
+
+    from vsearch import evaluate
+
+    names = ["blue", "green", "red"]
+
+    def split(name):
+        paths = sorted(str(p) for p in (image_root / name).rglob("*.*"))
+        return SimpleNamespace(paths=paths, labels=np.array([names.index(p.split("/")[-2]) for p in paths]))
+
+    catalog, val = split("train"), split("validation")
+    embedder = ColourEmbedder()
+    cat, qry = (evaluate.embed_all(embedder, s.paths, 8) for s in (catalog, val))
+    photos, targets = evaluate.customer_queries(val.paths, seed=7)
+    cust = evaluate.embed_all(embedder, photos, 8)
+    figures, curves = evaluate.calibration_check(embedder, catalog, val, names, cat, qry, cust, targets, 8)
+    assert figures["num_in_catalog"] == figures["num_left_out"] == len(val.paths) == 9
+    assert figures["photos_per_seed"] == len(catalog.paths) == 18 and figures["seeds"] == {"fit": 0, "check": 1}
+    assert figures["target_precision"] == calibrate.DEFAULT_TARGET
+    assert set(figures["targets_met"]) == set(calibrate.TARGETS)
+    assert sum(curves["top-1 is the exact item"]["count"]) == 18
+    text = "\n".join(evaluate._calibration_markdown(figures))
+    assert "## Calibrated verdict" in text and "| 'none' on left-out photos |" in text

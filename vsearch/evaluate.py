@@ -16,6 +16,12 @@ catalog.
 Customer-photo matching: each validation image, distorted by
 :func:`vsearch.augment.customer_photo` (seeded per image), must find its undistorted
 original among catalog + validation images.
+
+Calibrated verdict (:mod:`vsearch.calibrate`): a calibration is fitted as ``vsearch
+calibrate`` fits it, on customer photos of the catalog (train) items with its default
+seeds, and measured on the validation customer photos above, searched in catalog +
+validation originals (in the catalog) and with their own original left out: items and
+photos the calibration never saw.
 """
 from __future__ import annotations
 
@@ -187,11 +193,79 @@ def run_eval(config: EvalConfig, query: str | None = None, log: Callable[[str], 
         log(f"  classifier accuracy {summary['classifier']['accuracy']:.4f}")
 
     cat, qry, cust = vectors[summary["model"]]
+    summary["calibration"], curves = calibration_check(exported, catalog, val, names, cat, qry, cust, targets,
+                                                       config.data.batch_size)
+    _log_calibration(summary["calibration"], log)
+    from vsearch import plots
+
+    plots.reliability_diagram(curves, "validation customer photos, half left out").savefig(
+        reports / "reliability.png", dpi=90)
     _pictures(config, reports, catalog, val, names, exported, cat, qry, photos, targets, cust, query)
     write_json(reports / "metrics.json", summary)
     write_atomic(reports / "eval.md", format_markdown(summary))
     log(f"wrote {reports}/metrics.json, eval.md and pictures")
     return summary
+
+
+def calibration_check(embedder, catalog, val, names, cat, qry, cust, targets, batch_size: int) -> tuple[dict, dict]:
+    """Fits a calibration on the catalog and measures its verdicts on the validation customer photos.
+
+    Returns:
+        (figures, reliability curves): :func:`vsearch.calibrate.verdict_metrics` on the
+        validation photos, with the thresholds, methods and held-out ECE of the choice.
+    """
+    from vsearch import calibrate
+    from vsearch.index import Catalog
+
+    def items(split):
+        return [{"id": p, "path": p, "category": names[label]} for p, label in zip(split.paths, split.labels)]
+
+    index = Catalog(cat.shape[1], embedder.fingerprint)
+    index.add(items(catalog), cat)
+    photos, seed = min(calibrate.DEFAULT_PHOTOS, len(catalog.paths)), calibrate.DEFAULT_SEED
+    fit = calibrate.catalog_samples(index, embedder, photos, seed, batch_size)
+    check = calibrate.catalog_samples(index, embedder, photos, seed + 1, batch_size)
+    calibration = calibrate.fit_calibration(fit, check, embedder.fingerprint)
+    index.add(items(val), qry)
+    heldout = calibrate.query_samples(index, cust, [val.paths[t] for t in targets])
+    figures = {**calibrate.verdict_metrics(calibration, heldout), "target_precision": calibration["target_precision"],
+               "thresholds": calibration["thresholds"], "method": calibration["method"],
+               "selection_ece": calibration["selection_ece"], "photos_per_seed": photos,
+               "seeds": {"fit": seed, "check": seed + 1}}
+    return figures, calibrate.reliability_curves(calibration, heldout)
+
+
+def _num(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _log_calibration(c: dict, log: Callable[[str], None]) -> None:
+    log(f"  calibrated verdict (target {c['target_precision']:.2f}): exact precision {_num(c['exact_precision'])} "
+        f"at coverage {_num(c['exact_coverage'])}, false exact on left-out {_num(c['false_exact_on_left_out'])}; "
+        f"none on left-out {_num(c['none_on_left_out'])}, on in-catalog {_num(c['none_on_in_catalog'])}; "
+        f"ECE {_num(c['ece_exact'], 4)}")
+
+
+def _calibration_markdown(c: dict) -> list[str]:
+    rows = [("'exact' precision", "exact_precision", ">= 0.95"), ("'exact' coverage of in-catalog photos",
+                                                                  "exact_coverage", ">= 0.80"),
+            ("false 'exact' on left-out photos", "false_exact_on_left_out", ""),
+            ("'none' on left-out photos", "none_on_left_out", ">= 0.90"),
+            ("'none' on in-catalog photos", "none_on_in_catalog", "<= 0.05"),
+            ("'none' precision", "none_precision", ""),
+            ("top-1 is the item (in-catalog photos)", "top1_correct", ""),
+            ("ECE of P(exact)", "ece_exact", ""), ("ECE of P(in catalog)", "ece_present", "")]
+    t, m = c["thresholds"], c["method"]
+    return ["## Calibrated verdict", "",
+            f"Fitted as `vsearch calibrate` does, on {c['photos_per_seed']} customer photos of catalog items per "
+            f"seed (fit: seed {c['seeds']['fit']}; method and thresholds: seed {c['seeds']['check']}); measured on "
+            f"the {c['num_in_catalog']} validation customer photos searched in catalog + validation originals and "
+            f"the {c['num_left_out']} same photos with their original left out. Methods: exact {m['exact']}, "
+            f"present {m['present']}; 'exact' when P(exact) >= {_num(t['exact'])}, 'none' when P(in catalog) <= "
+            f"{_num(t['none'])} ('n/a': never said). Reliability diagram: `reliability.png`.", "",
+            "| figure | value | target |", "|---|---|---|",
+            *[f"| {name} | {_num(c[key], 4 if key.startswith('ece') else 3)} | {target} |"
+              for name, key, target in rows], ""]
 
 
 def in_graph_parity(exported, val, road_vectors, catalog, names, batch_size: int) -> dict:
@@ -253,6 +327,8 @@ def format_markdown(summary: dict) -> str:
                  f"{x['cosine_min']:.4f} | {x['max_abs_diff']:.4f} |", "",
                  f"Its queries against the SavedModel's catalog: P@1 {q['precision@1']:.3f}, "
                  f"MAP@R {q['map@r']:.3f}, customer R@1 {q['customer_recall@1']:.3f}.", ""]
+    if "calibration" in summary:
+        text += _calibration_markdown(summary["calibration"])
     text += [f"Per-class, {summary.get('model', 'exported model')}:", "", "| class | P@1 | MAP@R |",
              "|---|---|---|"]
     exported = summary["models"].get(summary.get("model", "exported embedding (SavedModel)"), {})

@@ -138,3 +138,38 @@ def embedding_map(points: np.ndarray, labels: Sequence[int], class_names: Sequen
     if title:
         ax.set_title(title)
     return fig
+
+
+def reliability_diagram(curves: dict[str, dict], title: str = "") -> Figure:
+    """Reliability curves: outcome rate against mean predicted probability per bin.
+
+    Args:
+        curves: name -> :func:`vsearch.calibrate.reliability` output (``edges``, ``count``,
+            ``confidence``, ``frequency``; empty bins hold None).
+    A calibrated probability lies on the diagonal; below the numbers claim too much.
+    Under it, how many samples fell in each bin.
+    """
+    fig = Figure(figsize=(5.5, 6.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="calibrated")
+    cmap = matplotlib.colormaps["tab10"]
+    width = 0.8 / max(len(curves), 1)
+    for n, (name, curve) in enumerate(curves.items()):
+        filled = [i for i, c in enumerate(curve["count"]) if c]
+        top.plot([curve["confidence"][i] for i in filled], [curve["frequency"][i] for i in filled], marker="o",
+                 ms=4, color=cmap(n % 10), label=name)
+        edges = np.asarray(curve["edges"])
+        bin_width = edges[1:] - edges[:-1]
+        bottom.bar(edges[:-1] + bin_width * (0.1 + n * width), curve["count"], bin_width * width, align="edge",
+                   color=cmap(n % 10))
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("observed rate")
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8, loc="upper left")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("predicted probability")
+    bottom.set_ylabel("samples")
+    if title:
+        top.set_title(title)
+    return fig
