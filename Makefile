@@ -79,7 +79,7 @@ test-integration: venv weights
 docs:
 	@test -f reports/retrieval.png || { echo "run make eval first"; exit 2; }
 	mkdir -p docs
-	cp reports/retrieval.png reports/retrieval_grid.png reports/embedding_map.png reports/customer_photo.png docs/
+	cp reports/retrieval.png reports/retrieval_grid.png reports/embedding_map.png reports/customer_photo.png reports/reliability.png docs/
 	cp reports/eval.md docs/eval.md
 	cp saved_models/classifier/training_curves.png saved_models/classifier/confusion_matrix.png docs/
 

@@ -22,7 +22,7 @@ def eval_run(smoke_run, tmp_path_factory):
 def test_eval_writes_reports_and_pictures(eval_run):
     reports, summary = eval_run
     for name in ("metrics.json", "eval.md", "retrieval.png", "retrieval_grid.png", "embedding_map.png",
-                 "customer_photo.png"):
+                 "customer_photo.png", "reliability.png"):
         assert (reports / name).is_file(), name
     saved = json.loads((reports / "metrics.json").read_text())
     assert saved["models"].keys() == summary["models"].keys()
@@ -35,6 +35,11 @@ def test_eval_writes_reports_and_pictures(eval_run):
     assert "classifier" in saved and saved["machine"] and saved["commit"]
     text = (reports / "eval.md").read_text()
     assert "| exported embedding (SavedModel) |" in text and "MAP@R" in text
+    # the served road and the SavedModel's in-graph decoding, side by side
+    assert saved["in_graph"]["num_images"] == 9 and saved["in_graph"]["cosine_min"] > 0.99
+    assert "serving_default" in text
+    calibration = saved["calibration"]  # the verdict's figures, measured on photos not used to fit it
+    assert calibration["seeds"] == {"fit": 0, "check": 1} and 0.0 <= calibration["ece_exact"] <= 1.0
 
 
 def test_customer_queries_are_seeded(smoke_run):
