@@ -78,7 +78,6 @@ def main(argv=None) -> int:
     data = load_queries(Path(args.data), customer_photos=False)
     paths = data["queries"].paths
     decoded = decode_all(paths)
-    targets = np.arange(len(paths))
     # The clutter photos are made for every validation image (robustness.py's seeds), then subset.
     clutter, clutter_boxes = placed_photos(decoded, args.seed)
     chosen = np.arange(len(paths))
@@ -137,8 +136,8 @@ def main(argv=None) -> int:
              f"full-resolution photo by `to_pixels(..., box=)` as `Searcher.search(..., box=)` does). "
              f"{subset.capitalize()}, matched among {len(data['catalog'].paths)} catalog + {len(paths)} "
              f"validation originals, as in `vsearch eval`; {time.perf_counter() - t0:.0f} s.", "",
-             f"- clutter: `experiments.robustness`'s `background` photos (same seeds), the box being where "
-             f"the item was pasted;",
+             "- clutter: `experiments.robustness`'s `background` photos (same seeds), the box being where "
+             "the item was pasted;",
              f"- composite: {len(groups)} canvases of {args.per_canvas} photos (a grid on white, each photo at "
              f"80-95% of a {CELL} px cell); the whole canvas is one search, its items' ranks read from it.", "",
              "| photo | searched | queries | R@1 | R@10 |", "|---|---|---|---|---|", *rows, "",
