@@ -276,6 +276,9 @@ def test_cli_calibrate_then_search_shows_the_verdict(tiny, tmp_path, capsys):
                      "none": "Not in the catalog"}[result["match"]["verdict"]]
     assert cli.main(["index", "info", index]) == 0
     assert "'exact' when P(exact) >=" in capsys.readouterr().out
+    some_id = next(iter(Catalog.load(index).items))
+    assert cli.main(["index", "remove", index, some_id]) == 0
+    assert "keeps the calibration fitted before this change" in capsys.readouterr().err  # not silently stale
 
 
 def test_cli_build_with_calibrate_and_refusals(tiny, tmp_path, capsys):

@@ -158,6 +158,7 @@ def cmd_index(args) -> int:
             catalog.save(args.index)
         print(report.format())
         print(f"wrote {args.index}: {len(catalog)} items")
+        _warn_stale_calibration(catalog, args.index)
     elif args.action == "remove":
         with file_lock(args.index, args.wait, _log_err):
             catalog = Catalog.load(args.index)
@@ -167,6 +168,7 @@ def cmd_index(args) -> int:
             removed = catalog.remove(args.ids)
             catalog.save(args.index)
         print(f"removed {removed} item(s); wrote {args.index}: {len(catalog)} items")
+        _warn_stale_calibration(catalog, args.index)
     else:
         catalog = Catalog.load(args.index)
         counts: dict[str, int] = {}
@@ -183,6 +185,13 @@ def cmd_index(args) -> int:
 
             print("  " + format_calibration(catalog.calibration).replace("\n", "\n  "))
     return 0
+
+
+def _warn_stale_calibration(catalog, index: str) -> None:
+    """A calibration kept through an add or remove describes the catalog as it was."""
+    if catalog.calibration:
+        _log_err(f"note: {index} keeps the calibration fitted before this change; run `vsearch calibrate "
+                 f"--index {index}` again after large changes")
 
 
 def _check_calibration_args(args) -> None:
