@@ -114,13 +114,10 @@ def _register_item_id_convertor() -> None:
 def decode_upload(searcher, data: bytes, source: str, box=None) -> np.ndarray:
     """Step 1, under the decode budget: encoded bytes -> the model's (S, S, 3) float32 input.
 
-    The road of every photo (:func:`vsearch.images.model_input`) with the searcher's limits;
-    ``box`` is cut from the upright full-resolution photo before resizing.
+    The searcher's own step (:meth:`vsearch.search.Searcher.model_input`); ``box`` is cut
+    from the upright full-resolution photo before resizing.
     """
-    from vsearch.images import model_input
-
-    return model_input(data, int(searcher.embedder.image_size), source, max_pixels=searcher.max_pixels,
-                       max_bytes=searcher.max_bytes, box=box)
+    return searcher.model_input(data, source, box)
 
 
 def embed_and_search(metrics: ServerMetrics, searcher, pixels: np.ndarray, k: int, category: str):

@@ -1,7 +1,7 @@
 """Answering a photo: a model and a catalog index -> the top-k catalog items.
 
 :class:`Searcher` takes a photo (bytes, a path or pixels), sends it through the road
-(:func:`vsearch.images.to_pixels`, then :func:`vsearch.embedder.embed_one`) and searches
+(:meth:`Searcher.model_input`: :func:`vsearch.images.model_input` with its limits) and searches
 the catalog. Building the catalog is :mod:`vsearch.catalog`'s job.
 
 Category filter (``category=``): ``any`` searches everything; a category name restricts
@@ -27,9 +27,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from vsearch.embedder import embed_one
 from vsearch.errors import DataError, ImageError
-from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image, to_pixels
+from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image, model_input, to_pixels
 from vsearch.index import Catalog
 
 AUTO_NEIGHBOURS = 10      # neighbours that vote for the query's category
@@ -180,9 +179,16 @@ class Searcher:
             source = os.fsdecode(image)
         return to_pixels(image, source, self.max_pixels, self.max_bytes, box=box)
 
+    def model_input(self, image, source: str = "<upload>", box=None) -> np.ndarray:
+        """The road with this searcher's limits: a photo (or a ``box`` of it) -> (S, S, 3) float32 model input."""
+        if isinstance(image, (str, os.PathLike)):
+            source = os.fsdecode(image)
+        return model_input(image, int(self.embedder.image_size), source, max_pixels=self.max_pixels,
+                           max_bytes=self.max_bytes, box=box)
+
     def embed(self, image, source: str = "<upload>", box=None) -> np.ndarray:
         """One photo (or a part of it) -> its unit vector, through the road."""
-        return embed_one(self.embedder, self.pixels(image, source, box), source)
+        return np.asarray(self.embedder.embed_pixels(self.model_input(image, source, box)[None]), np.float32)[0]
 
     def search(self, image, k: int = 5, category: str = "any", source: str = "<upload>", box=None) -> SearchResult:
         """The top-k catalog items for a photo (bytes, path or pixels), or for a ``box`` of it."""
