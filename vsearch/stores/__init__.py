@@ -5,10 +5,15 @@ A store holds **products**: each has an id, a category, typed attributes (``pric
 answers the same calls (the behavioural suite in ``tests/test_stores.py`` runs against
 each):
 
-* ``upsert(photos, vectors)``: the products named by ``photos`` get exactly these photos and
-  the attributes they carry (their earlier photos are dropped); persisted before it returns.
+* ``upsert(photos, vectors)``: ``photos`` are :class:`vsearch.manifest.Photo` s, one per row
+  of ``vectors``; the products they name get exactly these photos and the category and
+  attributes they carry (earlier photos dropped; a product's photos must agree on them, a
+  disagreement or an attribute of the wrong type is a DataError naming it; a new attribute
+  joins the schema). Persisted before it returns; all or nothing.
 * ``delete(product_ids) -> int``: products removed (unknown ids are ignored).
-* ``get(product_id) -> Product | None``; ``photo(photo_id) -> dict | None`` (where its file is).
+* ``get(product_id) -> Product | None``; ``photo(photo_id) -> dict | None`` (a hit-shaped dict
+  without ``score``: where its file is, its product, category, attributes);
+  ``products()``: every product, in no set order (for calibration, facets, listings).
 * ``search(vectors, k, where=None, group=True)``: per query vector, the best ``k`` products
   (each once, scored by its best photo) or, with ``group=False``, the best ``k`` photos,
   restricted to what ``where`` (:class:`vsearch.filters.Filter`) keeps. A hit is a dict:
@@ -27,7 +32,7 @@ plus an append-only log) and ``milvus:FILE.db`` / ``milvus:http://host:19530``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -73,6 +78,8 @@ class Store(Protocol):
     def get(self, product_id: str) -> Product | None: ...
 
     def photo(self, photo_id: str) -> dict | None: ...
+
+    def products(self) -> Iterator[Product]: ...
 
     def search(self, vectors: np.ndarray, k: int, where=None, group: bool = True) -> list[list[dict]]: ...
 
