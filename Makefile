@@ -20,7 +20,7 @@ INDEX ?= saved_models/catalog.vsi
 CATALOG ?= data/clothing/train
 PORT ?= 8000
 
-.PHONY: help venv weights data train siamese eval demo index serve tflite test test-integration docs screenshot notebook clean
+.PHONY: help venv weights data train siamese eval demo index products serve tflite test test-integration docs screenshot notebook clean
 
 help:
 	@echo "make demo   - data, train, siamese, eval end to end (SOURCE=DIR for a local dataset copy)"
@@ -59,6 +59,12 @@ demo: data train siamese eval
 # The shop's catalog index (FAISS) over CATALOG, then the upload page on 127.0.0.1:$(PORT).
 index: venv
 	$(VSEARCH) index build $(CATALOG) --out $(INDEX) $(ARGS)
+
+# A demo product catalog: each clothing photo a product of 3 photos (original, mirrored, cropped)
+# with seeded attributes (title, price, brand, colour, in_stock); data/products/manifest.csv.
+products: venv
+	@test -d data/clothing/train || $(MAKE) data
+	$(PY) -m vsearch.demo_catalog data/clothing/train data/products $(ARGS)
 
 serve: venv
 	@test -f $(INDEX) || $(MAKE) index
