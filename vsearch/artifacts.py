@@ -170,13 +170,16 @@ def lock_path(path: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def file_lock(path: str | os.PathLike, timeout: float = 600.0, log: Callable[[str], None] | None = None):
+def file_lock(path: str | os.PathLike, timeout: float = 600.0, log: Callable[[str], None] | None = None,
+              shared: bool = False):
     """Holds an exclusive advisory lock (``flock``) on ``<path>.lock`` while the block runs.
 
     Writers that read, change and rewrite one file (``vsearch index add/remove``) take it,
     so two of them never both start from the same version and lose each other's change.
     A second writer waits up to ``timeout`` seconds (saying so once through ``log``), then
     fails. The lock goes with the process: a killed writer never leaves it held.
+    ``shared=True``: a reader's lock, held by many readers at once and never together
+    with a writer's (a reader that opens several files sees them all of one version).
 
     Raises:
         DataError: still held by another writer after ``timeout`` seconds.
@@ -192,7 +195,7 @@ def file_lock(path: str | os.PathLike, timeout: float = 600.0, log: Callable[[st
         deadline, told = time.monotonic() + timeout, False
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
