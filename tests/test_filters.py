@@ -121,7 +121,6 @@ def test_column_set_and_take():
 
 def test_to_milvus_writes_boolean_expressions():
     where = filters.parse_where(['brand in (acme, "quo\\"te")', "price<=50", "in_stock=false", "stock!=2"], SCHEMA)
-    assert filters.to_milvus(where, lambda f: f'attributes["{f}"]') == (
-        '(attributes["brand"] in ["acme", "quo\\\\\\"te"]) and (attributes["price"] <= 50.0) and '
-        '(attributes["in_stock"] == false) and (attributes["stock"] != 2.0)')
+    assert filters.to_milvus(where) == ('(brand in ["acme", "quo\\\\\\"te"]) and (price <= 50.0) and '
+                                        '(in_stock == false) and (stock != 2.0)')
     assert filters.to_milvus(None) == "" and filters.to_milvus(Filter()) == ""

@@ -266,15 +266,25 @@ def mask(where: Filter | None, columns: Mapping[str, Column], size: int) -> np.n
         values = column.values[:size]
         if column.kind == "text":
             codes = [column.vocabulary[v] for v in (c.value if c.op == "in" else (c.value,)) if v in column.vocabulary]
-            hit = np.isin(values, codes) if c.op in ("in", "eq") else (values >= 0) & ~np.isin(values, codes)
+            hit = _isin(values, codes) if c.op in ("in", "eq") else (values >= 0) & ~_isin(values, codes)
         else:
-            target = np.array([float(v) for v in c.value]) if c.op == "in" else float(c.value)
+            target = [float(v) for v in c.value] if c.op == "in" else float(c.value)
             hit = {"eq": lambda: values == target, "ne": lambda: (values != target) & ~np.isnan(values),
                    "lt": lambda: values < target, "lte": lambda: values <= target,
                    "gt": lambda: values > target, "gte": lambda: values >= target,
-                   "in": lambda: np.isin(values, target)}[c.op]()
+                   "in": lambda: _isin(values, target)}[c.op]()
         keep &= hit
     return keep
+
+
+def _isin(values: np.ndarray, targets: Sequence) -> np.ndarray:
+    """``np.isin`` for a few targets as comparisons: several times faster on a million rows."""
+    if len(targets) > 8:
+        return np.isin(values, targets)
+    hit = np.zeros(len(values), bool)
+    for target in targets:
+        hit |= values == target
+    return hit
 
 
 def to_milvus(where: Filter | None, field_name=lambda f: f) -> str:
