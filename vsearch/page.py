@@ -3,6 +3,13 @@
 Inline CSS and JavaScript, no CDN, no web fonts, so it works on a machine without internet.
 The page posts the photo to ``/api/search`` and builds the result grid with DOM calls
 (``textContent``, never ``innerHTML`` with data), so catalog titles cannot inject markup.
+Each card is a product: its ``title`` attribute (else its id), the photo that matched, its
+price and brand when it has them.
+
+Filter controls are built from the catalog's attributes (:func:`filter_facets`, passed in
+the page's config): checkboxes for a text attribute with few values, min/max for a number,
+any/yes/no for a bool. Their choices go out as the ``filter`` JSON field, and a change
+searches again.
 
 Once a photo is chosen, dragging on it (mouse, pen or finger: pointer events) draws a box;
 on release the search runs again on that part of the photo (``box=x0,y0,x1,y1``, fractions
@@ -14,8 +21,11 @@ the first match is the very item), a banner says so; without one, nothing is sho
 from __future__ import annotations
 
 import json
+import math
+from typing import Iterable, Mapping
 
 PLACEHOLDER = "__VSEARCH_CONFIG__"
+MAX_FACET_VALUES = 30  # a text attribute with more values gets no control
 
 PAGE = r"""<!doctype html>
 <html lang="en">
@@ -96,6 +106,15 @@ PAGE = r"""<!doctype html>
   .bar i { display: block; height: 100%; background: var(--accent); }
   .card a { display: inline-block; margin-top: 6px; font-size: 13px; color: var(--accent); }
   .empty { color: var(--muted); text-align: center; padding: 60px 0; }
+  #filters { margin-top: 14px; display: flex; flex-direction: column; gap: 10px; }
+  #filters:empty { display: none; }
+  .facet { border: 1px solid var(--line); border-radius: 8px; padding: 6px 10px 8px; margin: 0; min-width: 0; }
+  .facet legend { font-size: 13px; color: var(--muted); padding: 0 4px; }
+  .facet .choices { display: flex; flex-wrap: wrap; gap: 2px 12px; max-height: 140px; overflow-y: auto; }
+  .facet label.choice { flex-direction: row; align-items: center; gap: 5px; color: var(--ink); font-size: 14px; }
+  .facet .range { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; }
+  .card .facts { display: flex; gap: 8px; margin-top: 3px; font-size: 13px; color: var(--muted); min-height: 19px; }
+  .card .price { color: var(--ink); font-weight: 600; }
 </style>
 </head>
 <body>
@@ -116,6 +135,7 @@ PAGE = r"""<!doctype html>
       <label>Results <input id="k" type="number" min="1"></label>
       <label>Category <select id="category"></select></label>
     </div>
+    <div id="filters" aria-label="filters"></div>
     <button id="go" disabled>Search</button>
     <p class="note" id="limits"></p>
   </section>
@@ -147,13 +167,69 @@ function el(tag, cls, text) {
 function setup() {
   document.title = cfg.title + ": visual search";
   $("title").textContent = cfg.title;
-  $("subtitle").textContent = "find it in the catalog: " + cfg.items.toLocaleString() + " items";
+  $("subtitle").textContent = "find it in the catalog: " + cfg.items.toLocaleString() + " products";
   kInput.max = cfg.max_k; kInput.value = cfg.default_k;
   const modes = [["any", "any"], ["auto", "auto: predict it"]];
   for (const [value, text] of modes.concat(cfg.categories.map((c) => [c, c]))) {
     const opt = el("option", "", text); opt.value = value; catSelect.append(opt);
   }
+  $("filters").replaceChildren(...(cfg.attributes || []).map(facet));
   $("limits").textContent = "JPEG, PNG, GIF or BMP, up to " + sizeText(cfg.max_upload_bytes) + ".";
+}
+
+// ---- filters: one control per attribute; read back as the API's filter JSON
+
+function facet(a) {
+  const box = el("fieldset", "facet"); box.dataset.name = a.name; box.dataset.type = a.type;
+  box.append(el("legend", "", a.name));
+  if (a.type === "bool") {
+    const select = el("select"); select.setAttribute("aria-label", a.name);
+    for (const [value, text] of [["", "any"], ["true", "yes"], ["false", "no"]]) {
+      const opt = el("option", "", text); opt.value = value; select.append(opt);
+    }
+    box.append(select);
+  } else if (a.type === "int" || a.type === "float") {
+    const range = el("div", "range");
+    for (const [op, text, bound] of [["gte", "min", a.min], ["lte", "max", a.max]]) {
+      const input = el("input"); input.type = "number"; input.step = "any"; input.dataset.op = op;
+      input.placeholder = text + (bound === undefined || bound === null ? "" : " " + bound);
+      input.setAttribute("aria-label", a.name + " " + text);
+      range.append(input);
+    }
+    box.append(range);
+  } else {
+    const choices = el("div", "choices");
+    for (const value of a.values || []) {
+      const label = el("label", "choice"), check = el("input");
+      check.type = "checkbox"; check.value = value;
+      label.append(check, document.createTextNode(value));
+      choices.append(label);
+    }
+    box.append(choices);
+  }
+  box.addEventListener("change", search);
+  return box;
+}
+
+function currentFilter() {
+  const out = {};
+  for (const box of $("filters").querySelectorAll(".facet")) {
+    const name = box.dataset.name, type = box.dataset.type;
+    if (type === "bool") {
+      const value = box.querySelector("select").value;
+      if (value) out[name] = value === "true";
+    } else if (type === "int" || type === "float") {
+      const range = {};
+      for (const input of box.querySelectorAll("input")) {
+        if (input.value !== "" && isFinite(Number(input.value))) range[input.dataset.op] = Number(input.value);
+      }
+      if (Object.keys(range).length) out[name] = range;
+    } else {
+      const values = [...box.querySelectorAll("input:checked")].map((c) => c.value);
+      if (values.length) out[name] = values;
+    }
+  }
+  return out;
 }
 
 function sizeText(n) { return n >= 1048576 ? (n / 1048576).toFixed(1) + " MB" : n + " bytes"; }
@@ -241,6 +317,8 @@ async function search() {
   body.append("k", kInput.value || cfg.default_k);
   body.append("category", catSelect.value);
   if (box) body.append("box", box.join(","));
+  const filter = currentFilter();
+  if (Object.keys(filter).length) body.append("filter", JSON.stringify(filter));
   busy = true; $("go").disabled = true; $("status").textContent = "Searching\u2026";
   try {
     const response = await fetch("/api/search", {method: "POST", body});
@@ -277,7 +355,7 @@ function render(data) {
   showVerdict(data.match);
   const info = data.category || {};
   const status = $("status");
-  status.replaceChildren(el("b", "", data.matches.length + " matches"),
+  status.replaceChildren(el("b", "", data.matches.length + (data.matches.length === 1 ? " product" : " products")),
                          document.createTextNode(" in " + Math.round(data.elapsed_ms) + " ms"));
   if (info.predicted) {
     const how = info.mode === "auto"
@@ -287,28 +365,40 @@ function render(data) {
     status.append(document.createTextNode(how));
   }
   if (data.box) status.append(document.createTextNode(" \u00b7 in the box"));
+  if (data.filter && Object.keys(data.filter).length) status.append(document.createTextNode(" \u00b7 filtered"));
   const cards = data.matches.map((m) => {
-    const card = el("li", "card");
+    const attrs = m.attributes || {}, product = m.product_id || m.id;
+    const title = typeof attrs.title === "string" && attrs.title ? attrs.title : "";
+    const card = el("li", "card"); card.dataset.product = product;
     const thumb = el("div", "thumb");
-    const img = el("img"); img.src = m.image_url; img.alt = m.title || m.id; img.loading = "lazy";
+    const img = el("img"); img.src = m.image_url; img.alt = title || product; img.loading = "lazy";
     thumb.append(img, el("span", "rank", "#" + m.rank));
     const body = el("div", "body");
-    // without a title, the item's id (minus its category folder) names it
-    body.append(m.title ? el("div", "title", m.title) : el("div", "title id", m.id.split("/").pop()));
-    body.lastChild.title = m.title || m.id;
+    // without a title, the product's id names it
+    body.append(title ? el("div", "title", title) : el("div", "title id", product));
+    body.lastChild.title = title || product;
+    const facts = el("div", "facts");
+    if (typeof attrs.price === "number") facts.append(el("span", "price", priceText(attrs.price)));
+    if (typeof attrs.brand === "string" && attrs.brand) facts.append(el("span", "brand", attrs.brand));
+    body.append(facts);
     const meta = el("div", "meta");
     meta.append(el("span", "badge", m.category || "\u2014"), el("span", "score", m.score.toFixed(3)));
     const bar = el("div", "bar"), fill = el("i");
     fill.style.width = Math.max(0, Math.min(1, m.score)) * 100 + "%";
     bar.append(fill);
     body.append(meta, bar);
-    if (m.url && /^https?:\/\//i.test(m.url)) { const link = el("a", "", "view item"); link.href = m.url; link.rel = "noopener"; body.append(link); }
+    const url = attrs.url || m.url;
+    if (typeof url === "string" && /^https?:\/\//i.test(url)) {
+      const link = el("a", "", "view product"); link.href = url; link.rel = "noopener"; body.append(link);
+    }
     card.append(thumb, body);
     return card;
   });
   $("results").replaceChildren(...cards);
-  if (!cards.length) $("results").replaceChildren(el("li", "empty", "No matching items."));
+  if (!cards.length) $("results").replaceChildren(el("li", "empty", "No matching products."));
 }
+
+function priceText(n) { return n.toLocaleString(undefined, {minimumFractionDigits: 2, maximumFractionDigits: 2}); }
 
 drop.addEventListener("click", () => fileInput.click());
 $("another").addEventListener("click", () => fileInput.click());
@@ -332,8 +422,45 @@ setup();
 """
 
 
+def filter_facets(products: Iterable, schema: Mapping[str, str], max_values: int = MAX_FACET_VALUES) -> list[dict]:
+    """The page's filter controls: per attribute of ``schema``, ``{"name", "type"}`` and
+
+    * text: ``values`` (sorted) when the products hold at most ``max_values`` of them and they
+      are not one per product (titles, URLs name a product; they filter nothing), else no control;
+    * int / float: ``min`` and ``max`` of the values present (hints for the inputs);
+    * bool: nothing more (any / yes / no).
+
+    ``products``: :class:`vsearch.stores.Product` s (each read once).
+    """
+    texts: dict[str, dict[str, int]] = {n: {} for n, kind in schema.items() if kind == "text"}
+    numbers: dict[str, list[float]] = {n: [] for n, kind in schema.items() if kind in ("int", "float")}
+    for product in products:
+        for name, value in product.attributes.items():
+            if value is None:
+                continue
+            if name in texts and isinstance(value, str) and len(texts[name]) <= max_values:
+                texts[name][value] = texts[name].get(value, 0) + 1
+            elif name in numbers and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and math.isfinite(value):
+                numbers[name].append(value)
+    out = []
+    for name, kind in schema.items():
+        facet = {"name": name, "type": kind}
+        if kind == "text":
+            counts = texts[name]
+            one_each = len(counts) > 5 and all(n == 1 for n in counts.values())
+            if not counts or len(counts) > max_values or one_each:
+                continue
+            facet["values"] = sorted(counts)
+        elif kind in ("int", "float") and numbers[name]:
+            facet.update(min=min(numbers[name]), max=max(numbers[name]))
+        out.append(facet)
+    return out
+
+
 def render_page(config: dict) -> str:
-    """The page with ``config`` (title, categories, limits, catalog size) embedded as JSON.
+    """The page with ``config`` (title, categories, limits, catalog size, ``attributes``: the
+    :func:`filter_facets`) embedded as JSON.
 
     ``<``, ``>`` and ``&`` are escaped in the JSON so a category name cannot close the
     script element.
