@@ -1,7 +1,8 @@
-"""The app's search API and item routes on a real Searcher with a fake model (fast, no TensorFlow):
-odd item ids, the served road, a box on the photo, the verdict."""
+"""The app's search API and photo routes on a real Searcher with a fake model (fast, no TensorFlow):
+odd photo ids, the served road, products and attribute filters, a box on the photo, the verdict."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import awkward_files
-from fake_server import load_searcher, photo_of, png, post, side_by_side
-from vsearch.app import create_app, image_url
+from fake_server import load_searcher, photo_of, png, post, side_by_side, write_catalog
+from vsearch.app import create_app
+from vsearch.products import image_url
 from vsearch.serve import BackgroundServer
 
 LEARNING_WING = {f"vsearch.{m}" for m in ("data", "augment", "features", "models", "losses", "mining", "train",
@@ -30,11 +32,15 @@ ODD_IDS = ["red/line\nbreak", "red/crlf\r\nend\n", "red/tab\there", "red/ctl\x01
 
 
 @pytest.fixture(scope="module")
-def odd_server(fake_index):
-    searcher = load_searcher(fake_index)
-    source = searcher.catalog.items["red/1"]
-    vectors = np.repeat(searcher.catalog.index.vectors[:1], len(ODD_IDS), axis=0)
-    searcher.catalog.add([{**source, "id": i, "title": f"odd {i!r}"} for i in ODD_IDS], vectors)
+def odd_server(tmp_path_factory):
+    """Products whose ids are odd, each with one photo of the same id (red/1's file)."""
+    from vsearch.manifest import Photo
+
+    searcher = load_searcher(write_catalog(tmp_path_factory.mktemp("odd")))
+    source = searcher.store.photo("red/1")
+    vector = searcher.embed(source["path"])
+    searcher.store.upsert([Photo(i, i, source["path"], "red", {"title": f"odd {i!r}"}) for i in ODD_IDS],
+                          np.repeat(vector[None], len(ODD_IDS), axis=0))
     with BackgroundServer(create_app(searcher)) as s:
         yield s, searcher
 
@@ -96,6 +102,83 @@ print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "LOADED []" in out.stdout, out.stdout
+
+
+# ---------------------------------------------------------------- products and filters
+
+MATCH_FIELDS = {"rank", "product_id", "photo_id", "id", "score", "category", "attributes", "image_url"}
+
+
+def test_matches_are_products_each_once_with_the_photo_that_matched(fake_client, fake_searcher):
+    products, photos = fake_searcher.store.count()
+    assert photos > products  # some product has several photos
+    r = post(fake_client, photo_of(fake_searcher, "red/0/back"), k=100)
+    assert r.status_code == 200, r.text
+    matches = r.json()["matches"]
+    assert [m["product_id"] for m in matches][:1] == ["red/0"] and matches[0]["id"] == "red/0/back"
+    assert len({m["product_id"] for m in matches}) == len(matches) == products
+    assert all(m.keys() == MATCH_FIELDS for m in matches), matches[0]
+    assert matches[0]["attributes"] == fake_searcher.store.get("red/0").attributes
+    assert r.json()["filter"] == {}
+
+
+FILTERS = [
+    ({"price": {"lte": 20}}, lambda a: a["price"] <= 20),
+    ({"brand": ["zeta"]}, lambda a: a["brand"] == "zeta"),
+    ({"brand": "acme", "price": {"gt": 10, "lt": 40}}, lambda a: a["brand"] == "acme" and 10 < a["price"] < 40),
+    ({"in_stock": False}, lambda a: a["in_stock"] is False),
+    ({"in_stock": True, "brand": ["zeta"]}, lambda a: a["in_stock"] and a["brand"] == "zeta"),
+]
+
+
+@pytest.mark.parametrize("where, keep", FILTERS, ids=[json.dumps(f) for f, _ in FILTERS])
+@pytest.mark.parametrize("how", ["form", "query"])
+def test_a_filter_keeps_exactly_the_products_it_names(fake_client, fake_searcher, where, keep, how):
+    wanted = {p.product_id for p in fake_searcher.store.products() if keep(p.attributes)}
+    data = photo_of(fake_searcher, "green/1")
+    if how == "form":
+        r = post(fake_client, data, k=100, filter=json.dumps(where))
+    else:
+        r = fake_client.post(f"/api/search?k=100&filter={quote(json.dumps(where))}", files={"file": ("q.png", data)})
+    assert r.status_code == 200, r.text
+    assert {m["product_id"] for m in r.json()["matches"]} == wanted
+    assert set(r.json()["filter"]) == set(where)
+
+
+def test_a_filter_and_a_category_both_apply(fake_client, fake_searcher):
+    r = post(fake_client, photo_of(fake_searcher, "red/1"), k=100, category="green", filter='{"brand": ["acme"]}')
+    assert r.status_code == 200, r.text
+    wanted = {p.product_id for p in fake_searcher.store.products()
+              if p.category == "green" and p.attributes["brand"] == "acme"}
+    assert wanted and {m["product_id"] for m in r.json()["matches"]} == wanted
+
+
+@pytest.mark.parametrize("where, fragment", [
+    ('{"colour": "red"}', "'colour'"), ('{"price": "cheap"}', "'price'"), ('{"brand": {"lt": "m"}}', "'brand'"),
+    ('{"in_stock": "yes"}', "'in_stock'"), ("{not json", "filter: not JSON"), ("[1]", "filter: expected a JSON object"),
+])
+def test_bad_filters_are_422_naming_the_attribute(fake_client, fake_searcher, where, fragment):
+    r = post(fake_client, photo_of(fake_searcher, "red/1"), filter=where)
+    assert r.status_code == 422 and set(r.json()) == {"error"} and fragment in r.json()["error"], r.text
+
+
+def test_healthz_counts_products_and_photos(fake_client, fake_searcher):
+    body = fake_client.get("/healthz").json()
+    assert (body["products"], body["photos"]) == fake_searcher.store.count()
+    assert body["categories"] == fake_searcher.categories
+
+
+def test_the_page_offers_filters_from_the_catalogs_attributes(fake_client, fake_searcher):
+    config = json.loads(fake_client.get("/").text.split('type="application/json">', 1)[1].split("</script>", 1)[0])
+    facets = {a["name"]: a for a in config["attributes"]}
+    products = list(fake_searcher.store.products())
+    assert config["items"] == len(products)
+    assert facets["brand"] == {"name": "brand", "type": "text",
+                               "values": sorted({p.attributes["brand"] for p in products})}
+    prices = [p.attributes["price"] for p in products]
+    assert (facets["price"]["min"], facets["price"]["max"]) == (min(prices), max(prices))
+    assert facets["in_stock"] == {"name": "in_stock", "type": "bool"}
+    assert "title" not in facets  # one title per product: not a filter
 
 
 # ---------------------------------------------------------------- a box on the photo

@@ -15,10 +15,11 @@ from conftest import awkward_files, jpeg_bytes
 from fastapi.testclient import TestClient
 
 from vsearch import cli
-from vsearch.app import create_app, image_url, public_item
+from vsearch.app import create_app
+from vsearch.products import image_url, public_item
 from vsearch.serve import BackgroundServer, warm_up
 
-MATCH_FIELDS = {"rank", "id", "score", "category", "image_url"}
+MATCH_FIELDS = {"rank", "product_id", "id", "score", "category", "attributes", "image_url"}
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +29,34 @@ def embedder(smoke_index):
     return SavedModelEmbedder(smoke_index[0])
 
 
-def make_searcher(embedder, smoke_index, **kwargs):
-    """A searcher with its own copy of the catalog (tests may change its items)."""
-    from vsearch.index import Catalog
-    from vsearch.search import Searcher
+def copy_store(path: Path, folder: Path) -> Path:
+    """A copy of a faiss store (its snapshot and log) in ``folder``, for tests that change it."""
+    import shutil
 
-    return Searcher(embedder, Catalog.load(smoke_index[1]), **kwargs)
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in (path, path.with_name(path.name + ".log")):
+        if source.exists():
+            shutil.copy(source, folder / source.name)
+    return folder / path.name
+
+
+def make_searcher(embedder, store: Path, **kwargs):
+    from vsearch.search import Searcher
+    from vsearch.stores import open_store
+
+    return Searcher(embedder, open_store(f"faiss:{store}"), **kwargs)
 
 
 @pytest.fixture(scope="module")
 def searcher(embedder, smoke_index):
-    return make_searcher(embedder, smoke_index)
+    return make_searcher(embedder, smoke_index[1])
+
+
+def add_photo(searcher, photo_id: str, path, source: str, category: str) -> None:
+    """A product of one photo, ``photo_id``, whose file is said to be ``path`` (embedded from ``source``)."""
+    from vsearch.manifest import Photo
+
+    searcher.store.upsert([Photo(photo_id, photo_id, str(path), category)], searcher.embed(source)[None])
 
 
 @pytest.fixture(scope="module")
@@ -131,21 +149,25 @@ def test_default_k(client, photo):
     assert len(post(client, photo).json()["matches"]) == 5
 
 
+def first_photo(searcher) -> str:
+    return sorted(p for product in searcher.store.products() for p in product.photos)[0]
+
+
 def test_item_metadata_and_image(client, searcher):
-    item_id = sorted(searcher.catalog.items)[0]
+    item_id = first_photo(searcher)
     r = client.get(f"/api/items/{item_id}")
-    assert r.status_code == 200 and r.json() == public_item(searcher.catalog.items[item_id])
+    assert r.status_code == 200 and r.json() == public_item(searcher.store.photo(item_id))
     assert "path" not in r.json() and "/" in item_id  # ids carry their category folder
     image = client.get(r.json()["image_url"])
     assert image.status_code == 200 and image.headers["content-type"].startswith("image/")
     assert image.content == searcher.image_path(item_id).read_bytes()
 
 
-def test_an_item_called_image_keeps_its_metadata_url(embedder, smoke_index):
-    searcher = make_searcher(embedder, smoke_index)
-    source = searcher.catalog.items[sorted(searcher.catalog.items)[0]]
+def test_an_item_called_image_keeps_its_metadata_url(embedder, smoke_index, tmp_path):
+    searcher = make_searcher(embedder, copy_store(smoke_index[1], tmp_path))
+    source = searcher.store.photo(first_photo(searcher))
     category = source["category"]
-    searcher.catalog.add([{**source, "id": f"{category}/image"}], searcher.catalog.index.vectors[:1])
+    add_photo(searcher, f"{category}/image", source["path"], source["path"], category)
     client = TestClient(create_app(searcher))
     meta = client.get(f"/api/items/{category}/image")  # also the photo URL of an item called "<category>"
     assert meta.status_code == 200 and meta.json()["id"] == f"{category}/image"
@@ -165,25 +187,30 @@ def test_unknown_items_are_404(client, url):
 
 
 def test_missing_photo_file_is_404(embedder, smoke_index, tmp_path):
-    searcher = make_searcher(embedder, smoke_index)
-    item_id = sorted(searcher.catalog.items)[0]
-    gone = tmp_path / "gone.jpg"
-    searcher.catalog.items[item_id]["path"] = str(gone)
+    searcher = make_searcher(embedder, copy_store(smoke_index[1], tmp_path / "store"))
+    source = searcher.store.photo(first_photo(searcher))
+    item_id, gone = "gone/1", tmp_path / "gone.jpg"
+    add_photo(searcher, item_id, gone, source["path"], source["category"])
     with TestClient(create_app(searcher)) as c:
         r = c.get(image_url(item_id))
     assert_json_error(r, 404, "missing on the server")
     assert str(gone) not in r.text
 
 
-def test_healthz(client, searcher):
+def test_healthz(client, searcher, smoke_run):
     body = client.get("/healthz").json()
-    assert body["status"] == "ok" and body["items"] == len(searcher.catalog) == 18
-    assert body["model"]["fingerprint"] == searcher.catalog.fingerprint and body["categories"] == searcher.categories
+    photos = [p for p in (smoke_run["data"] / "train").rglob("*") if p.is_file()]
+    assert body["status"] == "ok" and (body["products"], body["photos"]) == searcher.store.count()
+    assert body["photos"] == len(photos)  # one product per photo of the folder
+    assert body["model"]["fingerprint"] == searcher.store.fingerprint and body["categories"] == searcher.categories
 
 
 def test_openapi_describes_the_api(client):
     spec = client.get("/openapi.json").json()
-    assert {"/api/search", "/api/items/{item_id}", "/api/items/{item_id}/image", "/healthz"} <= spec["paths"].keys()
+    assert {"/api/search", "/api/items/{item_id}", "/api/items/{item_id}/image", "/healthz",
+            "/api/products/{product_id}"} <= spec["paths"].keys()
+    assert {"get", "put", "delete"} <= spec["paths"]["/api/products/{product_id}"].keys()
+    assert "filter" in json.dumps(spec["paths"]["/api/search"])
     assert client.get("/docs").status_code == 200 and client.get("/redoc").status_code == 200
 
 
@@ -225,7 +252,7 @@ def test_bad_query_k_and_missing_file_are_422(client, photo):
 @pytest.fixture(scope="module")
 def small_client(embedder, smoke_index):
     """Tight limits: 4,000-byte uploads, 1,000-pixel photos (the smoke photos are 40x48)."""
-    app = create_app(make_searcher(embedder, smoke_index, max_pixels=1000), max_upload_bytes=4000)
+    app = create_app(make_searcher(embedder, smoke_index[1], max_pixels=1000), max_upload_bytes=4000)
     with TestClient(app) as c:
         yield c
 
@@ -253,7 +280,7 @@ def test_photo_over_the_pixel_limit_is_422(small_client, photo):
 
 
 def test_unexpected_failure_is_a_json_500(embedder, smoke_index, photo, monkeypatch):
-    searcher = make_searcher(embedder, smoke_index)
+    searcher = make_searcher(embedder, smoke_index[1])
     monkeypatch.setattr(searcher, "search_vector", lambda *a, **kw: 1 / 0)
     with TestClient(create_app(searcher), raise_server_exceptions=False) as c:
         assert_json_error(post(c, photo), 500, "internal error (ZeroDivisionError)")
@@ -310,10 +337,21 @@ def test_serve_has_help(capsys):
     assert info.value.code == 0 and "--max-upload-mb" in capsys.readouterr().out
 
 
-def test_serve_missing_index_exits_2_with_one_line(tmp_path, capsys):
-    assert cli.main(["serve", "--index", str(tmp_path / "none.vsi"), "--model", str(tmp_path)]) == 2
+def test_serve_missing_store_exits_2_with_one_line(tmp_path, capsys):
+    assert cli.main(["serve", "--store", f"faiss:{tmp_path / 'none.vsi'}", "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "none.vsi: no such catalog index" in err[0]
+    assert len(err) == 1 and "none.vsi: no such catalog store" in err[0]
+
+
+@pytest.mark.parametrize("content", [None, "\n"], ids=["missing", "empty"])
+def test_serve_with_an_unusable_token_file_exits_2(fake_index, tmp_path, capsys, content):
+    token = tmp_path / "token"
+    if content is not None:
+        token.write_text(content)
+    assert cli.main(["serve", "--store", f"faiss:{fake_index}", "--model", "no-model",
+                     "--admin-token-file", str(token)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(token) in err[0], err
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -327,7 +365,7 @@ def test_serve_missing_index_exits_2_with_one_line(tmp_path, capsys):
     (["--threads", "0"], "--threads"),
 ])
 def test_serve_bad_numbers_exit_2_with_one_line(fake_index, capsys, args, fragment):
-    assert cli.main(["serve", "--index", str(fake_index), "--model", "no-model", *args]) == 2
+    assert cli.main(["serve", "--store", f"faiss:{fake_index}", "--model", "no-model", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0] and "Traceback" not in err[0], err
 
@@ -338,15 +376,15 @@ def test_serve_port_in_use_exits_2_before_loading_the_model(fake_index, capsys):
         taken.listen()
         port = taken.getsockname()[1]
         start = time.monotonic()
-        assert cli.main(["serve", "--index", str(fake_index), "--model", "no-model", "--port", str(port)]) == 2
+        assert cli.main(["serve", "--store", f"faiss:{fake_index}", "--model", "no-model", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot listen on 127.0.0.1:{port}" in err[0], err
     assert time.monotonic() - start < 5
 
 
-def test_vsearch_serve_serves_and_reloads_its_index(smoke_index, tmp_path):
-    """`vsearch serve` as an operator runs it: serves, then picks up `vsearch index remove`."""
-    import shutil
+def test_vsearch_serve_serves_writes_and_takes_in_other_writers(smoke_index, smoke_run, tmp_path):
+    """`vsearch serve` as an operator runs it: serves, takes a product write with its token, and
+    picks up `vsearch index remove` from another process."""
     import signal
     import subprocess
     import sys
@@ -354,12 +392,15 @@ def test_vsearch_serve_serves_and_reloads_its_index(smoke_index, tmp_path):
     import httpx
 
     model, index = smoke_index
-    local = Path(shutil.copy(index, tmp_path / "catalog.vsi"))
+    local = copy_store(index, tmp_path / "store")
+    token = tmp_path / "token.txt"
+    token.write_text("let-me-in\n")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "vsearch", "serve", "--model", str(model), "--index", str(local),
-                             "--port", str(port), "--reload-interval", "0.2"],
+    proc = subprocess.Popen([sys.executable, "-m", "vsearch", "serve", "--model", str(model), "--store",
+                             f"faiss:{local}", "--port", str(port), "--reload-interval", "0.2",
+                             "--admin-token-file", str(token), "--media", str(tmp_path / "media")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -371,22 +412,35 @@ def test_vsearch_serve_serves_and_reloads_its_index(smoke_index, tmp_path):
                 break
             except httpx.TransportError:
                 time.sleep(0.2)
-        gone = sorted(catalog_ids(local))[0]
-        assert httpx.get(url + "/api/items/" + gone).status_code == 200
-        assert cli.main(["index", "remove", str(local), gone]) == 0
+        photo = sorted((smoke_run["data"] / "validation" / "blue").glob("*.jpg"))[0].read_bytes()
+        r = httpx.put(url + "/api/products/new-1", files={"files": ("new.jpg", photo)},
+                      data={"attributes": '{"title": "New"}', "category": "blue"},
+                      headers={"Authorization": "Bearer let-me-in"}, timeout=60)
+        assert r.status_code == 200, r.text
+        found = httpx.post(url + "/api/search", files={"file": ("q.jpg", photo)}, data={"k": "1"}, timeout=60)
+        assert found.json()["matches"][0]["product_id"] == "new-1"
+        assert list((tmp_path / "media").rglob("*.jpg"))
+
+        gone = sorted(p.product_id for p in catalog_products(local) if p.product_id != "new-1")[0]
+        assert httpx.get(url + "/api/products/" + gone).status_code == 200
+        assert cli.main(["index", "remove", gone, "--store", f"faiss:{local}"]) == 0
         deadline = time.monotonic() + 10
-        while httpx.get(url + "/api/items/" + gone).status_code != 404:
-            assert time.monotonic() < deadline, "the removed item was still served after 10 s"
+        while httpx.get(url + "/api/products/" + gone).status_code != 404:
+            assert time.monotonic() < deadline, "the removed product was still served after 10 s"
             time.sleep(0.1)
-        assert httpx.get(url + "/healthz").json()["items"] == health["items"] - 1
+        assert httpx.get(url + "/healthz").json()["products"] == health["products"]  # one more, one less
     finally:
         proc.send_signal(signal.SIGINT)
         out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0 and "Traceback" not in out, out  # Ctrl-C stops it cleanly
-    assert f"serving http://127.0.0.1:{port}/" in out and "reloaded when replaced" in out
+    assert f"serving http://127.0.0.1:{port}/" in out and "writes on" in out and "let-me-in" not in out
 
 
-def catalog_ids(path) -> list[str]:
-    from vsearch.index import Catalog
+def catalog_products(path) -> list:
+    from vsearch.stores import open_store
 
-    return list(Catalog.load(path).items)
+    store = open_store(f"faiss:{path}")
+    try:
+        return list(store.products())
+    finally:
+        store.close()

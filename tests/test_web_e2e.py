@@ -29,13 +29,13 @@ if not Path(CHROMIUM).is_file():
 @pytest.fixture(scope="module")
 def page_url(smoke_index):
     from vsearch.embedder import SavedModelEmbedder
-    from vsearch.index import Catalog
     from vsearch.search import Searcher
     from vsearch.app import create_app
     from vsearch.serve import BackgroundServer
+    from vsearch.stores import open_store
 
     model, index = smoke_index
-    with BackgroundServer(create_app(Searcher(SavedModelEmbedder(model), Catalog.load(index)))) as server:
+    with BackgroundServer(create_app(Searcher(SavedModelEmbedder(model), open_store(f"faiss:{index}")))) as server:
         yield server.url
 
 
@@ -65,7 +65,7 @@ def test_upload_shows_a_grid_of_loaded_matches(browser, page_url, smoke_run, tmp
         page.wait_for_function("[...document.querySelectorAll('#results .badge')].every(b => b.textContent === 'green')",
                                timeout=30_000)
         assert page.eval_on_selector_all("#results .card", "els => els.length") == k
-        assert page.text_content("#status").startswith(f"{k} matches")
+        assert page.text_content("#status").startswith(f"{k} products")
         assert not page.is_visible("#error")
 
         # an unusable file: the error is shown, the grid cleared, and the next search works again
@@ -243,5 +243,60 @@ def test_the_banner_says_what_the_verdict_means(browser, fake_url, fake_searcher
                 assert page.text_content("#verdict strong") == title
                 assert page.text_content("#verdict span") == f"{confidence} likely that #1 is the very item"
                 assert page.get_attribute("#verdict", "class") == f"verdict {match['verdict']}"
+    finally:
+        page.close()
+
+
+# ---------------------------------------------------------------- products and filters
+
+CARDS = """els => els.map(e => ({product: e.dataset.product, src: e.querySelector('img').getAttribute('src'),
+                               title: e.querySelector('.title').textContent,
+                               brand: (e.querySelector('.brand') || {}).textContent || null,
+                               price: (e.querySelector('.price') || {}).textContent || null}))"""
+
+
+def test_products_are_grouped_and_the_filters_change_them(browser, fake_url, fake_searcher):
+    """Cards are products (one per product, with the photo that matched); checking a brand, a price
+    bound and a yes/no narrows them to what the catalog says passes."""
+    from vsearch.products import image_url
+
+    products = {p.product_id: p for p in fake_searcher.store.products()}
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        page.goto(fake_url + "/")
+        assert page.eval_on_selector_all("#filters .facet", "els => els.map(e => e.dataset.name)") == \
+            ["price", "brand", "in_stock"]
+        page.fill("#k", "50")
+        page.locator("#k").blur()
+        body = searched(page, lambda: page.set_input_files("#file", str(fake_searcher.image_path("red/0/back"))))
+        cards = page.eval_on_selector_all("#results .card", CARDS)
+        assert len(cards) == len(products) == len({c["product"] for c in cards})  # 15 photos, 12 products
+        first = products["red/0"]
+        assert cards[0] == {"product": "red/0", "src": image_url("red/0/back"), "title": first.attributes["title"],
+                            "brand": first.attributes["brand"], "price": f"{first.attributes['price']:.2f}"}
+        assert body["filter"] == {} and "filtered" not in page.text_content("#status")
+
+        zeta = searched(page, lambda: page.check('#filters .facet[data-name="brand"] input[value="zeta"]'))
+        assert set(zeta["filter"]) == {"brand"}
+        cards = page.eval_on_selector_all("#results .card", CARDS)
+        assert {c["product"] for c in cards} == {p for p, v in products.items() if v.attributes["brand"] == "zeta"}
+        assert {c["brand"] for c in cards} == {"zeta"} and "filtered" in page.text_content("#status")
+
+        bound = page.locator('#filters .facet[data-name="price"] input[data-op="lte"]')
+        cheap = searched(page, lambda: (bound.fill("20"), bound.blur()))
+        assert cheap["filter"]["price"] == {"lte": 20}
+        assert {c["product"] for c in page.eval_on_selector_all("#results .card", CARDS)} == \
+            {p for p, v in products.items() if v.attributes["brand"] == "zeta" and v.attributes["price"] <= 20}
+
+        stocked = searched(page, lambda: page.select_option('#filters .facet[data-name="in_stock"] select', "true"))
+        expected = {p for p, v in products.items()
+                    if v.attributes["brand"] == "zeta" and v.attributes["price"] <= 20 and v.attributes["in_stock"]}
+        assert {m["product_id"] for m in stocked["matches"]} == expected
+        if not expected:
+            assert page.text_content("#results .empty") == "No matching products."
+
+        again = searched(page, lambda: page.select_option('#filters .facet[data-name="in_stock"] select', ""))
+        assert set(again["filter"]) == {"brand", "price"}
+        assert not page.is_visible("#error")
     finally:
         page.close()

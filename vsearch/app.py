@@ -1,18 +1,24 @@
-"""The web app: an upload page and a JSON API over a :class:`~vsearch.search.Searcher`.
+"""The web app: an upload page, a JSON search API, and an admin API over a store of products.
 
 Routes:
 
-* ``GET /``: the upload page (self-contained HTML, see :mod:`vsearch.page`).
+* ``GET /``: the upload page (self-contained HTML, see :mod:`vsearch.page`), with filter
+  controls built from the catalog's attributes (recomputed after every change).
 * ``POST /api/search``: multipart ``file`` plus ``k`` (1..100), ``category`` (``any``,
-  ``auto`` or a catalog category) and ``box`` (``x0,y0,x1,y1``: search only that part of
-  the photo, as fractions 0..1 of the upright photo), as form or query fields; answers
-  ``{"category": {...}, "matches": [{rank, id, score, category, image_url, ...}], "box",
-  "elapsed_ms"}``, and ``"match"`` (the verdict on the first match) when the catalog is
-  calibrated (:class:`~vsearch.search.SearchResult`).
-* ``GET /api/items/{id}``: an item's metadata; ``GET /api/items/{id}/image``: its photo. Any
-  id works once percent-encoded (``image_url`` does it): slashes, newlines and other
-  control characters, ``%``, ``?``, ``#``.
-* ``GET /healthz``: ``ok``, the catalog size and the model fingerprint.
+  ``auto`` or a catalog category), ``box`` (``x0,y0,x1,y1``: search only that part of the
+  photo, as fractions 0..1 of the upright photo) and ``filter`` (JSON over the catalog's
+  attributes, e.g. ``{"price": {"lte": 50}, "brand": ["acme"], "in_stock": true}``, see
+  :func:`vsearch.filters.parse_json`), as form or query fields; answers ``{"category":
+  {...}, "filter": {...}, "matches": [{rank, product_id, id, score, category, attributes,
+  image_url}], "box", "elapsed_ms"}``: products, each once with the photo that matched best
+  (``id``), and ``"match"`` (the verdict on the first) when the catalog is calibrated and no
+  filter is applied (:class:`~vsearch.search.SearchResult`).
+* ``PUT``, ``DELETE`` and ``GET /api/products/{product_id}``: write, remove and read a
+  product; writes need the admin token (:mod:`vsearch.admin`).
+* ``GET /api/items/{id}``: a photo's metadata (its product, category, attributes);
+  ``GET /api/items/{id}/image``: the photo. Any id works once percent-encoded (``image_url``
+  does it): slashes, newlines and other control characters, ``%``, ``?``, ``#``.
+* ``GET /healthz``: ``ok``, the numbers of products and photos, and the model fingerprint.
 * ``GET /metrics``: Prometheus text format (:mod:`vsearch.server_metrics`).
 * ``/openapi.json``, and its pages ``/docs`` (Swagger UI) and ``/redoc``, whose scripts and
   styles are served from the ``fastapi-offline`` package under ``/static-offline-docs``: they
@@ -21,66 +27,56 @@ Routes:
 
 An upload goes through three timed steps: decode (the photo's header read first, then the
 decode and resize admitted against the :mod:`vsearch.budget`; a ``box`` is cut from the
-upright full-resolution photo, so the budget counts the whole photo), embed, search. The
-catalog is reloaded when its index file is replaced (:mod:`vsearch.live`).
+upright full-resolution photo, so the budget counts the whole photo), embed, search. A
+product write's photos take the same decode step. Writes through this server are seen by
+the next search; other writers' changes are taken in every few seconds (:mod:`vsearch.live`).
 
-Every error is JSON ``{"error": "<message>"}``: 404 unknown item or route, 405 wrong
-method, 413 upload over the size limit, 422 an unusable photo (empty, corrupt, not an
-image, over the pixel limit or the whole decode budget), a bad ``k``, box or category, 503
-too many photos being decoded at once (retry after ``Retry-After`` seconds), 500 anything
-unexpected (logged; the server keeps running). Item photos are found by looking the id up
-in the catalog's metadata, so no path from a request ever reaches the file system, and
-responses never carry the server's paths.
+Every error is JSON ``{"error": "<message>"}``: 401 a write without the right admin token
+(with ``WWW-Authenticate: Bearer``), 403 a write to a server started without one, 404
+unknown product, photo or route, 405 wrong method, 413 upload over the size limit (per
+photo; a write also at most 32 photos), 422 an unusable photo (empty, corrupt, not an
+image, over the pixel limit or the whole decode budget), a bad ``k``, box, category or
+filter, or a product's bad id, category or attribute (named), 503 too many photos being
+decoded at once (retry after ``Retry-After`` seconds), 500 anything unexpected (logged; the
+server keeps running). Photos are found by looking their id up in the store, so no path
+from a request ever reaches the file system, and responses never carry the server's paths.
 """
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime,
 # and they name classes imported inside create_app.
 import logging
 import math
 import os
+import threading
 import time
 import weakref
 from contextlib import asynccontextmanager
 from typing import Annotated
-from urllib.parse import quote
 
 import numpy as np
 
+from vsearch.admin import PRODUCTS_PREFIX, admin_router, default_media_dir
 from vsearch.budget import (DEFAULT_DECODE_BUDGET_BYTES, DEFAULT_DECODE_MAX_WAITING, DEFAULT_DECODE_WAIT_S,
                             DecodeBudget, return_freed_memory)
 from vsearch.errors import DataError, ImageError
+from vsearch.filters import parse_json
 from vsearch.live import DEFAULT_RELOAD_INTERVAL_S, LiveSearcher
-from vsearch.middleware import BodyLimitMiddleware, DocsPolicyMiddleware, HeadMiddleware, error_response
+from vsearch.middleware import BodyLimitMiddleware, DocsPolicyMiddleware, HeadMiddleware, error_response, megabytes
+from vsearch.products import MAX_PHOTOS, public_item
 from vsearch.server_metrics import MetricsMiddleware, ServerMetrics, timed
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-FORM_OVERHEAD_BYTES = 16 * 1024  # multipart boundaries, part headers and the k/category/box fields
+FORM_OVERHEAD_BYTES = 16 * 1024  # multipart boundaries, part headers and the k/category/box/filter fields
 MAX_K = 100
 DEFAULT_K = 5
-PRIVATE_FIELDS = ("path",)  # item metadata that must not leave the server
 RETRY_AFTER_S = 1           # the Retry-After of a 503
 DOCS_STATIC_URL = "/static-offline-docs"
 BOX_HELP = "search only this part of the photo: x0,y0,x1,y1 as fractions 0..1 of the upright photo"
+FILTER_HELP = 'JSON over the attributes, e.g. {"price": {"lte": 50}, "brand": ["acme", "zeta"], "in_stock": true}'
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- responses
-
-def image_url(item_id: str) -> str:
-    """The API address of an item's photo (the id percent-encoded, its slashes kept)."""
-    return f"/api/items/{quote(str(item_id), safe='/')}/image"
-
-
-def public_item(item: dict) -> dict:
-    """An item or match as the API shows it: no server paths, plus its ``image_url``."""
-    out = {k: v for k, v in item.items() if k not in PRIVATE_FIELDS}
-    out["image_url"] = image_url(item["id"])
-    return out
-
-
-def megabytes(n: int) -> str:
-    return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n} bytes"
-
 
 def _validation_message(exc) -> str:
     """FastAPI's validation errors as one line: ``k (form): Input should be ...``."""
@@ -120,10 +116,88 @@ def decode_upload(searcher, data: bytes, source: str, box=None) -> np.ndarray:
     return searcher.model_input(data, source, box)
 
 
-def embed_and_search(metrics: ServerMetrics, searcher, pixels: np.ndarray, k: int, category: str):
+def embed_and_search(metrics: ServerMetrics, searcher, pixels: np.ndarray, k: int, category: str, where=None):
     """Steps 2 and 3, each timed: the model call on the decoded input, then the catalog search."""
     vector = timed(metrics.stage_seconds.labels("embed"), searcher.embedder.embed_pixels, pixels[None])[0]
-    return timed(metrics.stage_seconds.labels("search"), searcher.search_vector, vector, k, category)
+    return timed(metrics.stage_seconds.labels("search"), searcher.search_vector, vector, k, category, where)
+
+
+class BudgetedDecoder:
+    """Step 1 for every photo the server takes (searches and product writes), under one budget.
+
+    ``await decoder(searcher, data, name, box)``: the photo's model input once the budget
+    admits its decoded cost, or None when the budget stayed busy (answer :meth:`busy`).
+    """
+
+    def __init__(self, budget: DecodeBudget, metrics: ServerMetrics, wait_s: float):
+        self.budget, self.metrics, self.wait_s = budget, metrics, float(wait_s)
+
+    async def __call__(self, searcher, data: bytes, name: str, box=None):
+        from fastapi.concurrency import run_in_threadpool
+
+        from vsearch.images import image_header
+
+        header = await run_in_threadpool(image_header, data, name)
+        if header.pixels > searcher.max_pixels:
+            raise ImageError(name, f"{header.width}x{header.height} pixels is over the "
+                                   f"{searcher.max_pixels}-pixel limit")
+        cost = header.decoded_bytes  # the whole photo, box or not: the box is cut after decoding
+        if cost > self.budget.capacity:
+            self.metrics.refusals.labels("too_large").inc()
+            raise ImageError(name, f"{header.width}x{header.height} {header.format} ({header.mode}) needs "
+                                   f"{megabytes(cost)} to decode, over this server's decode budget of "
+                                   f"{megabytes(self.budget.capacity)}")
+        waited = time.perf_counter()
+        admitted = await self.budget.acquire(cost, self.wait_s)
+        self.metrics.decode_wait_seconds.observe(time.perf_counter() - waited)
+        if not admitted:
+            self.metrics.refusals.labels("busy").inc()
+            return None
+        try:
+            return await run_in_threadpool(timed, self.metrics.stage_seconds.labels("decode"),
+                                           decode_upload, searcher, data, name, box)
+        finally:
+            self.budget.release(cost)  # the thread has finished: run_in_threadpool waits for it
+
+    def busy(self):
+        """The 503 for a photo the budget did not admit in time."""
+        budget = self.budget
+        return error_response(503, f"busy: {megabytes(budget.in_flight)} of photos are being decoded "
+                                   f"(budget {megabytes(budget.capacity)}), {budget.waiting} waiting; "
+                                   f"retry in {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+class CatalogPage:
+    """The page of the catalog being served, rebuilt once per change of it.
+
+    Its filter controls (:func:`vsearch.page.filter_facets`) read every product, so they are
+    kept until a write through this server or a refresh that took in other writers' changes
+    (:meth:`changed`).
+    """
+
+    def __init__(self, config: dict):
+        self.config = dict(config)
+        self.version = 0
+        self._pages = weakref.WeakKeyDictionary()  # searcher -> (version, page)
+        self._lock = threading.Lock()
+
+    def changed(self, *_) -> None:
+        with self._lock:
+            self.version += 1
+
+    def html(self, searcher) -> str:
+        from vsearch.page import filter_facets, render_page
+
+        version = self.version
+        cached = self._pages.get(searcher)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        store = searcher.store
+        products = list(store.products())
+        page = render_page({**self.config, "categories": list(searcher.categories), "items": len(products),
+                            "attributes": filter_facets(products, store.schema)})
+        self._pages[searcher] = (version, page)
+        return page
 
 
 # ---------------------------------------------------------------- the app
@@ -131,12 +205,12 @@ def embed_and_search(metrics: ServerMetrics, searcher, pixels: np.ndarray, k: in
 def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title: str = "vsearch", *,
                decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES, decode_wait_s: float = DEFAULT_DECODE_WAIT_S,
                decode_max_waiting: int = DEFAULT_DECODE_MAX_WAITING,
-               index_path: str | os.PathLike | None = None,
-               reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S):
+               reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S,
+               admin_token: str | None = None, media_dir: str | os.PathLike | None = None):
     """The FastAPI app serving ``searcher``.
 
     Args:
-        searcher: A :class:`~vsearch.search.Searcher` (model + catalog) shared by all requests,
+        searcher: A :class:`~vsearch.search.Searcher` (model + store) shared by all requests,
             or a :class:`~vsearch.live.LiveSearcher` around one; the model and the search run
             in FastAPI's thread pool, so requests are answered concurrently.
         max_upload_bytes: Largest accepted photo (also capped by ``searcher.max_bytes``).
@@ -144,9 +218,12 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
         decode_budget_bytes: Decoded bytes in flight across requests (:mod:`vsearch.budget`).
         decode_wait_s: How long a photo waits for the budget before a 503.
         decode_max_waiting: How many photos may wait at once; more get a 503 at once.
-        index_path: The searcher's index file: watched and reloaded when replaced (a
-            :class:`~vsearch.live.LiveSearcher` brings its own).
-        reload_interval_s: How often ``index_path`` is checked (0: never).
+        reload_interval_s: How often the store takes in other writers' changes (0: never;
+            a :class:`~vsearch.live.LiveSearcher` brings its own).
+        admin_token: The bearer token product writes need (:func:`vsearch.admin.admin_token`);
+            None: writes are refused (403).
+        media_dir: Where uploaded product photos are kept (default: ``media/`` beside a
+            local store).
     """
     from fastapi import File, Form, Query, UploadFile
     from fastapi.concurrency import run_in_threadpool
@@ -156,18 +233,25 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from vsearch import __version__
-    from vsearch.images import image_header, parse_box
-    from vsearch.page import render_page
+    from vsearch.images import parse_box
 
-    live = searcher if isinstance(searcher, LiveSearcher) else LiveSearcher(searcher, index_path, reload_interval_s)
+    live = searcher if isinstance(searcher, LiveSearcher) else LiveSearcher(searcher, reload_interval_s)
     limit = min(int(max_upload_bytes), int(live.current.max_bytes))
     if limit < 1:
         raise ValueError(f"max_upload_bytes must be >= 1, got {max_upload_bytes}")
     if not (math.isfinite(decode_wait_s) and decode_wait_s >= 0):
         raise ValueError(f"decode_wait_s must be a finite number >= 0, got {decode_wait_s}")
+    if admin_token is not None and not str(admin_token).strip():
+        raise ValueError("admin_token is empty; give None to disable writes")
+    media_dir = media_dir if media_dir is not None else default_media_dir(live.current.store.spec)
+    if admin_token is not None and media_dir is None:
+        raise ValueError(f"writes to {live.current.store.spec} need a folder for uploaded photos (media_dir)")
     budget = DecodeBudget(decode_budget_bytes, decode_max_waiting)
     metrics = ServerMetrics(live, budget)
+    decoder = BudgetedDecoder(budget, metrics, decode_wait_s)
+    catalog_page = CatalogPage({"title": title, "max_upload_bytes": limit, "max_k": MAX_K, "default_k": 8})
     live.listeners.append(lambda outcome: metrics.reloads.labels(outcome).inc())
+    live.listeners.append(lambda outcome: outcome == "ok" and catalog_page.changed())
 
     @asynccontextmanager
     async def lifespan(app):
@@ -181,14 +265,18 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
     _register_item_id_convertor()
     app = FastAPIOffline(title=title, version=__version__, lifespan=lifespan, static_url=DOCS_STATIC_URL,
                          swagger_ui_parameters={"validatorUrl": None},  # no badge from an online validator
-                         description="Visual search: upload a photo, get the matching catalog items. "
+                         description="Visual search: upload a photo, get the matching catalog products. "
                                      'Errors are JSON `{"error": "..."}`.')
+    write_limit = MAX_PHOTOS * (limit + FORM_OVERHEAD_BYTES)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=limit + FORM_OVERHEAD_BYTES,
-                       message=f"upload too large: the limit is {megabytes(limit)}")
+                       message=f"upload too large: the limit is {megabytes(limit)}",
+                       routes=[("PUT", PRODUCTS_PREFIX, write_limit,
+                                f"product write too large: at most {MAX_PHOTOS} photos of {megabytes(limit)}")])
     app.add_middleware(DocsPolicyMiddleware)
     app.add_middleware(HeadMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
     app.state.live, app.state.decode_budget, app.state.metrics = live, budget, metrics
+    app.state.media_dir = media_dir
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
@@ -203,48 +291,19 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(500, f"internal error ({type(exc).__name__})")
 
-    pages = weakref.WeakKeyDictionary()  # searcher -> its page (its categories, its size)
-
-    def page_of(current) -> str:
-        if current not in pages:
-            pages[current] = render_page({
-                "title": title, "categories": list(current.categories), "max_upload_bytes": limit,
-                "max_k": MAX_K, "default_k": 8, "items": len(current.catalog)})
-        return pages[current]
-
-    async def decode_within_budget(current, data: bytes, name: str, box):
-        """Step 1 once the budget admits the photo's decoded cost; None if it stayed busy."""
-        header = await run_in_threadpool(image_header, data, name)
-        if header.pixels > current.max_pixels:
-            raise ImageError(name, f"{header.width}x{header.height} pixels is over the "
-                                   f"{current.max_pixels}-pixel limit")
-        cost = header.decoded_bytes  # the whole photo, box or not: the box is cut after decoding
-        if cost > budget.capacity:
-            metrics.refusals.labels("too_large").inc()
-            raise ImageError(name, f"{header.width}x{header.height} {header.format} ({header.mode}) needs "
-                                   f"{megabytes(cost)} to decode, over this server's decode budget of "
-                                   f"{megabytes(budget.capacity)}")
-        waited = time.perf_counter()
-        admitted = await budget.acquire(cost, decode_wait_s)
-        metrics.decode_wait_seconds.observe(time.perf_counter() - waited)
-        if not admitted:
-            metrics.refusals.labels("busy").inc()
-            return None
-        try:
-            return await run_in_threadpool(timed, metrics.stage_seconds.labels("decode"),
-                                           decode_upload, current, data, name, box)
-        finally:
-            budget.release(cost)  # the thread has finished: run_in_threadpool waits for it
+    app.include_router(admin_router(live, decoder, token=admin_token, media_dir=media_dir, photo_limit=limit,
+                                    on_write=catalog_page.changed))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index_page():
-        return HTMLResponse(page_of(live.current))
+        return HTMLResponse(catalog_page.html(live.current))
 
     @app.get("/healthz", summary="Liveness, catalog size and model fingerprint")
     def healthz():
         current = live.current
-        return {"status": "ok", "items": len(current.catalog), "categories": list(current.categories),
-                "model": {"fingerprint": current.catalog.fingerprint, "dim": current.catalog.dim,
+        products, photos = current.store.count()
+        return {"status": "ok", "products": products, "photos": photos, "categories": list(current.categories),
+                "model": {"fingerprint": current.store.fingerprint, "dim": current.store.dim,
                           "image_size": int(current.embedder.image_size)}}
 
     @app.get("/metrics", include_in_schema=False)
@@ -258,10 +317,12 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
                      k_form: Annotated[int | None, Form(alias="k", ge=1, le=MAX_K)] = None,
                      category_form: Annotated[str | None, Form(alias="category")] = None,
                      box_form: Annotated[str | None, Form(alias="box", description=BOX_HELP)] = None,
+                     filter_form: Annotated[str | None, Form(alias="filter", description=FILTER_HELP)] = None,
                      k_query: Annotated[int | None, Query(alias="k", ge=1, le=MAX_K)] = None,
                      category_query: Annotated[str | None, Query(alias="category")] = None,
-                     box_query: Annotated[str | None, Query(alias="box", description=BOX_HELP)] = None):
-        current = live.current  # this request's catalog, even if a new one is swapped in meanwhile
+                     box_query: Annotated[str | None, Query(alias="box", description=BOX_HELP)] = None,
+                     filter_query: Annotated[str | None, Query(alias="filter", description=FILTER_HELP)] = None):
+        current = live.current  # this request's searcher, even if another is swapped in meanwhile
         k = k_form or k_query or DEFAULT_K
         category = (category_form or category_query or "any").strip()
         if category not in ("any", "auto", *current.categories):
@@ -270,7 +331,8 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
         box_text = box_form or box_query
         try:
             box = parse_box(box_text) if box_text else None
-        except ImageError as exc:  # "box: ... is not a box inside the photo ..."
+            where = parse_json(filter_form if filter_form is not None else filter_query, current.schema)
+        except (ImageError, DataError) as exc:  # "box: ... is not a box inside the photo ...", "filter on 'price': ..."
             return error_response(422, str(exc))
         data = await file.read(limit + 1)  # the body limit already bounds it; this is the exact cap
         if len(data) > limit:
@@ -278,14 +340,11 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
         name = file.filename or "upload"
         start = time.perf_counter()
         try:
-            pixels = await decode_within_budget(current, data, name, box)
+            pixels = await decoder(current, data, name, box)
             if pixels is None:
-                return error_response(503, f"busy: {megabytes(budget.in_flight)} of photos are being decoded "
-                                           f"(budget {megabytes(budget.capacity)}), {budget.waiting} waiting; "
-                                           f"retry in {RETRY_AFTER_S} s",
-                                      headers={"Retry-After": str(RETRY_AFTER_S)})
+                return decoder.busy()
             data = None  # the upload is not needed for the rest of the request
-            result = await run_in_threadpool(embed_and_search, metrics, current, pixels, k, category)
+            result = await run_in_threadpool(embed_and_search, metrics, current, pixels, k, category, where)
         except ImageError as exc:
             return error_response(422, f"{name}: {exc.reason}")
         except DataError as exc:
@@ -296,27 +355,25 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
         out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 1)
         return out
 
-    @app.get("/api/items/{item_id:item_id}/image", summary="An item's catalog photo",
-             response_class=FileResponse)
+    @app.get("/api/items/{item_id:item_id}/image", summary="A catalog photo", response_class=FileResponse)
     def item_image(item_id: str):
         current = live.current
         try:
             path = current.image_path(item_id)
         except KeyError:
-            # Photo ids are paths, so an item may be called "<folder>/image": this route
-            # matches its metadata URL too, and the item's metadata is what was asked for.
-            if f"{item_id}/image" in current.catalog.items:
-                return JSONResponse(public_item(current.catalog.items[f"{item_id}/image"]))
-            return error_response(404, f"no item {item_id!r} in the catalog")
+            # Photo ids are paths, so a photo may be called "<folder>/image": this route
+            # matches its metadata URL too, and the photo's metadata is what was asked for.
+            found = current.store.photo(f"{item_id}/image")
+            if found is not None:
+                return JSONResponse(public_item(found))
+            return error_response(404, f"no photo {item_id!r} in the catalog")
         if not path.is_file():
-            return error_response(404, f"the photo of item {item_id!r} is missing on the server")
+            return error_response(404, f"the file of photo {item_id!r} is missing on the server")
         return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
-    @app.get("/api/items/{item_id:item_id}", summary="An item's metadata")
+    @app.get("/api/items/{item_id:item_id}", summary="A catalog photo's metadata: its product, category, attributes")
     def item(item_id: str):
-        found = live.current.catalog.items.get(item_id)
-        if found is None:
-            return error_response(404, f"no item {item_id!r} in the catalog")
-        return public_item(found)
+        found = live.current.store.photo(item_id)
+        return public_item(found) if found is not None else error_response(404, f"no photo {item_id!r} in the catalog")
 
     return app

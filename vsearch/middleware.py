@@ -19,25 +19,41 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def megabytes(n: int) -> str:
+    """A size as the server's messages say it: ``10.0 MB``, or bytes below a megabyte."""
+    return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
 class BodyLimitMiddleware:
     """Refuses request bodies over ``max_body_bytes`` with 413 and ``message``, before or while reading.
 
     A declared ``Content-Length`` over the limit is refused without reading a byte; a body
     that grows past the limit (a lying or missing length, chunked uploads) is cut off at the
     first chunk over it, so an upload never costs more than the limit in memory or spool.
+    ``routes``: ``(method, path prefix, limit, message)`` for requests allowed another limit
+    (a product write carries several photos); the first that fits a request is its limit.
     """
 
-    def __init__(self, app, max_body_bytes: int, message: str = "upload too large"):
+    def __init__(self, app, max_body_bytes: int, message: str = "upload too large",
+                 routes: tuple[tuple[str, str, int, str], ...] = ()):
         self.app = app
         self.max_body_bytes = int(max_body_bytes)
         self.message = message
+        self.routes = tuple((method, prefix, int(limit), text) for method, prefix, limit, text in routes)
+
+    def limit_of(self, scope) -> tuple[int, str]:
+        for method, prefix, limit, message in self.routes:
+            if scope.get("method") == method and scope.get("path", "").startswith(prefix):
+                return limit, message
+        return self.max_body_bytes, self.message
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit, message = self.limit_of(scope)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            return await self._refuse(scope, receive, send)
+        if declared is not None and declared > limit:
+            return await error_response(413, message)(scope, receive, send)
         received, over, started = 0, False, False
 
         async def limited_receive():
@@ -45,7 +61,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     over = True
                     raise _BodyTooLarge
             return message
@@ -62,10 +78,7 @@ class BodyLimitMiddleware:
         except _BodyTooLarge:
             pass
         if over and not started:
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope, receive, send):
-        await error_response(413, self.message)(scope, receive, send)
+            await error_response(413, message)(scope, receive, send)
 
 
 def _content_length(scope) -> int | None:

@@ -1,11 +1,13 @@
 """Running the web app: ``vsearch serve``, and a server in a thread for tests and tools.
 
-    vsearch serve --model saved_models/embedding --index saved_models/catalog.vsi
+    vsearch serve --model saved_models/embedding --store faiss:saved_models/catalog.vsi \
+        --admin-token-file token.txt --media saved_models/media
 
-:func:`run` loads the model and the catalog, searches once to warm up, and serves the app
-of :mod:`vsearch.app` with uvicorn until Ctrl-C, reloading the catalog when its index file
-is replaced (:mod:`vsearch.live`). :class:`BackgroundServer` serves an app from a daemon
-thread on a free loopback port. Both bind their socket with :func:`listen`.
+:func:`run` loads the model and opens the store, searches once to warm up, and serves the
+app of :mod:`vsearch.app` with uvicorn until Ctrl-C, taking in other writers' changes to
+the store as it goes (:mod:`vsearch.live`); with an admin token it also takes product
+writes (:mod:`vsearch.admin`). :class:`BackgroundServer` serves an app from a daemon thread
+on a free loopback port. Both bind their socket with :func:`listen`.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 from vsearch.app import DEFAULT_MAX_UPLOAD_BYTES, create_app
 from vsearch.budget import DEFAULT_DECODE_BUDGET_BYTES
 from vsearch.errors import DataError
-from vsearch.live import DEFAULT_RELOAD_INTERVAL_S, LiveSearcher, file_signature
+from vsearch.live import DEFAULT_RELOAD_INTERVAL_S, LiveSearcher
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -91,11 +93,17 @@ def warm_up(searcher) -> None:
     searcher.search(encode_png(np.full((300, 200, 3), 255, np.uint8)), k=1, source="<warm-up>")
 
 
-def run(model: str | os.PathLike, index: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
+def run(model: str | os.PathLike, store: str, host: str = "127.0.0.1", port: int = 8000,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, num_threads: int | None = None,
         log_level: str = "info", decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES,
-        reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S) -> None:
-    """Loads the model and the catalog, then serves until interrupted (Ctrl-C).
+        reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S, *, admin_token: str | None = None,
+        media_dir: str | os.PathLike | None = None) -> None:
+    """Loads the model and opens the store, then serves until interrupted (Ctrl-C).
+
+    Args:
+        store: ``faiss:PATH`` (a bare path too), ``milvus:FILE.db`` or ``milvus:http://...``.
+        admin_token: What product writes need (:func:`vsearch.admin.admin_token`); None: no writes.
+        media_dir: Where uploaded photos are kept (default: ``media/`` beside a local store).
 
     Binds loopback by default: put a reverse proxy in front before exposing it. The address
     is taken before the slow model load, so a port in use fails at once.
@@ -103,19 +111,24 @@ def run(model: str | os.PathLike, index: str | os.PathLike, host: str = "127.0.0
     import uvicorn
 
     from vsearch.search import Searcher
+    from vsearch.stores import parse_spec
 
-    if not Path(index).is_file():  # fail before the slow model load
-        raise DataError(f"{index}: no such catalog index; build one with `vsearch index build`")
+    backend, where = parse_spec(str(store))  # a bad spec fails before the slow model load
+    if backend == "faiss" and not Path(where).exists():
+        raise DataError(f"{where}: no such catalog store; build one with `vsearch index build`")
     sock = listen(host, port)
-    signature = file_signature(index)  # before reading it: a replacement during start-up is seen
-    searcher = Searcher.from_paths(model, index, num_threads=num_threads)
+    searcher = Searcher.from_paths(model, f"{backend}:{where}", num_threads=num_threads)
     warm_up(searcher)
-    live = LiveSearcher(searcher, index, reload_interval_s, signature=signature)
-    app = create_app(live, max_upload_bytes=max_upload_bytes, decode_budget_bytes=decode_budget_bytes)
-    reload_note = f"reloaded when replaced (checked every {reload_interval_s:g} s)" if reload_interval_s > 0 \
-        else "not reloaded"
-    print(f"vsearch: {len(searcher.catalog)} items, {index} {reload_note}; serving http://{host}:{port}/ "
-          f"(API docs at /docs, metrics at /metrics)")
+    live = LiveSearcher(searcher, reload_interval_s)
+    app = create_app(live, max_upload_bytes=max_upload_bytes, decode_budget_bytes=decode_budget_bytes,
+                     admin_token=admin_token, media_dir=media_dir)
+    products, photos = searcher.store.count()
+    refresh = f"other writers' changes taken in every {reload_interval_s:g} s" if reload_interval_s > 0 \
+        else "other writers' changes not taken in"
+    writes = f"writes on (photos kept in {app.state.media_dir})" if admin_token else \
+        "writes off (no admin token)"
+    print(f"vsearch: {products} products ({photos} photos) in {backend}:{where}, {refresh}; {writes}; serving "
+          f"http://{host}:{port}/ (API docs at /docs, metrics at /metrics)")
     try:
         uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn has shut down gracefully, then re-raises Ctrl-C
