@@ -184,6 +184,41 @@ def test_a_float_widens_an_int_attribute_and_new_attributes_join(spec):
     assert state(open_store(spec))[1] == store.schema
 
 
+def test_searches_run_beside_a_writer_and_a_refresher(spec):
+    import threading
+
+    store, other = open_store(spec), open_store(spec)
+    stop, problems = threading.Event(), []
+
+    def search():
+        while not stop.is_set():
+            try:
+                for hits in store.search(vectors(3, 60), 4):
+                    ids = [h["product_id"] for h in hits]
+                    assert len(ids) == len(set(ids)) and all(h["photo_id"].startswith(h["product_id"] + "/")
+                                                             for h in hits)
+            except Exception as exc:  # noqa: BLE001  (reported below)
+                problems.append(exc)
+
+    def refresh():
+        while not stop.is_set():
+            store.refresh()
+
+    threads = [threading.Thread(target=search) for _ in range(3)] + [threading.Thread(target=refresh)]
+    for thread in threads:
+        thread.start()
+    for n in range(15):
+        store.upsert(photos_of(f"t{n % 3}", n=2, round=n), vectors(2, 70 + n))
+        other.upsert(photos_of(f"o{n % 3}", n=1), vectors(1, 90 + n))
+        if n % 5 == 0:
+            store.delete([f"t{(n + 1) % 3}"])
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert not problems
+    assert store.refresh() in (True, False) and state(store) == state(open_store(spec))
+
+
 # ---------------------------------------------------------------- several processes writing at once
 
 def _writer(spec, worker, rounds, queue):

@@ -364,14 +364,17 @@ class FaissStore:
         import faiss
 
         key = where or None
-        cached = self._cache.get(key)
+        try:
+            cached = self._cache.get(key)
+        except TypeError:  # a hand-made filter holding a list: not kept
+            key, cached = object(), None
         if cached is not None:
             return cached
         size = len(self._alive)
-        if key is None and not self._index._dead:
+        if not where and not self._index._dead:
             found = (len(self._index), None, None)
         else:
-            keep = filters.mask(key, self._columns, size) & self._alive if key else self._alive
+            keep = filters.mask(where, self._columns, size) & self._alive if where else self._alive
             count = int(np.count_nonzero(keep))
             if count <= EXACT_BELOW:
                 found = (count, np.flatnonzero(keep), None)
