@@ -58,7 +58,7 @@ demo: data train siamese eval
 
 # The shop's catalog index (FAISS) over CATALOG, then the upload page on 127.0.0.1:$(PORT).
 index: venv
-	$(VSEARCH) index build $(CATALOG) --out $(INDEX) $(ARGS)
+	$(VSEARCH) index build $(CATALOG) --store $(INDEX) $(ARGS)
 
 # A demo product catalog: each clothing photo a product of 3 photos (original, mirrored, cropped)
 # with seeded attributes (title, price, brand, colour, in_stock); data/products/manifest.csv.
@@ -68,7 +68,7 @@ products: venv
 
 serve: venv
 	@test -f $(INDEX) || $(MAKE) index
-	$(VSEARCH) serve --index $(INDEX) --port $(PORT) $(ARGS)
+	$(VSEARCH) serve --store $(INDEX) --port $(PORT) $(ARGS)
 
 # LiteRT/TFLite exports of the embedding model: float32 and int8 (calibrated on the catalog).
 tflite: venv

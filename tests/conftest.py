@@ -128,13 +128,14 @@ def smoke_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smoke_index(smoke_run, tmp_path_factory):
-    """The smoke model's catalog index over the synthetic train split: (model dir, index path)."""
+    """The smoke model's catalog (a faiss store) over the synthetic train split: (model dir, its file)."""
     from vsearch.embedder import SavedModelEmbedder
     from vsearch.catalog import build_catalog
 
     model = Path(smoke_run["siamese"].out_dir)
-    catalog, _ = build_catalog(SavedModelEmbedder(model), smoke_run["data"] / "train", kind="exact")
-    path = catalog.save(tmp_path_factory.mktemp("index") / "catalog.vsi")
+    path = tmp_path_factory.mktemp("index") / "catalog.vsi"
+    store, _ = build_catalog(SavedModelEmbedder(model), smoke_run["data"] / "train", f"faiss:{path}", kind="exact")
+    store.close()
     return model, path
 
 
@@ -240,7 +241,7 @@ def cosine(a, b):
 
 @pytest.fixture(scope="module")
 def fake_index(tmp_path_factory) -> Path:
-    """The catalog of tests/fake_server.py: 12 coloured photos, a numpy model, no TensorFlow."""
+    """The catalog of tests/fake_server.py: 12 coloured products (15 photos), a numpy model, no TensorFlow."""
     from fake_server import write_catalog
 
     return write_catalog(tmp_path_factory.mktemp("fake"))

@@ -49,36 +49,51 @@ def photo(colour, seed: int, size=(40, 48)) -> np.ndarray:
     return img
 
 
+BRANDS = ("acme", "zeta")
+
+
 def write_catalog(root: Path, per_category: int = 4) -> Path:
-    """Writes root/photos/<colour>/<i>.png and root/catalog.vsi (exact index); returns the index path."""
+    """Writes root/photos/<colour>/<i>.png and root/catalog.vsi (a faiss store, exact); returns its path.
+
+    Product ``<colour>/<i>`` is photo ``i`` of its colour, with attributes ``title``,
+    ``price`` (10, 20, ...), ``brand`` (acme, zeta, acme, ...) and ``in_stock`` (even i);
+    product ``<colour>/0`` also has a second photo (``<colour>/0/back``, its photo 0 mirrored).
+    """
     from PIL import Image
 
     from vsearch.images import model_input
-    from vsearch.index import Catalog
+    from vsearch.manifest import Photo
+    from vsearch.stores import build_store
 
     embedder = ColourEmbedder()
-    catalog = Catalog(embedder.dim, FINGERPRINT, kind="exact", model={"source": "fake"})
-    items, inputs = [], []
+    photos, inputs = [], []
     for c, (name, colour) in enumerate(sorted(COLOURS.items())):
         folder = root / "photos" / name
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_category):
-            path = folder / f"{i}.png"
-            Image.fromarray(photo(colour, 10 * c + i)).save(path)
-            items.append({"id": f"{name}/{i}", "path": str(path.resolve()), "category": name,
-                          "title": f"{name} item {i}"})
-            inputs.append(model_input(path, embedder.image_size))
-    catalog.add(items, embedder.embed_pixels(np.stack(inputs)))
-    return catalog.save(root / "catalog.vsi")
+            attributes = {"title": f"{name} item {i}", "price": 10.0 * (i + 1), "brand": BRANDS[i % 2],
+                          "in_stock": i % 2 == 0}
+            pixels = photo(colour, 10 * c + i)
+            views = [(f"{name}/{i}", folder / f"{i}.png", pixels)]
+            if i == 0:
+                views.append((f"{name}/0/back", folder / "0-back.png", pixels[:, ::-1]))
+            for photo_id, path, view in views:
+                Image.fromarray(np.ascontiguousarray(view)).save(path)
+                photos.append(Photo(f"{name}/{i}", photo_id, str(path.resolve()), name, attributes))
+                inputs.append(model_input(path, embedder.image_size))
+    path = root / "catalog.vsi"
+    build_store(f"faiss:{path}", photos, embedder.embed_pixels(np.stack(inputs)), fingerprint=FINGERPRINT,
+                model={"source": "fake"}, kind="exact").close()
+    return path
 
 
 def load_searcher(index: Path, verdicts: bool = False, **kwargs):
     """A Searcher over the catalog at ``index``; ``verdicts``: a :func:`verdict_searcher` instead."""
-    from vsearch.index import Catalog
     from vsearch.search import Searcher
+    from vsearch.stores import open_store
 
     cls = verdict_searcher() if verdicts else Searcher
-    return cls(ColourEmbedder(), Catalog.load(index, expected_fingerprint=FINGERPRINT), **kwargs)
+    return cls(ColourEmbedder(), open_store(f"faiss:{index}", expected_fingerprint=FINGERPRINT), **kwargs)
 
 
 EXACT_SCORE = 0.995  # the fake verdict's "exact" threshold: a catalog photo or a close crop of one
@@ -93,8 +108,8 @@ def verdict_searcher():
     from vsearch.search import Searcher
 
     class VerdictSearcher(Searcher):
-        def search_vector(self, vector, k=5, category="any"):
-            result = super().search_vector(vector, k, category)
+        def search_vector(self, vector, k=5, category="any", where=None):
+            result = super().search_vector(vector, k, category, where)
             if result.matches and result.matches[0]["score"] >= EXACT_SCORE:
                 result.match = {"verdict": "exact", "confidence": round(result.matches[0]["score"], 3)}
             return result
@@ -166,7 +181,7 @@ def main(argv=None) -> int:
     warm_up(searcher)
     sock = listen("127.0.0.1", 0)
     sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
-    app = create_app(LiveSearcher(searcher, index), decode_budget_bytes=int(args.budget_mb * 2 ** 20),
+    app = create_app(LiveSearcher(searcher), decode_budget_bytes=int(args.budget_mb * 2 ** 20),
                      decode_wait_s=args.wait_s)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     tmp = args.port_file.with_suffix(".tmp")

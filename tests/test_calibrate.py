@@ -10,8 +10,23 @@ from vsearch import calibrate, cli, plots
 from vsearch.calibrate import Samples
 from vsearch.catalog import build_catalog
 from vsearch.errors import DataError
-from vsearch.index import Catalog
+from vsearch.manifest import Photo
 from vsearch.search import Searcher, probability, ranked_features, verdicts
+from vsearch.stores import build_store, open_store
+
+
+@pytest.fixture
+def catalog(shop, tmp_path):
+    """The tiny shop as a faiss store."""
+    store, _ = build_catalog(ColourEmbedder(), shop, f"faiss:{tmp_path / 'shop.vsi'}", kind="exact")
+    yield store
+    store.close()
+
+
+def stored(path):
+    store = open_store(str(path))
+    store.close()
+    return store
 
 
 def samples(top1, gap, exact, present, category=None) -> Samples:
@@ -143,19 +158,14 @@ def test_isotonic_wins_where_the_truth_is_a_step():
 
 # ---------------------------------------------------------------- leave-one-out on a tiny catalog
 
-def tiny_catalog() -> Catalog:
+def test_query_samples_search_with_the_item_and_with_its_product_left_out(tmp_path):
     vectors = np.array([[1, 0, 0], [0.8, 0.6, 0], [0.6, 0.8, 0], [0, 0, 1], [0, 0.6, 0.8]], np.float32)
-    catalog = Catalog(3, "v1", kind="exact")
-    catalog.add([{"id": "a", "category": "hats"}, {"id": "b", "category": "hats"},
-                 {"id": "c1", "product_id": "c", "category": "shoes"},
-                 {"id": "c2", "product_id": "c", "category": "shoes"}, {"id": "d", "category": "shoes"}], vectors)
-    return catalog
-
-
-def test_query_samples_search_with_the_item_and_with_its_product_left_out():
-    catalog = tiny_catalog()
+    photos = [Photo("a", "a", "/a.png", "hats"), Photo("b", "b", "/b.png", "hats"),
+              Photo("c", "c1", "/c1.png", "shoes"), Photo("c", "c2", "/c2.png", "shoes"),
+              Photo("d", "d", "/d.png", "shoes")]
+    catalog = build_store(f"faiss:{tmp_path / 'tiny.vsi'}", photos, vectors, fingerprint="v1", kind="exact")
     queries = np.array([[1, 0, 0], [0.6, 0.8, 0]], np.float32)
-    s = calibrate.query_samples(catalog, queries, ["a", "c1"])
+    s = calibrate.query_samples(catalog, queries, ["a", "c"])
     # in the catalog: a finds a (1; b .8: gap .2); c's photo finds c1 (1), its gap skips c2 (same product) to b (.96)
     # left out: a's photo finds b (.8; c1 .6: gap .2); c's photo, c1 and c2 gone, finds b (.96; a .6: gap .36)
     assert s.present.tolist() == [True, True, False, False]
@@ -185,35 +195,21 @@ def hand_calibration(fingerprint: str) -> dict:
     return calibrate.fit_calibration(world(1), world(2), fingerprint, target=0.9)
 
 
-def test_calibration_round_trips_through_the_index_file(tmp_path, shop):
-    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
-    catalog.save(tmp_path / "old.vsi")
-    assert Catalog.load(tmp_path / "old.vsi").calibration is None  # a file without one still loads
-    catalog.set_calibration(hand_calibration(ColourEmbedder.fingerprint))
-    catalog.save(tmp_path / "cal.vsi")
-    loaded = Catalog.load(tmp_path / "cal.vsi")
-    assert loaded.calibration == json.loads(json.dumps(catalog.calibration))
-    assert len(loaded) == 4
-
-
-def test_a_calibration_of_another_model_is_refused(tmp_path, shop):
-    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
-    with pytest.raises(DataError, match="calibration refused: it was made with model other"):
-        catalog.set_calibration(hand_calibration("other"))
+def test_calibration_is_kept_with_the_store(tmp_path, catalog):
     assert catalog.calibration is None
+    calibration = hand_calibration(ColourEmbedder.fingerprint)
+    catalog.set_calibration(calibration)
+    assert stored(tmp_path / "shop.vsi").calibration == json.loads(json.dumps(calibration))  # persisted
+    with pytest.raises(DataError, match="was made with model other"):
+        catalog.set_calibration(hand_calibration("other"))
     broken = hand_calibration(ColourEmbedder.fingerprint)
     broken["heads"]["exact"]["global"]["coef"] = "steep"
     with pytest.raises(DataError, match="damaged 'exact' model"):
         catalog.set_calibration(broken)
-    # a header edited by hand: refused on loading, with what to do
-    catalog.calibration = hand_calibration("other")
-    catalog.save(tmp_path / "cal.vsi")
-    with pytest.raises(DataError, match="its calibration was made with model other.*vsearch calibrate"):
-        Catalog.load(tmp_path / "cal.vsi")
+    assert stored(tmp_path / "shop.vsi").calibration == json.loads(json.dumps(calibration))  # refused: unchanged
 
 
-def test_search_results_carry_the_verdict(shop):
-    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
+def test_search_results_carry_the_verdict(shop, catalog):
     searcher = Searcher(ColourEmbedder(), catalog)
     photo = (shop / "shoes" / "olive.png").read_bytes()
     assert "match" not in searcher.search(photo, 1).to_dict()  # no calibration, no verdict
@@ -221,7 +217,7 @@ def test_search_results_carry_the_verdict(shop):
     catalog.set_calibration(calibration)
     result = searcher.search(photo, 1).to_dict()
     top1, gap = ranked_features([m["score"] for m in searcher.search(photo, 4).matches],
-                                [m["id"] for m in searcher.search(photo, 4).matches])
+                                [m["product_id"] for m in searcher.search(photo, 4).matches])
     expected = probability(calibration["heads"]["exact"]["categories"].get("shoes")
                            or calibration["heads"]["exact"]["global"], top1, gap)[0]
     assert len(result["matches"]) == 1 and result["match"]["confidence"] == pytest.approx(expected, abs=1e-4)
@@ -234,8 +230,7 @@ def test_search_results_carry_the_verdict(shop):
         "verdict"] == "none"
 
 
-def test_calibrate_catalog_with_a_transparent_model(shop):
-    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
+def test_calibrate_catalog_with_a_transparent_model(shop, catalog):
     logs = []
     calibration = calibrate.calibrate_catalog(catalog, ColourEmbedder(), photos=12, seed=5, log=logs.append)
     assert calibration["seeds"] == {"fit": 5, "check": 6, "heldout": 7} and len(logs) == 3
@@ -260,38 +255,38 @@ def test_reliability_diagram_is_a_figure():
 
 def test_cli_calibrate_then_search_shows_the_verdict(tiny, tmp_path, capsys):
     model, index = str(tiny["model"]), str(tmp_path / "catalog.vsi")
-    assert cli.main(["index", "build", str(tiny["data"] / "train"), "--model", model, "--out", index]) == 0
-    assert cli.main(["calibrate", "--model", model, "--index", index, "--photos", "8", "--seed", "1"]) == 0
+    assert cli.main(["index", "build", str(tiny["data"] / "train"), "--model", model, "--store", index]) == 0
+    assert cli.main(["calibrate", "--model", model, "--store", index, "--photos", "8", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert "calibration for target precision 0.95" in out and "held-out photos (seed 3" in out
-    stored = Catalog.load(index).calibration
-    assert stored["fingerprint"] == tiny["saved"].fingerprint and stored["photos"] == 8
+    kept = stored(index).calibration
+    assert kept["fingerprint"] == tiny["saved"].fingerprint and kept["photos"] == 8
     photo = str(tiny["photos"][0])
-    assert cli.main(["search", photo, "--model", model, "--index", index, "--json", "-k", "2"]) == 0
+    assert cli.main(["search", photo, "--model", model, "--store", index, "--json", "-k", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["match"]) == {"verdict", "confidence"} and len(result["matches"]) == 2
-    assert cli.main(["search", photo, "--model", model, "--index", index, "-k", "2"]) == 0
+    assert cli.main(["search", photo, "--model", model, "--store", index, "-k", "2"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first == {"exact": f"This is it ({result['match']['confidence']:.2f})", "similar": "Similar items",
                      "none": "Not in the catalog"}[result["match"]["verdict"]]
-    assert cli.main(["index", "info", index]) == 0
+    assert cli.main(["index", "info", "--store", index]) == 0
     assert "'exact' when P(exact) >=" in capsys.readouterr().out
-    some_id = next(iter(Catalog.load(index).items))
-    assert cli.main(["index", "remove", index, some_id]) == 0
+    some_id = next(iter(stored(index).products())).product_id
+    assert cli.main(["index", "remove", some_id, "--store", index]) == 0
     assert "keeps the calibration fitted before this change" in capsys.readouterr().err  # not silently stale
 
 
 def test_cli_build_with_calibrate_and_refusals(tiny, tmp_path, capsys):
     model, index = str(tiny["model"]), str(tmp_path / "catalog.vsi")
-    assert cli.main(["index", "build", str(tiny["data"] / "train"), "--model", model, "--out", index,
+    assert cli.main(["index", "build", str(tiny["data"] / "train"), "--model", model, "--store", index,
                      "--calibrate", "--photos", "6"]) == 0
-    assert Catalog.load(index).calibration["photos"] == 6
+    assert stored(index).calibration["photos"] == 6
     capsys.readouterr()
-    assert cli.main(["calibrate", "--model", model, "--index", index, "--target-precision", "1.5"]) == 2
+    assert cli.main(["calibrate", "--model", model, "--store", index, "--target-precision", "1.5"]) == 2
     assert "--target-precision must be between 0 and 1" in capsys.readouterr().err
-    assert cli.main(["calibrate", "--model", str(tiny["files"]["int8"]), "--index", index, "--photos", "4"]) == 2
+    assert cli.main(["calibrate", "--model", str(tiny["files"]["int8"]), "--store", index, "--photos", "4"]) == 2
     assert "rebuild the index with this model" in capsys.readouterr().err
-    assert Catalog.load(index).calibration["photos"] == 6  # the refused run changed nothing
+    assert stored(index).calibration["photos"] == 6  # the refused run changed nothing
 
 
 # ---------------------------------------------------------------- vsearch eval's figures

@@ -68,55 +68,49 @@ def test_eval_missing_query_file(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-def test_concurrent_index_adds_lose_nothing(tiny, tmp_path):
-    """Four `vsearch index add` at once on one index: every photo reported added is there."""
-    import os
+def product_ids(index) -> set[str]:
+    from vsearch.stores import open_store
 
-    from vsearch.index import Catalog
+    store = open_store(str(index))
+    try:
+        return {p.product_id for p in store.products()}
+    finally:
+        store.close()
+
+
+def test_concurrent_index_adds_lose_nothing(tiny, tmp_path):
+    """Four `vsearch index add` at once on one catalog, and a remove: every acknowledged change is there."""
+    import os
 
     model = str(tiny["files"]["none"])  # LiteRT: no TensorFlow import, so the processes start fast
     index = tmp_path / "catalog.vsi"
-    assert cli.main(["index", "build", str(tiny["data"] / "train"), "--model", model, "--out", str(index)]) == 0
-    before = set(Catalog.load(index).items)
+    assert cli.main(["index", "build", str(tiny["data"] / "train"), "--model", model, "--store", str(index)]) == 0
+    before = product_ids(index)
+    gone = sorted(before)[0]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "vsearch", "index", "add", str(index), str(photo),
+    procs = [subprocess.Popen([sys.executable, "-m", "vsearch", "index", "add", str(photo), "--store", str(index),
                                "--model", model, "--category", f"new{n}"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for n, photo in enumerate(tiny["photos"][:4])]
+    procs.append(subprocess.Popen([sys.executable, "-m", "vsearch", "index", "remove", gone, "--store", str(index)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], [o[1][-500:] for o in outs]
-    assert all("added 1 item(s)" in o[0] for o in outs)
-    after = set(Catalog.load(index).items)
+    assert [p.returncode for p in procs] == [0] * 5, [o[1][-500:] for o in outs]
+    assert all("1 product(s) with 1 photo(s)" in o[0] for o in outs[:4])
+    after = product_ids(index)
     assert after - before == {f"new{n}/{photo.stem}" for n, photo in enumerate(tiny["photos"][:4])}
-
-
-def test_a_writer_that_cannot_get_the_lock_fails_clearly(tiny, tmp_path, capsys):
-    from vsearch.artifacts import file_lock
-    from vsearch.index import Catalog
-
-    index = tmp_path / "catalog.vsi"
-    assert cli.main(["index", "build", str(tiny["data"] / "train"), "--model", str(tiny["files"]["none"]),
-                     "--out", str(index)]) == 0
-    some_id = next(iter(Catalog.load(index).items))
-    capsys.readouterr()
-    with file_lock(index):
-        assert cli.main(["index", "remove", str(index), some_id, "--wait", "0.2"]) == 2
-    err = capsys.readouterr().err
-    assert "another writer still holds" in err and err.count("error:") == 1
-    assert some_id in Catalog.load(index)  # nothing changed
-    assert cli.main(["index", "remove", str(index), some_id]) == 0 and some_id not in Catalog.load(index)
+    assert before - after == {gone}
 
 
 # ---------------------------------------------------------------- vsearch search --box
 
 @pytest.fixture
 def search_fake_catalog(fake_index, monkeypatch):
-    """`vsearch search ... --index FAKE` answers with the fake model (its --model is not read)."""
-    from fake_server import load_searcher
-    from vsearch.search import Searcher
+    """`vsearch search ... --store FAKE` answers with the fake model (its --model is not read)."""
+    from fake_server import ColourEmbedder
 
-    monkeypatch.setattr(Searcher, "from_paths", classmethod(lambda cls, model, index, **kw: load_searcher(index)))
-    return ["--index", str(fake_index), "--model", "fake"]
+    monkeypatch.setattr("vsearch.embedder.load_embedder", lambda *args, **kwargs: ColourEmbedder())
+    return ["--store", str(fake_index), "--model", "fake"]
 
 
 @pytest.fixture
@@ -153,13 +147,11 @@ def test_search_box_searches_that_part(search_fake_catalog, canvas_file, capsys)
 ])
 def test_search_bad_box_exits_2_with_one_line_before_loading_the_model(canvas_file, fake_index, monkeypatch,
                                                                       capsys, box, fragment):
-    from vsearch.search import Searcher
-
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded for a bad --box")
 
-    monkeypatch.setattr(Searcher, "from_paths", no_model)
+    monkeypatch.setattr("vsearch.embedder.load_embedder", no_model)
     flag = [box] if box.startswith("--box=") else ["--box", box]
-    assert cli.main(["search", canvas_file, *flag, "--index", str(fake_index), "--model", "fake"]) == 2
+    assert cli.main(["search", canvas_file, *flag, "--store", str(fake_index), "--model", "fake"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vsearch search: error: --box: ") and fragment in err[0], err

@@ -139,8 +139,11 @@ def test_a_csv_that_is_not_utf8_names_the_line(tmp_path):
 
 
 def test_unreadable_files_and_formats(tmp_path):
+    (tmp_path / "m.xlsx").write_bytes(b"PK")
     with pytest.raises(DataError, match="not a manifest"):
         read_manifest(tmp_path / "m.xlsx")
+    with pytest.raises(DataError, match="no such manifest file or catalog folder"):
+        read_manifest(tmp_path / "nothing")
     with pytest.raises(DataError, match="no such manifest file"):
         read_manifest(tmp_path / "m.csv")
     (tmp_path / "m.parquet").write_bytes(b"PAR1 not really")

@@ -12,6 +12,7 @@ from vsearch.catalog import build_catalog, catalog_files, catalog_from_vectors
 from vsearch.embedder import embed_images
 from vsearch.errors import DataError
 from vsearch.litert import TFLiteEmbedder
+from vsearch.manifest import Photo
 from vsearch.pipeline import embed_catalog, load_embeddings
 
 PLANTED = ("corrupt", "truncated", "empty", "text")  # awkward_files that no road can read
@@ -33,27 +34,27 @@ def test_vectors_equal_embed_images_and_bad_photos_are_dead_letters(tiny, shop_f
     files = catalog_files(folder)
     ref = embed_images(tiny["saved"], [path for path, _, _ in files], batch_size=3)
     ref_vectors = {files[i][2]: ref.vectors[j] for j, i in enumerate(ref.good)}
-    ids = [item["id"] for item in done.items]
+    ids = [photo.photo_id for photo in done.photos]
     assert sorted(ids) == sorted(ref_vectors)
     assert cosine(done.vectors, np.stack([ref_vectors[i] for i in ids])).min() >= 0.9999
     assert done.dead_letters == ref.bad and set(done.dead_letters) == planted
     assert summary["counts"] == {"photos": len(files), "skipped": 0, "embedded": len(files) - 4, "dead_letters": 4}
     assert summary["fingerprint"] == tiny["saved"].fingerprint and summary["dim"] == tiny["saved"].dim
-    item = next(it for it in done.items if it["id"] == "blue/blue_0")
-    assert item == {"id": "blue/blue_0", "product_id": "blue/blue_0", "category": "blue",
-                    "path": str((folder / "blue" / "blue_0.jpg").resolve())}
+    photo = next(p for p in done.photos if p.photo_id == "blue/blue_0")
+    assert photo == Photo("blue/blue_0", "blue/blue_0", str((folder / "blue" / "blue_0.jpg").resolve()), "blue", {})
     lines = (tmp_path / "out" / "dead_letters.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["image"] for line in lines) == sorted(planted)
 
-    graph, report = catalog_from_vectors(done.items, done.vectors, summary["fingerprint"], kind="hnsw")
-    assert graph.index.kind == "hnsw" and len(graph) == report.added == len(ids)
-    assert report.recall_at_10 == graph.stats["recall@10"] == 1.0
+    graph, report = catalog_from_vectors(done.photos, done.vectors, summary["fingerprint"],
+                                         store=f"faiss:{tmp_path / 'graph.vsi'}", kind="hnsw")
+    assert graph.count() == (report.products, report.photos) == (len(ids), len(ids))
+    assert graph.search(done.vectors[:1], 1)[0][0]["photo_id"] == ids[0]
     with pytest.raises(DataError, match="no vectors to index"):
-        catalog_from_vectors([], done.vectors[:0], summary["fingerprint"])
+        catalog_from_vectors([], done.vectors[:0], summary["fingerprint"], store=f"faiss:{tmp_path / 'none.vsi'}")
 
 
 def search_ids(index, model, photo, capsys):
-    assert cli.main(["search", str(photo), "--model", str(model), "--index", str(index), "-k", "5", "--json"]) == 0
+    assert cli.main(["search", str(photo), "--model", str(model), "--store", str(index), "-k", "5", "--json"]) == 0
     return [(m["id"], round(m["score"], 4)) for m in json.loads(capsys.readouterr().out)["matches"]]
 
 
@@ -68,15 +69,15 @@ def test_cli_embed_on_two_workers_then_index_and_search_like_build(tiny, shop_fo
     assert "4 unusable photo(s)" in printed
 
     index = tmp_path / "from-embeddings.vsi"
-    assert cli.main(["index", "build", "--from-embeddings", str(out), "--out", str(index), "--model", str(model)]) == 0
-    assert "skipped 4 unreadable file(s)" in capsys.readouterr().out
-    reference, _ = build_catalog(TFLiteEmbedder(model), folder, kind="exact")
-    built = reference.save(tmp_path / "built.vsi")
+    assert cli.main(["index", "build", "--from-embeddings", str(out), "--store", str(index), "--model", str(model)]) == 0
+    assert "skipped 4 unusable photo(s)" in capsys.readouterr().out
+    built = tmp_path / "built.vsi"
+    build_catalog(TFLiteEmbedder(model), folder, f"faiss:{built}", kind="exact")[0].close()
     for photo in tiny["photos"][:3]:
         assert search_ids(index, model, photo, capsys) == search_ids(built, model, photo, capsys)
 
     # another model's vectors are refused, as an index built by another model is
-    assert cli.main(["index", "build", "--from-embeddings", str(out), "--out", str(tmp_path / "x.vsi"),
+    assert cli.main(["index", "build", "--from-embeddings", str(out), "--store", str(tmp_path / "x.vsi"),
                      "--model", str(tiny["files"]["int8"])]) == 2
     assert "embedded with model" in capsys.readouterr().err and not (tmp_path / "x.vsi").exists()
 
@@ -103,7 +104,7 @@ def test_a_manifest_with_attributes_gives_typed_shards(tiny, shop_folder, tmp_pa
     assert schema.field("vector").type == pa.list_(pa.float32(), tiny["saved"].dim)
     assert (schema.field("price").type, schema.field("in_stock").type) == (pa.float64(), pa.bool_())
     done = load_embeddings(out)
-    assert sorted((it["product_id"], it["price"], it["in_stock"]) for it in done.items) == \
+    assert sorted((p.product_id, p.attributes["price"], p.attributes["in_stock"]) for p in done.photos) == \
         [("P1", 9.5, True), ("P1", 9.5, True), ("P2", 12.0, False)]
     assert list(done.dead_letters.values()) == ["no such file"]
     assert np.allclose(np.linalg.norm(done.vectors, axis=1), 1.0, atol=1e-5)
@@ -113,7 +114,7 @@ def test_a_manifest_with_attributes_gives_typed_shards(tiny, shop_folder, tmp_pa
                                       f"P9,{(folder / 'blue' / 'blue_0.jpg').as_posix()},blue\n")
     (out / "embeddings-00007-of-00009.parquet").write_bytes(b"a stale shard of an earlier run")
     embed_catalog(tmp_path / "one.csv", tiny["files"]["none"], str(out))
-    assert [it["id"] for it in load_embeddings(out).items] == [f"P9/{(folder / 'blue' / 'blue_0.jpg').as_posix()}"]
+    assert [p.photo_id for p in load_embeddings(out).photos] == [f"P9/{(folder / 'blue' / 'blue_0.jpg').as_posix()}"]
 
 
 def test_bad_inputs_are_refused_before_any_work(tiny, shop_folder, tmp_path):
@@ -132,12 +133,12 @@ def test_bad_inputs_are_refused_before_any_work(tiny, shop_folder, tmp_path):
 
 
 def test_cli_usage_errors(tmp_path, capsys):
-    assert cli.main(["index", "build", "--out", str(tmp_path / "i.vsi")]) == 2
-    assert "give a catalog folder, or --from-embeddings" in capsys.readouterr().err
+    assert cli.main(["index", "build", "--store", str(tmp_path / "i.vsi")]) == 2
+    assert "or a catalog folder, or --from-embeddings" in capsys.readouterr().err
     assert cli.main(["index", "build", str(tmp_path), "--from-embeddings", str(tmp_path),
-                     "--out", str(tmp_path / "i.vsi")]) == 2
-    assert "give no catalog folder" in capsys.readouterr().err
+                     "--store", str(tmp_path / "i.vsi")]) == 2
+    assert "give no manifest or folder" in capsys.readouterr().err
     assert cli.main(["embed", str(tmp_path), "--out", str(tmp_path / "o"), "--batch-size", "0"]) == 2
     assert "--batch-size must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # without embed, -- is not a way to pass options
-        cli.main(["index", "info", "x.vsi", "--", "--runner", "DirectRunner"])
+        cli.main(["index", "info", "--store", "x.vsi", "--", "--runner", "DirectRunner"])

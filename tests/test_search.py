@@ -10,12 +10,21 @@ from conftest import ColourEmbedder, solid
 from vsearch import cli
 from vsearch.catalog import build_catalog
 from vsearch.errors import DataError, ImageError
-from vsearch.index import Catalog
+from vsearch.filters import parse_where
+from vsearch.manifest import Photo
 from vsearch.search import Searcher, predict_category
+from vsearch.stores import build_store, open_store
 
 
-def test_searcher_finds_the_item_and_filters(shop):
-    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
+@pytest.fixture
+def catalog(shop, tmp_path):
+    """The tiny shop as a faiss store (each photo a product of its own)."""
+    store, _ = build_catalog(ColourEmbedder(), shop, f"faiss:{tmp_path / 'shop.vsi'}", kind="exact")
+    yield store
+    store.close()
+
+
+def test_searcher_finds_the_item_and_filters(shop, catalog):
     searcher = Searcher(ColourEmbedder(), catalog)
     photo = (shop / "shoes" / "olive.png").read_bytes()
     result = searcher.search(photo, k=2)
@@ -41,13 +50,13 @@ def test_searcher_finds_the_item_and_filters(shop):
         searcher.image_path("../../etc/passwd")
 
 
-def test_searcher_pixels_accepts_0_255_numbers_and_refuses_others(shop):
-    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
+def test_searcher_accepts_0_255_numbers_and_refuses_others(shop, catalog):
     searcher = Searcher(ColourEmbedder(), catalog)
     olive = np.asarray(Image.open(shop / "shoes" / "olive.png"))
     as_float = searcher.search(olive.astype(np.float32), 1).matches[0]
     assert as_float["id"] == "shoes/olive" and as_float["score"] == pytest.approx(1, abs=1e-5)
-    assert np.array_equal(searcher.pixels(olive.astype(np.float64) + 0.2), olive)  # rounded, not truncated
+    rounded = searcher.embed(olive.astype(np.float64) + 0.2)  # rounded, not truncated
+    assert np.allclose(rounded, searcher.embed(olive), atol=1e-6)
     with pytest.raises(ImageError, match="0..255"):
         searcher.search(olive.astype(np.float32) / 255.0 - 0.5)  # -0.5..0.5: not pixels
     with pytest.raises(ImageError, match="look like 0..1 floats"):
@@ -60,30 +69,59 @@ def test_searcher_pixels_accepts_0_255_numbers_and_refuses_others(shop):
         searcher.search(np.zeros((0, 4, 3), np.float32))
 
 
-def test_searcher_refuses_another_model(shop):
-    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
+def test_searcher_refuses_another_model(catalog):
     other = ColourEmbedder()
     other.fingerprint = "colour-v2"
     with pytest.raises(DataError, match="rebuild the index"):
         Searcher(other, catalog)
 
 
-def test_a_small_category_of_an_hnsw_catalog_is_searched_exactly():
+def test_a_small_category_of_an_hnsw_catalog_is_searched_exactly(tmp_path):
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(3000, 4)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    catalog = Catalog(4, ColourEmbedder.fingerprint, kind="hnsw")
     rare = {5, 1000, 2999}
-    catalog.add([{"id": str(i), "category": "rare" if i in rare else "common"} for i in range(len(vecs))], vecs)
-    searcher = Searcher(ColourEmbedder(), catalog)
+    photos = [Photo(str(i), str(i), f"/nowhere/{i}.png", "rare" if i in rare else "common") for i in range(len(vecs))]
+    store = build_store(f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint,
+                        kind="hnsw")
+    searcher = Searcher(ColourEmbedder(), store)
     query = vecs[42]
     expected = sorted(rare, key=lambda i: -float(vecs[i] @ query))
     found = searcher.search_vector(query, 5, "rare").matches
     assert [m["id"] for m in found] == [str(i) for i in expected]  # all three, best first
     assert [m["score"] for m in found] == pytest.approx([float(vecs[i] @ query) for i in expected], abs=1e-5)
-    common = searcher.search_vector(query, 5, "common").matches  # a large one: the graph, widened
+    common = searcher.search_vector(query, 5, "common").matches  # a large one
     assert len(common) == 5 and {m["category"] for m in common} == {"common"}
     assert common[0]["id"] == "42"
+
+
+def test_products_are_grouped_and_filtered(tmp_path):
+    """Three photos per product: k counts products, each once by its best photo; filters keep products."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(6, 4))
+    photos, vecs = [], []
+    for p, centre in enumerate(centres):
+        for v in range(3):
+            vec = centre + 0.05 * rng.normal(size=4)
+            vecs.append(vec / np.linalg.norm(vec))
+            photos.append(Photo(f"p{p}", f"p{p}/{v}", f"/nowhere/p{p}-{v}.png", "tops",
+                                {"price": float(10 * (p + 1)), "brand": "acme" if p % 2 else "zeta"}))
+    vecs = np.asarray(vecs, np.float32)
+    store = build_store(f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint,
+                        kind="exact")
+    searcher = Searcher(ColourEmbedder(), store)
+    result = searcher.search_vector(vecs[4], 3)  # a photo of p1
+    products = [m["product_id"] for m in result.matches]
+    assert len(products) == 3 == len(set(products)) and products[0] == "p1"
+    assert result.matches[0]["photo_id"] == "p1/1" and result.matches[0]["score"] == pytest.approx(1, abs=1e-5)
+    cheap = searcher.search_vector(vecs[4], 5, where=parse_where(["price<=30", "brand=zeta"], store.schema))
+    assert sorted(m["product_id"] for m in cheap.matches) == ["p0", "p2"]  # price <= 30 and brand zeta
+    assert all(m["attributes"]["price"] <= 30 and m["attributes"]["brand"] == "zeta" for m in cheap.matches)
+    assert cheap.to_dict()["filter"] == {"price": {"lte": 30.0}, "brand": {"eq": "zeta"}}
+    none = searcher.search_vector(vecs[4], 5, where=parse_where(["price>1000"], store.schema))
+    assert none.matches == []
+    with pytest.raises(DataError, match="'colour'"):
+        parse_where(["colour=red"], store.schema)
 
 
 def test_predict_category():
@@ -99,7 +137,7 @@ def test_cli_index_and_search_with_exported_model(smoke_run, smoke_index, tmp_pa
     index = tmp_path / "catalog.vsi"
     shutil.copy(index_path, index)
     photo = sorted((smoke_run["data"] / "validation").rglob("*.jpg"))[0]
-    assert cli.main(["search", str(photo), "--model", str(model), "--index", str(index), "-k", "3", "--json",
+    assert cli.main(["search", str(photo), "--model", str(model), "--store", str(index), "-k", "3", "--json",
                      "--plot", str(tmp_path / "plots" / "plot.png")]) == 0  # its folder is made
     out = capsys.readouterr().out
     result = json.loads(out[:out.rindex("}") + 1])
@@ -109,20 +147,33 @@ def test_cli_index_and_search_with_exported_model(smoke_run, smoke_index, tmp_pa
 
     # a catalog photo finds itself first
     own = sorted((smoke_run["data"] / "train").rglob("*.jpg"))[0]
-    assert cli.main(["search", str(own), "--model", str(model), "--index", str(index), "-k", "1"]) == 0
+    assert cli.main(["search", str(own), "--model", str(model), "--store", str(index), "-k", "1"]) == 0
     own_id = own.relative_to(smoke_run["data"] / "train").with_suffix("").as_posix()
     assert own_id in capsys.readouterr().out
 
-    before = len(Catalog.load(index))
-    assert cli.main(["index", "remove", str(index), own_id]) == 0
-    assert len(Catalog.load(index)) == before - 1
-    assert cli.main(["index", "remove", str(index), own_id]) == 2  # already gone: nothing removed
+    def count():
+        store = open_store(str(index))
+        try:
+            return store.count()
+        finally:
+            store.close()
+
+    before = count()
+    assert cli.main(["index", "remove", own_id, "--store", str(index)]) == 0
+    assert count() == (before[0] - 1, before[1] - 1)
+    assert cli.main(["index", "remove", own_id, "--store", str(index)]) == 2  # already gone: nothing removed
     assert "not in" in capsys.readouterr().err
-    assert cli.main(["index", "add", str(index), str(own), "--model", str(model),
+    assert cli.main(["index", "add", str(own), "--store", str(index), "--model", str(model),
                      "--category", own.parent.name]) == 0
-    assert len(Catalog.load(index)) == before
-    assert cli.main(["index", "info", str(index)]) == 0
-    assert f"{before} items" in capsys.readouterr().out
+    assert count() == before
+    assert cli.main(["index", "add", str(own), "--store", str(index), "--model", str(model),
+                     "--category", own.parent.name]) == 2  # already there: add refuses, upsert replaces
+    assert "index upsert" in capsys.readouterr().err
+    assert cli.main(["index", "upsert", str(own), "--store", str(index), "--model", str(model),
+                     "--category", own.parent.name]) == 0
+    assert count() == before
+    assert cli.main(["index", "info", "--store", str(index)]) == 0
+    assert f"{before[0]} products, {before[1]} photos" in capsys.readouterr().out
 
 
 def test_cli_search_errors(smoke_index, tmp_path, capsys):
@@ -130,38 +181,40 @@ def test_cli_search_errors(smoke_index, tmp_path, capsys):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     for photo, message in ((tmp_path / "missing.jpg", "no such file"), (empty, "file is empty")):
-        assert cli.main(["search", str(photo), "--model", str(model), "--index", str(index)]) == 2
+        assert cli.main(["search", str(photo), "--model", str(model), "--store", str(index)]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
     good = solid(tmp_path / "ok.png", (1, 2, 3))
-    assert cli.main(["search", str(good), "--model", str(model), "--index", str(tmp_path / "none.vsi")]) == 2
-    assert "no such catalog index" in capsys.readouterr().err
+    assert cli.main(["search", str(good), "--model", str(model), "--store", str(tmp_path / "none.vsi")]) == 2
+    assert "none.vsi" in capsys.readouterr().err
+    assert cli.main(["search", str(good), "--model", str(model), "--store", str(index), "--where", "colour=red"]) == 2
+    err = capsys.readouterr().err
+    assert "'colour'" in err and len(err.strip().splitlines()) == 1
     assert cli.main(["index", "build", str(tmp_path / "nowhere"), "--model", str(model),
-                     "--out", str(tmp_path / "x.vsi")]) == 2
-    assert "no such catalog folder" in capsys.readouterr().err
+                     "--store", str(tmp_path / "x.vsi")]) == 2
+    assert "no such" in capsys.readouterr().err
     shop = tmp_path / "shop"
     solid(shop / "hats" / "red.png", (250, 10, 10))
     (tmp_path / "taken").mkdir()
     for extra, message in ((["--batch-size", "0"], "--batch-size must be >= 1"),
                            (["--workers", "0"], "--workers must be >= 1"),
-                           (["--out", str(tmp_path / "taken")], "is a folder; give a file name"),
-                           (["--out", str(good / "x.vsi")], "not a writable folder")):
+                           (["--store", str(tmp_path / "taken")], "is a folder; give a file name"),
+                           (["--store", str(good / "x.vsi")], "not a writable folder")):
         assert cli.main(["index", "build", str(shop), "--model", str(model), *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
-    assert cli.main(["search", str(good), "--model", str(model), "--index", str(index),
+    assert cli.main(["search", str(good), "--model", str(model), "--store", str(index),
                      "--plot", str(tmp_path / "taken")]) == 2
     assert "--plot" in capsys.readouterr().err
     # a place no one can write, not even root: one line, not a traceback
-    assert cli.main(["search", str(good), "--model", str(model), "--index", str(index),
+    assert cli.main(["search", str(good), "--model", str(model), "--store", str(index),
                      "--plot", "/proc/vsearch-test/plot.png"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "/proc/vsearch-test" in err[0] and "error:" in err[0]
 
 
-def test_searching_a_part_of_the_photo_finds_the_item_in_it(shop, tmp_path):
+def test_searching_a_part_of_the_photo_finds_the_item_in_it(catalog):
     """Two catalog items side by side on one canvas: a box around each finds each."""
-    catalog, _ = build_catalog(ColourEmbedder(), shop, kind="exact")
     searcher = Searcher(ColourEmbedder(), catalog)
     canvas = np.zeros((30, 80, 3), np.uint8)
     canvas[:, :40] = (250, 10, 10)    # the red hat

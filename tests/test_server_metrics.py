@@ -30,9 +30,10 @@ def test_metrics_scrape(fake_searcher):
     assert sample(families, "vsearch_decode_in_flight_bytes") == 0
     assert sample(families, "vsearch_decode_refusals_total", reason="busy") == 0
     assert sample(families, "vsearch_decode_refusals_total", reason="too_large") == 0
-    assert sample(families, "vsearch_catalog_items") == len(fake_searcher.catalog) == 12
+    assert sample(families, "vsearch_catalog_products") == fake_searcher.store.count()[0] == 12
+    assert sample(families, "vsearch_catalog_photos") == fake_searcher.store.count()[1] == 15
     assert sample(families, "vsearch_catalog_reloads_total", outcome="ok") == 0
-    assert sample(families, "vsearch_model_info", fingerprint=fake_searcher.catalog.fingerprint, dim="8",
+    assert sample(families, "vsearch_model_info", fingerprint=fake_searcher.store.fingerprint, dim="8",
                   image_size="16") == 1
 
 

@@ -39,7 +39,8 @@ import numpy as np
 
 from vsearch.artifacts import provenance
 from vsearch.errors import DataError, ImageError
-from vsearch.search import VERDICT_DEPTH, head_model, probability, product_of, ranked_features, verdicts
+from vsearch.filters import Condition, Filter
+from vsearch.search import VERDICT_DEPTH, head_model, probability, ranked_features, verdicts
 
 DEFAULT_TARGET = 0.95
 DEFAULT_WRONG_NONE = 0.05  # the most in-catalog photos "none" may be said to
@@ -98,58 +99,56 @@ class Samples:
         return len(self.top1)
 
 
-def _features(scores: Sequence[float], products: Sequence[str], categories: Sequence[str], truth: str):
-    """(top1, gap, category, exact) of one ranked list, read as the searcher reads it."""
-    scores, products, categories = scores[:VERDICT_DEPTH], products[:VERDICT_DEPTH], categories[:VERDICT_DEPTH]
-    top1, gap = ranked_features(scores, products)
-    return top1, gap, categories[0], products[0] == truth
+def _features(hits: Sequence[dict], truth: str):
+    """(top1, gap, category, exact) of one ranked list of products, read as the searcher reads it."""
+    top1, gap = ranked_features([h["score"] for h in hits], [h["product_id"] for h in hits])
+    return top1, gap, hits[0].get("category", ""), hits[0]["product_id"] == truth
 
 
-def query_samples(catalog, vectors: np.ndarray, true_ids: Sequence[str]) -> Samples:
+def query_samples(store, vectors: np.ndarray, true_products: Sequence[str]) -> Samples:
     """Each query searched with its product in the catalog and with it left out.
 
     Args:
-        catalog: A :class:`vsearch.index.Catalog` holding every ``true_ids`` item.
+        store: A :class:`vsearch.stores.Store` holding every ``true_products`` product.
         vectors: (n, dim) embeddings of customer photos.
-        true_ids: The catalog item each photo shows.
+        true_products: The product each photo shows.
     Returns:
         :class:`Samples`, the n in-catalog searches first, then the left-out ones (a query
         whose catalog holds no other product has none).
     """
-    products = {item_id: product_of(item) for item_id, item in catalog.items.items()}
-    photos_per_product: dict[str, int] = {}
-    for product in products.values():
-        photos_per_product[product] = photos_per_product.get(product, 0) + 1
-    depth = VERDICT_DEPTH + max(photos_per_product.values(), default=0)
-    scores, ids = catalog.index.search(np.asarray(vectors, np.float32), depth)
-    inside, left_out = [], []
-    for row_scores, row_ids, true_id in zip(scores, ids, true_ids):
-        truth = products[true_id]
-        row_products = [products[i] for i in row_ids]
-        row_categories = [catalog.items[i].get("category", "") for i in row_ids]
-        inside.append(_features(list(row_scores[:len(row_ids)]), row_products, row_categories, truth))
-        keep = [n for n, product in enumerate(row_products) if product != truth]
-        if keep:
-            left_out.append(_features([row_scores[n] for n in keep], [row_products[n] for n in keep],
-                                      [row_categories[n] for n in keep], truth))
+    vectors = np.asarray(vectors, np.float32).reshape(len(true_products), -1)
+    inside = [_features(hits, truth) for hits, truth in zip(store.search(vectors, VERDICT_DEPTH), true_products)
+              if hits]
+    left_out = []
+    for vector, truth in zip(vectors, true_products):
+        others = store.search(vector[None], VERDICT_DEPTH, where=Filter((Condition("product_id", "ne", truth),)))[0]
+        if others:
+            left_out.append(_features(others, truth))
     rows = inside + left_out
     return Samples(np.array([r[0] for r in rows], np.float64), np.array([r[1] for r in rows], np.float64),
                    np.array([r[2] for r in rows], dtype=object), np.array([r[3] for r in rows], bool),
                    np.arange(len(rows)) < len(inside))
 
 
-def catalog_samples(catalog, embedder, count: int, seed: int, batch_size: int = 32) -> Samples:
-    """``count`` customer photos of the catalog's own items (seed ``seed``), embedded and searched both ways."""
+def store_photos(store) -> list[dict]:
+    """Every catalog photo as ``{"id": its product, "path", "category"}``, in photo-id order."""
+    photos = [(photo_id, {"id": p.product_id, "path": path, "category": p.category})
+              for p in store.products() for photo_id, path in zip(p.photos, p.paths)]
+    return [photo for _, photo in sorted(photos, key=lambda pair: pair[0])]
+
+
+def catalog_samples(store, embedder, count: int, seed: int, batch_size: int = 32) -> Samples:
+    """``count`` customer photos of the catalog's own products (seed ``seed``), embedded and searched both ways."""
     from vsearch.embedder import embed_images
 
-    items = list(catalog.items.values())
-    vectors, true_ids = [np.zeros((0, catalog.dim), np.float32)], []
+    items = store_photos(store)
+    vectors, true_products = [np.zeros((0, store.dim), np.float32)], []
     for start in range(0, count, PHOTO_CHUNK):
         photos, ids = customer_photos(items, min(PHOTO_CHUNK, count - start), seed, start)
         done = embed_images(embedder, photos, batch_size=batch_size)
         vectors.append(done.vectors)
-        true_ids += [ids[i] for i in done.good]
-    return query_samples(catalog, np.concatenate(vectors), true_ids)
+        true_products += [ids[i] for i in done.good]
+    return query_samples(store, np.concatenate(vectors), true_products)
 
 
 # ---------------------------------------------------------------- 3. heads
@@ -396,10 +395,11 @@ def reliability_curves(calibration: dict, samples: Samples, bins: int = ECE_BINS
 
 # ---------------------------------------------------------------- the stage
 
-def calibrate_catalog(catalog, embedder, target: float = DEFAULT_TARGET, photos: int = DEFAULT_PHOTOS,
+def calibrate_catalog(store, embedder, target: float = DEFAULT_TARGET, photos: int = DEFAULT_PHOTOS,
                       seed: int = DEFAULT_SEED, batch_size: int = 32,
                       log: Callable[[str], None] = print) -> dict:
-    """Calibrates the answers of ``catalog`` searched with ``embedder``; returns the calibration.
+    """Calibrates the answers of ``store`` searched with ``embedder``; returns the calibration
+    (keep it with ``store.set_calibration``).
 
     Photos of seed ``seed`` fit the heads, of ``seed + 1`` choose the method and set the
     thresholds, of ``seed + 2`` check the verdicts (``heldout`` in the result).
@@ -409,16 +409,16 @@ def calibrate_catalog(catalog, embedder, target: float = DEFAULT_TARGET, photos:
     """
     if photos < 1:
         raise DataError(f"the number of calibration photos must be >= 1, got {photos}")
-    if embedder.fingerprint != catalog.fingerprint:
-        raise DataError(f"the catalog was built with model {catalog.fingerprint}, the calibration model is "
+    if embedder.fingerprint != store.fingerprint:
+        raise DataError(f"the catalog was built with model {store.fingerprint}, the calibration model is "
                         f"{embedder.fingerprint}; calibrate with the catalog's model")
     samples = {}
     for role, offset in (("fit", 0), ("check", 1), ("heldout", 2)):
         log(f"calibration photos, {role} (seed {seed + offset}): {photos} customer photos of catalog items")
-        samples[role] = catalog_samples(catalog, embedder, photos, seed + offset, batch_size)
-    calibration = fit_calibration(samples["fit"], samples["check"], catalog.fingerprint, target)
+        samples[role] = catalog_samples(store, embedder, photos, seed + offset, batch_size)
+    calibration = fit_calibration(samples["fit"], samples["check"], store.fingerprint, target)
     calibration.update(heldout=verdict_metrics(calibration, samples["heldout"]), photos=photos,
-                       seeds={"fit": seed, "check": seed + 1, "heldout": seed + 2}, num_items=len(catalog),
+                       seeds={"fit": seed, "check": seed + 1, "heldout": seed + 2}, num_items=store.count()[1],
                        date=provenance()["date"])
     return calibration
 

@@ -1,13 +1,14 @@
-"""Building a catalog: a folder of photos (and an items CSV) -> an index of items.
+"""Building a catalog: a manifest or a folder of photos -> a store of products.
 
-:func:`catalog_files` reads a folder laid out as ``<category>/<photo>``; :func:`build_catalog`
-embeds every photo (through :func:`vsearch.embedder.embed_images`: unreadable files are
-skipped and listed) into a new :class:`~vsearch.index.Catalog`; :func:`add_images` grows
-one without re-embedding the rest. Answering a photo is :mod:`vsearch.search`'s job.
+A manifest (:mod:`vsearch.manifest`) lists products and their photos with attributes;
+a folder laid out as ``<category>/<photo>`` (:func:`catalog_files`) is the shortcut where
+each photo is a product. :func:`build_catalog` embeds every photo (through
+:func:`vsearch.embedder.embed_images`: unreadable files are skipped and listed) into a new
+store (:mod:`vsearch.stores`); :func:`add_products` adds or replaces products of a store
+without re-embedding the rest. Answering a photo is :mod:`vsearch.search`'s job.
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,9 @@ import numpy as np
 from vsearch.artifacts import printable
 from vsearch.embedder import embed_images
 from vsearch.errors import DataError
-from vsearch.index import Catalog, FaissIndex, choose_kind, measure_recall
+from vsearch.manifest import FORMATS as MANIFEST_FORMATS
+from vsearch.manifest import Photo, read_manifest
+from vsearch.stores import DEFAULT_STORE, Store, build_store
 
 
 def _walk(root: Path, skipped: dict[str, str]) -> list[Path]:
@@ -66,99 +69,22 @@ def catalog_files(root: str | os.PathLike, skipped: dict[str, str] | None = None
     return files
 
 
-def read_items_csv(path: str | os.PathLike) -> dict[str, dict]:
-    """Item metadata keyed by image path (relative to the catalog folder, as in the CSV).
-
-    The CSV needs an ``id`` column and a ``path`` (or ``image``) column; every other column
-    (title, url, price, ...) is carried into the search results as text.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such items file")
-    try:
-        return _read_items(path)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the CSV as UTF-8") from None
-    except csv.Error as exc:
-        raise DataError(f"{path}: not a readable CSV ({exc})") from None
-
-
-def _read_items(path: Path) -> dict[str, dict]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        key = "path" if "path" in columns else "image" if "image" in columns else None
-        if "id" not in columns or key is None:
-            raise DataError(f"{path}: needs an 'id' column and a 'path' (or 'image') column; has {columns}")
-        rows: dict[str, dict] = {}
-        seen: set[str] = set()
-        for line, row in enumerate(reader, start=2):
-            item_id, image = (row.get("id") or "").strip(), (row.get(key) or "").strip()
-            if not item_id or not image:
-                raise DataError(f"{path}:{line}: empty id or {key}")
-            if item_id in seen:
-                raise DataError(f"{path}:{line}: duplicate id {item_id!r}")
-            seen.add(item_id)
-            rows[Path(image).as_posix()] = {k: (v or "").strip() for k, v in row.items() if k and k != key}
-    return rows
-
-
-def _item(path: Path, category: str, item_id: str, extra: dict | None) -> dict:
-    item = {"id": item_id, "path": str(path.resolve()), "category": category}
-    if extra:
-        item.update(extra)
-    return item
-
-
-# ---------------------------------------------------------------- embedding many files
+# ---------------------------------------------------------------- embedding many photos
 
 @dataclass
 class IndexReport:
-    added: int = 0
-    skipped: dict[str, str] = field(default_factory=dict)   # path -> why
-    unmatched_rows: list[str] = field(default_factory=list)  # CSV rows without an image file
-    recall_at_10: float | None = None
+    photos: int = 0                                       # photos stored
+    products: int = 0                                     # products written
+    replaced: int = 0                                     # of them, products that were there before
+    skipped: dict[str, str] = field(default_factory=dict)  # path -> why
 
     def format(self) -> str:
-        lines = [f"added {self.added} item(s)"]
+        lines = [f"{self.products} product(s) with {self.photos} photo(s)"
+                 + (f", {self.replaced} of them replacing what was there" if self.replaced else "")]
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} unreadable file(s):")
+            lines.append(f"skipped {len(self.skipped)} unusable photo(s):")
             lines += [f"  {p}: {why}" for p, why in sorted(self.skipped.items())]
-        if self.unmatched_rows:
-            lines.append(f"{len(self.unmatched_rows)} items.csv row(s) name no image file: "
-                         + ", ".join(self.unmatched_rows[:10]) + (" ..." if len(self.unmatched_rows) > 10 else ""))
-        if self.recall_at_10 is not None:
-            lines.append(f"approximate index recall@10 against exact search: {self.recall_at_10:.3f}")
         return "\n".join(lines)
-
-
-def _planned_items(files: Sequence[tuple[Path, str, str, str]], rows: dict[str, dict]) -> list[dict]:
-    """Items for (path, category, default id, CSV key) tuples; a matching CSV row sets id and extras."""
-    items = []
-    for path, category, item_id, key in files:
-        extra = dict(rows.pop(key, None) or {})
-        items.append(_item(path, category, extra.pop("id", item_id), extra))
-    return items
-
-
-def _embed_into(catalog: Catalog, embedder, items: list[dict], report: IndexReport, **embed_kwargs) -> None:
-    """Embeds the items' photos and adds the readable ones; refuses ids already present or repeated."""
-    clash = [it["id"] for it in items if it["id"] in catalog]
-    if clash:
-        raise DataError(f"{len(clash)} item(s) already in the catalog, e.g. {clash[:3]}; remove them first")
-    first: dict[str, str] = {}
-    repeated = []
-    for it in items:
-        if it["id"] in first:
-            repeated.append(f"{it['id']!r} ({first[it['id']]} and {it['path']})")
-        first.setdefault(it["id"], it["path"])
-    if repeated:
-        raise DataError(f"{len(repeated)} id(s) name more than one photo, e.g. {'; '.join(repeated[:3])}: ids are "
-                        "the path without its extension, so rename one photo or give ids in an items CSV")
-    done = embed_images(embedder, [Path(it["path"]) for it in items], **embed_kwargs)
-    catalog.add([items[i] for i in done.good], done.vectors)
-    report.added += len(done.good)
-    report.skipped.update(done.bad)
 
 
 def model_info(embedder) -> dict:
@@ -167,80 +93,124 @@ def model_info(embedder) -> dict:
             "image_size": int(embedder.image_size), "class_names": meta.get("class_names", [])}
 
 
-def build_catalog(embedder, root: str | os.PathLike, items_csv: str | os.PathLike | None = None,
-                  kind: str = "auto", **embed_kwargs) -> tuple[Catalog, IndexReport]:
-    """Embeds every image under ``root`` into a new catalog (see :func:`catalog_files`)."""
-    root = Path(root)
-    report = IndexReport()
-    files = catalog_files(root, report.skipped)
-    rows = read_items_csv(items_csv) if items_csv else {}
-    catalog = Catalog(embedder.dim, embedder.fingerprint,
-                      index=FaissIndex(embedder.dim, choose_kind(kind, len(files))), model=model_info(embedder))
-    items = _planned_items([(p, c, i, p.relative_to(root).as_posix()) for p, c, i in files], rows)
-    _embed_into(catalog, embedder, items, report, **embed_kwargs)
-    report.unmatched_rows = sorted(rows)
-    if not len(catalog):
-        raise DataError(f"{root}: none of the {len(files)} files could be read as an image")
-    report.recall_at_10 = _approximate_recall(catalog)
-    return catalog, report
+def embed_photos(embedder, photos: Sequence[Photo], report: IndexReport,
+                 **embed_kwargs) -> tuple[list[Photo], np.ndarray]:
+    """The photos that could be embedded and their vectors; the others are listed in ``report``.
 
-
-def _approximate_recall(catalog: Catalog) -> float | None:
-    """An HNSW index's recall@10 against exact search on a sample (kept in its stats); None when exact."""
-    if catalog.index.kind == "exact":
-        return None
-    sample = catalog.index.vectors[np.random.default_rng(0).choice(len(catalog), min(500, len(catalog)), False)]
-    catalog.stats["recall@10"] = measure_recall(catalog.index, sample, 10)
-    return catalog.stats["recall@10"]
-
-
-def catalog_from_vectors(items: Sequence[dict], vectors: np.ndarray, fingerprint: str, model: dict | None = None,
-                         kind: str = "auto") -> tuple[Catalog, IndexReport]:
-    """A new catalog of vectors embedded elsewhere (``vsearch embed``'s shards); nothing is embedded.
-
-    Args:
-        items: One dict per vector, with at least ``id`` (unique).
-        vectors: (len(items), dim) unit vectors.
-        fingerprint: Of the model that made them.
-        model: What made them (source, image size, class names), kept with the catalog.
-        kind: ``auto``, ``exact`` or ``hnsw`` (see :func:`vsearch.index.choose_kind`).
+    A remote photo (``gs://``, ``s3://``) is read by ``vsearch embed`` (Beam's file
+    systems), not here.
     """
+    local = []
+    for photo in photos:
+        if "://" in photo.image:
+            report.skipped[photo.image] = ("a remote photo: embed the catalog with `vsearch embed`, then "
+                                           "`vsearch index build --from-embeddings`")
+        else:
+            local.append(photo)
+    done = embed_images(embedder, [Path(p.image) for p in local], **embed_kwargs)
+    report.skipped.update(done.bad)
+    return [local[i] for i in done.good], done.vectors
+
+
+def build_catalog(embedder, source: str | os.PathLike, store: str = DEFAULT_STORE, kind: str = "auto",
+                  **embed_kwargs) -> tuple[Store, IndexReport]:
+    """A new store at ``store`` with every photo of a manifest or a ``<category>/<photo>`` folder.
+
+    Replaces the catalog there in one step. Unusable photos are skipped and listed; a
+    product whose photos are all unusable is left out.
+    """
+    manifest = read_manifest(source)
+    report = IndexReport(skipped=dict(manifest.skipped))
+    photos, vectors = embed_photos(embedder, manifest.photos, report, **embed_kwargs)
+    if not photos:
+        raise DataError(f"{source}: none of the {len(manifest.photos)} photos could be read as an image")
+    built = build_store(store, photos, vectors, fingerprint=embedder.fingerprint, model=model_info(embedder),
+                        kind=kind)
+    report.products, report.photos = built.count()
+    return built, report
+
+
+def catalog_from_vectors(photos: Sequence[Photo], vectors: np.ndarray, fingerprint: str, model: dict | None = None,
+                         store: str = DEFAULT_STORE, kind: str = "auto") -> tuple[Store, IndexReport]:
+    """A new store of vectors embedded elsewhere (``vsearch embed``'s shards); nothing is embedded."""
     vectors = np.asarray(vectors, np.float32)
-    if not len(items) or vectors.ndim != 2 or len(vectors) != len(items):
-        raise DataError(f"no vectors to index ({len(items)} item(s), vectors of shape {vectors.shape})")
-    dim = vectors.shape[1]
-    catalog = Catalog(dim, fingerprint, index=FaissIndex(dim, choose_kind(kind, len(items))), model=model)
-    catalog.add(list(items), vectors)
-    return catalog, IndexReport(added=len(catalog), recall_at_10=_approximate_recall(catalog))
-
-
-def add_images(catalog: Catalog, embedder, paths: Iterable[str | os.PathLike], category: str | None = None,
-               items_csv: str | os.PathLike | None = None, **embed_kwargs) -> IndexReport:
-    """Adds files, or folders, to an existing catalog without re-embedding the rest.
-
-    A file's category is ``category`` or its folder's name; a folder is read like the
-    catalog (``<category>/<photo>``), except that photos directly inside it take the
-    folder's name (or ``category``) as their category. Ids follow :func:`catalog_files`.
-    """
-    files: list[tuple[Path, str, str, str]] = []
+    if not len(photos) or vectors.ndim != 2 or len(vectors) != len(photos):
+        raise DataError(f"no vectors to index ({len(photos)} photo(s), vectors of shape {vectors.shape})")
+    built = build_store(store, photos, vectors, fingerprint=fingerprint, model=model, kind=kind)
     report = IndexReport()
-    for raw in paths:
+    report.products, report.photos = built.count()
+    return built, report
+
+
+def planned_photos(sources: Iterable[str | os.PathLike], category: str | None,
+                   skipped: dict[str, str]) -> list[Photo]:
+    """The photos of manifests, folders and single files given to ``vsearch index add``.
+
+    A manifest (``.csv``, ``.jsonl``, ``.parquet``) gives its products; a folder is read
+    like a catalog (``<category>/<photo>``), except that photos directly inside it take the
+    folder's name (or ``category``); a file is a product of one photo in ``category`` or its
+    folder's name. Ids of folder and file photos follow :func:`catalog_files`.
+    """
+    photos: list[Photo] = []
+    for raw in sources:
         path = Path(raw)
         if printable(path) != os.fsdecode(path):
-            report.skipped[printable(path)] = "file name is not valid UTF-8; rename the file"
+            skipped[printable(path)] = "file name is not valid UTF-8; rename the file"
         elif path.is_dir():
-            for p, cat, item_id in catalog_files(path, report.skipped):
-                rel = p.relative_to(path)
+            for file, cat, item_id in catalog_files(path, skipped):
                 if category or not cat:  # files directly in the folder: the folder is their category
                     cat = category or path.resolve().name
-                    item_id = f"{cat}/{rel.with_suffix('').as_posix()}"
-                files.append((p, cat, item_id, rel.as_posix()))
+                    item_id = f"{cat}/{file.relative_to(path).with_suffix('').as_posix()}"
+                photos.append(Photo(item_id, item_id, str(file.resolve()), cat))
+        elif path.is_file() and path.suffix.lower() in MANIFEST_FORMATS:
+            photos += read_manifest(path).photos
         elif path.is_file():
             cat = category or path.parent.name
-            files.append((path, cat, f"{cat}/{path.stem}", path.name))
+            photos.append(Photo(f"{cat}/{path.stem}", f"{cat}/{path.stem}", str(path.resolve()), cat))
         else:
-            raise DataError(f"{path}: no such file or folder")
-    rows = read_items_csv(items_csv) if items_csv else {}
-    _embed_into(catalog, embedder, _planned_items(files, rows), report, **embed_kwargs)
-    report.unmatched_rows = sorted(rows)
+            raise DataError(f"{printable(path)}: no such file or folder")
+    return photos
+
+
+def _refuse_repeated_photos(photos: Sequence[Photo]) -> None:
+    """One photo id for two files (``hats/red.jpg`` and ``hats/red.png``), refused before embedding."""
+    first: dict[str, str] = {}
+    repeated = []
+    for photo in photos:
+        if photo.photo_id in first:
+            repeated.append(f"{photo.photo_id!r} ({first[photo.photo_id]} and {photo.image})")
+        first.setdefault(photo.photo_id, photo.image)
+    if repeated:
+        raise DataError(f"{len(repeated)} id(s) name more than one photo, e.g. {'; '.join(repeated[:3])}: ids are "
+                        "the path without its extension, so rename one photo or list them in a manifest")
+
+
+def add_products(store: Store, embedder, sources: Iterable[str | os.PathLike], category: str | None = None,
+                 replace: bool = False, **embed_kwargs) -> IndexReport:
+    """Adds (``replace``: upserts) the products of ``sources`` without re-embedding the rest.
+
+    Without ``replace`` a product already in the store is refused before anything is
+    embedded. A product keeps the photos that could be read; one with none is left out.
+
+    Raises:
+        DataError: a product already there (without ``replace``), or no usable photo.
+    """
+    report = IndexReport()
+    photos = planned_photos(sources, category, report.skipped)
+    if not photos:
+        reasons = "; ".join(f"{path}: {why}" for path, why in list(report.skipped.items())[:3])
+        raise DataError(f"no photos to add ({reasons or 'the folders are empty'}); nothing changed")
+    _refuse_repeated_photos(photos)
+    products = list(dict.fromkeys(p.product_id for p in photos))
+    present = [p for p in products if store.get(p) is not None]
+    if present and not replace:
+        raise DataError(f"{len(present)} product(s) already in the catalog, e.g. {present[:3]}; use "
+                        "`vsearch index upsert` to replace them, or remove them first")
+    good, vectors = embed_photos(embedder, photos, report, **embed_kwargs)
+    if not good:
+        raise DataError(f"none of the {len(photos)} photo(s) could be read as an image; nothing changed")
+    store.upsert(good, vectors)
+    written = set(p.product_id for p in good)
+    report.products, report.photos = len(written), len(good)
+    report.replaced = len(written & set(present))
     return report

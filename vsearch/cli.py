@@ -5,10 +5,10 @@
     vsearch siamese [--preset P] [--set K=V] stage 2, triplet training + SavedModel export
     vsearch eval [--preset P] [--query PATH] stage 3, metrics and retrieval pictures
     vsearch export --format tflite [--quantize none|dynamic|int8]  the model for fast CPU inference
-    vsearch index build|add|remove|info      the catalog index (FAISS)
-    vsearch calibrate [--target-precision 0.95]  what a search answer means, kept with the index
+    vsearch index build|add|upsert|remove|info|compact [--store SPEC]  the catalog of products
+    vsearch calibrate [--target-precision 0.95]  what a search answer means, kept with the catalog
     vsearch embed MANIFEST --out DIR [-- BEAM OPTIONS]  embed a catalog on Apache Beam into Parquet shards
-    vsearch search PHOTO [-k 5] [--box X0,Y0,X1,Y1]  a customer's photo (or a part) -> catalog items
+    vsearch search PHOTO [-k 5] [--box X0,Y0,X1,Y1] [--where 'price<=50']  a photo (or a part) -> products
     vsearch serve [--port 8000]              the upload page and JSON API
 
 Errors a user can fix (a bad path, a bad image, a bad override) print one line and exit 2.
@@ -108,7 +108,7 @@ def cmd_export(args) -> int:
 
 
 DEFAULT_MODEL = "saved_models/embedding"
-DEFAULT_INDEX = "saved_models/catalog.vsi"
+DEFAULT_MEDIA = "saved_models/media"
 
 
 def _load_embedder(args):
@@ -121,77 +121,115 @@ def _log_err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def cmd_index(args) -> int:
-    from vsearch.artifacts import file_lock
-    from vsearch.catalog import add_images, build_catalog
-    from vsearch.index import Catalog
-
-    embed_kwargs = {"batch_size": getattr(args, "batch_size", 32), "workers": getattr(args, "workers", 4),
-                    "progress": True}
-    for flag, value in (("--batch-size", embed_kwargs["batch_size"]), ("--workers", embed_kwargs["workers"])):
+def _embed_kwargs(args) -> dict:
+    kwargs = {"batch_size": getattr(args, "batch_size", 32), "workers": getattr(args, "workers", 4),
+              "progress": True}
+    for flag, value in (("--batch-size", kwargs["batch_size"]), ("--workers", kwargs["workers"])):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
-    if args.action == "build":
-        _check_output_file(args.out, "--out")  # before the embedding work, not after it
-        if args.calibrate:
-            _check_calibration_args(args)
-        if args.from_embeddings:
-            catalog, report = _catalog_from_embeddings(args)
-        elif not args.catalog:
-            raise UsageError("give a catalog folder, or --from-embeddings DIR (the output of `vsearch embed`)")
-        else:
-            args.model = args.model or DEFAULT_MODEL
-            embedder = _load_embedder(args)
-            catalog, report = build_catalog(embedder, args.catalog, args.items, args.kind, **embed_kwargs)
-        if args.calibrate:
-            _calibrate(catalog, embedder if not args.from_embeddings else _load_embedder(args), args)
-        with file_lock(args.out, args.wait, _log_err):
-            catalog.save(args.out)
-        print(report.format())
-        print(f"wrote {args.out}: {len(catalog)} items, {catalog.dim}-d, {catalog.index.kind} index")
-    elif args.action == "add":
-        embedder = _load_embedder(args)
-        # Held from reading to writing: a concurrent add or remove waits, and loses nothing.
-        with file_lock(args.index, args.wait, _log_err):
-            catalog = Catalog.load(args.index, expected_fingerprint=embedder.fingerprint)
-            report = add_images(catalog, embedder, args.paths, args.category, args.items, **embed_kwargs)
-            catalog.save(args.index)
-        print(report.format())
-        print(f"wrote {args.index}: {len(catalog)} items")
-        _warn_stale_calibration(catalog, args.index)
-    elif args.action == "remove":
-        with file_lock(args.index, args.wait, _log_err):
-            catalog = Catalog.load(args.index)
-            unknown = [i for i in args.ids if i not in catalog]
-            if unknown:
-                raise UsageError(f"{len(unknown)} id(s) not in {args.index}: {unknown[:5]}; nothing removed")
-            removed = catalog.remove(args.ids)
-            catalog.save(args.index)
-        print(f"removed {removed} item(s); wrote {args.index}: {len(catalog)} items")
-        _warn_stale_calibration(catalog, args.index)
-    else:
-        catalog = Catalog.load(args.index)
-        counts: dict[str, int] = {}
-        for item in catalog.items.values():
-            counts[item.get("category", "")] = counts.get(item.get("category", ""), 0) + 1
-        print(f"{args.index}: {len(catalog)} items, {catalog.dim}-d, {catalog.index.kind} index, "
-              f"model {catalog.fingerprint}")
-        for name, n in sorted(counts.items()):
-            print(f"  {name or '(no category)'}: {n}")
-        if catalog.stats:
-            print("  stats: " + ", ".join(f"{k} {v:.3f}" for k, v in catalog.stats.items()))
-        if catalog.calibration:
-            from vsearch.calibrate import format_calibration
+    return kwargs
 
-            print("  " + format_calibration(catalog.calibration).replace("\n", "\n  "))
+
+def _open_store(args, embedder=None):
+    from vsearch.stores import open_store
+
+    return open_store(args.store, expected_fingerprint=getattr(embedder, "fingerprint", None))
+
+
+def _describe(store) -> str:
+    products, photos = store.count()
+    kind = getattr(store, "kind", None)
+    return f"{store.spec}: {products} products, {photos} photos, {store.dim}-d" + (f", {kind} index" if kind else "")
+
+
+def cmd_index(args) -> int:
+    {"build": index_build, "add": index_add, "upsert": index_add, "remove": index_remove,
+     "info": index_info, "compact": index_compact}[args.action](args)
     return 0
 
 
-def _warn_stale_calibration(catalog, index: str) -> None:
+def index_build(args) -> None:
+    """``vsearch index build``: a new catalog from a manifest, a folder, or ``vsearch embed``'s shards."""
+    from vsearch.catalog import build_catalog
+    from vsearch.stores import parse_spec
+
+    embed_kwargs = _embed_kwargs(args)
+    backend, where = parse_spec(args.store)
+    if backend == "faiss":
+        _check_output_file(where, "--store")  # before the embedding work, not after it
+    if args.calibrate:
+        _check_calibration_args(args)
+    if args.from_embeddings:
+        store, report = _catalog_from_embeddings(args)
+    elif not args.catalog:
+        raise UsageError("give a manifest (.csv, .jsonl, .parquet) or a catalog folder, or --from-embeddings DIR "
+                         "(the output of `vsearch embed`)")
+    else:
+        args.model = args.model or DEFAULT_MODEL
+        store, report = build_catalog(_load_embedder(args), args.catalog, args.store, args.kind, **embed_kwargs)
+    print(report.format())
+    if args.calibrate:
+        _calibrate(store, _load_embedder(args), args)
+    print(f"wrote {_describe(store)}")
+
+
+def index_add(args) -> None:
+    """``vsearch index add`` (new products only) and ``vsearch index upsert`` (new or replaced)."""
+    from vsearch.catalog import add_products
+
+    embed_kwargs = _embed_kwargs(args)
+    embedder = _load_embedder(args)
+    store = _open_store(args, embedder)
+    report = add_products(store, embedder, args.paths, args.category, replace=args.action == "upsert",
+                          **embed_kwargs)
+    print(report.format())
+    print(f"wrote {_describe(store)}")
+    _warn_stale_calibration(store)
+
+
+def index_remove(args) -> None:
+    store = _open_store(args)
+    unknown = [i for i in args.ids if store.get(i) is None]
+    if unknown:
+        raise UsageError(f"{len(unknown)} product id(s) not in {store.spec}: {unknown[:5]}; nothing removed")
+    removed = store.delete(args.ids)
+    print(f"removed {removed} product(s); {_describe(store)}")
+    _warn_stale_calibration(store)
+
+
+def index_info(args) -> None:
+    store = _open_store(args)
+    counts: dict[str, list[int]] = {}
+    for product in store.products():
+        count = counts.setdefault(product.category, [0, 0])
+        count[0] += 1
+        count[1] += len(product.photos)
+    print(f"{_describe(store)}, model {store.fingerprint}")
+    for name, (products, photos) in sorted(counts.items()):
+        print(f"  {name or '(no category)'}: {products} products, {photos} photos")
+    if store.schema:
+        print("  attributes: " + ", ".join(f"{k} ({v})" for k, v in store.schema.items()))
+    if store.calibration:
+        from vsearch.calibrate import format_calibration
+
+        print("  " + format_calibration(store.calibration).replace("\n", "\n  "))
+
+
+def index_compact(args) -> None:
+    store = _open_store(args)
+    compact = getattr(store, "compact", None)
+    if compact is None:
+        print(f"{store.spec}: nothing to compact (the store keeps its own files)")
+        return
+    compact()
+    print(f"compacted {_describe(store)}")
+
+
+def _warn_stale_calibration(store) -> None:
     """A calibration kept through an add or remove describes the catalog as it was."""
-    if catalog.calibration:
-        _log_err(f"note: {index} keeps the calibration fitted before this change; run `vsearch calibrate "
-                 f"--index {index}` again after large changes")
+    if store.calibration:
+        _log_err(f"note: {store.spec} keeps the calibration fitted before this change; run `vsearch calibrate "
+                 f"--store {store.spec}` again after large changes")
 
 
 def _check_calibration_args(args) -> None:
@@ -203,31 +241,23 @@ def _check_calibration_args(args) -> None:
         raise UsageError("--calibrate needs --model: it searches customer photos made from the catalog")
 
 
-def _calibrate(catalog, embedder, args) -> None:
-    """Calibrates ``catalog`` in memory (``vsearch calibrate``, ``index build --calibrate``)."""
+def _calibrate(store, embedder, args) -> None:
+    """Calibrates ``store``'s answers and keeps the calibration in it (``vsearch calibrate``,
+    ``index build --calibrate``); writes to the store meanwhile are kept."""
     from vsearch.calibrate import calibrate_catalog, format_calibration
 
-    calibration = calibrate_catalog(catalog, embedder, args.target_precision, args.photos, args.seed,
+    calibration = calibrate_catalog(store, embedder, args.target_precision, args.photos, args.seed,
                                     getattr(args, "batch_size", 32), log=_log_err)
-    catalog.set_calibration(calibration)
+    store.set_calibration(calibration)
     print(format_calibration(calibration))
 
 
 def cmd_calibrate(args) -> int:
-    from vsearch.artifacts import file_lock
-    from vsearch.index import Catalog
-
     _check_calibration_args(args)
     embedder = _load_embedder(args)
-    catalog = Catalog.load(args.index, expected_fingerprint=embedder.fingerprint)
-    _calibrate(catalog, embedder, args)
-    # Calibrating takes minutes, so the index is read again under the lock and only the
-    # calibration is put in: an `index add` or `remove` meanwhile is kept, not undone.
-    with file_lock(args.index, args.wait, _log_err):
-        current = Catalog.load(args.index, expected_fingerprint=embedder.fingerprint)
-        current.set_calibration(catalog.calibration)
-        current.save(args.index)
-    print(f"wrote the calibration into {args.index}")
+    store = _open_store(args, embedder)
+    _calibrate(store, embedder, args)
+    print(f"wrote the calibration into {store.spec}")
     return 0
 
 
@@ -235,15 +265,15 @@ def _catalog_from_embeddings(args):
     """``index build --from-embeddings DIR``: the shards of ``vsearch embed``, without re-embedding."""
     from vsearch.catalog import catalog_from_vectors
 
-    if args.catalog or args.items:
-        raise UsageError("--from-embeddings takes the catalog from the embeddings; give no catalog folder or --items")
+    if args.catalog:
+        raise UsageError("--from-embeddings takes the catalog from the embeddings; give no manifest or folder")
     pipeline = _pipeline()
     expected = pipeline.describe_model(args.model)["fingerprint"] if args.model else None
     done = pipeline.load_embeddings(args.from_embeddings, expected_fingerprint=expected)
-    catalog, report = catalog_from_vectors(done.items, done.vectors, done.summary["fingerprint"],
-                                           done.summary["model"], args.kind)
+    store, report = catalog_from_vectors(done.photos, done.vectors, done.summary["fingerprint"],
+                                         done.summary["model"], args.store, args.kind)
     report.skipped.update(done.dead_letters)
-    return catalog, report
+    return store, report
 
 
 def _pipeline():
@@ -286,24 +316,31 @@ def _check_output_file(path: str, flag: str) -> None:
 def cmd_search(args) -> int:
     import json
 
+    from vsearch.embedder import load_embedder
     from vsearch.search import Searcher
 
     if args.k < 1:
         raise UsageError(f"-k must be >= 1, got {args.k}")
     from vsearch.images import crop, load_image, parse_box
 
+    from vsearch.filters import parse_where
+
     # fail fast, before loading the model
     box = parse_box(args.box, "--box") if args.box is not None else None
     pixels = load_image(args.photo)
     if args.plot:
         _check_output_file(args.plot, "--plot")
-    searcher = Searcher.from_paths(args.model, args.index, num_threads=args.threads)
-    result = searcher.search(pixels, args.k, args.category, source=args.photo, box=box)
+    store = _open_store(args)
+    where = parse_where(args.where, store.schema)
+    searcher = Searcher(load_embedder(args.model, num_threads=args.threads), store)
+    result = searcher.search(pixels, args.k, args.category, source=args.photo, box=box, where=where)
     if args.json:
         print(json.dumps({"query": args.photo, "box": list(box) if box else None, **result.to_dict()}, indent=2))
     else:
         if box:
             print(f"the part of the photo in the box {','.join(f'{v:g}' for v in box)}")
+        if where:
+            print(f"products where {where.describe()}")
         if result.match:
             print({"exact": f"This is it ({result.match['confidence']:.2f})", "similar": "Similar items",
                    "none": "Not in the catalog"}[result.match["verdict"]])
@@ -313,20 +350,31 @@ def cmd_search(args) -> int:
                   + (f" (vote {cat['confidence']:.2f}, {'applied' if cat['applied'] else 'not confident'})"
                      if cat["confidence"] is not None else ""))
         for rank, m in enumerate(result.matches, 1):
-            title = f"  {m['title']}" if m.get("title") else ""
-            print(f"{rank:>3}. {m['score']:.3f}  {m.get('category') or '-':<12} {m['id']}{title}")
+            print(f"{rank:>3}. {m['score']:.3f}  {m.get('category') or '-':<12} {_product_line(m)}")
+        if not result.matches:
+            print("no product matches" + (f" {where.describe()}" if where else ""))
     if args.plot:
         from vsearch import plots
         from vsearch.search import thumbnails
 
         m = result.matches
         query = crop(pixels, box) if box else pixels  # the part that was searched
-        fig = plots.retrieval(query, None, thumbnails(m), [x.get("title") or x.get("category", "") for x in m],
+        fig = plots.retrieval(query, None, thumbnails(m),
+                              [x["attributes"].get("title") or x.get("category", "") for x in m],
                               [x["score"] for x in m], title=f"vsearch: {args.photo}")
         os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
         fig.savefig(args.plot, dpi=80, bbox_inches="tight")
         print(f"wrote {args.plot}")
     return 0
+
+
+def _product_line(match: dict) -> str:
+    """A product as one line: its id, title, the other attributes, and the photo that matched."""
+    attributes = dict(match.get("attributes") or {})
+    title = attributes.pop("title", None)
+    shown = ", ".join(f"{k}={v}" for k, v in attributes.items() if v is not None and k != "url")
+    photo = f" (photo {match['photo_id']})" if match.get("photo_id") not in (None, match["product_id"]) else ""
+    return match["product_id"] + (f"  {title}" if title else "") + (f"  [{shown}]" if shown else "") + photo
 
 
 def _megabytes_arg(flag: str, value: float) -> int:
@@ -341,6 +389,7 @@ def _megabytes_arg(flag: str, value: float) -> int:
 def cmd_serve(args) -> int:
     import math
 
+    from vsearch.admin import admin_token
     from vsearch.serve import run
 
     max_upload_bytes = _megabytes_arg("--max-upload-mb", args.max_upload_mb)
@@ -351,9 +400,18 @@ def cmd_serve(args) -> int:
         raise UsageError(f"--reload-interval must be a number of seconds >= 0, got {args.reload_interval}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    run(args.model, args.index, host=args.host, port=args.port, max_upload_bytes=max_upload_bytes,
-        num_threads=args.threads, decode_budget_bytes=decode_budget_bytes, reload_interval_s=args.reload_interval)
+    run(args.model, args.store, host=args.host, port=args.port, max_upload_bytes=max_upload_bytes,
+        num_threads=args.threads, decode_budget_bytes=decode_budget_bytes, reload_interval_s=args.reload_interval,
+        admin_token=admin_token(args.admin_token_file), media_dir=args.media)
     return 0
+
+
+def store_arg(q) -> None:
+    from vsearch.stores import DEFAULT_STORE
+
+    q.add_argument("--store", default=DEFAULT_STORE, metavar="SPEC",
+                   help=f"the catalog: faiss:FILE (a bare path too), milvus:FILE.db or milvus:http://HOST:19530 "
+                        f"(default {DEFAULT_STORE})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,9 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: how many of them, a seeded sample (default 300)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("index", help="build or change the catalog index",
-                       description="A FAISS index of catalog photos with item metadata (atomic writes; "
-                                   "refuses a model other than the one that built it).")
+    p = sub.add_parser("index", help="build or change the catalog (products, photos, attributes)",
+                       description="The catalog store: the FAISS file (default, a snapshot plus an append-only "
+                                   "log) or Milvus. It refuses a model other than the one that built it.")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def model_args(q):
@@ -432,11 +490,6 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
         q.add_argument("--batch-size", type=int, default=32, help="images per embedding batch")
         q.add_argument("--workers", type=int, default=4, help="decoding threads")
-        q.add_argument("--items", help="CSV of item metadata: id, path (relative to the folder), title, url, ...")
-
-    def wait_arg(q):
-        q.add_argument("--wait", type=float, default=600.0,
-                       help="seconds to wait for another writer of the index to finish (default 600)")
 
     def calibration_args(q):
         from vsearch.calibrate import DEFAULT_PHOTOS, DEFAULT_SEED, DEFAULT_TARGET
@@ -449,32 +502,34 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--seed", type=int, default=DEFAULT_SEED,
                        help="first of the three seeds of the customer photos (default %(default)s)")
 
-    q = actions.add_parser("build", help="embed a folder of catalog photos (<category>/<photo>)")
-    q.add_argument("catalog", nargs="?", help="catalog folder, one sub-folder per category")
+    q = actions.add_parser("build", help="embed a manifest or a folder of photos into a new catalog")
+    q.add_argument("catalog", nargs="?", help="manifest (.csv, .jsonl, .parquet: product_id, image, category, "
+                                              "attributes) or a folder with one sub-folder per category")
     q.add_argument("--from-embeddings", metavar="DIR",
-                   help="instead of a folder: the output of `vsearch embed` (no re-embedding; with --model, "
-                        "a different model is refused)")
-    q.add_argument("--out", default=DEFAULT_INDEX, help=f"index file (default {DEFAULT_INDEX})")
+                   help="instead: the output of `vsearch embed` (no re-embedding; with --model, a different "
+                        "model is refused)")
+    store_arg(q)
     q.add_argument("--kind", default="auto", choices=("auto", "exact", "hnsw"),
-                   help="exact search, HNSW, or auto (HNSW above 100k items)")
+                   help="faiss: exact search, HNSW, or auto (HNSW above 100k photos)")
     model_args(q)
     q.set_defaults(model=None)  # --from-embeddings checks the model only when one is given
     q.add_argument("--calibrate", action="store_true",
-                   help="also calibrate the answers (as `vsearch calibrate` does) before writing the index")
+                   help="also calibrate the answers (as `vsearch calibrate` does)")
     calibration_args(q)
-    wait_arg(q)
-    q = actions.add_parser("add", help="add photos (files or folders) without re-embedding the rest")
-    q.add_argument("index")
-    q.add_argument("paths", nargs="+", help="image files or <category>/<photo> folders")
-    q.add_argument("--category", help="category of the added photos (default: their folder's name)")
-    model_args(q)
-    wait_arg(q)
-    q = actions.add_parser("remove", help="remove items by id")
-    q.add_argument("index")
+    for action, what in (("add", "add new products (a product already there is refused)"),
+                         ("upsert", "add products, or replace a product's photos and attributes")):
+        q = actions.add_parser(action, help=f"{what}, without re-embedding the rest")
+        q.add_argument("paths", nargs="+", help="manifests, image files or <category>/<photo> folders")
+        q.add_argument("--category", help="category of photos given as files or folders (default: their folder)")
+        store_arg(q)
+        model_args(q)
+    q = actions.add_parser("remove", help="remove products (all their photos) by product id")
     q.add_argument("ids", nargs="+")
-    wait_arg(q)
-    q = actions.add_parser("info", help="size, categories and model of an index")
-    q.add_argument("index")
+    store_arg(q)
+    q = actions.add_parser("info", help="size, categories, attributes and model of a catalog")
+    store_arg(q)
+    q = actions.add_parser("compact", help="faiss: fold the log of changes into a new snapshot")
+    store_arg(q)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("calibrate", help="learn what a search answer means: exact item, similar, not in the catalog",
@@ -483,11 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "category) and the thresholds for the target precision; store them in the index, "
                                    "so every search result carries match: {verdict, confidence}.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
-    p.add_argument("--index", default=DEFAULT_INDEX, help=f"catalog index (default {DEFAULT_INDEX})")
+    store_arg(p)
     p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
     p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch")
     calibration_args(p)
-    wait_arg(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("embed", help="embed a catalog on Apache Beam into Parquet shards (pip install 'vsearch[beam]')",
@@ -505,8 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="inference threads per worker")
     p.set_defaults(func=cmd_embed, beam_args=[])
 
-    p = sub.add_parser("search", help="find the catalog items in a photo",
-                       description="Embed a photo and print the top-k catalog items.")
+    p = sub.add_parser("search", help="find the catalog's products in a photo",
+                       description="Embed a photo and print the top-k products (each once, by its best photo).")
     p.add_argument("photo")
     p.add_argument("-k", type=int, default=5, help="number of matches (default 5)")
     p.add_argument("--category", default="any",
@@ -514,8 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", metavar="X0,Y0,X1,Y1",
                    help="search only this part of the photo: fractions 0..1 of the upright photo's width and "
                         "height, e.g. 0.5,0.6,1,1 for the lower right")
+    p.add_argument("--where", action="append", default=[], metavar="FILTER",
+                   help="attribute filter, repeatable (ANDed): 'price<=50', 'brand in (acme,zeta)', "
+                        "'in_stock=true', 'colour!=red'")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
-    p.add_argument("--index", default=DEFAULT_INDEX, help=f"catalog index (default {DEFAULT_INDEX})")
+    store_arg(p)
     p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--plot", help="also save the query and its matches as a PNG")
@@ -525,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve the upload page at / and the JSON API (/api/search, /api/items/ID, "
                                    "/healthz, /metrics; docs at /docs) with uvicorn.")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
-    p.add_argument("--index", default=DEFAULT_INDEX, help=f"catalog index (default {DEFAULT_INDEX})")
+    store_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, default=10, help="largest accepted photo in MB (default 10)")
@@ -533,8 +590,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory for decoding photos at once, across requests, in MB; a photo that does not "
                         "fit waits briefly, then gets 503 (default 1024)")
     p.add_argument("--reload-interval", type=float, default=2.0, metavar="SECONDS",
-                   help="how often to check the index file and load it again when it was replaced "
-                        "(default 2; 0: never)")
+                   help="how often to take in other writers' changes to the catalog (default 2; 0: never)")
+    p.add_argument("--admin-token-file", metavar="FILE",
+                   help="file holding the token that PUT/DELETE /api/products need (Authorization: Bearer); "
+                        "default: $VSEARCH_ADMIN_TOKEN; without either, catalog writes are disabled")
+    p.add_argument("--media", default=DEFAULT_MEDIA, metavar="DIR",
+                   help=f"where photos uploaded through the API are kept (default {DEFAULT_MEDIA})")
     p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
     p.set_defaults(func=cmd_serve)
     return parser

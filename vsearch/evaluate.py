@@ -214,20 +214,25 @@ def calibration_check(embedder, catalog, val, names, cat, qry, cust, targets, ba
         (figures, reliability curves): :func:`vsearch.calibrate.verdict_metrics` on the
         validation photos, with the thresholds, methods and held-out ECE of the choice.
     """
+    import tempfile
+
     from vsearch import calibrate
-    from vsearch.index import Catalog
+    from vsearch.manifest import Photo
+    from vsearch.stores import build_store
 
-    def items(split):
-        return [{"id": p, "path": p, "category": names[label]} for p, label in zip(split.paths, split.labels)]
+    def photos_of(split):
+        return [Photo(p, p, p, names[label]) for p, label in zip(split.paths, split.labels)]
 
-    index = Catalog(cat.shape[1], embedder.fingerprint)
-    index.add(items(catalog), cat)
-    photos, seed = min(calibrate.DEFAULT_PHOTOS, len(catalog.paths)), calibrate.DEFAULT_SEED
-    fit = calibrate.catalog_samples(index, embedder, photos, seed, batch_size)
-    check = calibrate.catalog_samples(index, embedder, photos, seed + 1, batch_size)
-    calibration = calibrate.fit_calibration(fit, check, embedder.fingerprint)
-    index.add(items(val), qry)
-    heldout = calibrate.query_samples(index, cust, [val.paths[t] for t in targets])
+    with tempfile.TemporaryDirectory(prefix="vsearch-eval-") as tmp:
+        index = build_store(f"faiss:{tmp}/catalog.vsi", photos_of(catalog), cat, fingerprint=embedder.fingerprint,
+                            kind="exact")
+        photos, seed = min(calibrate.DEFAULT_PHOTOS, len(catalog.paths)), calibrate.DEFAULT_SEED
+        fit = calibrate.catalog_samples(index, embedder, photos, seed, batch_size)
+        check = calibrate.catalog_samples(index, embedder, photos, seed + 1, batch_size)
+        calibration = calibrate.fit_calibration(fit, check, embedder.fingerprint)
+        index.upsert(photos_of(val), qry)
+        heldout = calibrate.query_samples(index, cust, [val.paths[t] for t in targets])
+        index.close()
     figures = {**calibrate.verdict_metrics(calibration, heldout), "target_precision": calibration["target_precision"],
                "thresholds": calibration["thresholds"], "method": calibration["method"],
                "selection_ece": calibration["selection_ece"], "photos_per_seed": photos,

@@ -118,6 +118,8 @@ def folder_manifest(root: Path) -> Manifest:
 def read_table(path: Path) -> Table:
     """The columns and raw rows of a manifest file; the format is chosen by its extension."""
     fmt = FORMATS.get(path.suffix.lower())
+    if not path.exists():
+        raise DataError(f"{path}: no such manifest file or catalog folder")
     if fmt is None:
         raise DataError(f"{path}: not a manifest (expected a .csv, .jsonl or .parquet file, or a folder)")
     if not path.is_file():

@@ -48,7 +48,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from vsearch.errors import DataError, ImageError
 from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, model_input
-from vsearch.manifest import Manifest, read_manifest
+from vsearch.manifest import Manifest, Photo, read_manifest
 
 FORMAT = "vsearch-embeddings/1"
 SUMMARY_FILE = "embeddings.json"
@@ -323,10 +323,10 @@ def read_summary(folder: str) -> dict:
 
 @dataclass
 class Embeddings:
-    """A ``vsearch embed`` output read back: catalog items, their vectors, what failed."""
+    """A ``vsearch embed`` output read back: catalog photos, their vectors, what failed."""
 
-    items: list[dict]                 # id (photo id), product_id, category, path (the image), attributes
-    vectors: np.ndarray               # (len(items), dim) float32
+    photos: list[Photo]               # product, photo id, image, category, attributes
+    vectors: np.ndarray               # (len(photos), dim) float32
     summary: dict
     dead_letters: dict[str, str]      # image -> reason
 
@@ -361,13 +361,10 @@ def load_embeddings(folder: str | os.PathLike, expected_fingerprint: str | None 
                             "run `vsearch embed` again") from None
     table = pa.concat_tables(tables) if tables else parquet_schema(summary["attributes"], dim).empty_table()
     vectors = np.asarray(table.column("vector").combine_chunks().flatten(), np.float32).reshape(-1, dim)
-    items = []
-    for row in table.drop_columns(["vector"]).to_pylist():
-        item = {"id": row["photo_id"], "product_id": row["product_id"], "category": row["category"],
-                "path": row["image"]}
-        item.update({a: row[a] for a in attributes if row[a] is not None})
-        items.append(item)
-    return Embeddings(items, vectors, summary, read_dead_letters(folder, summary))
+    photos = [Photo(row["product_id"], row["photo_id"], row["image"], row["category"],
+                    {a: row[a] for a in attributes})
+              for row in table.drop_columns(["vector"]).to_pylist()]
+    return Embeddings(photos, vectors, summary, read_dead_letters(folder, summary))
 
 
 def read_dead_letters(folder: str, summary: dict) -> dict[str, str]:

@@ -1,10 +1,12 @@
-"""Answering a photo: a model and a catalog index -> the top-k catalog items.
+"""Answering a photo: a model and a catalog store -> the top-k products.
 
 :class:`Searcher` takes a photo (bytes, a path or pixels), sends it through the road
 (:meth:`Searcher.model_input`: :func:`vsearch.images.model_input` with its limits) and searches
-the catalog. Building the catalog is :mod:`vsearch.catalog`'s job.
+the store (:mod:`vsearch.stores`): each product once, scored by its best photo, restricted
+to what an attribute filter (:class:`vsearch.filters.Filter`) keeps. Building the catalog
+is :mod:`vsearch.catalog`'s job.
 
-Category filter (``category=``): ``any`` searches everything; a category name restricts
+Category (``category=``): ``any`` searches everything; a category name restricts
 the results to it; ``auto`` predicts the query's category from its nearest catalog items
 (a score-weighted vote) and, when the vote is confident, ranks that category's items first.
 The vote runs over the catalog's own categories, so it also works for a shop whose
@@ -17,6 +19,7 @@ calibrated probability that the first match is the very product in the photo, fr
 score and its gap to the next product. "exact" when ``p`` reaches the calibration's
 threshold; "none" (not in the catalog) when the calibrated probability that the product
 is in the catalog at all falls to its threshold; "similar" otherwise, and when the two disagree.
+A search with an attribute filter carries no verdict: it was calibrated on the whole catalog.
 """
 from __future__ import annotations
 
@@ -28,21 +31,16 @@ from typing import Callable, Sequence
 import numpy as np
 
 from vsearch.errors import DataError, ImageError
-from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image, model_input, to_pixels
-from vsearch.index import Catalog
+from vsearch.filters import Condition, Filter
+from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image, model_input
+from vsearch.stores import DEFAULT_STORE, Store, open_store
 
 AUTO_NEIGHBOURS = 10      # neighbours that vote for the query's category
 AUTO_CONFIDENCE = 0.6     # vote share above which `auto` ranks the predicted category first
 VOTE_TEMPERATURE = 0.05   # softmax temperature over cosine scores for the vote
-# Category search (Searcher._in_category): a category up to this share of the catalog is
-# scanned exactly over its own items, a larger one found by widening an ordinary search. The
-# shares are where the two cost the same (bench/category.py, 200k items: an exact index's
-# scan costs the selector check of every row, its widening a full scan per round; HNSW's
-# widening is a few cheap graph walks). Other index kinds filter by ids themselves.
-SCAN_CATEGORY_SHARE = {"exact": 1 / 4, "hnsw": 1 / 32}
-# Results read, however few are shown, to find the first match's gap to the next product
-# (a product may have several photos); vsearch.calibrate measures the gap over as many.
-VERDICT_DEPTH = 10
+# Products read, however few are shown, for the first match's gap to the next product
+# (vsearch.calibrate measures the gap the same way).
+VERDICT_DEPTH = 2
 
 
 # ---------------------------------------------------------------- the calibrated verdict
@@ -126,12 +124,13 @@ def predict_category(matches: Sequence[dict], temperature: float = VOTE_TEMPERAT
 
 @dataclass
 class SearchResult:
-    matches: list[dict]
-    category: dict  # mode, predicted, confidence, applied
+    matches: list[dict]        # products, best first (see vsearch.stores for a hit's fields)
+    category: dict             # mode, predicted, confidence, applied
     match: dict | None = None  # verdict and confidence, when the catalog is calibrated
+    filter: Filter | None = None
 
     def to_dict(self) -> dict:
-        out = {"category": self.category,
+        out = {"category": self.category, "filter": self.filter.to_json() if self.filter else {},
                "matches": [{"rank": r + 1, **m} for r, m in enumerate(self.matches)]}
         if self.match is not None:
             out["match"] = self.match
@@ -139,45 +138,43 @@ class SearchResult:
 
 
 class Searcher:
-    """A model and a catalog index, ready to answer photos.
+    """A model and a catalog store, ready to answer photos with products.
 
     Args:
-        embedder: An :class:`~vsearch.embedder.Embedder` whose fingerprint matches the catalog.
-        catalog: The :class:`~vsearch.index.Catalog` to search.
+        embedder: An :class:`~vsearch.embedder.Embedder` whose fingerprint matches the store's.
+        store: The :class:`~vsearch.stores.Store` to search (``faiss:`` file or ``milvus:``).
         max_pixels / max_bytes: Limits for query photos (decompression bombs, huge uploads).
     """
 
-    def __init__(self, embedder, catalog: Catalog, max_pixels: int = DEFAULT_MAX_PIXELS,
+    def __init__(self, embedder, store: Store, max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_bytes: int = DEFAULT_MAX_BYTES):
         fingerprint = getattr(embedder, "fingerprint", None)
-        if fingerprint is not None and fingerprint != catalog.fingerprint:
-            raise DataError(f"the catalog was built with model {catalog.fingerprint}, the query model is "
+        if fingerprint is not None and fingerprint != store.fingerprint:
+            raise DataError(f"the catalog was built with model {store.fingerprint}, the query model is "
                             f"{fingerprint}; rebuild the index with this model")
-        if embedder.dim != catalog.dim:
-            raise DataError(f"the model makes {embedder.dim}-d vectors, the catalog holds {catalog.dim}-d")
-        self.embedder, self.catalog = embedder, catalog
+        if embedder.dim != store.dim:
+            raise DataError(f"the model makes {embedder.dim}-d vectors, the catalog holds {store.dim}-d")
+        self.embedder, self.store = embedder, store
         self.max_pixels, self.max_bytes = int(max_pixels), int(max_bytes)
-        self.categories = sorted({it.get("category", "") for it in catalog.items.values()} - {""})
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted(set(self.store.categories()) - {""})
+
+    @property
+    def schema(self) -> dict[str, str]:
+        return dict(self.store.schema)
 
     @classmethod
-    def from_paths(cls, model: str | os.PathLike, index: str | os.PathLike, num_threads: int | None = None,
-                   **kwargs) -> "Searcher":
-        """Loads the embedding model (SavedModel folder or ``.tflite``) and a saved catalog."""
+    def from_paths(cls, model: str | os.PathLike, store: str | os.PathLike = DEFAULT_STORE,
+                   num_threads: int | None = None, **kwargs) -> "Searcher":
+        """Loads the embedding model (SavedModel folder or ``.tflite``) and opens a store
+        (``faiss:PATH``, a bare path, or ``milvus:...``)."""
         from vsearch.embedder import load_embedder
 
         embedder = load_embedder(model, num_threads=num_threads)
-        catalog = Catalog.load(index, expected_fingerprint=getattr(embedder, "fingerprint", None))
-        return cls(embedder, catalog, **kwargs)
-
-    def pixels(self, image, source: str = "<upload>", box=None) -> np.ndarray:
-        """bytes, a path, or an (H, W, 3) array -> upright RGB uint8 pixels (strict checks).
-
-        ``box``: only that part of the photo (``x0,y0,x1,y1`` fractions, see
-        :func:`vsearch.images.parse_box`), cut at full resolution.
-        """
-        if isinstance(image, (str, os.PathLike)):
-            source = os.fsdecode(image)
-        return to_pixels(image, source, self.max_pixels, self.max_bytes, box=box)
+        return cls(embedder, open_store(os.fspath(store), expected_fingerprint=getattr(embedder, "fingerprint", None)),
+                   **kwargs)
 
     def model_input(self, image, source: str = "<upload>", box=None) -> np.ndarray:
         """The road with this searcher's limits: a photo (or a ``box`` of it) -> (S, S, 3) float32 model input."""
@@ -190,69 +187,62 @@ class Searcher:
         """One photo (or a part of it) -> its unit vector, through the road."""
         return np.asarray(self.embedder.embed_pixels(self.model_input(image, source, box)[None]), np.float32)[0]
 
-    def search(self, image, k: int = 5, category: str = "any", source: str = "<upload>", box=None) -> SearchResult:
-        """The top-k catalog items for a photo (bytes, path or pixels), or for a ``box`` of it."""
-        return self.search_vector(self.embed(image, source, box), k, category)
+    def search(self, image, k: int = 5, category: str = "any", source: str = "<upload>", box=None,
+               where: Filter | None = None) -> SearchResult:
+        """The top-k products for a photo (bytes, path or pixels), or for a ``box`` of it."""
+        return self.search_vector(self.embed(image, source, box), k, category, where)
 
-    def search_vector(self, vector: np.ndarray, k: int = 5, category: str = "any") -> SearchResult:
-        """The top-k catalog items for an embedding (see the module doc for ``category``),
-        with the calibrated verdict on the first of them when the catalog has a calibration."""
+    def search_vector(self, vector: np.ndarray, k: int = 5, category: str = "any",
+                      where: Filter | None = None) -> SearchResult:
+        """The top-k products for an embedding that pass ``where`` (see the module doc for
+        ``category``), with the calibrated verdict on the first when the catalog has a calibration."""
         if k < 1:
             raise DataError(f"k must be >= 1, got {k}")
-        calibration = self.catalog.calibration
-        if calibration is None:
-            return self._ranked(vector, k, category)
-        result = self._ranked(vector, max(k, VERDICT_DEPTH), category)
-        if result.matches:
-            result.match = match_verdict(calibration, result.matches)
-        result.matches = result.matches[:k]
+        calibration = self.store.calibration
+        if calibration is None or where:  # a verdict is calibrated on the whole catalog, not a filtered part
+            result = self._ranked(vector, k, category, where)
+        else:
+            result = self._ranked(vector, max(k, VERDICT_DEPTH), category, where)
+            if result.matches:
+                result.match = match_verdict(calibration, result.matches)
+            result.matches = result.matches[:k]
+        result.filter = where or None
         return result
 
-    def _ranked(self, vector: np.ndarray, k: int, category: str) -> SearchResult:
+    def _ranked(self, vector: np.ndarray, k: int, category: str, where: Filter | None) -> SearchResult:
         category = category or "any"
         info = {"mode": category, "predicted": None, "confidence": None, "applied": False}
         if category == "any":
-            return SearchResult(self.catalog.search(vector[None], k)[0], info)
+            return SearchResult(self._search(vector, k, where), info)
         if category == "auto":
-            neighbours = self.catalog.search(vector[None], max(k, AUTO_NEIGHBOURS))[0]
+            neighbours = self._search(vector, max(k, AUTO_NEIGHBOURS), where)
             predicted, share = predict_category(neighbours[:AUTO_NEIGHBOURS])
             info.update(predicted=predicted, confidence=round(share, 4))
             if share < AUTO_CONFIDENCE:
                 return SearchResult(neighbours[:k], info)
             info["applied"] = True
-            category_items = self._in_category(vector, predicted, k)
-            seen = {m["id"] for m in category_items}
-            return SearchResult((category_items + [m for m in neighbours if m["id"] not in seen])[:k], info)
+            category_items = self._search(vector, k, in_category(predicted, where))
+            seen = {m["product_id"] for m in category_items}
+            return SearchResult((category_items + [m for m in neighbours if m["product_id"] not in seen])[:k], info)
         if category not in self.categories:
             raise DataError(f"unknown category {category!r}; the catalog has {self.categories}")
         info.update(predicted=category, applied=True)
-        return SearchResult(self._in_category(vector, category, k), info)
+        return SearchResult(self._search(vector, k, in_category(category, where)), info)
 
-    def _in_category(self, vector: np.ndarray, category: str, k: int) -> list[dict]:
-        """Top-k within one category: scanned exactly if small, else a widened search.
+    def _search(self, vector: np.ndarray, k: int, where: Filter | None) -> list[dict]:
+        return self.store.search(np.asarray(vector, np.float32)[None], k, where=where or None)[0]
 
-        A category up to :data:`SCAN_CATEGORY_SHARE` of the catalog is searched over its own
-        items only; a larger one by an ordinary search, 4x deeper each round until k of its
-        items come back (few rounds, since they are common).
-        """
-        ids = self.catalog.category_ids(category)
-        share = SCAN_CATEGORY_SHARE.get(getattr(self.catalog.index, "kind", ""), 1.0)
-        if len(ids) <= share * len(self.catalog):
-            return self.catalog.search(vector[None], k, among=ids)[0]
-        depth = max(4 * k, 64)
-        while True:
-            found = self.catalog.search(vector[None], depth)[0]
-            hits = [m for m in found if m.get("category") == category]
-            if len(hits) >= k or depth >= len(self.catalog):
-                return hits[:k]
-            depth *= 4
+    def image_path(self, photo_id: str) -> Path:
+        """A catalog photo's file (from the store's metadata, never from the caller)."""
+        photo = self.store.photo(str(photo_id))
+        if photo is None:
+            raise KeyError(photo_id)
+        return Path(photo["path"])
 
-    def image_path(self, item_id: str) -> Path:
-        """The catalog photo of an item (from the index's metadata, never from the caller)."""
-        item = self.catalog.items.get(str(item_id))
-        if item is None:
-            raise KeyError(item_id)
-        return Path(item["path"])
+
+def in_category(category: str, where: Filter | None = None) -> Filter:
+    """``where`` and ``category == category``."""
+    return Filter((Condition("category", "eq", category),)).and_(where)
 
 
 def thumbnails(matches: Sequence[dict], size: int = 160, load: Callable[[str], np.ndarray] | None = None):

@@ -41,9 +41,12 @@ class ServerMetrics:
                                 "or too_large (422, over the whole budget)", ("reason",), registry=registry)
         self.decode_wait_seconds = Histogram("vsearch_decode_wait_seconds", "Time waited for the decode budget",
                                              buckets=STAGE_BUCKETS, registry=registry)
-        Gauge("vsearch_catalog_items", "Items in the catalog being served",
-              registry=registry).set_function(lambda: len(live.current.catalog))
-        self.reloads = Counter("vsearch_catalog_reloads", "Index file reloads by outcome", ("outcome",),
+        Gauge("vsearch_catalog_products", "Products in the catalog being served",
+              registry=registry).set_function(lambda: live.current.store.count()[0])
+        Gauge("vsearch_catalog_photos", "Photos (vectors) in the catalog being served",
+              registry=registry).set_function(lambda: live.current.store.count()[1])
+        self.reloads = Counter("vsearch_catalog_reloads", "Store refreshes that changed the catalog, and "
+                               "refreshes or compactions that failed", ("outcome",),
                                registry=registry)
         for outcome in ("ok", "failed"):
             self.reloads.labels(outcome)  # present from the start, at 0
@@ -53,7 +56,7 @@ class ServerMetrics:
               registry=registry).set_function(lambda: live.loaded_at)
         searcher = live.current
         Info("vsearch_model", "The embedding model", registry=registry).info({
-            "fingerprint": str(searcher.catalog.fingerprint), "dim": str(searcher.catalog.dim),
+            "fingerprint": str(searcher.store.fingerprint), "dim": str(searcher.store.dim),
             "image_size": str(int(searcher.embedder.image_size))})
 
     def render(self) -> bytes:
