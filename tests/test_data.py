@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import awkward_files
-from vsearch import data
+from vsearch import cli, data
 from vsearch.checks import scan_split
+from vsearch.config import CLASS_NAMES
 from vsearch.errors import DataError
 
 
@@ -161,3 +162,22 @@ def test_a_destination_that_is_a_file_is_a_clear_error(image_root, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a file, not a folder" in err[0]
     assert file.read_bytes() == b"not a folder"
+
+
+def test_a_shops_own_folder_brings_its_own_categories(image_root, tmp_path, capsys):
+    """No --classes: every category folder of the source's train/ is kept, whatever the shop sells."""
+    shop = tmp_path / "shop"
+    for split in ("train", "validation"):
+        for old, new in (("blue", "outwear"), ("green", "shirt"), ("red", "skirt")):
+            (shop / split).mkdir(parents=True, exist_ok=True)
+            (shop / split / new).symlink_to(image_root / split / old, target_is_directory=True)
+    assert cli.main(["data", "--source", str(shop), "--dest", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert list(report["splits"]["train"]["counts"]) == ["outwear", "shirt", "skirt"]
+    assert sorted(p.name for p in (tmp_path / "out" / "validation").iterdir() if p.is_dir()) == \
+        ["outwear", "shirt", "skirt"]
+    assert data.source_classes(None, None) == CLASS_NAMES  # the download keeps the clothing seven
+    (shop / "train" / "shirt").unlink()
+    (shop / "train" / "skirt").unlink()
+    assert cli.main(["data", "--source", str(shop), "--dest", str(tmp_path / "other")]) == 2
+    assert "need at least 2" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """``vsearch data``: fetch the catalog photos and curate them into ``data/clothing``.
 
-Downloads the upstream clothing-dataset-small (CC0), or copies a local copy laid out the
-same way (``--source DIR``), keeps the seven catalog classes, and writes
+Downloads the upstream clothing-dataset-small (CC0) and keeps its seven catalog classes,
+or copies a shop's own photos laid out the same way (``--source DIR``) with every category
+folder of its ``train/`` (or the ``--classes`` given), and writes
 ``data/clothing/{train,validation}/<class>/`` plus ``report.json``. Every file is checked
 first (:mod:`vsearch.checks`): bad files are listed and left out, files TensorFlow would
 decode wrongly are normalised to RGB PNG. Training then reads the folder through
@@ -74,10 +75,28 @@ def _check_destination(source: Path | None, dest: Path, class_names: tuple[str, 
                         "(no report.json), and they would be replaced; choose a new or empty --dest")
 
 
+def source_classes(source: Path | None, class_names: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The classes to keep: those given; else the download's seven, or every category folder
+    of a local source's ``train/`` (a shop's own categories)."""
+    if class_names:
+        return tuple(class_names)
+    if source is None:
+        return CLASS_NAMES
+    train = Path(source) / "train"
+    if not train.is_dir():
+        raise DataError(f"{source}: no train/ folder (expected train/<category>/ and validation/<category>/)")
+    found = tuple(sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith(".")))
+    if len(found) < 2:
+        raise DataError(f"{train}: found {len(found)} category folder(s) {list(found)}; need at least 2")
+    return found
+
+
 def prepare(source: str | os.PathLike | None, dest: str | os.PathLike = "data/clothing",
-            class_names: tuple[str, ...] = CLASS_NAMES, url: str = UPSTREAM_URL,
+            class_names: tuple[str, ...] | None = None, url: str = UPSTREAM_URL,
             max_pixels: int = DEFAULT_MAX_PIXELS, checks: str | os.PathLike | None = None) -> dict:
     """Curates the catalog classes from ``source`` (or a download) into ``dest``.
+
+    ``class_names``: the category folders to keep (default: :func:`source_classes`).
 
     ``checks``: remembered image checks (see :func:`vsearch.checks.scan_split`), which the
     stages then reuse.
@@ -86,6 +105,7 @@ def prepare(source: str | os.PathLike | None, dest: str | os.PathLike = "data/cl
         A report: per-split per-class counts, normalised and excluded files. Also written
         to ``dest/report.json``.
     """
+    class_names = source_classes(None if source is None else Path(source), class_names)
     _check_destination(None if source is None else Path(source), Path(dest), class_names)
     Path(dest).mkdir(parents=True, exist_ok=True)
     (Path(dest) / DEST_MARKER).touch()
