@@ -289,22 +289,38 @@ def _isin(values: np.ndarray, targets: Sequence) -> np.ndarray:
 
 def to_milvus(where: Filter | None, field_name=lambda f: f) -> str:
     """``where`` as a Milvus boolean expression ("" for no filter); ``field_name`` maps a
-    filter field to the collection's (e.g. an attribute kept in a JSON field)."""
+    filter field to the collection's (e.g. ``attributes["price"]`` for an attribute kept in
+    a JSON field).
+
+    On a JSON path, ``in`` is written as ORed equalities (milvus-lite takes ``in`` on fields
+    only) and ``!=`` asks that the key ``exists``, so a product without the attribute
+    matches no condition on it, as :func:`matches` has it.
+    """
     if not where:
         return ""
     parts = []
     for c in where.conditions:
         name = field_name(c.field)
-        if c.op == "in":
+        json_path = name.endswith("]")
+        if c.op == "in" and json_path:
+            parts.append(" or ".join(f"{name} == {_milvus_value(v)}" for v in c.value))
+        elif c.op == "in":
             parts.append(f"{name} in [{', '.join(_milvus_value(v) for v in c.value)}]")
+        elif c.op == "ne" and json_path:
+            parts.append(f"exists {name} and {name} != {_milvus_value(c.value)}")
         else:
             parts.append(f"{name} {_MILVUS_OPS[c.op]} {_milvus_value(c.value)}")
     return " and ".join(f"({p})" for p in parts)
 
 
+_MILVUS_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _milvus_value(value) -> str:
+    """A literal for a Milvus expression: strings double-quoted with only the escapes Milvus
+    and milvus-lite both read (backslash, quote, newline, return, tab; no ``\\u``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return json.dumps(str(value))  # a double-quoted string, quotes and backslashes escaped
+    if isinstance(value, (int, float)):
+        return repr(float(value))
+    return '"' + "".join(_MILVUS_ESCAPES.get(ch, ch) for ch in str(value)) + '"'
