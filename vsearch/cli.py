@@ -374,7 +374,8 @@ def _product_line(match: dict) -> str:
     attributes = dict(match.get("attributes") or {})
     title = attributes.pop("title", None)
     shown = ", ".join(f"{k}={v}" for k, v in attributes.items() if v is not None and k != "url")
-    photo = f" (photo {match['photo_id']})" if match.get("photo_id") not in (None, match["product_id"]) else ""
+    photo_id = str(match.get("photo_id") or match["product_id"])
+    photo = f" (photo {photo_id.rsplit('/', 1)[-1]})" if photo_id != match["product_id"] else ""
     return match["product_id"] + (f"  {title}" if title else "") + (f"  [{shown}]" if shown else "") + photo
 
 
