@@ -274,3 +274,24 @@ def test_concurrent_writers_keep_exactly_what_was_acknowledged(spec):
     assert mixed and len(kinds) == 1  # every accepted value has the type of the first one
     assert store.schema["mixed"] == ("int" if kinds == {int} else "text")
     assert {w % 2 for w, _, ok in results if ok} == ({1} if kinds == {int} else {0})
+
+
+@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+def test_a_broad_filter_goes_through_faiss_with_a_selector(tmp_path, monkeypatch, kind):
+    from vsearch import filters
+
+    rng = np.random.default_rng(7)
+    shade = rng.integers(0, 4, 400)
+    photos = [Photo(f"p{i // 3}", f"p{i // 3}/{i % 3}", "/x", "hats", {"shade": int(shade[i // 3])})
+              for i in range(1200)]
+    store = build_store(f"faiss:{tmp_path}/s.vsi", photos, vectors(1200, 8), fingerprint="fp", kind=kind)
+    store.delete(["p1", "p2"])
+    where = filters.parse_where(["shade=2"], store.schema)
+    queries = vectors(10, 9)
+    exact = store.search(queries, 10, where=where)
+    monkeypatch.setattr(faiss_store, "EXACT_BELOW", 0)  # every filter takes the selector road
+    store._cache.clear()
+    broad = store.search(queries, 10, where=where)
+    assert all(h["attributes"]["shade"] == 2 and h["product_id"] not in ("p1", "p2") for row in broad for h in row)
+    found = [len({h["product_id"] for h in a} & {h["product_id"] for h in b}) for a, b in zip(broad, exact)]
+    assert sum(found) >= 0.95 * 10 * len(queries)

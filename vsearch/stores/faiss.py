@@ -55,9 +55,12 @@ from vsearch.stores import RESERVED, Product
 FORMAT = "vsearch-catalog/3"
 LOG_FORMAT = "vsearch-log/1"
 # A filter keeping at most this many rows is scored exactly over them (a gather and a dot
-# product), one keeping more goes through FAISS with a selector. At 1M 391-d rows on 2 cores
-# the gather costs about as much as a filtered HNSW search at ~30k rows (see the report).
-EXACT_BELOW = 20_000
+# product), one keeping more goes through FAISS with a bitmap selector. Measured at 200k 391-d
+# rows, HNSW M=32, one thread on a loaded 2-core machine: exact 0.7 ms at 567 rows, 8 ms at 2k,
+# 16 ms at 6k, 34 ms at 20k (the gather dominates); the selector road at 20k rows (10%) took
+# 9 ms at recall@10 0.97 on the benchmark's catalog-like data (bench/stores.py), but at 2-6k
+# rows its widened beam (1/share) costs 50-170 ms. The crossover lies between: 10k.
+EXACT_BELOW = 10_000
 _MAGIC = b"VSR1"
 _HEAD = struct.Struct("<4sQI")  # magic, body length, crc32 of the body
 _TYPES = ("bool", "int", "float", "text")
