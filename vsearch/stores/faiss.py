@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import math
 import os
 import struct
 import threading
@@ -50,7 +49,8 @@ from vsearch import filters
 from vsearch.artifacts import _fsync_dir, file_lock, write_atomic
 from vsearch.errors import DataError
 from vsearch.index import FaissIndex, calibration_problem, choose_kind
-from vsearch.stores import RESERVED, Product
+from vsearch.stores import Product
+from vsearch.stores.checks import TYPES, check_vectors, group_photos, photo_dict
 
 FORMAT = "vsearch-catalog/3"
 LOG_FORMAT = "vsearch-log/1"
@@ -63,8 +63,6 @@ LOG_FORMAT = "vsearch-log/1"
 EXACT_BELOW = 10_000
 _MAGIC = b"VSR1"
 _HEAD = struct.Struct("<4sQI")  # magic, body length, crc32 of the body
-_TYPES = ("bool", "int", "float", "text")
-_WHAT = {"bool": "true or false", "int": "a number", "float": "a number", "text": "text"}
 _REMEDY = "rebuild it with `vsearch index build`"
 
 
@@ -105,7 +103,7 @@ def _header(generation: str) -> bytes:
     return encode_record({"op": "begin", "format": LOG_FORMAT, "generation": generation})
 
 
-# ---------------------------------------------------------------- checking what comes in
+# ---------------------------------------------------------------- searches beside a writer
 
 class _RWLock:
     """Many searches at once, or one change; a waiting change goes before new searches."""
@@ -142,84 +140,6 @@ class _RWLock:
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
-
-
-def value_kind(value) -> str | None:
-    """An attribute value's type (None for a missing value); anything else is not an attribute."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float) and math.isfinite(value):
-        return "float"
-    if isinstance(value, str):
-        return "text"
-    return "?"
-
-
-def _photo_dict(photo) -> dict:
-    row = photo if isinstance(photo, dict) else photo.to_dict()
-    return {"product_id": str(row["product_id"]), "photo_id": str(row["photo_id"]), "image": str(row.get("image", "")),
-            "category": str(row.get("category") or ""), "attributes": dict(row.get("attributes") or {})}
-
-
-def check_vectors(vectors, rows: int, dim: int | None) -> np.ndarray:
-    vectors = np.asarray(vectors, np.float32)
-    if vectors.ndim != 2 or len(vectors) != rows or (dim is not None and vectors.shape[1] != dim):
-        raise DataError(f"expected {rows} vectors of dimension {dim or 'd'}, got an array of shape {vectors.shape}")
-    if vectors.shape[1] < 1:
-        raise DataError("vectors of dimension 0")
-    if not np.all(np.isfinite(vectors)):
-        raise DataError("the vectors contain NaN or infinity; the model's output is broken")
-    return np.ascontiguousarray(vectors)
-
-
-def group_photos(photos: Sequence[dict], schema: dict[str, str]) -> tuple[dict[str, dict], dict[str, str]]:
-    """Photos by product (``{product_id: {category, attributes, rows}}``) and the schema after them.
-
-    Raises:
-        DataError: a product's photos disagree on category or an attribute, an attribute
-            value does not fit its type (or is not bool, number or text), a reserved name,
-            or one photo id twice.
-    """
-    schema = dict(schema)
-    products: dict[str, dict] = {}
-    seen: set[str] = set()
-    for n, photo in enumerate(photos):
-        pid, attrs = photo["product_id"], {k: v for k, v in photo["attributes"].items() if v is not None}
-        if photo["photo_id"] in seen:
-            raise DataError(f"product {pid!r}: photo {photo['photo_id']!r} is given twice")
-        seen.add(photo["photo_id"])
-        first = products.get(pid)
-        if first is None:
-            products[pid] = {"category": photo["category"], "attributes": attrs, "rows": [n]}
-            continue
-        if first["category"] != photo["category"]:
-            raise DataError(f"product {pid!r}: its photos disagree on the category ({first['category']!r} vs "
-                            f"{photo['category']!r}); a product's photos share one category and attributes")
-        for name in sorted(first["attributes"].keys() | attrs.keys()):
-            if first["attributes"].get(name) != attrs.get(name):
-                raise DataError(f"product {pid!r}: its photos disagree on attribute {name!r} "
-                                f"({first['attributes'].get(name)!r} vs {attrs.get(name)!r}); a product's photos "
-                                "share one category and attributes")
-        first["rows"].append(n)
-    for pid, product in products.items():
-        for name, value in product["attributes"].items():
-            kind, held = value_kind(value), schema.get(name)
-            if name in RESERVED or not name:
-                raise DataError(f"product {pid!r}: attribute {name!r} is a reserved name; rename the column")
-            if kind == "?":
-                raise DataError(f"product {pid!r}: attribute {name!r}: {value!r} is not true/false, a number or text")
-            if held is None or held == kind or (held == "float" and kind == "int"):
-                schema.setdefault(name, kind)
-            elif held == "int" and kind == "float":
-                schema[name] = "float"  # as in a manifest: an int column widens when a value has a fraction
-            else:
-                raise DataError(f"product {pid!r}: attribute {name!r}: {value!r} is not {_WHAT[held]}; the catalog's "
-                                f"{name!r} holds {held} values")
-    return products, schema
 
 
 # ---------------------------------------------------------------- the rows
@@ -434,7 +354,7 @@ class FaissStore:
 
     def upsert(self, photos: Sequence, vectors: np.ndarray) -> None:
         """Gives the products named in ``photos`` exactly these photos, category and attributes."""
-        photos = [_photo_dict(p) for p in photos]
+        photos = [photo_dict(p) for p in photos]
         if not photos:
             raise DataError("upsert of no photos; give at least one photo and its vector")
         vectors = check_vectors(vectors, len(photos), self.dim)
@@ -905,7 +825,7 @@ def _meta_problem(meta: dict) -> str:
             return f"{key!r} is a {type(value).__name__}, expected a {kind.__name__}"
     if meta["dim"] < 1:
         return f"dimension {meta['dim']}"
-    if any(kind not in _TYPES for kind in meta["schema"].values()):
+    if any(kind not in TYPES for kind in meta["schema"].values()):
         return "an attribute type that is not bool, int, float or text"
     return ""
 
@@ -928,9 +848,9 @@ def build(where: str | os.PathLike, photos: Sequence, vectors: np.ndarray, *, fi
     """A new store at ``where`` holding ``photos``; replaces what was there, with an empty log.
 
     Raises:
-        DataError: photos that disagree or do not fit (see :func:`group_photos`), bad vectors.
+        DataError: photos that disagree or do not fit (see :func:`vsearch.stores.checks.group_photos`), bad vectors.
     """
-    photos = [_photo_dict(p) for p in photos]
+    photos = [photo_dict(p) for p in photos]
     vectors = np.asarray(vectors, np.float32)
     vectors = check_vectors(vectors, len(photos), vectors.shape[-1] if vectors.ndim == 2 else None)
     try:

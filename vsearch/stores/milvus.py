@@ -40,7 +40,7 @@ from vsearch.errors import DataError
 from vsearch.filters import BUILTIN, Condition, Filter, to_milvus
 from vsearch.index import calibration_problem, choose_kind
 from vsearch.stores import Product
-from vsearch.stores.faiss import check_vectors, group_photos
+from vsearch.stores.checks import check_vectors, group_photos
 
 DEFAULT_NAME = "vsearch_catalog"
 FORMAT = "vsearch-milvus/1"
@@ -132,7 +132,7 @@ class _Calls:
 def to_rows(photos: Sequence, vectors: np.ndarray, schema: dict[str, str]) -> tuple[list[dict], dict[str, str]]:
     """One Milvus row per photo and the schema they leave, after every check (nothing written yet).
 
-    The checks are the embedded store's (:func:`vsearch.stores.faiss.group_photos`), so both
+    The checks are both stores' (:func:`vsearch.stores.checks.group_photos`), so both
     refuse the same photos with the same words; Milvus adds a length limit on ids and paths.
 
     Raises:
