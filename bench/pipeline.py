@@ -111,8 +111,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from vsearch.catalog import catalog_files
-    from vsearch.index import Catalog
     from vsearch.pipeline import load_embeddings
+    from vsearch.stores import open_store
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         tmp = Path(tmp)
@@ -125,11 +125,12 @@ def main() -> None:
             raise SystemExit(f"{model}: no model (run `make demo` and `make tflite`, or give --model synthetic)")
         photos = len(catalog_files(catalog))
         vsearch = [sys.executable, "-m", "vsearch"]
+        store = f"faiss:{tmp / 'catalog.vsi'}"
         embed = [*vsearch, "embed", str(catalog), "--model", str(model), "--batch-size", str(args.batch_size),
                  "--threads", "1"]
         variants = {
-            "index build": [*vsearch, "index", "build", str(catalog), "--model", str(model), "--out",
-                            str(tmp / "catalog.vsi"), "--kind", "exact", "--batch-size", str(args.batch_size)],
+            "index build": [*vsearch, "index", "build", str(catalog), "--model", str(model), "--store", store,
+                            "--kind", "exact", "--batch-size", str(args.batch_size)],
             "embed, 1 worker": [*embed, "--out", str(tmp / "one"), "--", "--direct_num_workers", "1"],
             "embed, 2 workers": [*embed, "--out", str(tmp / "two"), "--", "--direct_num_workers", "2",
                                  "--direct_running_mode", "multi_processing"],
@@ -140,11 +141,13 @@ def main() -> None:
             print(f"{name}: {photos / results[name]['seconds']:.1f} photos/s", file=sys.stderr)
         load_after = os.getloadavg()
 
-        index = Catalog.load(tmp / "catalog.vsi")
+        built = open_store(store)
+        stored_ids, stored = built.vectors()
+        built.close()
         done = load_embeddings(tmp / "two")
-        ids = [item["id"] for item in done.items]
-        row_of = {item: n for n, item in enumerate(index.index.ids)}  # an exact index: rows in id order
-        reference = index.index.vectors[[row_of[i] for i in ids]]
+        ids = [photo.photo_id for photo in done.photos]
+        row_of = {photo_id: n for n, photo_id in enumerate(stored_ids)}
+        reference = stored[[row_of[i] for i in ids]]
         cosines = np.sum(reference * done.vectors, axis=1)
         dead = set(done.dead_letters)
 

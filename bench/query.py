@@ -2,14 +2,14 @@
 
 Every validation photo is a query, sent as encoded bytes held in memory: in-process through
 ``Searcher.search`` (plus a pass timing its three stages: decoding, resize + model call,
-index search), then as ``POST /api/search`` to uvicorn on loopback, one request at a time
+store search), then as ``POST /api/search`` to uvicorn on loopback, one request at a time
 and from concurrent clients. p50 / p99 / mean latency and throughput per path.
 
-    python -m bench.query                       # saved_models/{embedding,catalog.vsi}
+    python -m bench.query                       # saved_models/embedding, faiss:saved_models/catalog.vsi
     python -m bench.query --model saved_models/embedding.tflite --out bench/results/query-tflite.md
 
-Build the catalog first (``make index``). Rewrites ``bench/results/query.md`` (``--out``
-for another model's run).
+Build the catalog first (``make index``; ``--store`` names another one). Rewrites
+``bench/results/query.md`` (``--out`` for another model's run).
 """
 import argparse
 import os
@@ -43,8 +43,8 @@ def summary(name: str, seconds, wall: float | None = None) -> dict:
 
 
 def in_process(searcher, queries, k: int) -> list[dict]:
-    """Searcher.search end to end, then the same work split into decode / embed / index search."""
-    from vsearch.embedder import embed_one
+    """Searcher.search end to end, then the same work split into decode / resize + embed / store search."""
+    from vsearch.images import to_pixels
 
     for _, data in queries[:WARMUP]:
         searcher.search(data, k)
@@ -54,12 +54,13 @@ def in_process(searcher, queries, k: int) -> list[dict]:
         searcher.search(data, k)
         total.append(time.perf_counter() - start)
     model = "TFLite" if str(getattr(searcher.embedder, "path", "")).endswith(".tflite") else "SavedModel"
-    stages = {"decode (Pillow, EXIF, RGB)": [], f"resize + embed ({model})": [], "index search (FAISS)": []}
+    stages = {"decode (Pillow, EXIF, RGB)": [], f"resize + embed ({model})": [],
+              f"store search ({searcher.store.spec.partition(':')[0]})": []}
     for _, data in queries:
         t0 = time.perf_counter()
-        pixels = searcher.pixels(data)
+        pixels = to_pixels(data, max_pixels=searcher.max_pixels, max_bytes=searcher.max_bytes)
         t1 = time.perf_counter()
-        vector = embed_one(searcher.embedder, pixels)
+        vector = searcher.embedder.embed_pixels(searcher.model_input(pixels)[None])[0]
         t2 = time.perf_counter()
         searcher.search_vector(vector, k)
         t3 = time.perf_counter()
@@ -121,7 +122,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "saved_models" / "embedding"))
-    parser.add_argument("--index", default=str(ROOT / "saved_models" / "catalog.vsi"))
+    parser.add_argument("--store", default=f"faiss:{ROOT / 'saved_models' / 'catalog.vsi'}",
+                        help="the catalog: faiss:FILE or milvus:FILE.db|http://HOST:19530")
     parser.add_argument("--queries", default=str(ROOT / "data" / "clothing" / "validation"))
     parser.add_argument("--min-queries", type=int, default=200)
     parser.add_argument("-k", type=int, default=10)
@@ -133,12 +135,15 @@ def main() -> None:
     from vsearch.search import Searcher
 
     queries = load_queries(Path(args.queries), args.min_queries)
-    searcher = Searcher.from_paths(args.model, args.index, num_threads=args.threads)
+    searcher = Searcher.from_paths(args.model, args.store, num_threads=args.threads)
     load_before = os.getloadavg()[0]
     rows = in_process(searcher, queries, args.k) + over_http(searcher, queries, args.k, args.concurrency)
     load_after = os.getloadavg()[0]
-    lines = [f"Catalog: {len(searcher.catalog)} items, {searcher.catalog.dim}-d, {searcher.catalog.index.kind} "
-             f"index, model {Path(args.model).name} ({searcher.embedder.image_size} px); queries: {len(queries)} "
+    products, photos = searcher.store.count()
+    kind = getattr(searcher.store, "kind", None)  # the faiss store's index: exact or hnsw
+    backend = searcher.store.spec.partition(":")[0] + (f", {kind} index" if kind else "")
+    lines = [f"Catalog: {products} products ({photos} photos), {searcher.store.dim}-d, {backend}; "
+             f"model {Path(args.model).name} ({searcher.embedder.image_size} px); queries: {len(queries)} "
              f"photos of {shown(args.queries)}, k={args.k}, {WARMUP} warm-up queries per path not counted. "
              f"1-min load average {load_before:.1f} before, {load_after:.1f} after.", "", table(rows)]
     publish(args, "Query latency: one photo -> matches", lines)

@@ -8,11 +8,11 @@ and recall@10 against exact search.
     python -m bench.search --sizes 10000 --no-write
 
 Data: unit vectors drawn from a Gaussian with the covariance of the real catalog's
-embeddings (``--like saved_models/catalog.vsi``), so their spectrum is that of real
-embeddings; without that file, or with ``--like none``, isotropic vectors of ``--dim``
-dimensions, the hardest case for any approximate index (all neighbours almost equally
-far). Queries are fresh draws from the same distribution. Rewrites
-``bench/results/search.md``.
+embeddings (``--like faiss:saved_models/catalog.vsi``: a store's photo vectors), so their
+spectrum is that of real embeddings; without that store, or with ``--like none``,
+isotropic vectors of ``--dim`` dimensions, the hardest case for any approximate index (all
+neighbours almost equally far). Queries are fresh draws from the same distribution.
+Rewrites ``bench/results/search.md``.
 """
 from __future__ import annotations
 
@@ -33,13 +33,25 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def sampler(like: str, dim: int, seed: int = 0):
-    """A function n -> (n, dim) float32 unit vectors."""
-    rng = np.random.default_rng(seed)
-    if like != "none" and Path(like).is_file():
-        from vsearch.index import Catalog
+def local_store(like: str) -> str | None:
+    """``like`` as a store spec when it names an embedded (``faiss:``) store that exists, else None."""
+    from vsearch.stores import parse_spec
 
-        real = Catalog.load(like).index.vectors.astype(np.float64)
+    if like == "none":
+        return None
+    backend, where = parse_spec(like)
+    return f"{backend}:{where}" if backend == "faiss" and Path(where).is_file() else None
+
+
+def sampler(like: str | None, dim: int, seed: int = 0):
+    """A function n -> (n, dim) float32 unit vectors (shaped like the store ``like``'s when given)."""
+    rng = np.random.default_rng(seed)
+    if like is not None:
+        from vsearch.stores import open_store
+
+        store = open_store(like)
+        real = store.vectors()[1].astype(np.float64)
+        store.close()
         dim = real.shape[1]
         mean, cov = real.mean(axis=0), np.cov(real, rowvar=False)
         vals, vecs = np.linalg.eigh(cov)
@@ -74,8 +86,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
-    ap.add_argument("--like", default=str(ROOT / "saved_models" / "catalog.vsi"),
-                    help="index whose vectors' covariance shapes the synthetic data, or 'none'")
+    ap.add_argument("--like", default=f"faiss:{ROOT / 'saved_models' / 'catalog.vsi'}",
+                    help="faiss store whose photo vectors' covariance shapes the synthetic data, or 'none'")
     ap.add_argument("--dim", type=int, default=391, help="dimension of isotropic vectors (--like none)")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--ef-search", default="64,128")
@@ -83,7 +95,7 @@ def main() -> None:
     ap.add_argument("--ef-construction", type=int, default=80)
     output_args(ap, "search")
     args = ap.parse_args()
-    like = args.like if args.like == "none" or Path(args.like).is_file() else "none"
+    like = local_store(args.like)
     draw, dim = sampler(like, args.dim)
     queries = draw(args.queries)
     rows, cores = [], faiss.omp_get_max_threads()
@@ -123,7 +135,7 @@ def main() -> None:
         del hnsw, vectors
         gc.collect()
 
-    data = (f"Gaussian with the covariance of {shown(like)} vectors" if like != "none" else "isotropic")
+    data = f"Gaussian with the covariance of {shown(like.partition(':')[2])}'s vectors" if like else "isotropic"
     table = ["| vectors | index | build s | index memory MB | p50 ms | p99 ms | recall@10 |",
              "|---|---|---|---|---|---|---|"]
     table += [f"| {n:,} | {kind} | {b:.1f} | {m:.0f} | {p50:.2f} | {p99:.2f} | {r:.3f} |"

@@ -255,6 +255,12 @@ class FaissStore:
             found = list(self._products.values())
         return iter(found)
 
+    def vectors(self) -> tuple[list[str], np.ndarray]:
+        """Every stored photo's id and vector, in row order (a copy: for benchmarks and checks)."""
+        with self._rw.read():
+            rows = np.flatnonzero(self._alive)
+            return [self._index._row_ids[r] for r in rows], self._index.storage()[rows]
+
     def _hit(self, row: int, score: float | None = None) -> dict:
         product = self._products[self._row_product[row]]
         photo_id = self._index._row_ids[row]
