@@ -139,7 +139,8 @@ def shrink_png(path: Path, limit: int = MAX_PNG_BYTES) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "saved_models" / "embedding"))
-    parser.add_argument("--index", default=str(ROOT / "saved_models" / "catalog.vsi"))
+    parser.add_argument("--store", default=f"faiss:{ROOT / 'saved_models' / 'catalog.vsi'}",
+                        help="the catalog: faiss:FILE or milvus:FILE.db|http://HOST:19530")
     parser.add_argument("--photo", type=Path, action="append",
                         help="query photo; given more than once, the photos on one canvas (default: a validation "
                              "hat, t-shirt, trousers and shoes)")
@@ -158,13 +159,19 @@ def main() -> None:
     for photo in photos:
         if not photo.is_file():
             sys.exit(f"{photo}: no such photo (run `make data`, or pass --photo)")
-    if not Path(args.model).exists() or not Path(args.index).is_file():
-        sys.exit(f"needs a trained model and its index: {args.model}, {args.index} (`make demo index`)")
 
     from vsearch.app import create_app
-    from vsearch.errors import ImageError
+    from vsearch.errors import DataError, ImageError
     from vsearch.search import Searcher
     from vsearch.serve import BackgroundServer, warm_up
+    from vsearch.stores import parse_spec
+
+    try:
+        backend, where = parse_spec(args.store)
+    except DataError as exc:
+        sys.exit(str(exc))
+    if not Path(args.model).exists() or (backend == "faiss" and not Path(where).is_file()):
+        sys.exit(f"needs a trained model and its catalog: {args.model}, {args.store} (`make demo index`)")
 
     with tempfile.TemporaryDirectory() as tmp:
         if len(photos) == 1:
@@ -178,7 +185,7 @@ def main() -> None:
             sys.exit(str(exc))
         except IndexError:
             sys.exit(f"--pick {args.pick}: there are {len(photos)} photos")
-        searcher = Searcher.from_paths(args.model, args.index)
+        searcher = Searcher.from_paths(args.model, f"{backend}:{where}")
         warm_up(searcher)  # the page shows the search time: leave out the one-off graph tracing
         with BackgroundServer(create_app(searcher)) as server:
             answer = shoot(server.url, photo, box, args.out, args.k, args.category, args.chromium)

@@ -55,7 +55,8 @@ def composite(images: list[np.ndarray], rng: np.random.Generator) -> tuple[np.nd
 
 
 def cut(photos: list[np.ndarray], boxes: list[tuple]) -> list[np.ndarray]:
-    """Each photo's box, cut as the served road cuts it (`Searcher.pixels(..., box=)`)."""
+    """Each photo's box, cut as the served road cuts it (`Searcher.model_input(..., box=)` cuts the
+    full-resolution photo with `to_pixels(..., box=)`, then resizes)."""
     from vsearch.images import to_pixels
 
     return [to_pixels(p, f"<photo {i}>", box=b) for i, (p, b) in enumerate(zip(photos, boxes))]
