@@ -53,7 +53,7 @@ def test_replace_dir_swaps_whole_folders(tmp_path):
     out = tmp_path / "model"
     artifacts.replace_dir(out, lambda d: (d / "v1.txt").write_text("1"))
     artifacts.replace_dir(out, lambda d: (d / "v2.txt").write_text("2"))
-    assert [p.name for p in out.iterdir()] == ["v2.txt"] and mode(out) & 0o055 == 0o055 & ~os.umask(os.umask(0))
+    assert [p.name for p in out.iterdir()] == ["v2.txt"]
 
     def broken(d):
         (d / "partial").write_text("x")
@@ -63,6 +63,19 @@ def test_replace_dir_swaps_whole_folders(tmp_path):
         artifacts.replace_dir(out, broken)
     assert [p.name for p in out.iterdir()] == ["v2.txt"]  # the previous folder stays whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002], ids=["022", "027", "002"])
+def test_replace_dir_leaves_the_folder_as_mkdir_would(tmp_path, umask):
+    # TF Serving runs as another user: mkdtemp's 0700 would hide the exported SavedModel from it.
+    old = os.umask(umask)
+    try:
+        artifacts.replace_dir(tmp_path / "embedding", lambda d: (d / "saved_model.pb").write_bytes(b"x"))
+        artifacts.replace_dir(tmp_path / "embedding", lambda d: (d / "saved_model.pb").write_bytes(b"y"))
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "embedding") & 0o777 == mode(tmp_path / "plain") & 0o777 == 0o777 & ~umask
 
 
 def test_write_json_and_read_json_object(tmp_path):
