@@ -28,7 +28,7 @@ model and category. This stage learns what the scores mean from the catalog itse
 In-catalog and left-out searches are equally many, so precisions and probabilities are
 those of a stream of customer photos half of which show a product the shop sells.
 
-    vsearch calibrate --model saved_models/embedding --index saved_models/catalog.vsi
+    vsearch calibrate --model saved_models/embedding --store saved_models/catalog.vsi
 """
 from __future__ import annotations
 

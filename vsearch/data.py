@@ -83,6 +83,8 @@ def source_classes(source: Path | None, class_names: tuple[str, ...] | None) -> 
     if source is None:
         return CLASS_NAMES
     train = Path(source) / "train"
+    if not Path(source).is_dir():
+        raise DataError(f"{source}: no such folder (expected train/<category>/ and validation/<category>/)")
     if not train.is_dir():
         raise DataError(f"{source}: no train/ folder (expected train/<category>/ and validation/<category>/)")
     found = tuple(sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith(".")))
