@@ -235,6 +235,11 @@ def test_calibrate_catalog_with_a_transparent_model(shop, catalog):
     calibration = calibrate.calibrate_catalog(catalog, ColourEmbedder(), photos=12, seed=5, log=logs.append)
     assert calibration["seeds"] == {"fit": 5, "check": 6, "heldout": 7} and len(logs) == 3
     assert calibration["heldout"]["num_in_catalog"] == calibration["heldout"]["num_left_out"] == 12
+    assert calibration["wrong_none"] == calibrate.DEFAULT_WRONG_NONE
+    looser = calibrate.calibrate_catalog(catalog, ColourEmbedder(), photos=12, seed=5, log=logs.append,
+                                         wrong_none=0.5)
+    assert looser["wrong_none"] == 0.5  # "none" allowed on half the in-catalog photos: said at least as often
+    assert (looser["thresholds"]["none"] or 0) >= (calibration["thresholds"]["none"] or 0)
     catalog.set_calibration(calibration)
     match = Searcher(ColourEmbedder(), catalog).search(shop / "hats" / "red.jpg", 2).match
     assert match["verdict"] in ("exact", "similar", "none") and 0 <= match["confidence"] <= 1
@@ -284,6 +289,8 @@ def test_cli_build_with_calibrate_and_refusals(tiny, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["calibrate", "--model", model, "--store", index, "--target-precision", "1.5"]) == 2
     assert "--target-precision must be between 0 and 1" in capsys.readouterr().err
+    assert cli.main(["calibrate", "--model", model, "--store", index, "--wrong-none", "0"]) == 2
+    assert "--wrong-none must be between 0 and 1" in capsys.readouterr().err
     assert cli.main(["calibrate", "--model", str(tiny["files"]["int8"]), "--store", index, "--photos", "4"]) == 2
     assert "rebuild the index with this model" in capsys.readouterr().err
     assert stored(index).calibration["photos"] == 6  # the refused run changed nothing

@@ -397,7 +397,7 @@ def reliability_curves(calibration: dict, samples: Samples, bins: int = ECE_BINS
 
 def calibrate_catalog(store, embedder, target: float = DEFAULT_TARGET, photos: int = DEFAULT_PHOTOS,
                       seed: int = DEFAULT_SEED, batch_size: int = 32,
-                      log: Callable[[str], None] = print) -> dict:
+                      log: Callable[[str], None] = print, wrong_none: float = DEFAULT_WRONG_NONE) -> dict:
     """Calibrates the answers of ``store`` searched with ``embedder``; returns the calibration
     (keep it with ``store.set_calibration``).
 
@@ -416,7 +416,7 @@ def calibrate_catalog(store, embedder, target: float = DEFAULT_TARGET, photos: i
     for role, offset in (("fit", 0), ("check", 1), ("heldout", 2)):
         log(f"calibration photos, {role} (seed {seed + offset}): {photos} customer photos of catalog items")
         samples[role] = catalog_samples(store, embedder, photos, seed + offset, batch_size)
-    calibration = fit_calibration(samples["fit"], samples["check"], store.fingerprint, target)
+    calibration = fit_calibration(samples["fit"], samples["check"], store.fingerprint, target, wrong_none)
     calibration.update(heldout=verdict_metrics(calibration, samples["heldout"]), photos=photos,
                        seeds={"fit": seed, "check": seed + 1, "heldout": seed + 2}, num_items=store.count()[1],
                        date=provenance()["date"])

@@ -236,6 +236,8 @@ def _warn_stale_calibration(store) -> None:
 def _check_calibration_args(args) -> None:
     if not 0 < args.target_precision < 1:
         raise UsageError(f"--target-precision must be between 0 and 1, got {args.target_precision}")
+    if not 0 < args.wrong_none < 1:
+        raise UsageError(f"--wrong-none must be between 0 and 1, got {args.wrong_none}")
     if args.photos < 1:
         raise UsageError(f"--photos must be >= 1, got {args.photos}")
     if not args.model:
@@ -248,7 +250,7 @@ def _calibrate(store, embedder, args) -> None:
     from vsearch.calibrate import calibrate_catalog, format_calibration
 
     calibration = calibrate_catalog(store, embedder, args.target_precision, args.photos, args.seed,
-                                    getattr(args, "batch_size", 32), log=_log_err)
+                                    getattr(args, "batch_size", 32), log=_log_err, wrong_none=args.wrong_none)
     store.set_calibration(calibration)
     print(format_calibration(calibration))
 
@@ -508,10 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--workers", type=int, default=4, help="decoding threads")
 
     def calibration_args(q):
-        from vsearch.calibrate import DEFAULT_PHOTOS, DEFAULT_SEED, DEFAULT_TARGET
+        from vsearch.calibrate import DEFAULT_PHOTOS, DEFAULT_SEED, DEFAULT_TARGET, DEFAULT_WRONG_NONE
 
         q.add_argument("--target-precision", type=float, default=DEFAULT_TARGET,
-                       help="precision of 'exact' and of 'none' answers (default %(default)s)")
+                       help="precision of 'exact' answers (default %(default)s)")
+        q.add_argument("--wrong-none", type=float, default=DEFAULT_WRONG_NONE,
+                       help="the most in-catalog photos 'none' (not in the catalog) may be said to "
+                            "(default %(default)s)")
         q.add_argument("--photos", type=int, default=DEFAULT_PHOTOS,
                        help="simulated customer photos per seed; three seeds: fit, thresholds, check "
                             "(default %(default)s)")
