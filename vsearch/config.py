@@ -29,6 +29,9 @@ CLASS_NAMES = ("dress", "hat", "longsleeve", "pants", "shoes", "shorts", "t-shir
 FEATURE_RUNTIMES = ("auto", "keras", "tflite")
 # The classifier's augmented views (ClassifierConfig.augmentation).
 AUGMENTATIONS = ("mild", "customer")
+# What the training stages' fit runs under (vsearch.training.distribution_strategy): auto is
+# mirrored when more than one GPU is visible, else none (TensorFlow's default strategy).
+STRATEGIES = ("auto", "none", "mirrored")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ class ClassifierConfig:
     Training runs the frozen lower part of the backbone once per image view and caches
     its output, so both phases (head only, then the top blocks) cost only the top part.
 
+    ``strategy`` (``auto``, ``none``, ``mirrored``) is the ``tf.distribute`` strategy the
+    trained parts are built and fit under (:func:`vsearch.training.distribution_strategy`);
+    ``data.batch_size`` is the global batch, split across its replicas.
+
     ``vsearch train --preset default``
     """
 
@@ -97,9 +104,11 @@ class ClassifierConfig:
     weight_decay: float = 1e-4
     patience: int = 5  # the best epoch often follows a dip
     class_weighting: bool = True
+    strategy: str = "auto"  # auto | none | mirrored; data.batch_size is the global batch
 
     def __post_init__(self):
         _check_finite(self)
+        _check_strategy(self.strategy)
         _check(self.augment_views >= 0, "augment_views must be >= 0")
         _check(self.augmentation in AUGMENTATIONS, f"augmentation must be one of {', '.join(AUGMENTATIONS)}")
         _check(self.lr_schedule in ("cosine", "constant"), "lr_schedule must be 'cosine' or 'constant'")
@@ -113,6 +122,10 @@ class ClassifierConfig:
 @dataclass(frozen=True)
 class SiameseConfig:
     """Stage 2, ``vsearch siamese``: triplet training of the embedding tower and export.
+
+    ``strategy`` as in :class:`ClassifierConfig`; ``batch_size`` is the global batch of
+    triplets. The in-batch term's negatives are each replica's share of it, so with R
+    replicas each anchor meets ``batch_size / R - 1`` of them.
 
     ``vsearch siamese --preset default``
     """
@@ -138,9 +151,11 @@ class SiameseConfig:
     temperature: float = 0.1
     mining: str = "semihard"  # semihard | random
     weight_decay: float = 1e-4
+    strategy: str = "auto"  # auto | none | mirrored; batch_size is the global batch
 
     def __post_init__(self):
         _check_finite(self)
+        _check_strategy(self.strategy)
         _check(self.embedding_dim >= 2, "embedding_dim must be >= 2")
         _check(self.views_per_image >= 1, "views_per_image must be >= 1")
         _check(self.triplets_per_epoch >= self.batch_size, "triplets_per_epoch must be >= batch_size")
@@ -187,6 +202,10 @@ class EvalConfig:
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _check_strategy(strategy: str) -> None:
+    _check(strategy in STRATEGIES, f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
 
 
 def _check_finite(config) -> None:

@@ -19,6 +19,11 @@ the margin loss. :func:`train_siamese` reads as its steps:
 5. assemble the exported tower (pixels in, unit vector out), check it computes what was
    trained, and write the artifacts.
 
+Steps 3 and 4 run under ``config.strategy`` (:func:`vsearch.training.distribution_strategy`):
+the trained branches, the triplet model and its optimizer are built there and ``fit``
+splits each global batch of ``batch_size`` triplets across the replicas. The caches of
+step 2 and the exported tower are made outside it.
+
 Writes ``{work_dir}/`` (``tower.keras``, ``triplet.keras``, ``config.json``, ``metrics.json``,
 ``logs/``) and the SavedModel ``{out_dir}/`` (see :mod:`vsearch.export`).
 """
@@ -41,7 +46,7 @@ from vsearch.export import export_embedding
 from vsearch.features import TOP_PREDICT_BATCH, View, cache_views
 from vsearch.mining import Triplets, sample_triplets
 from vsearch.train import load_classifier, load_classifier_config
-from vsearch.training import StopOnNonFiniteLoss, Timings, fit_verbosity
+from vsearch.training import StopOnNonFiniteLoss, Timings, distribution_strategy, fit_verbosity
 
 # The validation photos' simulated customer photos: a seed no catalog view uses.
 VALIDATION_VIEW_SEED = 99
@@ -346,6 +351,7 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     work.mkdir(parents=True, exist_ok=True)
     timings, started = Timings(), time.perf_counter()
     size, batch = config.data.image_size, config.data.batch_size
+    strategy = distribution_strategy(config.strategy, log)
 
     with timings("load_s"):
         classifier, names = load_stage1(config)
@@ -360,18 +366,19 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     models.set_fine_tuning(base, False)
     with timings("feature_cache_s"):
         catalog, val_clean, val_customer = cache_features(bottom, train_ds, val_ds, config, log)
-    instance = instance_top(config, top, load_classifier_config(config.classifier_dir).alpha)
     with timings("class_branch_cache_s"):
         classes = class_branch_vectors(top, catalog, val_clean, val_customer) if config.class_dim else [None] * 3
     views = Views(catalog, classes[0], val_clean, classes[1], val_customer, classes[2])
 
-    branches = build_branches(config, classifier, top, instance, views)
-    tower = training_tower(branches, config, views)
-    triplet = triplet_model(tower, config)
-    callbacks = [keras.callbacks.TensorBoard(str(work / "logs")),
-                 StopOnNonFiniteLoss("training the triplet model", "lower learning_rate, or check the photos")]
-    history, start = train_triplets(triplet, tower, views, train_ds.labels, val_ds.labels, config, rng,
-                                    callbacks, timings, log)
+    with strategy.scope():  # every variable the triplets train or read, the optimizer, fit
+        instance = instance_top(config, top, load_classifier_config(config.classifier_dir).alpha)
+        branches = build_branches(config, classifier, top, instance, views)
+        tower = training_tower(branches, config, views)
+        triplet = triplet_model(tower, config)
+        callbacks = [keras.callbacks.TensorBoard(str(work / "logs")),
+                     StopOnNonFiniteLoss("training the triplet model", "lower learning_rate, or check the photos")]
+        history, start = train_triplets(triplet, tower, views, train_ds.labels, val_ds.labels, config, rng,
+                                        callbacks, timings, log)
 
     exported = embedding_tower(bottom, top, branches, config)
     final = {k: v[-1] for k, v in history.items() if k.startswith("val_")}
@@ -379,7 +386,7 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
     cache_diff = tower_parity(exported, tower, val_ds, views)
     timings["total_s"] = time.perf_counter() - started
     result = {"validation": final, "start": start, "history": history, "timings": dict(timings),
-              "cache_max_abs_diff": cache_diff,
+              "cache_max_abs_diff": cache_diff, "replicas": triplet.distribute_strategy.num_replicas_in_sync,
               "num_catalog": int(catalog.shape[0]), "views_per_image": int(catalog.shape[1])}
     write_siamese(config, exported, triplet, result, metadata)
     log(f"siamese: {_fmt(final)}; total {timings['total_s']:.0f}s; exported {config.out_dir}")

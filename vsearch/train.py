@@ -8,7 +8,9 @@ in two phases on those features:
 1. head only (pooling, dropout, softmax) on the frozen backbone;
 2. the top blocks from ``fine_tune_from`` on, BatchNormalization kept in inference mode;
 
-then evaluate the full model on the validation photos and write the artifacts. Class
+then evaluate the full model on the validation photos and write the artifacts. The model
+is built and both phases fit under ``config.strategy``
+(:func:`vsearch.training.distribution_strategy`); ``data.batch_size`` is the global batch. Class
 imbalance is handled with inverse-frequency class weights; early stopping and a
 best-on-validation checkpoint span both phases. Writes ``{out_dir}/``: ``classifier.keras``,
 ``config.json``, ``class_names.json``, ``metrics.json``, ``training_curves.png``,
@@ -34,7 +36,7 @@ from vsearch.config import ClassifierConfig
 from vsearch.datasets import image_dataset, load_splits
 from vsearch.errors import DataError
 from vsearch.features import TOP_PREDICT_BATCH, View, cache_views
-from vsearch.training import StopOnNonFiniteLoss, Timings, fit_verbosity
+from vsearch.training import StopOnNonFiniteLoss, Timings, distribution_strategy, fit_verbosity
 
 
 class Classifier(NamedTuple):
@@ -232,6 +234,7 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     out.mkdir(parents=True, exist_ok=True)
     timings, started = Timings(), time.perf_counter()
     size, batch = config.data.image_size, config.data.batch_size
+    strategy = distribution_strategy(config.strategy, log)
 
     with timings("load_s"):
         train, validation = load_splits(config.data, out / ".clean", log)
@@ -239,14 +242,16 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
         log(f"classes: {names}; train {train.report.counts()}; validation {validation.report.counts()}")
         train_ds = image_dataset(train.root, names, size, batch, cache=True)
         val_ds = image_dataset(validation.root, names, size, batch, cache=True)
-        classifier = build_classifier(config, len(names))
+        with strategy.scope():  # the variables the phases train, and the bottom sharing them
+            classifier = build_classifier(config, len(names))
     with timings("feature_cache_s"):
         x_train, x_val = cache_features(classifier.bottom, train_ds, val_ds, config, log)
     y_train, y_val = train_ds.labels, val_ds.labels
-    trainer = top_model(classifier)
     weights = class_weights(y_train, len(names)) if config.class_weighting else None
-    phases = fit_classifier(classifier, trainer, (x_train, np.tile(y_train, config.augment_views + 1)),
-                            (x_val, y_val), weights, config, out, timings, log)
+    with strategy.scope():  # models, optimizers and fit: Keras distributes each global batch
+        trainer = top_model(classifier)
+        phases = fit_classifier(classifier, trainer, (x_train, np.tile(y_train, config.augment_views + 1)),
+                                (x_val, y_val), weights, config, out, timings, log)
     with timings("eval_s"):
         report = evaluate_classifier(classifier, trainer, val_ds, x_val, names)
     history, phase_starts = joined_history(phases)
@@ -254,7 +259,8 @@ def train_classifier(config: ClassifierConfig, log: Callable[[str], None] = prin
     result = {**report, "num_train": int(len(y_train)), "num_validation": int(len(y_val)),
               "train_counts": train.report.counts(), "validation_counts": validation.report.counts(),
               "excluded": {**train.report.bad, **validation.report.bad},
-              "history": history, "timings": dict(timings)}
+              "history": history, "timings": dict(timings),
+              "replicas": trainer.distribute_strategy.num_replicas_in_sync}  # what fit ran on
     write_classifier(out, config, names, classifier.model, result, phase_starts)
     log(f"validation accuracy {report['accuracy']:.4f} (balanced {report['balanced_accuracy']:.4f}); "
         f"total {timings['total_s']:.0f}s; wrote {out}")

@@ -7,6 +7,11 @@
   ``make demo > log``) its carriage-return updates would fill the file, so a plain line
   per epoch is written there instead.
 * :class:`Timings`: seconds per named step, for the stages' ``metrics.json``.
+* :func:`distribution_strategy`: the ``tf.distribute`` strategy a stage builds, compiles
+  and fits its trained model under (config ``strategy``). Keras' ``fit`` splits each
+  global batch across the replicas and averages their gradients; the frozen-feature
+  caches are made outside it. One host only: multi-worker training with Keras 3's ``fit``
+  fails upstream (docs/training.md, "Training on several devices").
 """
 from __future__ import annotations
 
@@ -17,8 +22,10 @@ import time
 from typing import Callable, Iterator
 
 import keras
+import tensorflow as tf
 
-from vsearch.errors import TrainingError
+from vsearch.config import STRATEGIES
+from vsearch.errors import ConfigError, TrainingError
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -71,3 +78,41 @@ class Timings(dict):
             yield
         finally:
             self[key] = self.get(key, 0.0) + time.perf_counter() - start
+
+
+# One MirroredStrategy per set of devices and process: a second one over the same devices
+# numbers its all-reduces from the start again, and they collide with the first one's
+# ("Shape mismatch in the collective instance"), e.g. stage 2 run after stage 1 in one process.
+_MIRRORED: dict[tuple[str, ...], tf.distribute.MirroredStrategy] = {}
+
+
+def distribution_strategy(name: str, log: Callable[[str], None] | None = None) -> tf.distribute.Strategy:
+    """The strategy a stage's trained model is built, compiled and fit under.
+
+    Args:
+        name: ``mirrored``: :class:`tf.distribute.MirroredStrategy` over the visible GPUs, or
+            over the visible CPU devices when there is no GPU; ``none``: TensorFlow's default
+            strategy (one replica); ``auto``: ``mirrored`` when more than one GPU is
+            visible, else ``none``.
+        log: Told which strategy it is and how many replicas it runs.
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    if name not in STRATEGIES:
+        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "none"
+    if name == "none":
+        strategy = tf.distribute.get_strategy()
+    else:
+        devices = tuple(device.name for device in gpus or tf.config.list_logical_devices("CPU"))
+        if devices not in _MIRRORED:
+            _MIRRORED[devices] = tf.distribute.MirroredStrategy(list(devices))
+        strategy = _MIRRORED[devices]
+    if log:
+        replicas = strategy.num_replicas_in_sync
+        log(f"strategy {name}: {replicas} replica{'s' if replicas > 1 else ''}"
+            + (f" ({', '.join(strategy.extended.worker_devices)})" if name == "mirrored" else ""))
+    return strategy
