@@ -45,6 +45,18 @@ def test_fine_tuning_keeps_batchnorm_frozen(tiny_base):
     assert all(l.trainable for l in convs)
 
 
+def test_fine_tuning_unfreezes_layers_frozen_one_by_one(tiny_base):
+    """A layer frozen on its own (as in a clone of a frozen model) is trainable after fine-tuning is on."""
+    _, top = models.split_backbone(tiny_base, "block_15")
+    convs = [l for l in top.layers if isinstance(l, keras.layers.Conv2D)]
+    for layer in convs:
+        layer.trainable = False
+    models.set_fine_tuning(top, True)
+    assert all(l.trainable for l in convs) and top.trainable_weights
+    models.set_fine_tuning(top, False)
+    assert not top.trainable_weights
+
+
 def test_tower_outputs_unit_vectors_and_round_trips(tiny_base, tmp_path):
     tower = build_tower(tiny_base, 8, 32)
     projection = tower.get_layer("projection")  # an untrained tiny backbone outputs near zero

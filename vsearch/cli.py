@@ -66,7 +66,7 @@ def cmd_train(args) -> int:
     from vsearch.train import train_classifier
 
     config = _build_config(ClassifierConfig, args, {"backbone_weights": args.backbone_weights,
-                                                    "out_dir": args.out})
+                                                    "out_dir": args.out, "strategy": args.strategy})
     train_classifier(config)
     return 0
 
@@ -75,7 +75,8 @@ def cmd_siamese(args) -> int:
     from vsearch.config import SiameseConfig
     from vsearch.siamese import train_siamese
 
-    config = _build_config(SiameseConfig, args, {"out_dir": args.out, "classifier_dir": args.classifier})
+    config = _build_config(SiameseConfig, args, {"out_dir": args.out, "classifier_dir": args.classifier,
+                                                 "strategy": args.strategy})
     train_siamese(config)
     return 0
 
@@ -422,6 +423,15 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def strategy_arg(q, batch: str) -> None:
+    from vsearch.config import STRATEGIES
+
+    q.add_argument("--strategy", choices=STRATEGIES,
+                   help="tf.distribute strategy of fit: mirrored (every visible GPU, or the CPU devices), none "
+                        "(one device), auto (mirrored when more than one GPU is visible; the default); "
+                        f"{batch} is the global batch, split across the replicas")
+
+
 def store_arg(q) -> None:
     from vsearch.stores import DEFAULT_STORE
 
@@ -460,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--backbone-weights", help="imagenet | none | PATH to a weights file")
     p.add_argument("--out", help="artifact folder (out_dir)")
+    strategy_arg(p, "data.batch_size")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("siamese", help="stage 2: triplet training and SavedModel export",
@@ -468,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--classifier", help="trained classifier folder (classifier_dir)")
     p.add_argument("--out", help="SavedModel output folder (out_dir)")
+    strategy_arg(p, "batch_size (triplets)")
     p.set_defaults(func=cmd_siamese)
 
     p = sub.add_parser("eval", help="stage 3: retrieval metrics and pictures",

@@ -139,11 +139,14 @@ def split_backbone(base, fine_tune_from: str):
 
 
 def set_fine_tuning(model, trainable: bool) -> None:
-    """(Un)freezes a model but keeps every BatchNormalization frozen, in inference mode."""
+    """(Un)freezes a model but keeps every BatchNormalization frozen, in inference mode.
+
+    Every layer is set, not only the model: a layer cloned from a frozen model keeps its own
+    ``trainable = False`` through ``model.trainable = True``.
+    """
     model.trainable = trainable
     for layer in all_layers(model):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
+        layer.trainable = trainable and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def all_layers(model):
