@@ -92,7 +92,7 @@ docs:
 # docs/web.png: the upload page over the real index, in headless Debian Chromium.
 screenshot: venv
 	@test -f $(INDEX) || $(MAKE) index
-	$(PY) docs/make_screenshot.py
+	$(PY) docs/make_screenshot.py --store $(INDEX)
 
 # Re-execute the walkthrough notebook on the artifacts of the last real run (committed outputs).
 notebook: venv
