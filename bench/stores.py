@@ -439,7 +439,7 @@ def main() -> None:
         f"Data: {dim}-d synthetic unit vectors with a catalog's structure (categories, styles, products, "
         f"{PHOTOS_PER_PRODUCT} photos a product); {args.queries} queries per filter (fewer where a store's searches "
         f"ran past {args.search_budget:g} s: see the queries column), each a fresh photo of a random product, one at "
-        "a time on one thread; k={K} products; recall against the exact filtered "
+        f"a time on one thread; k={K} products; recall against the exact filtered "
         "answer (numpy). Filters on `price`: none, `price<100` (about 10% of products), `price<1` (about 0.1%).",
         "", f"Targets (faiss at 1M photos): search p50 <= {TARGETS['p50_ms']:g} ms at recall@10 >= "
         f"{TARGETS['recall']}; upsert of one product (3 photos, persisted) p50 <= {TARGETS['upsert_p50_ms']:g} ms.",
