@@ -17,6 +17,25 @@ from vsearch.synthetic import make_catalog  # noqa: E402
 from vsearch.synthetic import product_photo as _photo  # noqa: E402
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _repo_outputs() -> set[str]:
+    """What the tests must never write in the checkout: catalogs, media, locks and logs."""
+    return {str(p.relative_to(REPO)) for pattern in ("saved_models/*", "*.lock", "*.vsi*", "*.db")
+            for p in REPO.glob(pattern)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tests_leave_the_checkout_alone():
+    """Fails the run when a test wrote into the checkout (e.g. a catalog at the default
+    ``saved_models/catalog.vsi``, which would overwrite a user's real one)."""
+    before = _repo_outputs()
+    yield
+    new = sorted(_repo_outputs() - before)
+    assert not new, f"tests wrote into the checkout: {new}"
+
+
 def make_image_folder(root: Path, split_counts=(("train", 6), ("validation", 3))):
     """Writes root/{train,validation}/<class>/*.jpg|png of synthetic photos."""
     return make_catalog(root, split_counts)

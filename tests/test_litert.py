@@ -83,7 +83,7 @@ from vsearch.catalog import build_catalog
 from vsearch.litert import TFLiteEmbedder
 from vsearch.search import Searcher
 embedder = TFLiteEmbedder({str(tiny["files"]["none"])!r})
-catalog, _ = build_catalog(embedder, {str(tiny["data"] / "train")!r}, kind="exact")
+catalog, _ = build_catalog(embedder, {str(tiny["data"] / "train")!r}, {f"faiss:{tmp_path / 'c.vsi'}"!r}, kind="exact")
 result = Searcher(embedder, catalog).search({str(tiny["photos"][0])!r}, 3)
 assert len(result.matches) == 3, result
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))

@@ -45,12 +45,12 @@ def test_vectors_equal_embed_images_and_bad_photos_are_dead_letters(tiny, shop_f
     lines = (tmp_path / "out" / "dead_letters.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["image"] for line in lines) == sorted(planted)
 
-    graph, report = catalog_from_vectors(done.photos, done.vectors, summary["fingerprint"],
+    graph, report = catalog_from_vectors(done.photos, done.vectors, summary["fingerprint"], None,
                                          store=f"faiss:{tmp_path / 'graph.vsi'}", kind="hnsw")
     assert graph.count() == (report.products, report.photos) == (len(ids), len(ids))
     assert graph.search(done.vectors[:1], 1)[0][0]["photo_id"] == ids[0]
     with pytest.raises(DataError, match="no vectors to index"):
-        catalog_from_vectors([], done.vectors[:0], summary["fingerprint"], store=f"faiss:{tmp_path / 'none.vsi'}")
+        catalog_from_vectors([], done.vectors[:0], summary["fingerprint"], None, store=f"faiss:{tmp_path / 'none.vsi'}")
 
 
 def search_ids(index, model, photo, capsys):

@@ -21,7 +21,7 @@ from vsearch.embedder import embed_images
 from vsearch.errors import DataError
 from vsearch.manifest import FORMATS as MANIFEST_FORMATS
 from vsearch.manifest import Photo, read_manifest
-from vsearch.stores import DEFAULT_STORE, Store, build_store
+from vsearch.stores import Store, build_store
 
 
 def _walk(root: Path, skipped: dict[str, str]) -> list[Path]:
@@ -112,9 +112,10 @@ def embed_photos(embedder, photos: Sequence[Photo], report: IndexReport,
     return [local[i] for i in done.good], done.vectors
 
 
-def build_catalog(embedder, source: str | os.PathLike, store: str = DEFAULT_STORE, kind: str = "auto",
+def build_catalog(embedder, source: str | os.PathLike, store: str, kind: str = "auto",
                   **embed_kwargs) -> tuple[Store, IndexReport]:
-    """A new store at ``store`` with every photo of a manifest or a ``<category>/<photo>`` folder.
+    """A new store at ``store`` (e.g. ``faiss:saved_models/catalog.vsi``; no default: a build
+    replaces what is there) with every photo of a manifest or a ``<category>/<photo>`` folder.
 
     Replaces the catalog there in one step. Unusable photos are skipped and listed; a
     product whose photos are all unusable is left out.
@@ -130,8 +131,8 @@ def build_catalog(embedder, source: str | os.PathLike, store: str = DEFAULT_STOR
     return built, report
 
 
-def catalog_from_vectors(photos: Sequence[Photo], vectors: np.ndarray, fingerprint: str, model: dict | None = None,
-                         store: str = DEFAULT_STORE, kind: str = "auto") -> tuple[Store, IndexReport]:
+def catalog_from_vectors(photos: Sequence[Photo], vectors: np.ndarray, fingerprint: str, model: dict | None,
+                         store: str, kind: str = "auto") -> tuple[Store, IndexReport]:
     """A new store of vectors embedded elsewhere (``vsearch embed``'s shards); nothing is embedded."""
     vectors = np.asarray(vectors, np.float32)
     if not len(photos) or vectors.ndim != 2 or len(vectors) != len(photos):

@@ -857,6 +857,8 @@ def open(where: str | os.PathLike, expected_fingerprint: str | None = None) -> F
         DataError: no catalog there, a damaged or foreign file, or one made with another model.
     """
     path = Path(where)
+    if not path.is_file():  # before the lock: a mistyped path leaves no lock file behind
+        raise DataError(f"{path}: no such catalog index; build one with `vsearch index build`")
     snapshot, log = FaissStore(path, 1, "", {})._open_files(locked=False)
     return FaissStore._read(path, snapshot, log, expected_fingerprint)
 
