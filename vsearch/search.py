@@ -45,11 +45,6 @@ VERDICT_DEPTH = 2
 
 # ---------------------------------------------------------------- the calibrated verdict
 
-def product_of(item: dict) -> str:
-    """The product a catalog photo shows: its ``product_id``; without one the photo is its own product."""
-    return str(item.get("product_id") or item["id"])
-
-
 def ranked_features(scores: Sequence[float], products: Sequence[str]) -> tuple[float, float]:
     """(top-1 score, gap to the best-scored other product) of a ranked list, best first.
 
@@ -98,7 +93,7 @@ def verdicts(p_exact, p_present, thresholds: dict) -> np.ndarray:
 
 def match_verdict(calibration: dict, matches: Sequence[dict]) -> dict:
     """``{"verdict", "confidence"}`` for a ranked list of matches under a stored calibration."""
-    top1, gap = ranked_features([m["score"] for m in matches], [product_of(m) for m in matches])
+    top1, gap = ranked_features([m["score"] for m in matches], [m["product_id"] for m in matches])
     category = matches[0].get("category", "")
     heads = calibration["heads"]
     p_exact = float(probability(head_model(heads["exact"], category), top1, gap)[0])
