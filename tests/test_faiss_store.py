@@ -295,3 +295,14 @@ def test_a_broad_filter_goes_through_faiss_with_a_selector(tmp_path, monkeypatch
     assert all(h["attributes"]["shade"] == 2 and h["product_id"] not in ("p1", "p2") for row in broad for h in row)
     found = [len({h["product_id"] for h in a} & {h["product_id"] for h in b}) for a, b in zip(broad, exact)]
     assert sum(found) >= 0.95 * 10 * len(queries)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5, 1.0])
+def test_exact_scores_match_a_plain_product_whichever_road(share):
+    from vsearch.stores.faiss import exact_scores
+
+    rng = np.random.default_rng(3)
+    storage = rng.standard_normal((300, 16)).astype(np.float32)
+    query = rng.standard_normal(16).astype(np.float32)
+    rows = np.sort(rng.choice(300, int(300 * share), replace=False))
+    np.testing.assert_allclose(exact_scores(storage, rows, query), storage[rows] @ query, rtol=1e-5, atol=1e-5)
