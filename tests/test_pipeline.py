@@ -13,7 +13,7 @@ from vsearch.embedder import embed_images
 from vsearch.errors import DataError
 from vsearch.litert import TFLiteEmbedder
 from vsearch.manifest import Photo
-from vsearch.pipeline import embed_catalog, load_embeddings
+from vsearch.pipeline import embed_catalog, embed_rows, load_embeddings
 
 PLANTED = ("corrupt", "truncated", "empty", "text")  # awkward_files that no road can read
 
@@ -51,6 +51,38 @@ def test_vectors_equal_embed_images_and_bad_photos_are_dead_letters(tiny, shop_f
     assert graph.search(done.vectors[:1], 1)[0][0]["photo_id"] == ids[0]
     with pytest.raises(DataError, match="no vectors to index"):
         catalog_from_vectors([], done.vectors[:0], summary["fingerprint"], None, store=f"faiss:{tmp_path / 'none.vsi'}")
+
+
+class CountingModel:
+    """A stand-in model that records the batches it is given: the mean colour as a 3-d vector."""
+
+    image_size, dim = 8, 3
+
+    def __init__(self):
+        self.batches = []
+
+    def embed_pixels(self, pixels):
+        self.batches.append(len(pixels))
+        return pixels.mean(axis=(1, 2)) / 255
+
+
+def test_embed_rows_keeps_unusable_photos_out_of_model_batches(shop_folder):
+    folder, planted = shop_folder
+    paths = [str(p) for p in sorted((folder / "red").iterdir())] + sorted(planted)
+    rows = [{"image": path} for path in paths] + [{"image": "nowhere://bucket/p.jpg"}]
+    model = CountingModel()
+    out = embed_rows(model, rows, batch_size=2)
+
+    assert [row for row, _, _ in out] == rows
+    good = [n for n, (_, vector, _) in enumerate(out) if vector is not None]
+    assert good == list(range(len(paths) - len(planted)))
+    assert sum(model.batches) == len(good) and max(model.batches) == 2
+    reasons = {row["image"]: why for row, vector, why in out if vector is None}
+    assert set(reasons) == {*planted, "nowhere://bucket/p.jpg"}
+    assert reasons[str(folder / "misc" / "empty.jpg")] == "file is empty (0 bytes)"
+    assert reasons["nowhere://bucket/p.jpg"].startswith("cannot read the file")
+    red = out[0][1]
+    assert red[0] > red[1] and red[0] > red[2]
 
 
 def search_ids(index, model, photo, capsys):

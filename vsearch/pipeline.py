@@ -8,13 +8,16 @@
 and runs the pipeline :func:`build_pipeline` describes:
 
 1. read the staged rows and spread them over the workers (``Reshuffle``);
-2. :class:`ReadPhoto`: each photo's bytes through Beam's ``FileSystems`` (local paths, and
-   ``gs://`` / ``s3://`` where those Beam extras are installed), then the road of
-   :func:`vsearch.images.model_input`; an unusable photo goes to the dead letters with its
-   reason and never reaches a model batch;
-3. ``RunInference`` with :class:`EmbeddingHandler`: the exported model (the SavedModel's
-   ``embed_pixels`` signature, or the LiteRT flatbuffer) loaded once per worker process by
-   :func:`vsearch.embedder.load_embedder`, fed fixed-size batches by ``BatchElements``;
+2. ``RunInference`` with :class:`EmbeddingHandler`, on batches of rows: the exported model
+   (the SavedModel's ``embed_pixels`` signature, or the LiteRT flatbuffer) loaded once per
+   worker process by :func:`vsearch.embedder.load_embedder`; :func:`embed_rows` sends each
+   batch through :func:`vsearch.embedder.embed_images`, the batching loop of ``vsearch index
+   build``: the road of :func:`vsearch.images.model_input` in decoding threads, the next
+   model batch decoded while this one runs. A local photo is read by those threads; another
+   filesystem's (``gs://``, ``s3://``, where those Beam extras are installed) through Beam's
+   ``FileSystems``. An unusable photo never reaches a model batch;
+3. :func:`sort_outcome`: a vector goes on, an unusable photo to the dead letters with its
+   reason;
 4. Parquet shards ``embeddings-SSSSS-of-NNNNN.parquet`` (``product_id``, ``photo_id``,
    ``category``, ``image``, one typed column per attribute, ``vector`` as a fixed-size list
    of float32), ``dead_letters.jsonl``, and last ``embeddings.json``: model fingerprint,
@@ -31,6 +34,7 @@ a shared mount).
 """
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import posixpath
@@ -47,7 +51,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from vsearch.errors import DataError, ImageError
-from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, model_input
+from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from vsearch.manifest import Manifest, Photo, read_manifest
 
 FORMAT = "vsearch-embeddings/1"
@@ -55,10 +59,11 @@ SUMMARY_FILE = "embeddings.json"
 INPUT_FILE = "photos.jsonl"
 SHARD_PREFIX = "embeddings"
 DEAD_LETTERS = "dead_letters"  # + ".jsonl"
-DEAD = "dead"                  # the tag of ReadPhoto's dead-letter output
+DEAD = "dead"                  # the tag of sort_outcome's dead-letter output
 FIXED_COLUMNS = ("product_id", "photo_id", "category", "image")
 ARROW_TYPES = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "text": pa.string()}
 DEAD_SAMPLE = 20  # dead letters quoted in the summary; the file holds them all
+ROWS_PER_BATCH = 4  # model batches of rows per RunInference call: decoding overlaps 3 of 4
 
 
 # ---------------------------------------------------------------- the model, described and run
@@ -103,19 +108,24 @@ def _limit_tensorflow_threads(threads: int) -> None:
 
 
 class EmbeddingHandler(ModelHandler):
-    """RunInference's model: (row, pixels) batches -> (row, unit vector), our exported model.
+    """RunInference's model: batches of staged rows -> (row, vector or None, reason or None).
 
     Args:
         model: SavedModel folder or ``.tflite`` file, a local path on every worker.
-        batch_size: Photos per model call; ``BatchElements`` is held to exactly this size
-            (a bundle's last batch may be smaller).
+        batch_size: Photos per model call. ``BatchElements`` hands over ``ROWS_PER_BATCH``
+            model batches of rows at a time (a bundle's last may be smaller), so that decoding
+            the next model batch overlaps the model's run on this one.
         threads: Inference threads per worker (LiteRT's ``num_threads``; TensorFlow's pools
             in a fresh worker process). Default: the runtime's own choice.
+        max_pixels / max_bytes: The road's limits (:func:`vsearch.images.model_input`).
     """
 
-    def __init__(self, model: str, batch_size: int = 32, threads: int | None = None):
-        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+    def __init__(self, model: str, batch_size: int = 32, threads: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES):
+        rows = batch_size * ROWS_PER_BATCH
+        super().__init__(min_batch_size=rows, max_batch_size=rows)
         self.model, self.batch_size, self.threads = str(model), int(batch_size), threads
+        self.max_pixels, self.max_bytes = max_pixels, max_bytes
 
     def load_model(self):
         from vsearch.embedder import load_embedder
@@ -124,18 +134,14 @@ class EmbeddingHandler(ModelHandler):
             _limit_tensorflow_threads(self.threads)
         return load_embedder(self.model, num_threads=self.threads)
 
-    def run_inference(self, batch: Sequence[tuple[dict, np.ndarray]], model, inference_args=None):
-        vectors = np.asarray(model.embed_pixels(np.stack([pixels for _, pixels in batch])), np.float32)
-        return [(row, vector) for (row, _), vector in zip(batch, vectors)]
-
-    def get_num_bytes(self, batch: Sequence[tuple[dict, np.ndarray]]) -> int:
-        return sum(pixels.nbytes for _, pixels in batch)  # the default pickles the whole batch to measure it
+    def run_inference(self, batch: Sequence[dict], model, inference_args=None):
+        return embed_rows(model, batch, self.batch_size, self.max_pixels, self.max_bytes)
 
     def get_metrics_namespace(self) -> str:
         return "vsearch_embed"
 
 
-# ---------------------------------------------------------------- reading and decoding one photo
+# ---------------------------------------------------------------- reading, decoding and embedding rows
 
 def read_photo(location: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """A photo's bytes through Beam's FileSystems, within ``max_bytes``; any failure is an ImageError."""
@@ -154,21 +160,44 @@ def read_photo(location: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     return data
 
 
-class ReadPhoto(beam.DoFn):
-    """A staged row -> (row, model pixels), or a dead letter {photo_id, product_id, image, reason}."""
+def embed_rows(embedder, rows: Sequence[dict], batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> list[tuple[dict, np.ndarray | None, str | None]]:
+    """Staged rows -> (row, unit vector, None), or (row, None, why the photo is unusable).
 
-    def __init__(self, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES):
-        self.size, self.max_pixels, self.max_bytes = size, max_pixels, max_bytes
+    A local path goes to :func:`vsearch.embedder.embed_images` as a path (its decoding
+    threads read it); a URL's bytes are read here through Beam's FileSystems.
+    """
+    from vsearch.embedder import embed_images
 
-    def process(self, row: dict) -> Iterable:
+    images, reasons = [], {}
+    for n, row in enumerate(rows):
+        if "://" not in row["image"]:
+            images.append(row["image"])
+            continue
         try:
-            data = read_photo(row["image"], self.max_bytes)
-            pixels = model_input(data, self.size, row["image"], max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+            images.append(read_photo(row["image"], max_bytes))
         except ImageError as exc:
-            yield beam.pvalue.TaggedOutput(DEAD, {"photo_id": row["photo_id"], "product_id": row["product_id"],
-                                                  "image": row["image"], "reason": exc.reason})
-            return
-        yield row, pixels
+            images.append(b"")
+            reasons[n] = exc.reason
+    readable = [n for n in range(len(rows)) if n not in reasons]
+    done = embed_images(embedder, [images[n] for n in readable], batch_size, max_pixels=max_pixels,
+                        max_bytes=max_bytes)
+    vectors = dict(zip((readable[j] for j in done.good), done.vectors))
+    for j, n in enumerate(readable):
+        if n not in vectors:  # embed_images names a failure by its path, or "<image j>" for bytes
+            image = images[n]
+            reasons[n] = done.bad[image if isinstance(image, str) else f"<image {j}>"]
+    return [(row, vectors.get(n), reasons.get(n)) for n, row in enumerate(rows)]
+
+
+def sort_outcome(outcome: tuple[dict, np.ndarray | None, str | None]) -> Iterable:
+    """(row, vector) on the main output, or a dead letter {photo_id, product_id, image, reason}."""
+    row, vector, reason = outcome
+    if reason is None:
+        yield row, vector
+    else:
+        yield beam.pvalue.TaggedOutput(DEAD, {"photo_id": row["photo_id"], "product_id": row["product_id"],
+                                              "image": row["image"], "reason": reason})
 
 
 # ---------------------------------------------------------------- the output
@@ -200,13 +229,46 @@ def _write_text(path: str, text: str) -> None:
         write_atomic(path, text)
 
 
-def write_summary(_, out: str, facts: dict, shards: list[str], dead_files: list[str], embedded: int,
-                  dead: int, sample: list[dict]) -> dict:
-    """The last step: ``embeddings.json``, written once every shard and the dead letters are."""
+def count_rows(shards: Sequence[str]) -> int:
+    """Rows in the Parquet shards, from their footers."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for shard in shards:
+        with _open(shard) as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
+
+
+def tally_dead_letters(path: str | None) -> tuple[int, list[dict]]:
+    """How many dead letters the file holds, and the first ``DEAD_SAMPLE`` by photo id (one pass)."""
+    if path is None:
+        return 0, []
+    count = 0
+
+    def letters(fh):
+        nonlocal count
+        for line in fh:
+            if line.strip():
+                count += 1
+                yield json.loads(line)
+
+    with _open(path) as fh:
+        sample = heapq.nsmallest(DEAD_SAMPLE, letters(fh), key=lambda d: d["photo_id"])
+    return count, sample
+
+
+def write_summary(_, out: str, facts: dict, shards: list[str], dead_files: list[str]) -> dict:
+    """The last step: ``embeddings.json``, written once every shard and the dead letters are.
+
+    The counts are read back from what was written (the shards' footers, the dead-letter
+    file), so the summary cannot disagree with the files it names.
+    """
+    dead_file = dead_files[0] if dead_files else None
+    dead, sample = tally_dead_letters(dead_file)
     summary = {**facts, "shards": sorted(posixpath.basename(s) for s in shards),
-               "counts": {**facts["counts"], "embedded": embedded, "dead_letters": dead},
-               "dead_letters": {"file": posixpath.basename(dead_files[0]) if dead_files else None,
-                                "sample": sample}}
+               "counts": {**facts["counts"], "embedded": count_rows(shards), "dead_letters": dead},
+               "dead_letters": {"file": posixpath.basename(dead_file) if dead_file else None, "sample": sample}}
     _write_text(FileSystems.join(out, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -246,9 +308,9 @@ def build_pipeline(p: beam.Pipeline, staged: str, out: str, model: dict, attribu
     """The steps of ``vsearch embed`` on ``p`` (see the module's doc)."""
     rows = (p | "ReadRows" >> beam.io.ReadFromText(staged) | "Parse" >> beam.Map(json.loads)
             | "Spread" >> beam.Reshuffle())
-    decoded = rows | "ReadPhoto" >> beam.ParDo(ReadPhoto(model["image_size"])).with_outputs(DEAD, main="ok")
-    embedded = decoded.ok | "Embed" >> RunInference(EmbeddingHandler(model["source"], batch_size, threads))
-    shards = (embedded | "ToRecord" >> beam.Map(to_record)
+    outcomes = rows | "Embed" >> RunInference(EmbeddingHandler(model["source"], batch_size, threads))
+    decoded = outcomes | "Sort" >> beam.FlatMap(sort_outcome).with_outputs(DEAD, main="ok")
+    shards = (decoded.ok | "ToRecord" >> beam.Map(to_record)
               | "WriteShards" >> beam.io.WriteToParquet(FileSystems.join(out, SHARD_PREFIX),
                                                         parquet_schema(attributes, model["dim"]),
                                                         file_name_suffix=".parquet"))
@@ -256,13 +318,8 @@ def build_pipeline(p: beam.Pipeline, staged: str, out: str, model: dict, attribu
     dead_files = (dead | "DeadJson" >> beam.Map(json.dumps)
                   | "WriteDead" >> beam.io.WriteToText(FileSystems.join(out, DEAD_LETTERS), file_name_suffix=".jsonl",
                                                        shard_name_template=""))
-    counted = embedded | "CountEmbedded" >> beam.combiners.Count.Globally()
-    dead_count = dead | "CountDead" >> beam.combiners.Count.Globally()
-    sample = dead | "SampleDead" >> beam.combiners.Top.Smallest(DEAD_SAMPLE, key=lambda d: d["photo_id"])
-    side = beam.pvalue
     _ = (p | "Once" >> beam.Create([None])
-         | "Summary" >> beam.Map(write_summary, out, facts, side.AsList(shards), side.AsList(dead_files),
-                                 side.AsSingleton(counted), side.AsSingleton(dead_count), side.AsSingleton(sample)))
+         | "Summary" >> beam.Map(write_summary, out, facts, beam.pvalue.AsList(shards), beam.pvalue.AsList(dead_files)))
 
 
 def embed_catalog(source: str | os.PathLike, model: str | os.PathLike, out: str, batch_size: int = 32,
