@@ -235,6 +235,23 @@ def test_upsert_replaces_a_products_photos_and_delete_counts_products(lite):
         store.close()
 
 
+def test_attributes_filter_through_typed_columns_and_a_later_one_through_json(lite):
+    """milvus-lite reads a JSON path row by row (~100 times a typed column's cost): the
+    attributes a catalog is built with get columns; one that joins later still filters."""
+    store = build(f"{lite}#columns", products=6)
+    try:
+        assert set(store.columns) == {"price", "brand", "in_stock", "colour"}
+        assert store._field("price") == store.columns["price"] and store._field("size").startswith("attributes[")
+        store.upsert([Photo("p9", "p9/0", "/p9.jpg", "hats", {"price": 2.5, "size": 42})], np.eye(1, DIM))
+        assert store.schema["price"] == "float" and store.schema["size"] == "int"
+        for expressions, expected in ((["size>=40"], {"p9"}), (["price<3"], {"p0", "p9"}),
+                                      (["price<3", "colour!=red"], set()), (["size!=41"], {"p9"})):
+            hits = store.search(np.eye(1, DIM), 20, where=parse_where(expressions, store.schema))[0]
+            assert {h["product_id"] for h in hits} == expected, expressions
+    finally:
+        store.close()
+
+
 # ---------------------------------------------------------------- the networked road
 
 def test_server_catalogs_are_shared_rebuilt_at_once_and_named(milvus_server):

@@ -8,9 +8,13 @@ talks to a Milvus server. ``#NAME`` after the location picks the catalog's name 
 Layout: a catalog is an **alias** ``NAME`` pointing at a collection ``NAME_<hex>`` with one
 row per photo: ``photo_id`` (primary key), ``product_id``, ``category``, ``path``, ``seq``
 (the photo's place in its product; ``seq == 0`` counts products), ``attributes`` (JSON, no
-missing values) and ``vector`` (COSINE; HNSW, or FLAT for an exact catalog). The model
-fingerprint, dim, model dict and attribute schema, the calibration and a change token are
-collection properties, so a catalog and its metadata move together. ``build`` fills a new
+missing values), one typed nullable column ``a<n>`` per attribute the catalog had when it
+was built (``DOUBLE`` for numbers, ``BOOL``, ``VARCHAR``: what filters read; an attribute
+that joins later is filtered through the JSON field, as Milvus cannot add a column), and
+``vector`` (COSINE; HNSW with the FAISS store's graph parameters, or FLAT for an exact
+catalog, built before ``build`` returns). The model fingerprint, dim, model dict, attribute
+schema and columns, the calibration and a change token are collection properties, so a
+catalog and its metadata move together. ``build`` fills a new
 collection, then moves the alias and drops the old one: readers search the old catalog or
 the new one, never a mix, and take in the new metadata at their next ``refresh()`` (which
 refuses a catalog built with another model).
@@ -21,6 +25,13 @@ a lost product, and running it again completes it. One writer at a time. A local
 flushed after each write (milvus-lite writes its log to the OS at once; the flush makes
 segments and keeps searches fast); a server is flushed after a build only, as Milvus
 persists each write already and rate-limits flushes.
+
+milvus-lite 3.x is a pure-Python engine: whatever the index, each search walks every row in
+Python to drop superseded and deleted ones (``milvus_lite/search/executor_indexed.py``),
+about 1-2 microseconds a row, and a filter on a JSON path is evaluated row by row with a
+``json.loads`` each (about 100 times a typed column's cost). Hence the typed columns, the
+index built at once, and a filter's count kept until the catalog changes; the per-row walk
+is milvus-lite's and sets its floor (bench/results/stores.md).
 """
 from __future__ import annotations
 
@@ -38,14 +49,15 @@ from pymilvus import DataType, MilvusClient, MilvusException
 
 from vsearch.errors import DataError
 from vsearch.filters import BUILTIN, Condition, Filter, to_milvus
-from vsearch.index import calibration_problem, choose_kind
+from vsearch.index import FaissIndex, calibration_problem, choose_kind
 from vsearch.stores import Product
-from vsearch.stores.checks import check_vectors, group_photos
+from vsearch.stores.checks import check_vectors, group_photos, photo_dict
 
 DEFAULT_NAME = "vsearch_catalog"
 FORMAT = "vsearch-milvus/1"
 META, CALIBRATION, CHANGE = "vsearch.meta", "vsearch.calibration", "vsearch.change"
 MAX_ID, MAX_PATH = 1024, 8192   # VARCHAR lengths of the id and path fields
+MAX_TEXT = 65535                # VARCHAR length of a text attribute's column (Milvus' largest)
 MAX_K = 16384                   # Milvus' largest top-k
 MAX_EF = 32768                  # Milvus' largest HNSW search beam
 EXACT_BELOW = 4096              # an HNSW catalog scores a filter keeping this few photos here (6 MB at 391-d)
@@ -129,23 +141,32 @@ class _Calls:
 
 # ---------------------------------------------------------------- checking what comes in
 
-def to_rows(photos: Sequence, vectors: np.ndarray, schema: dict[str, str]) -> tuple[list[dict], dict[str, str]]:
+def to_rows(photos: Sequence, vectors: np.ndarray, schema: dict[str, str],
+            columns: dict[str, str] | None = None) -> tuple[list[dict], dict[str, str]]:
     """One Milvus row per photo and the schema they leave, after every check (nothing written yet).
 
     The checks are both stores' (:func:`vsearch.stores.checks.group_photos`), so both
-    refuse the same photos with the same words; Milvus adds a length limit on ids and paths.
+    refuse the same photos with the same words; Milvus adds length limits on ids, paths and
+    text. ``columns``: attribute -> its typed column, filled beside the JSON field. A row's
+    ``vector`` is its row of ``vectors`` (:func:`_batches` makes it a list, a batch at a time).
 
     Raises:
         DataError: no photos, a photo id given twice, photos of one product that disagree
-            on category or attributes, an attribute of the wrong type, an id or path too long.
+            on category or attributes, an attribute of the wrong type, an id, path or text too long.
     """
     photos = [p if isinstance(p, dict) else p.to_dict() for p in photos]
     if not photos:
         raise DataError("upsert of no photos; give at least one photo and its vector")
+    columns = columns or {}
     products, schema = group_photos([{**p, "product_id": str(p["product_id"]), "photo_id": str(p["photo_id"])}
                                      for p in photos], schema)
     rows = []
     for product_id, product in products.items():
+        attributes = product["attributes"]
+        typed = {field: _typed(attributes.get(name), schema.get(name)) for name, field in columns.items()}
+        for name, value in attributes.items():
+            if isinstance(value, str) and len(value.encode()) > MAX_TEXT:
+                raise DataError(f"product {product_id!r}: attribute {name!r} is longer than {MAX_TEXT} bytes")
         for seq, n in enumerate(product["rows"]):
             photo_id, path = str(photos[n]["photo_id"]), str(photos[n]["image"])
             for label, text, limit in (("product id", product_id, MAX_ID), ("photo id", photo_id, MAX_ID),
@@ -153,17 +174,25 @@ def to_rows(photos: Sequence, vectors: np.ndarray, schema: dict[str, str]) -> tu
                 if len(text.encode()) > limit:
                     raise DataError(f"product {product_id!r}: {label} {text[:80]!r}... is longer than {limit} bytes")
             rows.append({"photo_id": photo_id, "product_id": product_id, "category": product["category"],
-                         "path": path, "seq": seq, "attributes": product["attributes"], "vector": vectors[n].tolist()})
+                         "path": path, "seq": seq, "attributes": attributes, **typed, "vector": vectors[n]})
     return rows, schema
+
+
+def _typed(value, kind: str | None):
+    """An attribute's value as its column holds it (numbers as float: an int column may widen)."""
+    return float(value) if value is not None and kind in ("int", "float") else value
+
+
+def _column_type(kind: str) -> dict:
+    if kind == "bool":
+        return {"datatype": DataType.BOOL}
+    if kind == "text":
+        return {"datatype": DataType.VARCHAR, "max_length": MAX_TEXT}
+    return {"datatype": DataType.DOUBLE}
 
 
 def _in(field: str, values: Sequence[str]) -> str:
     return to_milvus(Filter((Condition(field, "in", tuple(values)),)))
-
-
-def _field(name: str) -> str:
-    """Where a filter field lives: a column for the built-in ones, else a key of ``attributes``."""
-    return name if name in BUILTIN else f"attributes[{json.dumps(name, ensure_ascii=False)}]"
 
 
 # ---------------------------------------------------------------- the store
@@ -178,7 +207,9 @@ class MilvusStore:
         self.collection = ""
         self.change = ""
         self.calibration: dict | None = None
+        self.columns: dict[str, str] = {}          # attribute -> its typed column
         self._categories: list[str] | None = None
+        self._kept: dict[str, int] = {}            # filter expression -> photos it keeps, at self.change
         self._read_meta()
 
     # ---- metadata, kept in the collection's properties
@@ -198,7 +229,7 @@ class MilvusStore:
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
             fingerprint, dim, model, schema = meta["fingerprint"], int(meta["dim"]), meta["model"], meta["schema"]
-            kind = meta["kind"]
+            kind, columns, ef_search = meta["kind"], dict(meta.get("columns") or {}), int(meta.get("ef_search", 64))
             calibration = json.loads(properties.get(CALIBRATION) or "null")
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise DataError(f"{self.spec}: collection {self.name!r} is not a vsearch catalog ({exc}); "
@@ -208,20 +239,23 @@ class MilvusStore:
             raise DataError(f"{self.spec}: built with model {fingerprint}, but the query model is {expected}; "
                             "rebuild the index with this model")
         self.fingerprint, self.dim, self.model, self.schema = fingerprint, dim, dict(model), dict(schema)
-        self.kind = kind
+        self.kind, self.columns, self._ef_search = kind, columns, ef_search
         self.calibration, self.collection = calibration, described["collection_name"]
         self.change = properties.get(CHANGE, "")
         self._categories = None
+        self._kept = {}
 
     def _write_meta(self, schema: dict[str, str] | None = None) -> None:
         properties = {CHANGE: uuid.uuid4().hex}
         if schema is not None:
             properties[META] = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "dim": self.dim,
-                                           "model": self.model, "schema": schema, "kind": self.kind})
+                                           "model": self.model, "schema": schema, "kind": self.kind,
+                                           "columns": self.columns, "ef_search": self._ef_search})
         with _Calls(self.spec):
             self.client.alter_collection_properties(self.collection, properties=properties)
         self.change = properties[CHANGE]
         self._categories = None
+        self._kept = {}
 
     def refresh(self) -> bool:
         """Takes in other writers' changes (a rebuild, new metadata); whether there were any.
@@ -251,6 +285,22 @@ class MilvusStore:
         with _Calls(self.spec):
             rows = self.client.query(self.name, filter=expression, output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
+
+    def _kept_by(self, expression: str) -> int:
+        """Photos ``expression`` keeps, counted once per catalog change (a count costs milvus-lite a
+        query that reads every row; a stale count only sets the beam: :meth:`_exact` checks itself)."""
+        if expression not in self._kept:
+            if len(self._kept) >= 64:
+                self._kept.clear()
+            self._kept[expression] = self._count(expression)
+        return self._kept[expression]
+
+    def _field(self, name: str) -> str:
+        """Where a filter field lives: a column for the built-in ones and the typed attributes, else
+        a key of ``attributes``."""
+        if name in BUILTIN:
+            return name
+        return self.columns.get(name) or f"attributes[{json.dumps(name, ensure_ascii=False)}]"
 
     def count(self) -> tuple[int, int]:
         return self._count("seq == 0"), self._count("")
@@ -300,13 +350,16 @@ class MilvusStore:
         if int(k) < 1:
             raise DataError(f"{self.spec}: search: k must be at least 1, got {k}")
         k = min(int(k), MAX_K)
-        expression = to_milvus(where, _field)
-        ef = max(64, k)
+        expression = to_milvus(where, self._field)
+        ef = max(self._ef_search, k)
         if self.kind == "hnsw" and expression:
-            kept = self._count(expression)
+            kept = self._kept_by(expression)
             if kept <= EXACT_BELOW:
-                return self._exact(vectors, k, expression, group) if kept else [[] for _ in vectors]
-            ef = min(MAX_EF, max(ef, math.ceil(2 * ef * self._count("") / kept)))
+                exact = self._exact(vectors, k, expression, group)
+                if exact is not None:
+                    return exact
+                kept = self._kept[expression] = self._count(expression)  # it grew since it was counted
+            ef = min(MAX_EF, max(ef, math.ceil(2 * ef * self._kept_by("") / max(kept, 1))))
         options = {"group_by_field": "product_id", "group_size": 1} if group else {}
         with _Calls(self.spec):
             results = self.client.search(
@@ -317,11 +370,16 @@ class MilvusStore:
         return [[{**_hit({**hit["entity"], "photo_id": hit.get("photo_id", hit.get("id"))}),
                   "score": float(hit["distance"])} for hit in hits] for hits in results]
 
-    def _exact(self, vectors: np.ndarray, k: int, expression: str, group: bool) -> list[list[dict]]:
-        """Every photo ``expression`` keeps, scored against each query (cosine, as the index)."""
+    def _exact(self, vectors: np.ndarray, k: int, expression: str, group: bool) -> list[list[dict]] | None:
+        """Every photo ``expression`` keeps, scored against each query (cosine, as the index);
+        None when it keeps more than ``EXACT_BELOW`` photos."""
         with _Calls(self.spec):
             rows = self.client.query(self.name, filter=expression, output_fields=FIELDS + ["vector"],
-                                     limit=EXACT_BELOW)
+                                     limit=EXACT_BELOW + 1)
+        if len(rows) > EXACT_BELOW:
+            return None
+        if not rows:
+            return [[] for _ in vectors]
         stored = np.asarray([row["vector"] for row in rows], np.float32)
         stored /= np.maximum(np.linalg.norm(stored, axis=1, keepdims=True), 1e-12)
         queries = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -344,7 +402,7 @@ class MilvusStore:
         photos = list(photos)
         vectors = check_vectors(vectors, len(photos), self.dim)
         self._read_meta()  # the schema as the last writer left it
-        rows, schema = to_rows(photos, vectors, self.schema)
+        rows, schema = to_rows(photos, vectors, self.schema, self.columns)
         products = list(dict.fromkeys(row["product_id"] for row in rows))
         new = {row["photo_id"] for row in rows}
         self._refuse_moves(rows)
@@ -364,7 +422,11 @@ class MilvusStore:
         """A photo id may pass only between products this upsert replaces (else it leaves one short)."""
         wanted = {row["photo_id"]: row["product_id"] for row in rows}
         replaced = set(wanted.values())
-        for row in self._select("photo_id", list(wanted), ["photo_id", "product_id"]):
+        ids, found = list(wanted), []
+        with _Calls(self.spec):
+            for start in range(0, len(ids), CHUNK):  # by primary key: no filter over every row
+                found += self.client.get(self.name, ids=ids[start:start + CHUNK], output_fields=["photo_id", "product_id"])
+        for row in found:
             if row["product_id"] not in replaced:
                 raise DataError(f"product {wanted[row['photo_id']]!r}: photo id {row['photo_id']!r} already belongs "
                                 f"to product {row['product_id']!r}")
@@ -418,9 +480,11 @@ def _product(rows: list[dict]) -> Product:
 
 
 def _batches(rows: list[dict], dim: int) -> Iterator[list[dict]]:
+    """``rows`` in insert-sized batches, each row's vector a list (made here: a 1M-photo catalog's
+    vectors as Python floats at once would take 9 GB)."""
     size = max(1, BATCH_BYTES // (4 * dim + 1024))
     for start in range(0, len(rows), size):
-        yield rows[start:start + size]
+        yield [{**row, "vector": np.asarray(row["vector"], np.float32).tolist()} for row in rows[start:start + size]]
 
 
 # ---------------------------------------------------------------- open and build
@@ -454,13 +518,16 @@ def build(where: str, photos: Sequence, vectors: np.ndarray, *, fingerprint: str
     photos = list(photos)
     vectors = check_vectors(vectors, len(photos), None)
     dim = int(vectors.shape[1])
-    rows, schema = to_rows(photos, vectors, {}) if photos else ([], {})
+    schema = group_photos([photo_dict(p) for p in photos], {})[1] if photos else {}
+    columns = {name: f"a{n}" for n, name in enumerate(sorted(schema))}
+    rows, schema = to_rows(photos, vectors, schema, columns) if photos else ([], {})
     try:
         kind = choose_kind(kind, len(rows))
     except ValueError as exc:
         raise DataError(f"{spec}: {exc}") from None
+    graph = FaissIndex(1).params()  # the FAISS store's HNSW parameters: the same graph, comparable figures
     meta = {"format": FORMAT, "fingerprint": fingerprint, "dim": dim, "model": dict(model), "schema": schema,
-            "kind": kind}
+            "kind": kind, "columns": columns, "ef_search": graph["ef_search"]}
     if local:
         Path(local).parent.mkdir(parents=True, exist_ok=True)
     client = _connect(uri, local, spec)
@@ -468,11 +535,12 @@ def build(where: str, photos: Sequence, vectors: np.ndarray, *, fingerprint: str
         with _Calls(spec):
             old = _alias_target(client, name, spec)
             collection = f"{name}_{uuid.uuid4().hex[:12]}"
-            _create(client, collection, dim, kind, meta)
+            _create(client, collection, dim, meta)
             try:
                 for batch in _batches(rows, dim):
                     client.insert(collection, batch)
                 client.flush(collection)  # without it searches scan unsealed rows (~1.5 s seen)
+                _index(client, collection, kind, graph)
                 if old is None:
                     client.create_alias(collection, name)
                 else:
@@ -499,7 +567,7 @@ def _alias_target(client: MilvusClient, name: str, spec: str) -> str | None:
     return described["collection_name"]
 
 
-def _create(client: MilvusClient, collection: str, dim: int, kind: str, meta: dict) -> None:
+def _create(client: MilvusClient, collection: str, dim: int, meta: dict) -> None:
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("photo_id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID)
     schema.add_field("product_id", DataType.VARCHAR, max_length=MAX_ID)
@@ -507,11 +575,22 @@ def _create(client: MilvusClient, collection: str, dim: int, kind: str, meta: di
     schema.add_field("path", DataType.VARCHAR, max_length=MAX_PATH)
     schema.add_field("seq", DataType.INT64)
     schema.add_field("attributes", DataType.JSON)
+    for name, field in meta["columns"].items():
+        schema.add_field(field, nullable=True, **_column_type(meta["schema"][name]))
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    client.create_collection(collection, schema=schema, consistency_level="Strong",
+                             properties={META: json.dumps(meta), CALIBRATION: "null", CHANGE: uuid.uuid4().hex})
+
+
+def _index(client: MilvusClient, collection: str, kind: str, graph: dict) -> None:
+    """The vector index over the loaded rows, built before this returns: created with the
+    collection, milvus-lite builds it in a background thread after each flush and searches
+    every row by brute force until it is done (minutes at 100k photos)."""
     index = client.prepare_index_params()
     if kind == "hnsw":
-        index.add_index("vector", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200})
+        index.add_index("vector", index_type="HNSW", metric_type="COSINE",
+                        params={"M": graph["hnsw_m"], "efConstruction": graph["ef_construction"]})
     else:
         index.add_index("vector", index_type="FLAT", metric_type="COSINE")
-    client.create_collection(collection, schema=schema, index_params=index, consistency_level="Strong",
-                             properties={META: json.dumps(meta), CALIBRATION: "null", CHANGE: uuid.uuid4().hex})
+    client.create_index(collection, index)
+    client.load_collection(collection)
