@@ -5,14 +5,17 @@ Over a real faiss store and the fake model of tests/fake_server.py (no TensorFlo
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from fake_server import COLOURS, load_searcher, photo, png, write_catalog
 from vsearch.errors import DataError, ImageError
-from vsearch.products import (MAX_ID_CHARS, MAX_PHOTOS, Upload, check_attributes, check_product, delete_product,
-                              media_path, photo_id, public_product, put_product)
+from vsearch.products import (MAX_ID_CHARS, MAX_PHOTOS, Upload, check_attributes, check_product, collect_media,
+                              delete_product, media_path, photo_id, public_product, put_product)
 from vsearch.stores import RESERVED
 
 SCHEMA = {"title": "text", "price": "float", "stock": "int", "in_stock": "bool", "brand": "text"}
@@ -188,3 +191,82 @@ def test_the_public_form_has_no_paths(searcher, catalog):
     assert set(public) == {"product_id", "category", "attributes", "photos"}
     assert public["photos"] == [{"id": stored.photos[0], "image_url": f"/api/items/{stored.photos[0]}/image"}]
     assert str(catalog[1]) not in repr(public)
+
+
+# ---------------------------------------------------------------- collecting unused media
+
+def age(paths, seconds: float = 3600) -> None:
+    for path in paths:
+        then = time.time() - seconds
+        os.utime(path, (then, then))
+
+
+def test_collect_media_removes_only_files_no_stored_photo_uses(searcher, catalog):
+    media = catalog[1]
+    a, b, c, d = (upload("red", seed) for seed in (61, 62, 63, 64))
+    put_product(searcher, "A", [a, b], media_dir=media)
+    put_product(searcher, "B", [b, c], media_dir=media)  # b's file is both products'
+    file_of = {u.data: media_path(media, u.digest, "png") for u in (a, b, c, d)}
+    (media / "notes.txt").write_text("not media")
+    (media / "ab").mkdir(exist_ok=True)
+    (media / "ab" / ("ab" * 32 + ".png.tmp")).write_bytes(b"a writer's temporary file")
+    age(files_under(media))
+    assert collect_media(searcher.store, media, min_age_s=60) == []  # everything is in use
+    delete_product(searcher.store, "A")
+    assert collect_media(searcher.store, media, min_age_s=60) == [file_of[a.data]]  # b is still B's
+    put_product(searcher, "B", [d], media_dir=media)  # b and c replaced
+    age([file_of[d.data]])
+    assert sorted(collect_media(searcher.store, media, min_age_s=60)) == sorted([file_of[b.data], file_of[c.data]])
+    assert file_of[d.data].is_file() and (media / "notes.txt").is_file()
+    assert (media / "ab" / ("ab" * 32 + ".png.tmp")).is_file()
+    assert searcher.store.get("B").paths == (str(file_of[d.data].resolve()),)
+
+
+def test_collect_media_spares_young_files_and_a_photo_kept_again_is_young(searcher, catalog):
+    media = catalog[1]
+    a = upload("blue", 71)
+    put_product(searcher, "A", [a], media_dir=media)
+    delete_product(searcher.store, "A")
+    assert collect_media(searcher.store, media) == []  # just written: spared by default
+    age(files_under(media))
+    put_product(searcher, "A2", [a], media_dir=media)  # the same bytes, kept again
+    delete_product(searcher.store, "A2")
+    assert collect_media(searcher.store, media, min_age_s=60) == []
+    assert len(files_under(media)) == 1
+
+
+def test_collect_media_waits_for_a_write_between_keeping_and_upserting(searcher, catalog):
+    """A photo saved as media but not yet upserted is nobody's yet: the collector must not take it."""
+    media, store = catalog[1], searcher.store
+    kept, go, errors = threading.Event(), threading.Event(), []
+    upsert = store.upsert
+
+    def slow_upsert(photos, vectors):
+        kept.set()
+        go.wait(10)
+        upsert(photos, vectors)
+
+    store.upsert = slow_upsert
+    new = upload("green", 51)
+
+    def write():
+        try:
+            put_product(searcher, "N", [new], media_dir=media)
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert kept.wait(10)
+    removed = []
+    collector = threading.Thread(target=lambda: removed.extend(collect_media(store, media, min_age_s=0)))
+    collector.start()
+    time.sleep(0.5)
+    assert collector.is_alive()  # held off by the write's shared lock
+    assert media_path(media, new.digest, "png").is_file()
+    go.set()
+    writer.join(10)
+    collector.join(10)
+    assert not errors and removed == []
+    assert store.get("N").paths == (str(media_path(media, new.digest, "png").resolve()),)
+    assert media_path(media, new.digest, "png").is_file()

@@ -222,9 +222,13 @@ def index_compact(args) -> None:
     compact = getattr(store, "compact", None)
     if compact is None:
         print(f"{store.spec}: nothing to compact (the store keeps its own files)")
-        return
-    compact()
-    print(f"compacted {_describe(store)}")
+    else:
+        compact()
+        print(f"compacted {_describe(store)}")
+    if args.media:
+        from vsearch.products import collect_media
+
+        print(f"{len(collect_media(store, args.media))} unused media files removed from {args.media}")
 
 
 def _warn_stale_calibration(store) -> None:
@@ -563,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_arg(q)
     q = actions.add_parser("compact", help="faiss: fold the log of changes into a new snapshot")
     store_arg(q)
+    q.add_argument("--media", help="also remove uploaded photos (under this --media folder) no product uses")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("calibrate", help="learn what a search answer means: exact item, similar, not in the catalog",

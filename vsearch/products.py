@@ -22,6 +22,13 @@
 A photo's id is ``<product_id>/<sha256[:16]>`` of its bytes: the same photo keeps its id
 from one write to the next, and the same photo twice in one write is kept once.
 
+Media no product uses any more (a product deleted, its photos replaced) is removed by
+:func:`collect_media` (``vsearch index compact --media DIR``). It never removes a file whose
+content a stored photo still names: steps 4 and 5 run under a shared lock on the media
+folder, the collection under its exclusive lock after taking in every writer's changes, so
+a photo kept but not yet upserted is never taken for garbage; a file is also spared until it
+is ``min_age_s`` old (a reused file is touched when a write keeps it again).
+
 The public form of what is stored (:func:`public_product`, :func:`public_item`) never
 carries a server path.
 """
@@ -31,6 +38,8 @@ import hashlib
 import math
 import os
 import re
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -48,6 +57,8 @@ MAX_PHOTOS = 32           # photos in one write
 PRIVATE_FIELDS = ("path",)  # what the store knows of a photo that must not leave the server
 # A new attribute's name: what a --where expression can name (vsearch.filters).
 ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+MEDIA_FILE = re.compile(r"(?P<digest>[0-9a-f]{64})\.[a-z0-9]{1,8}")  # <sha256>.<ext>: what keep_photo writes
+MEDIA_MIN_AGE_S = 600.0   # collect_media spares a file written or reused this recently
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp", "TIFF": "tif"}
 
 
@@ -198,9 +209,57 @@ def keep_photo(upload: Upload, media_dir: str | os.PathLike | None) -> str:
 
     header = image_header(upload.data, upload.name)
     path = media_path(media_dir, upload.digest, EXTENSIONS.get(header.format, header.format.lower()[:8] or "img"))
-    if not (path.is_file() and path.stat().st_size == len(upload.data)):  # the same bytes: already there
+    if path.is_file() and path.stat().st_size == len(upload.data):  # the same bytes: already there
+        os.utime(path)  # kept again now: young for collect_media
+    else:
         write_atomic(path, upload.data)
     return os.path.abspath(path)
+
+
+def media_lock(media_dir: str | os.PathLike | None, uploads: Sequence[Upload] = (), shared: bool = True):
+    """The media folder's lock: shared by writes that keep uploads, exclusive for :func:`collect_media`."""
+    if media_dir is None or (shared and all(u.path is not None for u in uploads)):
+        return nullcontext()
+    from vsearch.artifacts import file_lock
+
+    return file_lock(Path(media_dir), shared=shared)
+
+
+def collect_media(store, media_dir: str | os.PathLike, min_age_s: float = MEDIA_MIN_AGE_S) -> list[Path]:
+    """Removes the media files no stored photo uses; returns them.
+
+    A file is removed only if it is named as :func:`keep_photo` names files
+    (``<sha256[:2]>/<sha256>.<ext>``), no stored photo's file has its content hash in its
+    name (wherever that file is), and it was last written or reused at least ``min_age_s``
+    seconds ago. The store is brought up to date (``store.refresh()``) under the folder's
+    exclusive lock, which every write keeping an upload holds (shared) from keeping it to
+    upserting it (see the module doc). The folder is one catalog's: photos of another
+    catalog kept there would be collected.
+    """
+    media_dir = Path(media_dir)
+    if not media_dir.is_dir():
+        return []
+    removed = []
+    with media_lock(media_dir, shared=False):
+        store.refresh()
+        used = {match["digest"] for product in store.products() for path in product.paths
+                if (match := MEDIA_FILE.fullmatch(os.path.basename(path)))}
+        oldest = time.time() - min_age_s
+        for folder in sorted(media_dir.iterdir()):
+            if not (folder.is_dir() and re.fullmatch(r"[0-9a-f]{2}", folder.name)):
+                continue
+            for path in sorted(folder.iterdir()):
+                match = MEDIA_FILE.fullmatch(path.name)
+                if not match or not match["digest"].startswith(folder.name) or match["digest"] in used:
+                    continue
+                try:
+                    if not path.is_file() or path.is_symlink() or path.stat().st_mtime > oldest:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+    return removed
 
 
 def put_product(searcher, product_id: str, uploads: Sequence[Upload], *, category: str | None = "",
@@ -227,9 +286,10 @@ def put_product(searcher, product_id: str, uploads: Sequence[Upload], *, categor
     uploads = [uploads[i] for i in keep]
     pixels = decode_photos(searcher, uploads) if pixels is None else np.asarray(pixels)[keep]
     vectors = np.asarray(searcher.embedder.embed_pixels(pixels), np.float32)
-    photos = [Photo(product.product_id, photo_id(product.product_id, u.digest), keep_photo(u, media_dir),
-                    product.category, dict(product.attributes)) for u in uploads]
-    searcher.store.upsert(photos, vectors)
+    with media_lock(media_dir, uploads):  # kept and upserted before collect_media may look
+        photos = [Photo(product.product_id, photo_id(product.product_id, u.digest), keep_photo(u, media_dir),
+                        product.category, dict(product.attributes)) for u in uploads]
+        searcher.store.upsert(photos, vectors)
     stored = searcher.store.get(product.product_id)
     if stored is None:  # another writer deleted it in between: say so rather than answer None
         raise DataError(f"product {product.product_id!r} was removed while it was being written")
@@ -237,7 +297,8 @@ def put_product(searcher, product_id: str, uploads: Sequence[Upload], *, categor
 
 
 def delete_product(store, product_id: str) -> bool:
-    """Removes a product (its media files stay: another product may share them); False if unknown."""
+    """Removes a product; False if unknown. Its media files stay until :func:`collect_media`
+    (another product may share them)."""
     return store.delete([check_text(product_id, "product id")]) > 0
 
 
