@@ -121,3 +121,21 @@ def test_budget_is_released_when_decoding_fails(fake_searcher):
         for _ in range(3):
             assert post(c, truncated).status_code == 422
     assert app.state.decode_budget.in_flight == 0
+
+
+def test_budget_is_released_before_the_search_steps(fake_searcher, monkeypatch):
+    """Decoding, the model call and the store search run in one worker thread; only decoding holds the budget."""
+    app = create_app(fake_searcher)
+    budget = app.state.decode_budget
+    seen = []
+    embed = fake_searcher.embedder.embed_pixels
+
+    def watched(pixels):
+        seen.append((budget.in_flight, threading.current_thread().name))
+        return embed(pixels)
+
+    monkeypatch.setattr(fake_searcher.embedder, "embed_pixels", watched)
+    with TestClient(app) as c:
+        r = post(c, photo_of(fake_searcher, "red/1"))
+    assert r.status_code == 200 and r.json()["matches"]
+    assert seen and seen[0][0] == 0 and seen[0][1] != threading.main_thread().name

@@ -50,6 +50,7 @@ import threading
 import time
 import weakref
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Annotated
 
 import numpy as np
@@ -116,7 +117,7 @@ def decode_upload(searcher, data: bytes, source: str, box=None) -> np.ndarray:
     return searcher.model_input(data, source, box)
 
 
-def embed_and_search(metrics: ServerMetrics, searcher, pixels: np.ndarray, k: int, category: str, where=None):
+def embed_and_search(metrics: ServerMetrics, searcher, pixels: np.ndarray, *, k: int, category: str, where=None):
     """Steps 2 and 3, each timed: the model call on the decoded input, then the catalog search."""
     vector = timed(metrics.stage_seconds.labels("embed"), searcher.embedder.embed_pixels, pixels[None])[0]
     return timed(metrics.stage_seconds.labels("search"), searcher.search_vector, vector, k, category, where)
@@ -127,12 +128,15 @@ class BudgetedDecoder:
 
     ``await decoder(searcher, data, name, box)``: the photo's model input once the budget
     admits its decoded cost, or None when the budget stayed busy (answer :meth:`busy`).
+    With ``then``, the worker thread that decoded the photo goes on with ``then(pixels)``
+    (a search's steps 2 and 3) and that is the answer: one thread hand-off per search
+    instead of two. The budget is released as soon as decoding ends, either way.
     """
 
     def __init__(self, budget: DecodeBudget, metrics: ServerMetrics, wait_s: float):
         self.budget, self.metrics, self.wait_s = budget, metrics, float(wait_s)
 
-    async def __call__(self, searcher, data: bytes, name: str, box=None):
+    async def __call__(self, searcher, data: bytes, name: str, box=None, then=None):
         from fastapi.concurrency import run_in_threadpool
 
         from vsearch.images import image_header
@@ -153,11 +157,17 @@ class BudgetedDecoder:
         if not admitted:
             self.metrics.refusals.labels("busy").inc()
             return None
+        # run_in_threadpool waits for the thread even when the request is cancelled, and the
+        # thread releases the budget itself
+        return await run_in_threadpool(self._decode, searcher, data, name, box, cost, then)
+
+    def _decode(self, searcher, data: bytes, name: str, box, cost: int, then):
+        """(Worker thread) decode under the admitted ``cost``, release it, then ``then(pixels)``."""
         try:
-            return await run_in_threadpool(timed, self.metrics.stage_seconds.labels("decode"),
-                                           decode_upload, searcher, data, name, box)
+            pixels = timed(self.metrics.stage_seconds.labels("decode"), decode_upload, searcher, data, name, box)
         finally:
-            self.budget.release(cost)  # the thread has finished: run_in_threadpool waits for it
+            self.budget.release(cost)
+        return pixels if then is None else then(pixels)
 
     def busy(self):
         """The 503 for a photo the budget did not admit in time."""
@@ -226,7 +236,6 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
             local store).
     """
     from fastapi import File, Form, Query, UploadFile
-    from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from fastapi_offline import FastAPIOffline
@@ -340,11 +349,10 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
         name = file.filename or "upload"
         start = time.perf_counter()
         try:
-            pixels = await decoder(current, data, name, box)
-            if pixels is None:
+            result = await decoder(current, data, name, box,
+                                   then=partial(embed_and_search, metrics, current, k=k, category=category, where=where))
+            if result is None:
                 return decoder.busy()
-            data = None  # the upload is not needed for the rest of the request
-            result = await run_in_threadpool(embed_and_search, metrics, current, pixels, k, category, where)
         except ImageError as exc:
             return error_response(422, f"{name}: {exc.reason}")
         except DataError as exc:
@@ -353,7 +361,7 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
         out["matches"] = [public_item(m) for m in out["matches"]]
         out["box"] = list(box) if box is not None else None
         out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 1)
-        return out
+        return JSONResponse(out)  # plain JSON types already: no second walk through jsonable_encoder
 
     @app.get("/api/items/{item_id:item_id}/image", summary="A catalog photo", response_class=FileResponse)
     def item_image(item_id: str):
