@@ -2,21 +2,33 @@
 
 Every validation photo is a query, sent as encoded bytes held in memory: in-process through
 ``Searcher.search`` (plus a pass timing its three stages: decoding, resize + model call,
-store search), then as ``POST /api/search`` to uvicorn on loopback, one request at a time
-and from concurrent clients. p50 / p99 / mean latency and throughput per path.
+store search), then as ``POST /api/search`` to ``vsearch serve`` started in its own process
+on loopback, as a deployment runs it, one request at a time and from concurrent clients.
+The HTTP client is ``http.client`` over kept-alive connections with each form body encoded
+before the clock starts, so the figure is the server's answer time plus loopback, not a
+Python client's own cost. p50 / p99 / mean latency and throughput per path.
 
-    python -m bench.query                       # saved_models/embedding, faiss:saved_models/catalog.vsi
-    python -m bench.query --model saved_models/embedding.tflite --out bench/results/query-tflite.md
+    python -m bench.query                       # the served default model, faiss:saved_models/catalog.vsi
+    python -m bench.query --model saved_models/embedding --out bench/results/query-savedmodel.md
 
 Build the catalog first (``make index``; ``--store`` names another one). Rewrites
 ``bench/results/query.md`` (``--out`` for another model's run).
 """
 import argparse
+import http.client
+import json
 import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -71,44 +83,84 @@ def in_process(searcher, queries, k: int) -> list[dict]:
     return rows
 
 
-def post(http, name: str, data: bytes, k: int) -> float:
+def multipart(name: str, data: bytes, k: int) -> tuple[bytes, str]:
+    """A ``POST /api/search`` form body (``file`` and ``k``) and its content type."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n'.encode(),
+             f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+             f"Content-Type: application/octet-stream\r\n\r\n".encode(), data, f"\r\n--{boundary}--\r\n".encode()]
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def post(connection: http.client.HTTPConnection, request: tuple[str, bytes, str], k: int) -> float:
+    """One search over a kept-alive connection: seconds from sending to the last byte of the answer."""
+    name, body, content_type = request
     start = time.perf_counter()
-    r = http.post("/api/search", files={"file": (name, data)}, data={"k": str(k)})
+    connection.request("POST", "/api/search", body, {"Content-Type": content_type})
+    response = connection.getresponse()
+    answer = response.read()
     elapsed = time.perf_counter() - start
-    if r.status_code != 200 or len(r.json()["matches"]) != k:
-        raise RuntimeError(f"{name}: HTTP {r.status_code} {r.text[:200]}")
+    if response.status != 200 or len(json.loads(answer)["matches"]) != k:
+        raise RuntimeError(f"{name}: HTTP {response.status} {answer[:200]!r}")
     return elapsed
 
 
-def over_http(searcher, queries, k: int, concurrency: int) -> list[dict]:
-    """POST /api/search to uvicorn on loopback: sequential, then ``concurrency`` clients."""
-    import httpx
+@contextmanager
+def served(model: str, store: str, threads: int | None):
+    """``vsearch serve`` in its own process on a free loopback port; yields the port once /healthz answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "vsearch", "serve", "--model", model, "--store", store, "--port", str(port)] + (["--threads", str(threads)] if threads else [])
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    sys.exit(f"vsearch serve did not start:\n{log.read().decode(errors='replace')[-2000:]}")
+                time.sleep(0.2)
+        yield port
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
 
-    from vsearch.app import create_app
-    from vsearch.serve import BackgroundServer
 
+def over_http(port: int, queries, k: int, concurrency: int) -> list[dict]:
+    """POST /api/search to the server: one client sending one request at a time, then ``concurrency`` clients."""
+    requests = [(name, *multipart(name, data, k)) for name, data in queries]
     rows = []
-    with BackgroundServer(create_app(searcher)) as server:
-        with httpx.Client(base_url=server.url, timeout=120) as http:
-            for name, data in queries[:WARMUP]:
-                post(http, name, data, k)
-            start = time.perf_counter()
-            times = [post(http, name, data, k) for name, data in queries]
-            rows.append(summary("HTTP `POST /api/search`, sequential", times, time.perf_counter() - start))
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for request in requests[:WARMUP]:
+        post(connection, request, k)
+    start = time.perf_counter()
+    times = [post(connection, request, k) for request in requests]
+    rows.append(summary("HTTP `POST /api/search`, sequential", times, time.perf_counter() - start))
+    connection.close()
 
-        local = threading.local()
+    local = threading.local()
 
-        def one(query):
-            if not hasattr(local, "http"):
-                local.http = httpx.Client(base_url=server.url, timeout=120)
-            return post(local.http, *query, k)
+    def one(request):
+        if not hasattr(local, "connection"):
+            local.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        return post(local.connection, request, k)
 
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(one, queries[:concurrency * 2]))  # warm every client's connection
-            start = time.perf_counter()
-            times = list(pool.map(one, queries))
-            rows.append(summary(f"HTTP `POST /api/search`, {concurrency} concurrent clients", times,
-                                time.perf_counter() - start))
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, requests[:concurrency * 2]))  # warm every client's connection
+        start = time.perf_counter()
+        times = list(pool.map(one, requests))
+        rows.append(summary(f"HTTP `POST /api/search`, {concurrency} concurrent clients", times,
+                            time.perf_counter() - start))
     return rows
 
 
@@ -137,7 +189,9 @@ def main() -> None:
     queries = load_queries(Path(args.queries), args.min_queries)
     searcher = Searcher.from_paths(args.model, args.store, num_threads=args.threads)
     load_before = os.getloadavg()[0]
-    rows = in_process(searcher, queries, args.k) + over_http(searcher, queries, args.k, args.concurrency)
+    rows = in_process(searcher, queries, args.k)
+    with served(args.model, args.store, args.threads) as port:
+        rows += over_http(port, queries, args.k, args.concurrency)
     load_after = os.getloadavg()[0]
     products, photos = searcher.store.count()
     kind = getattr(searcher.store, "kind", None)  # the faiss store's index: exact or hnsw
