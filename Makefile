@@ -17,7 +17,7 @@ PRESET ?= default
 ARGS ?=
 
 INDEX ?= saved_models/catalog.vsi
-CATALOG ?= data/clothing/train
+CATALOG ?= data/photos/train
 PORT ?= 8000
 
 .PHONY: help venv weights data train siamese eval demo index products serve tflite test test-integration docs screenshot notebook clean
@@ -63,8 +63,8 @@ index: venv
 # A demo product catalog: each clothing photo a product of 3 photos (original, mirrored, cropped)
 # with seeded attributes (title, price, brand, colour, in_stock); data/products/manifest.csv.
 products: venv
-	@test -d data/clothing/train || $(MAKE) data
-	$(PY) -m vsearch.demo_catalog data/clothing/train data/products $(ARGS)
+	@test -d data/photos/train || $(MAKE) data
+	$(PY) -m vsearch.demo_catalog data/photos/train data/products $(ARGS)
 
 serve: venv
 	@test -f $(INDEX) || $(MAKE) index

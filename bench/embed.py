@@ -131,7 +131,7 @@ def draft_check(threads: int | None) -> dict:
     from vsearch.evaluate import class_retrieval, embed_all
     from vsearch.litert import TFLiteEmbedder
 
-    data = ROOT / "data" / "clothing"
+    data = ROOT / "data" / "photos"
     cat_paths, cat_labels, names = labelled(data / "train")
     val_paths, val_labels, _ = labelled(data / "validation")
     saved = SavedModelEmbedder(FILES["savedmodel"])
@@ -230,7 +230,7 @@ def format_draft(check: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--split", default=str(ROOT / "data" / "clothing" / "validation"))
+    parser.add_argument("--split", default=str(ROOT / "data" / "photos" / "validation"))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")

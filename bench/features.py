@@ -31,7 +31,7 @@ use_local_weights()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--split", default=str(ROOT / "data" / "clothing" / "train"))
+    parser.add_argument("--split", default=str(ROOT / "data" / "photos" / "train"))
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (best and median reported)")
     output_args(parser, "features")
     args = parser.parse_args()

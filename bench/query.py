@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "saved_models" / "embedding"))
     parser.add_argument("--store", default=f"faiss:{ROOT / 'saved_models' / 'catalog.vsi'}",
                         help="the catalog: faiss:FILE or milvus:FILE.db|http://HOST:19530")
-    parser.add_argument("--queries", default=str(ROOT / "data" / "clothing" / "validation"))
+    parser.add_argument("--queries", default=str(ROOT / "data" / "photos" / "validation"))
     parser.add_argument("--min-queries", type=int, default=200)
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=8)

@@ -10,7 +10,7 @@ The default photo is four validation photos (not in the catalog) on one canvas, 
 a hat, a t-shirt, trousers and shoes, the box around the t-shirt.
 
     .venv/bin/python docs/make_screenshot.py
-    .venv/bin/python docs/make_screenshot.py --photo data/clothing/validation/dress/X.jpg --box none -k 8
+    .venv/bin/python docs/make_screenshot.py --photo data/photos/validation/dress/X.jpg --box none -k 8
 """
 import argparse
 import os
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MAX_PNG_BYTES = 300 * 1024  # keep the repository light
-VALIDATION = ROOT / "data" / "clothing" / "validation"
+VALIDATION = ROOT / "data" / "photos" / "validation"
 # A validation t-shirt (not in the catalog) whose results show the page well.
 DEFAULT_TSHIRT = VALIDATION / "t-shirt" / "06de9ebd-be39-4cc6-aea7-1d047ccf1a52.jpg"
 CELL = 360      # pixels: each photo is fitted into a square cell of the canvas

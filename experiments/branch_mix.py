@@ -81,7 +81,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tower", default=str(ROOT / "saved_models" / "siamese" / "tower.keras"))
-    ap.add_argument("--data", default=str(ROOT / "data" / "clothing"))
+    ap.add_argument("--data", default=str(ROOT / "data" / "photos"))
     ap.add_argument("--w", default="0.2,0.25,0.3,0.35,0.4")
     ap.add_argument("--p", default="0,0.5,1,1.5,2,3")
     output_args(ap, "branch_mix", "experiments")

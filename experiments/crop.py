@@ -148,7 +148,7 @@ def box_rows(kind: str, embedder, recall, photos: list, boxes: list, draws: np.n
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "saved_models" / "embedding"))
-    ap.add_argument("--data", default=str(ROOT / "data" / "clothing"))
+    ap.add_argument("--data", default=str(ROOT / "data" / "photos"))
     ap.add_argument("--per-canvas", type=int, default=4, help="validation photos on one composite canvas")
     ap.add_argument("--limit", type=int, help="a seeded subset of this many validation photos (default: all)")
     ap.add_argument("--spreads", default="0.15,0.30",

@@ -19,7 +19,7 @@ every class (an upper bound: it saw the held-out classes).
 
     mkdir -p data/holdout5/{train,validation}
     for s in train validation; do for c in dress hat pants shoes t-shirt; do
-      ln -sfn "$PWD/data/clothing/$s/$c" data/holdout5/$s/$c; done; done
+      ln -sfn "$PWD/data/photos/$s/$c" data/holdout5/$s/$c; done; done
     vsearch train --set data.data_dir=data/holdout5 --set out_dir=saved_models/holdout/classifier
     vsearch siamese --set data.data_dir=data/holdout5 --set classifier_dir=saved_models/holdout/classifier \\
         --set out_dir=saved_models/holdout/embedding --set work_dir=saved_models/holdout/siamese
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tower", default=str(ROOT / "saved_models" / "holdout" / "siamese" / "tower.keras"),
                     help="tower.keras trained without the held-out classes")
-    ap.add_argument("--data", default=str(ROOT / "data" / "clothing"), help="every class")
+    ap.add_argument("--data", default=str(ROOT / "data" / "photos"), help="every class")
     ap.add_argument("--held-out", default="longsleeve,shorts")
     ap.add_argument("--oracle", default="", help="tower.keras trained on every class (optional)")
     ap.add_argument("--w", default="0,0.2,0.3,0.5,1")

@@ -169,7 +169,7 @@ def damaged_photos(images: list[np.ndarray], kind: str, seed: int = 11) -> list[
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "saved_models" / "embedding"))
-    ap.add_argument("--data", default=str(ROOT / "data" / "clothing"))
+    ap.add_argument("--data", default=str(ROOT / "data" / "photos"))
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--no-baseline", action="store_true", help="skip the frozen ImageNet baseline")
     ap.add_argument("--save", help="write each kind's first 8 photos side by side to this PNG")

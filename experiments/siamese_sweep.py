@@ -37,7 +37,7 @@ def cache() -> None:
 
     clf, names = load_classifier(ROOT / "saved_models" / "classifier")
     bottom, _ = models.split_backbone(models.find_backbone(clf), CUT)
-    data = ROOT / "data" / "clothing"
+    data = ROOT / "data" / "photos"
     tr, va = (image_dataset(data / s, names, 224, 32) for s in ("train", "validation"))
     views = [extract(bottom, tr)] + [extract(bottom, tr, transform=customer_view, seed=1000 + v) for v in (1, 2, 3)]
     photos = [customer_photo(load_image(p), np.random.default_rng([7, i])) for i, p in enumerate(va.file_paths)]

@@ -4,7 +4,7 @@ Every file is decoded with Pillow (:func:`vsearch.images.decode_image`) before a
 reads it: unreadable, truncated, empty and non-image files are listed and left out; files
 TensorFlow would decode wrongly (EXIF-rotated, CMYK, 16-bit, alpha, other formats) are
 listed to be normalised to RGB PNG. :func:`materialise` writes the clean mirror that
-``vsearch data`` leaves in ``data/clothing`` and the stages use when a folder needs one.
+``vsearch data`` leaves in ``data/photos`` and the stages use when a folder needs one.
 Verdicts are remembered by the files' bytes (:class:`CheckMemo`), so later stages do not
 decode every photo again.
 """
@@ -154,7 +154,7 @@ def scan_split(root: str | os.PathLike, class_names: list[str] | None = None,
     """Validates a split folder (one sub-folder per class) and classifies every file.
 
     Args:
-        root: The split folder, e.g. ``data/clothing/train``.
+        root: The split folder, e.g. ``data/photos/train``.
         class_names: Expected classes; default: every sub-folder, sorted.
         checks: JSON file of remembered verdicts (:class:`CheckMemo`), shared by the
             stages; None: every file is decoded.

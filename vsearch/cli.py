@@ -1,6 +1,6 @@
 """The ``vsearch`` command: one sub-command per stage.
 
-    vsearch data [--source DIR]           curate the catalog photos into data/clothing
+    vsearch data [--source DIR]           curate the catalog photos into data/photos
     vsearch train [--preset P] [--set K=V]  stage 1, the classifier
     vsearch siamese [--preset P] [--set K=V] stage 2, triplet training + SavedModel export
     vsearch eval [--preset P] [--query PATH] stage 3, metrics and retrieval pictures
@@ -22,6 +22,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+from vsearch.config import DATA_DIR  # noqa: E402
 from vsearch.errors import VSearchError  # noqa: E402
 
 
@@ -458,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or the clothing download's seven.")
     p.add_argument("--source", help="local copy laid out as train/<class>/ and validation/<class>/ "
                                     "(default: $VSEARCH_DATA_SOURCE, else download)")
-    p.add_argument("--dest", default="data/clothing", help="output folder (default data/clothing)")
+    p.add_argument("--dest", default=DATA_DIR, help=f"output folder (default {DATA_DIR})")
     p.add_argument("--classes", default=None,
                    help="comma-separated category folders to keep (default: every folder of --source's train/; "
                         f"for the download, {','.join(CLASS_NAMES)})")
@@ -509,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exported SavedModel folder (default saved_models/embedding)")
     p.add_argument("--out", help="output file (default: next to the model, embedding[-QUANTIZE].tflite)")
     p.add_argument("--calibration", help="int8: folder of catalog photos to calibrate on, searched "
-                                         "recursively (default data/clothing/train)")
+                                         "recursively (default data/photos/train)")
     p.add_argument("--calibration-images", type=int, default=300,
                    help="int8: how many of them, a seeded sample (default 300)")
     p.set_defaults(func=cmd_export)

@@ -34,6 +34,10 @@ AUGMENTATIONS = ("mild", "customer")
 STRATEGIES = ("auto", "none", "mirrored")
 
 
+# Where `vsearch data` leaves the curated photos (train/ and validation/, a folder per
+# category) and where training reads them: a shop's own photos as much as the clothing demo's.
+DATA_DIR = "data/photos"
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the images are and how they are read.
@@ -53,7 +57,7 @@ class DataConfig:
             conversion: ``vsearch.features.resolve_runtime``).
     """
 
-    data_dir: str = "data/clothing"
+    data_dir: str = DATA_DIR
     image_size: int = 224
     batch_size: int = 32
     seed: int = 1337

@@ -1,9 +1,9 @@
-"""``vsearch data``: fetch the catalog photos and curate them into ``data/clothing``.
+"""``vsearch data``: fetch the catalog photos and curate them into ``data/photos``.
 
 Downloads the upstream clothing-dataset-small (CC0) and keeps its seven catalog classes,
 or copies a shop's own photos laid out the same way (``--source DIR``) with every category
 folder of its ``train/`` (or the ``--classes`` given), and writes
-``data/clothing/{train,validation}/<class>/`` plus ``report.json``. Every file is checked
+``data/photos/{train,validation}/<class>/`` plus ``report.json``. Every file is checked
 first (:mod:`vsearch.checks`): bad files are listed and left out, files TensorFlow would
 decode wrongly are normalised to RGB PNG. Training then reads the folder through
 :mod:`vsearch.datasets`.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vsearch.artifacts import write_json
 from vsearch.checks import materialise, scan_split
-from vsearch.config import CLASS_NAMES
+from vsearch.config import CLASS_NAMES, DATA_DIR
 from vsearch.errors import DataError
 from vsearch.images import DEFAULT_MAX_PIXELS
 
@@ -93,7 +93,7 @@ def source_classes(source: Path | None, class_names: tuple[str, ...] | None) -> 
     return found
 
 
-def prepare(source: str | os.PathLike | None, dest: str | os.PathLike = "data/clothing",
+def prepare(source: str | os.PathLike | None, dest: str | os.PathLike = DATA_DIR,
             class_names: tuple[str, ...] | None = None, url: str = UPSTREAM_URL,
             max_pixels: int = DEFAULT_MAX_PIXELS, checks: str | os.PathLike | None = None) -> dict:
     """Curates the catalog classes from ``source`` (or a download) into ``dest``.

@@ -19,8 +19,8 @@ JPEGs with Pillow. The whole folder is built beside ``out_dir`` and swapped in a
 (:func:`vsearch.artifacts.replace_dir`): re-running replaces it, and a failed run leaves
 the old one. The same source, seed and limit give the same files.
 
-    python -m vsearch.demo_catalog data/clothing/train data/products          # make products
-    python -m vsearch.demo_catalog data/clothing/train /tmp/products --limit 20 --seed 1
+    python -m vsearch.demo_catalog data/photos/train data/products          # make products
+    python -m vsearch.demo_catalog data/photos/train /tmp/products --limit 20 --seed 1
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def make_demo_catalog(split_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     """Turns a ``<category>/<photo>`` folder into a product catalog with a manifest.
 
     Args:
-        split_dir: The photos, ``<category>/<photo>`` (e.g. ``data/clothing/train``).
+        split_dir: The photos, ``<category>/<photo>`` (e.g. ``data/photos/train``).
         out_dir: The catalog's folder; replaced as a whole when it exists.
         seed: Seeds the attributes, the crops and the ``limit`` sample.
         limit: At most this many products per category (default: every photo).
@@ -175,7 +175,7 @@ def make_demo_catalog(split_dir: str | os.PathLike, out_dir: str | os.PathLike, 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m vsearch.demo_catalog", description=__doc__.splitlines()[0])
-    ap.add_argument("src", help="photos laid out <category>/<photo>, e.g. data/clothing/train")
+    ap.add_argument("src", help="photos laid out <category>/<photo>, e.g. data/photos/train")
     ap.add_argument("out", help="the catalog's folder (replaced), e.g. data/products")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="at most N products per category")

@@ -195,7 +195,7 @@ def export_tflite(model_dir: str | os.PathLike, out: str | os.PathLike | None = 
     out = Path(out) if out else default_out_path(model_dir, quantize)
     calibration, info = [], None
     if quantize == "int8":
-        folder = calibration_dir or "data/clothing/train"
+        folder = calibration_dir or "data/photos/train"
         calibration = calibration_paths(folder, calibration_images)
         info = {"folder": str(folder), "images": len(calibration), "seed": CALIBRATION_SEED}
         log(f"calibrating int8 on {len(calibration)} images from {folder}")
