@@ -230,3 +230,23 @@ def test_the_verdict_of_a_search_reaches_the_answer(fake_index, canvas):
         part = post(client, canvas, box="0,0,0.5,1").json()
     assert "match" not in whole
     assert part["match"]["verdict"] == "exact" and 0.99 < part["match"]["confidence"] <= 1
+
+
+def test_rerank_is_a_request_field_with_the_server_default(fake_searcher, monkeypatch):
+    asked = []
+    verify = fake_searcher.verify
+
+    def watched(query, matches):
+        asked.append(query.shape)
+        return verify(query, matches)
+
+    monkeypatch.setattr(fake_searcher, "verify", watched)
+    photo = photo_of(fake_searcher, "red/1")
+    for default, field, expected in ((False, None, 0), (False, "true", 1), (True, None, 1), (True, "false", 0)):
+        asked.clear()
+        with TestClient(create_app(fake_searcher, rerank=default)) as c:
+            r = post(c, photo, **({} if field is None else {"rerank": field}))
+        assert r.status_code == 200 and r.json()["matches"], r.text
+        assert len(asked) == expected, (default, field)
+    with TestClient(create_app(fake_searcher)) as c:
+        assert post(c, photo, rerank="maybe").status_code == 422

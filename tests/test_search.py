@@ -150,6 +150,11 @@ def test_cli_index_and_search_with_exported_model(smoke_run, smoke_index, tmp_pa
     assert cli.main(["search", str(own), "--model", str(model), "--store", str(index), "-k", "1"]) == 0
     own_id = own.relative_to(smoke_run["data"] / "train").with_suffix("").as_posix()
     assert own_id in capsys.readouterr().out
+    assert cli.main(["search", str(own), "--model", str(model), "--store", str(index), "-k", "2", "--rerank",
+                     "--json"]) == 0  # the smoke photos are too plain to verify: the order stays
+    out = capsys.readouterr().out
+    verified = json.loads(out[:out.rindex("}") + 1])["matches"][0]
+    assert verified["id"] == own_id and verified["inliers"] >= 0  # it was examined
 
     def count():
         store = open_store(str(index))
@@ -224,3 +229,31 @@ def test_searching_a_part_of_the_photo_finds_the_item_in_it(catalog):
     assert searcher.search(canvas, 1).matches[0]["id"] not in ("hats/red", "shoes/green")  # the mix is neither
     with pytest.raises(ImageError, match="not a box inside the photo"):
         searcher.search(canvas, 1, box="0.6,0,0.5,1")
+
+
+def test_rerank_moves_the_product_showing_the_same_surface_first(tmp_path):
+    """The embedding ranks product a first; b's second photo is the one in the query: rerank puts b first."""
+    from test_rerank import textured, warped
+
+    files = {}
+    for name, seed in (("a0", 11), ("b0", 12), ("b1", 13), ("c0", 14)):
+        files[name] = tmp_path / f"{name}.png"
+        Image.fromarray(textured(seed)).save(files[name])
+    vecs = np.asarray([[1, 0, 0, 0], [0.9, 0.43, 0, 0], [0.8, 0, 0.6, 0], [0, 0, 0, 1]], np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    photos = [Photo(name[0], name, str(path), "tops") for name, path in files.items()]
+    store = build_store(f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint,
+                        kind="exact")
+    searcher = Searcher(ColourEmbedder(), store)
+    query = warped(textured(13)).astype(np.float32)  # a customer's view of b's second photo
+    plain = searcher.search_vector(vecs[0], 3)
+    assert [m["product_id"] for m in plain.matches] == ["a", "b", "c"]
+    verified = searcher.search_vector(vecs[0], 3, rerank_query=query)
+    assert [m["product_id"] for m in verified.matches] == ["b", "a", "c"]
+    assert verified.matches[0]["inliers"] >= searcher.rerank_config.min_inliers
+    assert verified.matches[1]["score"] == pytest.approx(1, abs=1e-5)  # the scores stay the embedding's
+
+    files["b1"].unlink()  # a catalog photo gone from disk verifies nothing and breaks nothing
+    fresh = Searcher(ColourEmbedder(), store)
+    assert [m["product_id"] for m in fresh.search_vector(vecs[0], 3, rerank_query=query).matches] == ["a", "b", "c"]
+    store.close()

@@ -72,6 +72,8 @@ DEFAULT_K = 5
 RETRY_AFTER_S = 1           # the Retry-After of a 503
 DOCS_STATIC_URL = "/static-offline-docs"
 BOX_HELP = "search only this part of the photo: x0,y0,x1,y1 as fractions 0..1 of the upright photo"
+RERANK_HELP = ("verify the short list with local features and put the first product showing the same surface "
+               "first (true / false; default: the server's --rerank)")
 FILTER_HELP = 'JSON over the attributes, e.g. {"price": {"lte": 50}, "brand": ["acme", "zeta"], "in_stock": true}'
 
 log = logging.getLogger(__name__)
@@ -117,10 +119,13 @@ def decode_upload(searcher, data: bytes, source: str, box=None) -> np.ndarray:
     return searcher.model_input(data, source, box)
 
 
-def embed_and_search(metrics: ServerMetrics, searcher, pixels: np.ndarray, *, k: int, category: str, where=None):
-    """Steps 2 and 3, each timed: the model call on the decoded input, then the catalog search."""
+def embed_and_search(metrics: ServerMetrics, searcher, pixels: np.ndarray, *, k: int, category: str, where=None,
+                     rerank: bool = False):
+    """Steps 2 and 3, each timed: the model call on the decoded input, then the catalog search
+    (with ``rerank``, its short list verified against the same input)."""
     vector = timed(metrics.stage_seconds.labels("embed"), searcher.embedder.embed_pixels, pixels[None])[0]
-    return timed(metrics.stage_seconds.labels("search"), searcher.search_vector, vector, k, category, where)
+    return timed(metrics.stage_seconds.labels("search"), searcher.search_vector, vector, k, category, where,
+                 pixels if rerank else None)
 
 
 class BudgetedDecoder:
@@ -216,7 +221,7 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
                decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES, decode_wait_s: float = DEFAULT_DECODE_WAIT_S,
                decode_max_waiting: int = DEFAULT_DECODE_MAX_WAITING,
                reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S,
-               admin_token: str | None = None, media_dir: str | os.PathLike | None = None):
+               admin_token: str | None = None, media_dir: str | os.PathLike | None = None, rerank: bool = False):
     """The FastAPI app serving ``searcher``.
 
     Args:
@@ -330,9 +335,12 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
                      k_query: Annotated[int | None, Query(alias="k", ge=1, le=MAX_K)] = None,
                      category_query: Annotated[str | None, Query(alias="category")] = None,
                      box_query: Annotated[str | None, Query(alias="box", description=BOX_HELP)] = None,
-                     filter_query: Annotated[str | None, Query(alias="filter", description=FILTER_HELP)] = None):
+                     filter_query: Annotated[str | None, Query(alias="filter", description=FILTER_HELP)] = None,
+                     rerank_form: Annotated[bool | None, Form(alias="rerank", description=RERANK_HELP)] = None,
+                     rerank_query: Annotated[bool | None, Query(alias="rerank", description=RERANK_HELP)] = None):
         current = live.current  # this request's searcher, even if another is swapped in meanwhile
         k = k_form or k_query or DEFAULT_K
+        rerank_choice = rerank_form if rerank_form is not None else rerank_query
         category = (category_form or category_query or "any").strip()
         if category not in ("any", "auto", *current.categories):
             return error_response(422, f"unknown category {category!r}; use any, auto or one of "
@@ -350,7 +358,8 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
         start = time.perf_counter()
         try:
             result = await decoder(current, data, name, box,
-                                   then=partial(embed_and_search, metrics, current, k=k, category=category, where=where))
+                                   then=partial(embed_and_search, metrics, current, k=k, category=category, where=where,
+                                                rerank=rerank if rerank_choice is None else rerank_choice))
             if result is None:
                 return decoder.busy()
         except ImageError as exc:

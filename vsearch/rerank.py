@@ -21,6 +21,7 @@ verifies only a mirrored query, so a product's unmirrored photo should be among 
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -130,16 +131,19 @@ class FeatureCache:
         self.load = load or (lambda match: load_image(match["path"]))
         self.config, self.size = config, int(size)
         self._kept: OrderedDict[str, Features] = OrderedDict()
+        self._lock = threading.Lock()  # one cache, many server threads
 
     def __call__(self, match: dict) -> Features:
         key = str(match.get("id", match.get("path")))
-        if key in self._kept:
-            self._kept.move_to_end(key)
-            return self._kept[key]
-        features = local_features(self.load(match), self.config)
-        self._kept[key] = features
-        if len(self._kept) > self.size:
-            self._kept.popitem(last=False)
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+                return self._kept[key]
+        features = local_features(self.load(match), self.config)  # outside the lock: searches overlap
+        with self._lock:
+            self._kept[key] = features
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
         return features
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from vsearch.errors import DataError, ImageError
 from vsearch.filters import Condition, Filter
 from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image, model_input
+from vsearch.rerank import FeatureCache, RerankConfig, rerank
 from vsearch.stores import DEFAULT_STORE, Store, open_store
 
 AUTO_NEIGHBOURS = 10      # neighbours that vote for the query's category
@@ -139,10 +140,12 @@ class Searcher:
         embedder: An :class:`~vsearch.embedder.Embedder` whose fingerprint matches the store's.
         store: The :class:`~vsearch.stores.Store` to search (``faiss:`` file or ``milvus:``).
         max_pixels / max_bytes: Limits for query photos (decompression bombs, huge uploads).
+        rerank: How a search with ``rerank=True`` verifies its short list
+            (:class:`~vsearch.rerank.RerankConfig`; catalog photos' keypoints are kept once computed).
     """
 
     def __init__(self, embedder, store: Store, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_BYTES):
+                 max_bytes: int = DEFAULT_MAX_BYTES, rerank: RerankConfig = RerankConfig()):
         fingerprint = getattr(embedder, "fingerprint", None)
         if fingerprint is not None and fingerprint != store.fingerprint:
             raise DataError(f"the catalog was built with model {store.fingerprint}, the query model is "
@@ -151,6 +154,8 @@ class Searcher:
             raise DataError(f"the model makes {embedder.dim}-d vectors, the catalog holds {store.dim}-d")
         self.embedder, self.store = embedder, store
         self.max_pixels, self.max_bytes = int(max_pixels), int(max_bytes)
+        self.rerank_config = rerank
+        self._features = FeatureCache(self._load_photo, rerank)
 
     @property
     def categories(self) -> list[str]:
@@ -183,26 +188,52 @@ class Searcher:
         return np.asarray(self.embedder.embed_pixels(self.model_input(image, source, box)[None]), np.float32)[0]
 
     def search(self, image, k: int = 5, category: str = "any", source: str = "<upload>", box=None,
-               where: Filter | None = None) -> SearchResult:
+               where: Filter | None = None, rerank: bool = False) -> SearchResult:
         """The top-k products for a photo (bytes, path or pixels), or for a ``box`` of it."""
-        return self.search_vector(self.embed(image, source, box), k, category, where)
+        pixels = self.model_input(image, source, box)
+        vector = np.asarray(self.embedder.embed_pixels(pixels[None]), np.float32)[0]
+        return self.search_vector(vector, k, category, where, rerank_query=pixels if rerank else None)
 
     def search_vector(self, vector: np.ndarray, k: int = 5, category: str = "any",
-                      where: Filter | None = None) -> SearchResult:
+                      where: Filter | None = None, rerank_query: np.ndarray | None = None) -> SearchResult:
         """The top-k products for an embedding that pass ``where`` (see the module doc for
-        ``category``), with the calibrated verdict on the first when the catalog has a calibration."""
+        ``category``), with the calibrated verdict on the first when the catalog has a calibration.
+
+        ``rerank_query``: the query's model input (or any RGB pixels of it); the first
+        ``rerank_config.depth`` products are then verified against it and the first one that
+        shows the same surface moves to the top (:func:`vsearch.rerank.rerank`).
+        """
         if k < 1:
             raise DataError(f"k must be >= 1, got {k}")
         calibration = self.store.calibration
-        if calibration is None or where:  # a verdict is calibrated on the whole catalog, not a filtered part
-            result = self._ranked(vector, k, category, where)
-        else:
-            result = self._ranked(vector, max(k, VERDICT_DEPTH), category, where)
-            if result.matches:
-                result.match = match_verdict(calibration, result.matches)
-            result.matches = result.matches[:k]
+        verdict = calibration is not None and not where  # calibrated on the whole catalog, not a filtered part
+        depth = max(k, VERDICT_DEPTH if verdict else 1, self.rerank_config.depth if rerank_query is not None else 1)
+        result = self._ranked(vector, depth, category, where)
+        if rerank_query is not None:
+            result.matches = self.verify(rerank_query, result.matches)
+        if verdict and result.matches:
+            result.match = match_verdict(calibration, result.matches)
+        result.matches = result.matches[:k]
         result.filter = where or None
         return result
+
+    def verify(self, query: np.ndarray, matches: list[dict]) -> list[dict]:
+        """``matches`` re-ranked by geometric verification against each product's photos."""
+        return rerank(np.clip(query, 0, 255).astype(np.uint8), matches, self._product_features, self.rerank_config)
+
+    def _product_features(self, match: dict) -> list:
+        product = self.store.get(match["product_id"])
+        paths = product.paths if product is not None else [match["path"]]
+        found = []
+        for path in paths:
+            try:
+                found.append(self._features({"id": path, "path": path}))
+            except (ImageError, OSError):  # a catalog photo gone or unreadable verifies nothing
+                continue
+        return found
+
+    def _load_photo(self, photo: dict) -> np.ndarray:
+        return load_image(photo["path"], max_pixels=self.max_pixels)
 
     def _ranked(self, vector: np.ndarray, k: int, category: str, where: Filter | None) -> SearchResult:
         category = category or "any"

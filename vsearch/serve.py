@@ -97,13 +97,14 @@ def run(model: str | os.PathLike, store: str, host: str = "127.0.0.1", port: int
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, num_threads: int | None = None,
         log_level: str = "info", decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES,
         reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S, *, admin_token: str | None = None,
-        media_dir: str | os.PathLike | None = None) -> None:
+        media_dir: str | os.PathLike | None = None, rerank: bool = False) -> None:
     """Loads the model and opens the store, then serves until interrupted (Ctrl-C).
 
     Args:
         store: ``faiss:PATH`` (a bare path too), ``milvus:FILE.db`` or ``milvus:http://...``.
         admin_token: What product writes need (:func:`vsearch.admin.admin_token`); None: no writes.
         media_dir: Where uploaded photos are kept (default: ``media/`` beside a local store).
+        rerank: Whether a search that does not say re-ranks its short list (``rerank`` field).
 
     Binds loopback by default: put a reverse proxy in front before exposing it. The address
     is taken before the slow model load, so a port in use fails at once.
@@ -121,7 +122,7 @@ def run(model: str | os.PathLike, store: str, host: str = "127.0.0.1", port: int
     warm_up(searcher)
     live = LiveSearcher(searcher, reload_interval_s)
     app = create_app(live, max_upload_bytes=max_upload_bytes, decode_budget_bytes=decode_budget_bytes,
-                     admin_token=admin_token, media_dir=media_dir)
+                     admin_token=admin_token, media_dir=media_dir, rerank=rerank)
     products, photos = searcher.store.count()
     refresh = f"other writers' changes taken in every {reload_interval_s:g} s" if reload_interval_s > 0 \
         else "other writers' changes not taken in"
