@@ -18,9 +18,9 @@ the parts it ran (`--part`) and keeps the others' current text.
   JPEGs plus `--corrupt` corrupt files: wall time, photos/s, peak RSS of the launching
   process and of each worker, dead letters against the files planted.
 * `parity`: `vsearch embed` (2 workers) and `vsearch index build` over the clothing
-  catalog (`--catalog`, default `data/clothing/train`) with `--parity-model`: cosine of
+  catalog (`--catalog`, default `data/photos/train`) with `--parity-model`: cosine of
   each photo's two vectors, and the top-5 products of every photo of `--queries` (default
-  `data/clothing/validation`) in the index built from each.
+  `data/photos/validation`) in the index built from each.
 
 Peak RSS is sampled (psutil, every 0.2 s) per process of the command's tree. The model
 of the first two parts is `--model` (default `saved_models/embedding.tflite`, the served
@@ -261,8 +261,8 @@ def main() -> None:
                         help="throughput and scale: SavedModel folder or .tflite (default saved_models/embedding.tflite)")
     parser.add_argument("--parity-model", default=str(ROOT / "saved_models" / "embedding"),
                         help="parity: the model (default saved_models/embedding, the SavedModel)")
-    parser.add_argument("--catalog", default=str(ROOT / "data" / "clothing" / "train"), help="parity: the catalog")
-    parser.add_argument("--queries", default=str(ROOT / "data" / "clothing" / "validation"),
+    parser.add_argument("--catalog", default=str(ROOT / "data" / "photos" / "train"), help="parity: the catalog")
+    parser.add_argument("--queries", default=str(ROOT / "data" / "photos" / "validation"),
                         help="parity: photos to search with")
     parser.add_argument("--batch-size", type=int, default=32)
     output_args(parser, "pipeline")

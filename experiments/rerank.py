@@ -211,7 +211,7 @@ def latency(photos, tops, pool_matches, config, warm) -> dict[str, float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(ROOT / "saved_models" / "embedding"))
-    ap.add_argument("--data", default=str(ROOT / "data" / "clothing"))
+    ap.add_argument("--data", default=str(ROOT / "data" / "photos"))
     ap.add_argument("--seeds", default="7,8,9", help="customer-photo seeds of the validation queries")
     ap.add_argument("--tune", type=int, default=400, help="train items whose customer photos choose T and w")
     ap.add_argument("--tune-seed", type=int, default=11)
