@@ -83,12 +83,13 @@ def in_process(searcher, queries, k: int) -> list[dict]:
     return rows
 
 
-def multipart(name: str, data: bytes, k: int) -> tuple[bytes, str]:
-    """A ``POST /api/search`` form body (``file`` and ``k``) and its content type."""
+def multipart(name: str, data: bytes, k: int, **fields) -> tuple[bytes, str]:
+    """A ``POST /api/search`` form body (``file``, ``k`` and ``fields``) and its content type."""
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n'.encode(),
-             f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-             f"Content-Type: application/octet-stream\r\n\r\n".encode(), data, f"\r\n--{boundary}--\r\n".encode()]
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+             for key, value in {"k": k, **fields}.items()]
+    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+              f"Content-Type: application/octet-stream\r\n\r\n".encode(), data, f"\r\n--{boundary}--\r\n".encode()]
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
@@ -146,6 +147,12 @@ def over_http(port: int, queries, k: int, concurrency: int) -> list[dict]:
     start = time.perf_counter()
     times = [post(connection, request, k) for request in requests]
     rows.append(summary("HTTP `POST /api/search`, sequential", times, time.perf_counter() - start))
+    verified = [(name, *multipart(name, data, k, rerank="true")) for name, data in queries]
+    for request in verified[:WARMUP]:
+        post(connection, request, k)
+    start = time.perf_counter()
+    times = [post(connection, request, k) for request in verified]
+    rows.append(summary("HTTP `POST /api/search`, sequential, `rerank=true`", times, time.perf_counter() - start))
     connection.close()
 
     local = threading.local()

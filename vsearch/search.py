@@ -218,19 +218,15 @@ class Searcher:
         return result
 
     def verify(self, query: np.ndarray, matches: list[dict]) -> list[dict]:
-        """``matches`` re-ranked by geometric verification against each product's photos."""
-        return rerank(np.clip(query, 0, 255).astype(np.uint8), matches, self._product_features, self.rerank_config)
+        """``matches`` re-ranked by geometric verification of the query against each match's photo
+        (the product's photo nearest the query: one comparison per product, whatever its photo count)."""
+        return rerank(np.clip(query, 0, 255).astype(np.uint8), matches, self._photo_features, self.rerank_config)
 
-    def _product_features(self, match: dict) -> list:
-        product = self.store.get(match["product_id"])
-        paths = product.paths if product is not None else [match["path"]]
-        found = []
-        for path in paths:
-            try:
-                found.append(self._features({"id": path, "path": path}))
-            except (ImageError, OSError):  # a catalog photo gone or unreadable verifies nothing
-                continue
-        return found
+    def _photo_features(self, match: dict) -> list:
+        try:
+            return [self._features({"id": match["photo_id"], "path": match["path"]})]
+        except (ImageError, OSError):  # a catalog photo gone or unreadable verifies nothing
+            return []
 
     def _load_photo(self, photo: dict) -> np.ndarray:
         return load_image(photo["path"], max_pixels=self.max_pixels)
