@@ -549,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "model is refused)")
     store_arg(q)
     q.add_argument("--kind", default="auto", choices=("auto", "exact", "hnsw"),
-                   help="faiss: exact search, HNSW, or auto (HNSW above 100k photos)")
+                   help="faiss: exact search, HNSW, or auto (HNSW above 20,000 photos)")
     model_args(q)
     q.set_defaults(model=None)  # --from-embeddings checks the model only when one is given
     q.add_argument("--calibrate", action="store_true",
