@@ -270,3 +270,24 @@ def test_collect_media_waits_for_a_write_between_keeping_and_upserting(searcher,
     assert not errors and removed == []
     assert store.get("N").paths == (str(media_path(media, new.digest, "png").resolve()),)
     assert media_path(media, new.digest, "png").is_file()
+
+
+def test_the_server_collects_unused_media_after_a_background_compaction(searcher, catalog):
+    from vsearch.live import LiveSearcher
+
+    media = catalog[1]
+    kept, dropped = upload("red", 81), upload("blue", 82)
+    put_product(searcher, "K", [kept], media_dir=media)
+    put_product(searcher, "D", [dropped], media_dir=media)
+    delete_product(searcher.store, "D")
+    age(files_under(media))
+    live = LiveSearcher(searcher, interval_s=0)
+    live.check()  # no compaction due: nothing collected
+    assert len(files_under(media)) == 2
+    searcher.store.should_compact = lambda: True
+    live.check()
+    assert len(files_under(media)) == 2  # no media folder given (a server without writes)
+    live.media_dir = media
+    live.check()
+    assert files_under(media) == [media_path(media, kept.digest, "png")]
+    assert searcher.store.get("K") is not None

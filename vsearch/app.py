@@ -291,6 +291,8 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
     app.state.live, app.state.decode_budget, app.state.metrics = live, budget, metrics
     app.state.media_dir = media_dir
+    if admin_token is not None:  # this server's writes leave photos behind when products go
+        live.media_dir = media_dir
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):

@@ -4,8 +4,9 @@ A store takes in what other writers did when asked (:meth:`vsearch.stores.Store.
 for the FAISS file, the log records another process appended, or a whole new snapshot
 after ``vsearch index build``; for Milvus, nothing to do). A :class:`LiveSearcher` asks
 every ``interval_s`` from a background thread, and compacts an embedded store's log there
-when it has grown (``should_compact``), so no request pays for it. A store that cannot be
-refreshed is logged and keeps serving what it has.
+when it has grown (``should_compact``), so no request pays for it; after a compaction the
+photos uploaded through the API that no product uses any more are removed (``media_dir``).
+A store that cannot be refreshed is logged and keeps serving what it has.
 """
 from __future__ import annotations
 
@@ -31,9 +32,10 @@ class LiveSearcher:
     ``"failed"`` after each refresh or compaction that raised.
     """
 
-    def __init__(self, searcher, interval_s: float = DEFAULT_RELOAD_INTERVAL_S):
+    def __init__(self, searcher, interval_s: float = DEFAULT_RELOAD_INTERVAL_S, media_dir=None):
         self.current = searcher
         self.interval_s = float(interval_s)
+        self.media_dir = media_dir  # photos uploaded through the API: the unused ones go after a compaction
         self.loaded_at = time.time()
         self.listeners: list[Callable[[str], None]] = []
         self._stop = threading.Event()
@@ -70,6 +72,22 @@ class LiveSearcher:
         except Exception as exc:  # noqa: BLE001  (the log stays valid; the next round tries again)
             self._tell("failed")
             log.error("%s: compaction failed; the log is kept and replayed as before (%s)", self.store.spec, exc)
+            return
+        self.collect_media()
+
+    def collect_media(self) -> None:
+        """Removes uploaded photos no product uses any more (:func:`vsearch.products.collect_media`)."""
+        if self.media_dir is None:
+            return
+        from vsearch.products import collect_media
+
+        try:
+            removed = collect_media(self.store, self.media_dir)
+        except Exception as exc:  # noqa: BLE001  (an unused file costs disk, not answers)
+            log.error("%s: collecting unused photos failed (%s)", self.media_dir, exc)
+            return
+        if removed:
+            log.info("%s: removed %d photos no product uses", self.media_dir, len(removed))
 
     def _tell(self, outcome: str) -> None:
         for listener in self.listeners:
