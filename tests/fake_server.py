@@ -108,8 +108,8 @@ def verdict_searcher():
     from vsearch.search import Searcher
 
     class VerdictSearcher(Searcher):
-        def search_vector(self, vector, k=5, category="any", where=None):
-            result = super().search_vector(vector, k, category, where)
+        def search_vector(self, vector, k=5, category="any", where=None, rerank_query=None):
+            result = super().search_vector(vector, k, category, where, rerank_query)
             if result.matches and result.matches[0]["score"] >= EXACT_SCORE:
                 result.match = {"verdict": "exact", "confidence": round(result.matches[0]["score"], 3)}
             return result
