@@ -614,7 +614,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
     store_arg(p)
     p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
-    p.add_argument("--rerank", action="store_true", help="verify the first 10 products with local features (ORB + RANSAC) and move the first that shows the same surface as the photo to the top: the exact item first more often, about 4-9 ms more per search (docs/serving.md)")
+    p.add_argument("--rerank", action="store_true",
+                   help="verify the first 10 products with local features (ORB + RANSAC) and move the first that "
+                        "shows the same surface as the photo to the top: the exact item first more often, for a "
+                        "few ms per search, tens when none verifies (docs/serving.md)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--plot", help="also save the query and its matches as a PNG")
     p.set_defaults(func=cmd_search)

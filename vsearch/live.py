@@ -32,10 +32,10 @@ class LiveSearcher:
     ``"failed"`` after each refresh or compaction that raised.
     """
 
-    def __init__(self, searcher, interval_s: float = DEFAULT_RELOAD_INTERVAL_S, media_dir=None):
+    def __init__(self, searcher, interval_s: float = DEFAULT_RELOAD_INTERVAL_S):
         self.current = searcher
         self.interval_s = float(interval_s)
-        self.media_dir = media_dir  # photos uploaded through the API: the unused ones go after a compaction
+        self.media_dir = None  # photos uploaded through the API (the app sets it): the unused go after a compaction
         self.loaded_at = time.time()
         self.listeners: list[Callable[[str], None]] = []
         self._stop = threading.Event()

@@ -185,14 +185,16 @@ class Searcher:
 
     def embed(self, image, source: str = "<upload>", box=None) -> np.ndarray:
         """One photo (or a part of it) -> its unit vector, through the road."""
-        return np.asarray(self.embedder.embed_pixels(self.model_input(image, source, box)[None]), np.float32)[0]
+        return self._vector(self.model_input(image, source, box))
+
+    def _vector(self, pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(self.embedder.embed_pixels(pixels[None]), np.float32)[0]
 
     def search(self, image, k: int = 5, category: str = "any", source: str = "<upload>", box=None,
                where: Filter | None = None, rerank: bool = False) -> SearchResult:
         """The top-k products for a photo (bytes, path or pixels), or for a ``box`` of it."""
         pixels = self.model_input(image, source, box)
-        vector = np.asarray(self.embedder.embed_pixels(pixels[None]), np.float32)[0]
-        return self.search_vector(vector, k, category, where, rerank_query=pixels if rerank else None)
+        return self.search_vector(self._vector(pixels), k, category, where, rerank_query=pixels if rerank else None)
 
     def search_vector(self, vector: np.ndarray, k: int = 5, category: str = "any",
                       where: Filter | None = None, rerank_query: np.ndarray | None = None) -> SearchResult:
