@@ -117,7 +117,9 @@ def test_matches_are_products_each_once_with_the_photo_that_matched(fake_client,
     matches = r.json()["matches"]
     assert [m["product_id"] for m in matches][:1] == ["red/0"] and matches[0]["id"] == "red/0/back"
     assert len({m["product_id"] for m in matches}) == len(matches) == products
-    assert all(m.keys() == MATCH_FIELDS for m in matches), matches[0]
+    assert all(m.keys() - {"inliers"} == MATCH_FIELDS for m in matches), matches[0]
+    depth = fake_searcher.rerank_config.depth  # re-ranked by default: the short list carries its inliers
+    assert all("inliers" in m for m in matches[:depth]) and not any("inliers" in m for m in matches[depth:])
     assert matches[0]["attributes"] == fake_searcher.store.get("red/0").attributes
     assert r.json()["filter"] == {}
 
@@ -166,6 +168,20 @@ def test_healthz_counts_products_and_photos(fake_client, fake_searcher):
     body = fake_client.get("/healthz").json()
     assert (body["products"], body["photos"]) == fake_searcher.store.count()
     assert body["categories"] == fake_searcher.categories
+
+
+def test_the_server_computes_the_catalogs_rerank_keypoints_at_start(fake_searcher):
+    import time
+
+    from vsearch.search import Searcher
+
+    for rerank, expected in ((False, 0), (True, fake_searcher.store.count()[1])):
+        fresh = Searcher(fake_searcher.embedder, fake_searcher.store)  # nothing computed yet
+        with TestClient(create_app(fresh, rerank=rerank, reload_interval_s=0)) as c:
+            deadline = time.monotonic() + 60
+            while c.get("/healthz").json()["rerank_keypoints"] < expected and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert c.get("/healthz").json()["rerank_keypoints"] == expected, rerank
 
 
 def test_the_page_offers_filters_from_the_catalogs_attributes(fake_client, fake_searcher):
@@ -236,12 +252,14 @@ def test_rerank_is_a_request_field_with_the_server_default(fake_searcher, monkey
     asked = []
     verify = fake_searcher.verify
 
-    def watched(query, matches):
+    def watched(query, matches, shortlist=None):
         asked.append(query.shape)
-        return verify(query, matches)
+        return verify(query, matches, shortlist)
 
     monkeypatch.setattr(fake_searcher, "verify", watched)
     photo = photo_of(fake_searcher, "red/1")
+    with TestClient(create_app(fake_searcher)) as c:  # on unless told
+        assert post(c, photo).status_code == 200 and len(asked) == 1
     for default, field, expected in ((False, None, 0), (False, "true", 1), (True, None, 1), (True, "false", 0)):
         asked.clear()
         with TestClient(create_app(fake_searcher, rerank=default)) as c:

@@ -134,7 +134,8 @@ def test_search_box_searches_that_part(search_fake_catalog, canvas_file, capsys)
     assert out["matches"][0]["id"] == "blue/2"
     assert cli.main(["search", canvas_file, "-k", "2", "--box", "0,0,0.5,1", *search_fake_catalog]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "the part of the photo in the box 0,0,0.5,1" and "red/1" in lines[1]
+    assert lines[0] == "the part of the photo in the box 0,0,0.5,1" and lines[1].startswith("category auto: ")
+    assert "red/1" in lines[2]
     assert cli.main(["search", canvas_file, "-k", "1", "--json", *search_fake_catalog]) == 0
     whole = json.loads(capsys.readouterr().out)
     assert whole["box"] is None and whole["matches"][0]["id"] not in ("red/1", "blue/2")
@@ -155,3 +156,32 @@ def test_search_bad_box_exits_2_with_one_line_before_loading_the_model(canvas_fi
     assert cli.main(["search", canvas_file, *flag, "--store", str(fake_index), "--model", "fake"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vsearch search: error: --box: ") and fragment in err[0], err
+
+
+@pytest.mark.parametrize("value", ["-0.1", "nan", "inf"])
+def test_search_bad_category_prior_exits_2_before_loading_the_model(canvas_file, fake_index, monkeypatch, capsys,
+                                                                    value):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for a bad --category-prior")
+
+    monkeypatch.setattr("vsearch.embedder.load_embedder", no_model)
+    assert cli.main(["search", canvas_file, f"--category-prior={value}", "--store", str(fake_index),
+                     "--model", "fake"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--category-prior must be a number >= 0" in err[0], err
+
+
+def test_search_category_prior_is_the_searchers(search_fake_catalog, canvas_file, monkeypatch, capsys):
+    from vsearch.search import CATEGORY_PRIOR, Searcher
+
+    seen = []
+    original = Searcher.__init__
+
+    def watched(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(self.category_prior)
+
+    monkeypatch.setattr(Searcher, "__init__", watched)
+    assert cli.main(["search", canvas_file, "-k", "1", *search_fake_catalog]) == 0
+    assert cli.main(["search", canvas_file, "-k", "1", "--category-prior", "0.3", *search_fake_catalog]) == 0
+    assert seen == [CATEGORY_PRIOR, 0.3]

@@ -12,7 +12,7 @@ from vsearch.catalog import build_catalog
 from vsearch.errors import DataError, ImageError
 from vsearch.filters import parse_where
 from vsearch.manifest import Photo
-from vsearch.search import Searcher, predict_category
+from vsearch.search import AUTO_NEIGHBOURS, Searcher, category_votes, predict_category
 from vsearch.stores import build_store, open_store
 
 
@@ -48,6 +48,20 @@ def test_searcher_finds_the_item_and_filters(shop, catalog):
     assert searcher.image_path("shoes/olive") == (shop / "shoes" / "olive.png").resolve()
     with pytest.raises(KeyError):
         searcher.image_path("../../etc/passwd")
+
+
+def test_warm_rerank_computes_each_catalog_photos_keypoints_once(catalog):
+    import threading
+
+    searcher = Searcher(ColourEmbedder(), catalog)
+    stop = threading.Event()
+    stop.set()
+    assert searcher.warm_rerank(stop) == 0 and searcher.rerank_ready == 0
+    photos = catalog.count()[1]
+    assert searcher.warm_rerank() == photos and searcher.rerank_ready == photos
+    product = next(catalog.products())
+    match = {"photo_id": product.photos[0], "path": product.paths[0]}
+    assert searcher._photo_features(match)[0] is searcher._photo_features(match)[0]  # kept, not recomputed
 
 
 def test_searcher_accepts_0_255_numbers_and_refuses_others(shop, catalog):
@@ -132,18 +146,63 @@ def test_predict_category():
     assert predict_category([]) == ("", 0.0)
 
 
+def brute_force_prior(vecs, cats, query, weight, keep=None):
+    """Product ids by cosine + weight x the vote share of the top AUTO_NEIGHBOURS, over every product."""
+    ids = [i for i in range(len(vecs)) if keep is None or keep(i)]
+    scores = {i: float(vecs[i] @ query) for i in ids}
+    by_cosine = sorted(ids, key=lambda i: -scores[i])
+    votes = category_votes([{"score": scores[i], "category": cats[i]} for i in by_cosine[:AUTO_NEIGHBOURS]])
+    return [str(i) for i in sorted(ids, key=lambda i: -(scores[i] + weight * votes.get(cats[i], 0.0)))]
+
+
+@pytest.mark.parametrize("weight", [0.05, 0.3, 2.0])
+def test_auto_ranks_by_cosine_plus_the_category_prior_exactly(tmp_path, weight):
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(400, 4)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    cats = [("tops", "shoes", "hats", "bags")[int(i)] for i in rng.integers(0, 4, len(vecs))]
+    photos = [Photo(str(i), str(i), f"/nowhere/{i}.png", c, {"price": float(i % 50)}) for i, c in enumerate(cats)]
+    store = build_store(f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint,
+                        kind="exact")
+    searcher = Searcher(ColourEmbedder(), store, category_prior=weight)
+    cheap = parse_where(["price<=20"], store.schema)
+    for q in range(8):
+        query = rng.normal(size=4).astype(np.float32)
+        query /= np.linalg.norm(query)
+        for k in (1, 5, 40):
+            result = searcher.search_vector(query, k)  # the default: auto
+            assert [m["product_id"] for m in result.matches] == brute_force_prior(vecs, cats, query, weight)[:k]
+            assert result.category["mode"] == "auto" and result.category["predicted"] in cats
+            filtered = searcher.search_vector(query, k, where=cheap)
+            expected = brute_force_prior(vecs, cats, query, weight, keep=lambda i: i % 50 <= 20)[:k]
+            assert [m["product_id"] for m in filtered.matches] == expected
+        plain = searcher.search_vector(query, 40, "any").matches
+        assert [m["score"] for m in plain] == sorted((m["score"] for m in plain), reverse=True)
+    with pytest.raises(ValueError, match="category_prior"):
+        Searcher(ColourEmbedder(), store, category_prior=-1)
+    store.close()
+
+
 def test_cli_index_and_search_with_exported_model(smoke_run, smoke_index, tmp_path, capsys):
     model, index_path = smoke_index
     index = tmp_path / "catalog.vsi"
     shutil.copy(index_path, index)
     photo = sorted((smoke_run["data"] / "validation").rglob("*.jpg"))[0]
     assert cli.main(["search", str(photo), "--model", str(model), "--store", str(index), "-k", "3", "--json",
-                     "--plot", str(tmp_path / "plots" / "plot.png")]) == 0  # its folder is made
+                     "--category", "any", "--no-rerank", "--plot", str(tmp_path / "plots" / "plot.png")]) == 0
     out = capsys.readouterr().out
     result = json.loads(out[:out.rindex("}") + 1])
     assert len(result["matches"]) == 3 and result["matches"][0]["rank"] == 1
-    scores = [m["score"] for m in result["matches"]]
+    scores = [m["score"] for m in result["matches"]]  # the plain cosine order
     assert scores == sorted(scores, reverse=True) and (tmp_path / "plots" / "plot.png").stat().st_size > 0
+    assert not any("inliers" in m for m in result["matches"])  # --no-rerank: nothing examined
+
+    # the defaults: the category prior and the re-rank
+    assert cli.main(["search", str(photo), "--model", str(model), "--store", str(index), "-k", "3", "--json"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[:out.rindex("}") + 1])
+    assert result["category"]["mode"] == "auto" and result["category"]["applied"]
+    assert "inliers" in result["matches"][0]
 
     # a catalog photo finds itself first
     own = sorted((smoke_run["data"] / "train").rglob("*.jpg"))[0]
@@ -252,6 +311,24 @@ def test_rerank_moves_the_product_showing_the_same_surface_first(tmp_path):
     assert [m["product_id"] for m in verified.matches] == ["b", "a", "c"]
     assert verified.matches[0]["inliers"] >= searcher.rerank_config.min_inliers
     assert verified.matches[1]["score"] == pytest.approx(1, abs=1e-5)  # the scores stay the embedding's
+
+    # a calibration that says "not in the catalog" of everything: a verified first product is "similar" instead
+    flat = {"method": "platt", "mean": [0.0, 0.0], "scale": [1.0, 1.0], "coef": [0.0, 0.0], "intercept": 0.0}
+    store.set_calibration({"fingerprint": ColourEmbedder.fingerprint, "thresholds": {"exact": 0.99, "none": 0.99},
+                           "heads": {h: {"global": flat, "categories": {}} for h in ("exact", "present")}})
+    assert searcher.search_vector(vecs[0], 3).match["verdict"] == "none"
+    assert searcher.search_vector(vecs[0], 3, rerank_query=query).match["verdict"] == "similar"
+    store.set_calibration(None)
+
+    # a prior strong enough to push b out of the ranked list: b is still verified (the short list is by cosine)
+    cats = {"a0": "tops", "b0": "shoes", "b1": "shoes", "c0": "tops"}
+    photos = [Photo(name[0], name, str(path), cats[name]) for name, path in files.items()]
+    sided = build_store(f"faiss:{tmp_path / 'd.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint,
+                        kind="exact")
+    strong = Searcher(ColourEmbedder(), sided, category_prior=5.0)
+    assert [m["product_id"] for m in strong.search_vector(vecs[0], 2).matches] == ["a", "c"]
+    assert [m["product_id"] for m in strong.search_vector(vecs[0], 2, rerank_query=query).matches] == ["b", "a"]
+    sided.close()
 
     files["b1"].unlink()  # a catalog photo gone from disk verifies nothing and breaks nothing
     fresh = Searcher(ColourEmbedder(), store)

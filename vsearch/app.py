@@ -4,13 +4,13 @@ Routes:
 
 * ``GET /``: the upload page (self-contained HTML, see :mod:`vsearch.page`), with filter
   controls built from the catalog's attributes (recomputed after every change).
-* ``POST /api/search``: multipart ``file`` plus ``k`` (1..100), ``category`` (``any``,
-  ``auto`` or a catalog category), ``box`` (``x0,y0,x1,y1``: search only that part of the
+* ``POST /api/search``: multipart ``file`` plus ``k`` (1..100), ``category`` (``auto``,
+  the default: a soft prior for the voted category; ``any``; or a catalog category), ``box`` (``x0,y0,x1,y1``: search only that part of the
   photo, as fractions 0..1 of the upright photo) and ``filter`` (JSON over the catalog's
   attributes, e.g. ``{"price": {"lte": 50}, "brand": ["acme"], "in_stock": true}``, see
   :func:`vsearch.filters.parse_json`), as form or query fields; answers ``{"category":
   {...}, "filter": {...}, "matches": [{rank, product_id, id, score, category, attributes,
-  image_url}], "box", "elapsed_ms"}``: products, each once with the photo that matched best
+  image_url, inliers}], "box", "elapsed_ms"}`` (``inliers``: on the re-rank's short list): products, each once with the photo that matched best
   (``id``), and ``"match"`` (the verdict on the first) when the catalog is calibrated and no
   filter is applied (:class:`~vsearch.search.SearchResult`).
 * ``PUT``, ``DELETE`` and ``GET /api/products/{product_id}``: write, remove and read a
@@ -18,7 +18,8 @@ Routes:
 * ``GET /api/items/{id}``: a photo's metadata (its product, category, attributes);
   ``GET /api/items/{id}/image``: the photo. Any id works once percent-encoded (``image_url``
   does it): slashes, newlines and other control characters, ``%``, ``?``, ``#``.
-* ``GET /healthz``: ``ok``, the numbers of products and photos, and the model fingerprint.
+* ``GET /healthz``: ``ok``, the numbers of products and photos, the model fingerprint, and
+  how many catalog photos' re-rank keypoints are ready (``rerank_keypoints``).
 * ``GET /metrics``: Prometheus text format (:mod:`vsearch.server_metrics`).
 * ``/openapi.json``, and its pages ``/docs`` (Swagger UI) and ``/redoc``, whose scripts and
   styles are served from the ``fastapi-offline`` package under ``/static-offline-docs``: they
@@ -71,7 +72,7 @@ DEFAULT_K = 5
 DOCS_STATIC_URL = "/static-offline-docs"
 BOX_HELP = "search only this part of the photo: x0,y0,x1,y1 as fractions 0..1 of the upright photo"
 RERANK_HELP = ("verify the short list with local features and put the first product showing the same surface "
-               "first (true / false; default: the server's --rerank)")
+               "first (true / false; default: the server's --rerank / --no-rerank, on unless told)")
 FILTER_HELP = 'JSON over the attributes, e.g. {"price": {"lte": 50}, "brand": ["acme", "zeta"], "in_stock": true}'
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
                decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES, decode_wait_s: float = DEFAULT_DECODE_WAIT_S,
                decode_max_waiting: int = DEFAULT_DECODE_MAX_WAITING,
                reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S,
-               admin_token: str | None = None, media_dir: str | os.PathLike | None = None, rerank: bool = False):
+               admin_token: str | None = None, media_dir: str | os.PathLike | None = None, rerank: bool = True):
     """The FastAPI app serving ``searcher``.
 
     Args:
@@ -217,6 +218,7 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
     app.state.media_dir = media_dir
     if admin_token is not None:  # this server's writes leave photos behind when products go
         live.media_dir = media_dir
+    live.warm_rerank = rerank  # searches re-rank unless told: their catalog keypoints are computed at start
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
@@ -244,7 +246,8 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
         products, photos = current.store.count()
         return {"status": "ok", "products": products, "photos": photos, "categories": list(current.categories),
                 "model": {"fingerprint": current.store.fingerprint, "dim": current.store.dim,
-                          "image_size": int(current.embedder.image_size)}}
+                          "image_size": int(current.embedder.image_size)},
+                "rerank_keypoints": current.rerank_ready}
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics():
@@ -267,7 +270,7 @@ def create_app(searcher, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, title
         current = live.current  # this request's searcher, even if another is swapped in meanwhile
         k = k_form or k_query or DEFAULT_K
         rerank_choice = rerank_form if rerank_form is not None else rerank_query
-        category = (category_form or category_query or "any").strip()
+        category = (category_form or category_query or "auto").strip()
         if category not in ("any", "auto", *current.categories):
             return error_response(422, f"unknown category {category!r}; use any, auto or one of "
                                        f"{list(current.categories)}")

@@ -330,6 +330,7 @@ def cmd_search(args) -> int:
 
     if args.k < 1:
         raise UsageError(f"-k must be >= 1, got {args.k}")
+    prior = _category_prior(args)
     from vsearch.images import crop, load_image, parse_box
 
     from vsearch.filters import parse_where
@@ -341,7 +342,8 @@ def cmd_search(args) -> int:
         _check_output_file(args.plot, "--plot")
     store = _open_store(args)
     where = parse_where(args.where, store.schema)
-    searcher = Searcher(load_embedder(args.model, num_threads=args.threads), store)
+    searcher = Searcher(load_embedder(args.model, num_threads=args.threads), store,
+                        **({} if prior is None else {"category_prior": prior}))
     result = searcher.search(pixels, args.k, args.category, source=args.photo, box=box, where=where,
                              rerank=args.rerank)
     if args.json:
@@ -357,10 +359,10 @@ def cmd_search(args) -> int:
         cat = result.category
         if cat["predicted"]:
             print(f"category {cat['mode']}: {cat['predicted']}"
-                  + (f" (vote {cat['confidence']:.2f}, {'applied' if cat['applied'] else 'not confident'})"
-                     if cat["confidence"] is not None else ""))
+                  + (f" (vote {cat['confidence']:.2f}, favoured)" if cat["confidence"] is not None else ""))
         for rank, m in enumerate(result.matches, 1):
-            print(f"{rank:>3}. {m['score']:.3f}  {m.get('category') or '-':<12} {_product_line(m)}")
+            verified = "  verified" if m.get("inliers", 0) >= searcher.rerank_config.min_inliers else ""
+            print(f"{rank:>3}. {m['score']:.3f}  {m.get('category') or '-':<12} {_product_line(m)}{verified}")
         if not result.matches:
             print("no product matches" + (f" {where.describe()}" if where else ""))
     if args.plot:
@@ -425,8 +427,24 @@ def cmd_serve(args) -> int:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     run(serving_model(args.model), args.store, host=args.host, port=args.port, max_upload_bytes=max_upload_bytes,
         num_threads=args.threads, decode_budget_bytes=decode_budget_bytes, reload_interval_s=args.reload_interval,
-        admin_token=admin_token(args.admin_token_file), media_dir=args.media, rerank=args.rerank)
+        admin_token=admin_token(args.admin_token_file), media_dir=args.media, rerank=args.rerank,
+        category_prior=_category_prior(args))
     return 0
+
+
+def _category_prior(args) -> float | None:
+    """``--category-prior``, checked: a finite weight >= 0, or None for the default."""
+    import math
+
+    if args.category_prior is not None and not (math.isfinite(args.category_prior) and args.category_prior >= 0):
+        raise UsageError(f"--category-prior must be a number >= 0, got {args.category_prior}")
+    return args.category_prior
+
+
+def category_prior_arg(p) -> None:
+    p.add_argument("--category-prior", type=float, default=None, metavar="W",
+                   help="with --category auto: rank by cosine + W x the product's category's share of the vote of the "
+                        "10 nearest (default 0.02; larger favours the likely category more, experiments/served.py)")
 
 
 def strategy_arg(q, batch: str) -> None:
@@ -603,8 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Embed a photo and print the top-k products (each once, by its best photo).")
     p.add_argument("photo")
     p.add_argument("-k", type=int, default=5, help="number of matches (default 5)")
-    p.add_argument("--category", default="any",
-                   help="any | auto (rank the predicted category first when confident) | a category name")
+    p.add_argument("--category", default="auto",
+                   help="auto (default: cosine plus a soft prior for the category the nearest products vote for) "
+                        "| any (cosine only) | a category name")
+    category_prior_arg(p)
     p.add_argument("--box", metavar="X0,Y0,X1,Y1",
                    help="search only this part of the photo: fractions 0..1 of the upright photo's width and "
                         "height, e.g. 0.5,0.6,1,1 for the lower right")
@@ -614,10 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
     store_arg(p)
     p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
-    p.add_argument("--rerank", action="store_true",
+    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=True,
                    help="verify the first 10 products with local features (ORB + RANSAC) and move the first that "
                         "shows the same surface as the photo to the top: the exact item first more often, for a "
-                        "few ms per search, tens when none verifies (docs/serving.md)")
+                        "few ms per search (default: on; --no-rerank: the embedding's order, docs/serving.md)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--plot", help="also save the query and its matches as a PNG")
     p.set_defaults(func=cmd_search)
@@ -642,8 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: $VSEARCH_ADMIN_TOKEN; without either, catalog writes are disabled")
     p.add_argument("--media", default=DEFAULT_MEDIA, metavar="DIR",
                    help=f"where photos uploaded through the API are kept (default {DEFAULT_MEDIA})")
-    p.add_argument("--rerank", action="store_true",
-                   help="searches re-rank their short list unless a request says rerank=false (see search --rerank)")
+    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=True,
+                   help="whether searches re-rank their short list when a request does not say (rerank field; "
+                        "default: on; see search --rerank)")
+    category_prior_arg(p)
     p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
     p.set_defaults(func=cmd_serve)
     return parser

@@ -6,6 +6,8 @@ after ``vsearch index build``; for Milvus, nothing to do). A :class:`LiveSearche
 every ``interval_s`` from a background thread, and compacts an embedded store's log there
 when it has grown (``should_compact``), so no request pays for it; after a compaction the
 photos uploaded through the API that no product uses any more are removed (``media_dir``).
+With ``warm_rerank``, another thread computes the catalog photos' re-rank keypoints at start
+(:meth:`vsearch.search.Searcher.warm_rerank`).
 A store that cannot be refreshed is logged and keeps serving what it has.
 """
 from __future__ import annotations
@@ -38,8 +40,10 @@ class LiveSearcher:
         self.media_dir = None  # photos uploaded through the API (the app sets it): the unused go after a compaction
         self.loaded_at = time.time()
         self.listeners: list[Callable[[str], None]] = []
+        self.warm_rerank = False  # the app sets it when searches re-rank by default
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warmer: threading.Thread | None = None
 
     @property
     def store(self):
@@ -100,15 +104,26 @@ class LiveSearcher:
             except Exception:  # noqa: BLE001  (keep watching whatever happened)
                 log.exception("refreshing %s failed", self.store.spec)
 
+    def _warm(self) -> None:
+        try:
+            done = self.current.warm_rerank(self._stop)
+            log.info("re-rank keypoints ready for %d catalog photos", done)
+        except Exception:  # noqa: BLE001  (searches compute what is missing themselves)
+            log.exception("computing re-rank keypoints ahead failed")
+
     def start(self) -> None:
+        self._stop.clear()
+        if self.warm_rerank and self._warmer is None:
+            self._warmer = threading.Thread(target=self._warm, name="vsearch-rerank-warm", daemon=True)
+            self._warmer.start()
         if self.interval_s <= 0 or self._thread is not None:
             return
-        self._stop.clear()
         self._thread = threading.Thread(target=self._watch, name="vsearch-catalog-watch", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        for thread in (self._thread, self._warmer):
+            if thread is not None:
+                thread.join(timeout=30)
+        self._thread = self._warmer = None

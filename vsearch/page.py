@@ -169,7 +169,7 @@ function setup() {
   $("title").textContent = cfg.title;
   $("subtitle").textContent = "find it in the catalog: " + cfg.items.toLocaleString() + " products";
   kInput.max = cfg.max_k; kInput.value = cfg.default_k;
-  const modes = [["any", "any"], ["auto", "auto: predict it"]];
+  const modes = [["auto", "auto: favour the likely one"], ["any", "any"]];
   for (const [value, text] of modes.concat(cfg.categories.map((c) => [c, c]))) {
     const opt = el("option", "", text); opt.value = value; catSelect.append(opt);
   }
@@ -360,7 +360,7 @@ function render(data) {
   if (info.predicted) {
     const how = info.mode === "auto"
       ? " \u00b7 looks like " + info.predicted + " (" + Math.round(100 * info.confidence) + "%"
-        + (info.applied ? ", shown first)" : ", not confident: all categories)")
+        + (info.applied ? ", favoured)" : ")")
       : " \u00b7 only " + info.predicted;
     status.append(document.createTextNode(how));
   }

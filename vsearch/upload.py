@@ -27,7 +27,7 @@ def decode_upload(searcher, data: bytes, source: str, box=None) -> np.ndarray:
 
 
 def embed_and_search(metrics: ServerMetrics, searcher, pixels: np.ndarray, *, k: int, category: str, where=None,
-                     rerank: bool = False):
+                     rerank: bool = True):
     """Steps 2 and 3, each timed: the model call on the decoded input, then the catalog search
     (with ``rerank``, its short list verified against the same input)."""
     vector = timed(metrics.stage_seconds.labels("embed"), searcher.embedder.embed_pixels, pixels[None])[0]
