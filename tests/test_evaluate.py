@@ -42,6 +42,10 @@ def test_eval_writes_reports_and_pictures(eval_run):
     assert graph["num_images"] == 9 and -1.0 <= graph["cosine_min"] <= graph["cosine_mean"] <= 1.0 + 1e-6
     assert 0.0 <= graph["precision@1"] <= 1.0
     assert "serving_default" in text
+    served = saved["served"]  # the same model through the Searcher's defaults
+    assert served["name"].startswith("served ranking: exported embedding") and "| **served ranking" in text
+    assert served["customer_photo"]["num_queries"] == 9
+    assert all(0.0 <= served["overall"][key] <= 1.0 for key in ("precision@1", "map@r"))
     calibration = saved["calibration"]  # the verdict's figures, measured on photos not used to fit it
     assert calibration["seeds"] == {"fit": 0, "check": 1} and 0.0 <= calibration["ece_exact"] <= 1.0
 
