@@ -23,6 +23,8 @@ table reports what that procedure gives, beside the weight the rule picks on all
 
     python -m experiments.served                 # saved_models/embedding, ~35 min on 2 cores
     python -m experiments.served --limit 60 --weights 0,0.05 --no-write   # a quick look
+    python -m experiments.served --model saved_models/holdout/embedding --held-out longsleeve,shorts \
+        --variants-weight 0.02 --baseline --out experiments/results/served-holdout.md   # trained without two classes
 
 Rewrites ``experiments/results/served.md``. One training run: the spread shown is over photo
 seeds, not over training seeds.
@@ -113,6 +115,33 @@ def cross_fitted(grid: dict, odd: np.ndarray, r10_slack: float, harder_slack: fl
     return mixed, chosen
 
 
+def frozen_baseline(data: dict, folder: Path, size: int) -> dict:
+    """Per-item figures of the frozen ImageNet MobileNetV2 (GAP) features, cosine only, through the Searcher."""
+    from vsearch import models
+    from vsearch.embedder import KerasEmbedder
+    from vsearch.evaluate import embed_all
+    from vsearch.search import Searcher
+    from vsearch.served import GivenVectors, photo_store
+
+    cat, val = data["catalog"], data["val"]
+    frozen = KerasEmbedder(models.build_pooled_features(models.build_backbone(size, "imagenet"), size), "frozen")
+    frozen.fingerprint = "frozen-imagenet"
+    pool = embed_all(frozen, list(cat.paths) + list(val.paths), 32, "frozen: catalog + validation")
+    vectors = {"originals": pool[len(cat.paths):], **{name: embed_all(frozen, photos, 32, f"frozen: {name}")
+                                                     for name, (photos, _) in data["sets"].items()}}
+    names, n = list(cat.class_names), len(cat.paths)
+    both = photo_store(folder / "frozen-pool.vsi", list(cat.paths) + list(val.paths),
+                       np.concatenate([cat.labels, val.labels]), names, pool, frozen.fingerprint)
+    train = photo_store(folder / "frozen-train.vsi", cat.paths, cat.labels, names, pool[:n], frozen.fingerprint)
+    try:
+        stand_in = GivenVectors(frozen)
+        return per_item({"both": Searcher(stand_in, both), "train": Searcher(stand_in, train)}, vectors, data,
+                        "any", False)
+    finally:
+        both.close()
+        train.close()
+
+
 def timed(searcher, vectors, photos, category: str, rerank: bool, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """ms per search (after a ranking pass over the same queries: catalog keypoints cached; the
     query's model input made before the clock starts, as the server has it), and whether the
@@ -139,6 +168,13 @@ def main(argv=None) -> int:
     ap.add_argument("--harder-slack", type=float, default=0.01, help="harder-photo R@10 the prior may cost")
     ap.add_argument("--limit", type=int, default=0, help="validation items asked about (0: all)")
     ap.add_argument("--more-keypoints", type=int, default=500, help="a re-rank with more keypoints, for comparison")
+    ap.add_argument("--variants-weight", type=float, default=None, metavar="W",
+                    help="the prior's weight for the variants table (default: the rule's choice)")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also the frozen ImageNet MobileNetV2 (global average pooling), cosine only, same photos")
+    ap.add_argument("--held-out", default="", metavar="CLASSES",
+                    help="comma-separated classes the --model never trained on: the variants are also shown for "
+                         "their items and for the others (experiments/holdout.py trains such a model)")
     output_args(ap, "served", "experiments")
     args = ap.parse_args(argv)
 
@@ -179,6 +215,7 @@ def main(argv=None) -> int:
             print(f"auto, re-rank, weight {weight:g}: {summary(grid[weight], np.ones_like(odd))}", file=sys.stderr,
                   flush=True)
         chosen = choose(grid, np.ones_like(odd), args.r10_slack, args.harder_slack)
+        shown_weight = chosen if args.variants_weight is None else args.variants_weight
         mixed, halves = cross_fitted(grid, odd, args.r10_slack, args.harder_slack)
         variants = {"any, re-rank off": ("any", False, RerankConfig()), "any, re-rank on": ("any", True, RerankConfig()),
                     "auto, re-rank off": ("auto", False, RerankConfig()),
@@ -187,21 +224,26 @@ def main(argv=None) -> int:
                         "auto", True, replace(RerankConfig(), features=args.more_keypoints))}
         first = next(iter(data["sets"]))
         for label, (category, rerank, config) in variants.items():
-            s = searchers(chosen, config)
+            s = searchers(shown_weight, config)
             plain[label] = per_item(s, vectors, data, category, rerank)  # also fills the keypoint caches
             timings[label] = (
                 timed(s["both"], vectors[first], data["sets"][first][0], category, rerank),
                 timed(s["train"], vectors["originals"][data["items"]], [data["originals"][i] for i in data["items"]],
                       category, rerank))
+        if args.baseline:
+            plain["frozen ImageNet MobileNetV2 (GAP), cosine"] = frozen_baseline(data, Path(tmp), embedder.image_size)
         both.close()
         train.close()
-    lines = report(args, data, grid, chosen, halves, mixed, plain, timings, CATEGORY_PRIOR, odd,
+    lines = report(args, data, grid, chosen, shown_weight, halves, mixed, plain, timings, CATEGORY_PRIOR, odd,
                    time.time() - started)
+    if args.held_out:
+        lines += by_group(plain, data, [c for c in args.held_out.split(",") if c])
     publish(args, "The served ranking (the Searcher's defaults), measured", lines)
     return 0
 
 
-def report(args, data, grid, chosen, halves, mixed, plain, timings, default, odd, seconds) -> list[str]:
+def report(args, data, grid, chosen, shown_weight, halves, mixed, plain, timings, default, odd,
+           seconds) -> list[str]:
     every = np.ones_like(odd)
     seeds = [name.split("seed ")[1] for name in data["sets"] if name.startswith("customer")]
 
@@ -216,10 +258,13 @@ def report(args, data, grid, chosen, halves, mixed, plain, timings, default, odd
              "originals against the train split, the whole catalog ranked. Every query goes through "
              "`Searcher.search_vector` (the re-rank gets the query's 224 px model input). "
              f"Run time {seconds / 60:.0f} min.", "",
-             f"## The served variants (weight {chosen:g})", "",
+             f"## The served variants (weight {shown_weight:g})", "",
              "| variant " + head + " ms p50 (customer) | ms p50 (originals) | originals verified |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for label, figures in plain.items():
+        if label not in timings:  # a baseline: the plain cosine road, timed in the first row
+            lines.append(f"| {label} | {cells(summary(figures, every))} | | | |")
+            continue
         (customer_ms, _), (originals_ms, verified) = timings[label]
         lines.append(f"| {label} | {cells(summary(figures, every))} | {np.median(customer_ms):.2f} | "
                      f"{np.median(originals_ms):.2f} | {verified.mean():.3f} |")
@@ -241,6 +286,27 @@ def report(args, data, grid, chosen, halves, mixed, plain, timings, default, odd
               f"`vsearch.search.CATEGORY_PRIOR` is {default:g}. Cross-fitted: the weight chosen on the even items "
               f"({halves['odd']:g}) read on the odd ones and the one chosen on the odd items ({halves['even']:g}) "
               "on the even ones: what choosing by the rule gives on items it did not see."]
+    return lines
+
+
+def by_group(plain: dict, data: dict, held_out: list[str]) -> list[str]:
+    """The variants on the items of the classes the model never trained on, and on the others."""
+    names = list(data["catalog"].class_names)
+    unknown = sorted(set(held_out) - set(names))
+    if unknown:
+        raise SystemExit(f"--held-out: no such class {unknown}; the classes are {names}")
+    labels = np.asarray(data["val"].labels)[data["items"]]
+    new = np.isin(labels, [names.index(c) for c in held_out])
+    lines = ["", f"## Categories the model never trained on ({', '.join(held_out)}: {int(new.sum())} items) "
+             f"and the others ({int((~new).sum())})", "",
+             "| variant | group | class P@1 | class MAP@R | customer R@1 | customer R@10 | harder R@1 | harder R@10 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, figures in plain.items():
+        for group, mask in (("new", new), ("trained", ~new)):
+            s = summary(figures, mask)
+            lines.append(f"| {label} | {group} | {s['P@1']:.3f} | {s['MAP@R']:.3f} | {s['R@1']:.3f} ± "
+                         f"{s['R@1 sd']:.3f} | {s['R@10']:.3f} ± {s['R@10 sd']:.3f} | {s['harder R@1']:.3f} | "
+                         f"{s['harder R@10']:.3f} |")
     return lines
 
 
