@@ -124,7 +124,8 @@ def served(model: str, store: str, threads: int | None):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "vsearch", "serve", "--model", model, "--store", store, "--port", str(port)] + (["--threads", str(threads)] if threads else [])
+    command = [sys.executable, "-m", "vsearch", "serve", "--model", model, "--store", store, "--port", str(port)]
+    command += ["--threads", str(threads)] if threads else []
     log = tempfile.TemporaryFile()
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

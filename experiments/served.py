@@ -217,7 +217,8 @@ def main(argv=None) -> int:
         chosen = choose(grid, np.ones_like(odd), args.r10_slack, args.harder_slack)
         shown_weight = chosen if args.variants_weight is None else args.variants_weight
         mixed, halves = cross_fitted(grid, odd, args.r10_slack, args.harder_slack)
-        variants = {"any, re-rank off": ("any", False, RerankConfig()), "any, re-rank on": ("any", True, RerankConfig()),
+        variants = {"any, re-rank off": ("any", False, RerankConfig()),
+                    "any, re-rank on": ("any", True, RerankConfig()),
                     "auto, re-rank off": ("auto", False, RerankConfig()),
                     f"**auto, re-rank on ({RerankConfig().features} keypoints)**": ("auto", True, RerankConfig()),
                     f"auto, re-rank on ({args.more_keypoints} keypoints)": (

@@ -12,9 +12,9 @@ each product gains ``CATEGORY_PRIOR`` times its category's share of the vote. A 
 vote lifts its category's near-ties above other categories' products (class MAP@R 0.861 ->
 0.877 on the validation split) while a clearly closer product of another category keeps its
 place (customer-photo R@1 unchanged; a larger weight buys more MAP@R with harder photos'
-R@10: ``experiments/results/served.md``). ``score`` stays the cosine. The vote runs over the catalog's own categories, so it also works for a shop whose
-categories the classifier never saw. ``any`` is the plain cosine ranking; a category name
-restricts the results to it.
+R@10: ``experiments/results/served.md``). ``score`` stays the cosine. The vote runs over
+the catalog's own categories, so it also works for a shop whose categories the classifier
+never saw. ``any`` is the plain cosine ranking; a category name restricts the results to it.
 
 Re-ranking (``rerank=True``, the default of :meth:`Searcher.search`): the first
 ``RerankConfig.depth`` products are verified against the photo with local features
