@@ -38,7 +38,7 @@ DETECTORS = {"orb": 32, "sift": 128}  # detector -> descriptor length
 class RerankConfig:
     """How the short list is verified (the defaults: ``experiments/rerank.py`` chose the rule and
     threshold; ``experiments/served.py`` compares 250 keypoints with 500: the same customer R@1
-    within a photo, fewer unrelated products verified, a third of the cost).
+    within a photo, fewer unrelated products verified, half the cost when all 10 are compared).
 
     Attributes:
         depth: Candidates examined, best first by the embedding.
