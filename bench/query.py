@@ -39,7 +39,6 @@ from bench.common import ROOT, output_args, publish, shown
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 WARMUP = 5  # the first calls trace TF functions and fill caches
-KEYPOINTS_KEPT = 10_000  # vsearch.rerank.FeatureCache's default size: what a server computes at start
 
 
 def load_queries(folder: Path, minimum: int) -> list[tuple[str, bytes]]:
@@ -153,10 +152,12 @@ def served(model: str, store: str, threads: int | None):
 
 def wait_for_keypoints(port: int, deadline: float) -> None:
     """Until the server has computed its catalog photos' re-rank keypoints (it does so at start)."""
+    from vsearch.rerank import KEPT_PHOTOS
+
     while time.monotonic() < deadline:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
             health = json.loads(answer.read())
-        if health.get("rerank_keypoints", 0) >= min(health["photos"], KEYPOINTS_KEPT):
+        if health.get("rerank_keypoints", 0) >= min(health["photos"], KEPT_PHOTOS):
             return
         time.sleep(0.5)
 

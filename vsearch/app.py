@@ -5,14 +5,16 @@ Routes:
 * ``GET /``: the upload page (self-contained HTML, see :mod:`vsearch.page`), with filter
   controls built from the catalog's attributes (recomputed after every change).
 * ``POST /api/search``: multipart ``file`` plus ``k`` (1..100), ``category`` (``auto``,
-  the default: a soft prior for the voted category; ``any``; or a catalog category), ``box`` (``x0,y0,x1,y1``: search only that part of the
-  photo, as fractions 0..1 of the upright photo) and ``filter`` (JSON over the catalog's
+  the default: a soft prior for the voted category; ``any``; or a catalog category),
+  ``box`` (``x0,y0,x1,y1``: search only that part of the photo, as fractions 0..1 of the
+  upright photo), ``rerank`` (true / false) and ``filter`` (JSON over the catalog's
   attributes, e.g. ``{"price": {"lte": 50}, "brand": ["acme"], "in_stock": true}``, see
   :func:`vsearch.filters.parse_json`), as form or query fields; answers ``{"category":
   {...}, "filter": {...}, "matches": [{rank, product_id, id, score, category, attributes,
-  image_url, inliers}], "box", "elapsed_ms"}`` (``inliers``: on the re-rank's short list): products, each once with the photo that matched best
-  (``id``), and ``"match"`` (the verdict on the first) when the catalog is calibrated and no
-  filter is applied (:class:`~vsearch.search.SearchResult`).
+  image_url, inliers}], "box", "elapsed_ms"}`` (``inliers``: on the re-rank's short list):
+  products, each once with the photo that matched best (``id``), and ``"match"`` (the
+  verdict on the first) when the catalog is calibrated and no filter is applied
+  (:class:`~vsearch.search.SearchResult`).
 * ``PUT``, ``DELETE`` and ``GET /api/products/{product_id}``: write, remove and read a
   product; writes need the admin token (:mod:`vsearch.admin`).
 * ``GET /api/items/{id}``: a photo's metadata (its product, category, attributes);
@@ -26,8 +28,8 @@ Routes:
   work without internet, and their Content-Security-Policy lets them load nothing from
   another host (:mod:`vsearch.middleware`). Every ``GET`` route answers ``HEAD`` too.
 
-An upload goes through three timed steps (:mod:`vsearch.upload`): decode (the header read first, then the
-decode and resize admitted against the :mod:`vsearch.budget`; a ``box`` is cut from the
+An upload goes through three timed steps (:mod:`vsearch.upload`): decode (the header read
+first, then the decode and resize admitted against the :mod:`vsearch.budget`; a ``box`` is cut from the
 upright full-resolution photo, so the budget counts the whole photo), embed, search. A
 product write's photos take the same decode step. Writes through this server are seen by
 the next search; other writers' changes are taken in every few seconds (:mod:`vsearch.live`).

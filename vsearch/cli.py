@@ -342,8 +342,7 @@ def cmd_search(args) -> int:
         _check_output_file(args.plot, "--plot")
     store = _open_store(args)
     where = parse_where(args.where, store.schema)
-    searcher = Searcher(load_embedder(args.model, num_threads=args.threads), store,
-                        **({} if prior is None else {"category_prior": prior}))
+    searcher = Searcher(load_embedder(args.model, num_threads=args.threads), store, category_prior=prior)
     result = searcher.search(pixels, args.k, args.category, source=args.photo, box=box, where=where,
                              rerank=args.rerank)
     if args.json:
@@ -432,11 +431,15 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _category_prior(args) -> float | None:
-    """``--category-prior``, checked: a finite weight >= 0, or None for the default."""
+def _category_prior(args) -> float:
+    """``--category-prior``, checked: a finite weight >= 0 (default ``vsearch.search.CATEGORY_PRIOR``)."""
     import math
 
-    if args.category_prior is not None and not (math.isfinite(args.category_prior) and args.category_prior >= 0):
+    from vsearch.search import CATEGORY_PRIOR
+
+    if args.category_prior is None:
+        return CATEGORY_PRIOR
+    if not (math.isfinite(args.category_prior) and args.category_prior >= 0):
         raise UsageError(f"--category-prior must be a number >= 0, got {args.category_prior}")
     return args.category_prior
 

@@ -32,6 +32,7 @@ from vsearch.images import load_image, to_pixels
 
 
 DETECTORS = {"orb": 32, "sift": 128}  # detector -> descriptor length
+KEPT_PHOTOS = 10_000  # catalog photos whose features a FeatureCache keeps by default (about 20 KB each)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class FeatureCache:
     """Features of catalog photos by key, computed once (least recently used dropped past ``size``)."""
 
     def __init__(self, load: Callable[[dict], np.ndarray] | None = None, config: RerankConfig = RerankConfig(),
-                 size: int = 10_000):
+                 size: int = KEPT_PHOTOS):
         self.load = load or (lambda match: load_image(match["path"]))
         self.config, self.size = config, int(size)
         self._kept: OrderedDict[str, Features] = OrderedDict()

@@ -23,6 +23,7 @@ from vsearch.app import DEFAULT_MAX_UPLOAD_BYTES, create_app
 from vsearch.budget import DEFAULT_DECODE_BUDGET_BYTES
 from vsearch.errors import DataError
 from vsearch.live import DEFAULT_RELOAD_INTERVAL_S, LiveSearcher
+from vsearch.search import CATEGORY_PRIOR
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -98,7 +99,7 @@ def run(model: str | os.PathLike, store: str, host: str = "127.0.0.1", port: int
         log_level: str = "info", decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES,
         reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S, *, admin_token: str | None = None,
         media_dir: str | os.PathLike | None = None, rerank: bool = True,
-        category_prior: float | None = None) -> None:
+        category_prior: float = CATEGORY_PRIOR) -> None:
     """Loads the model and opens the store, then serves until interrupted (Ctrl-C).
 
     Args:
@@ -106,7 +107,7 @@ def run(model: str | os.PathLike, store: str, host: str = "127.0.0.1", port: int
         admin_token: What product writes need (:func:`vsearch.admin.admin_token`); None: no writes.
         media_dir: Where uploaded photos are kept (default: ``media/`` beside a local store).
         rerank: Whether a search that does not say re-ranks its short list (``rerank`` field).
-        category_prior: The weight of ``category=auto``'s vote (default ``vsearch.search.CATEGORY_PRIOR``).
+        category_prior: The weight of ``category=auto``'s vote (:class:`~vsearch.search.Searcher`).
 
     Binds loopback by default: put a reverse proxy in front before exposing it. The address
     is taken before the slow model load, so a port in use fails at once.
@@ -121,7 +122,7 @@ def run(model: str | os.PathLike, store: str, host: str = "127.0.0.1", port: int
         raise DataError(f"{where}: no such catalog store; build one with `vsearch index build`")
     sock = listen(host, port)
     searcher = Searcher.from_paths(model, f"{backend}:{where}", num_threads=num_threads,
-                                   **({} if category_prior is None else {"category_prior": category_prior}))
+                                   category_prior=category_prior)
     warm_up(searcher)
     live = LiveSearcher(searcher, reload_interval_s)
     app = create_app(live, max_upload_bytes=max_upload_bytes, decode_budget_bytes=decode_budget_bytes,
