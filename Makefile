@@ -1,6 +1,6 @@
 # vsearch: every target creates and reuses the virtual environment by itself.
 #   make demo    data -> train -> siamese -> eval, end to end
-#   make test    the test suite (no network)
+#   make test    the test suite (no network); make test-fast, the edit-test loop; make lint
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
@@ -20,11 +20,11 @@ INDEX ?= saved_models/catalog.vsi
 CATALOG ?= data/photos/train
 PORT ?= 8000
 
-.PHONY: help venv weights data train siamese eval demo index products serve tflite test test-integration docs screenshot notebook clean
+.PHONY: help venv weights data train siamese eval demo index products serve tflite test test-fast lint test-integration docs screenshot notebook clean
 
 help:
 	@echo "make demo   - data, train, siamese, eval end to end (SOURCE=DIR for a local dataset copy)"
-	@echo "make test   - run the tests"
+	@echo "make test   - run the tests (make test-fast: the quick subset; make lint: ruff, mypy, import contracts)"
 	@echo "make data | train | siamese | eval | index | serve | tflite | docs | notebook | test-integration | clean"
 	@echo "benchmarks: $(PY) -m bench.<name> | experiments.<name> (docs/benchmarks.md)"
 
@@ -64,7 +64,7 @@ index: venv
 # with seeded attributes (title, price, brand, colour, in_stock); data/products/manifest.csv.
 products: venv
 	@test -d data/photos/train || $(MAKE) data
-	$(PY) -m vsearch.demo_catalog data/photos/train data/products $(ARGS)
+	$(PY) -m vsearch.catalog.demo data/photos/train data/products $(ARGS)
 
 serve: venv
 	@test -f $(INDEX) || $(MAKE) index
@@ -77,6 +77,17 @@ tflite: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# The edit-test loop: everything but the tests marked slow (training, subprocess servers, browsers).
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow and not integration"
+
+# The rules kept by tools: lint and format (ruff), types (mypy), the wings' import contract.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test-integration: venv weights
 	VSEARCH_INTEGRATION=1 $(PY) -m pytest -q -m integration

@@ -8,6 +8,7 @@ A run rewrites one results file (:func:`publish`): a title, then the date, commi
 machine (:func:`vsearch.artifacts.provenance`) and the exact command, then the tables.
 Earlier results are in git's history of that file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,7 @@ def shown(path: str | os.PathLike) -> str:
 def output_args(parser: argparse.ArgumentParser, name: str, folder: str = "bench") -> None:
     """``--out`` (default ``<folder>/results/<name>.md``) and ``--no-write``."""
     default = ROOT / folder / "results" / f"{name}.md"
-    parser.add_argument("--out", default=str(default),
-                        help=f"results file to rewrite (default {shown(default)})")
+    parser.add_argument("--out", default=str(default), help=f"results file to rewrite (default {shown(default)})")
     parser.add_argument("--no-write", action="store_true", help="print the results only")
 
 
@@ -64,13 +64,24 @@ def publish(args: argparse.Namespace, title: str, lines: list[str]) -> str:
     from vsearch.artifacts import provenance, write_atomic
 
     info = provenance()
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                            text=True, cwd=ROOT).stdout.strip()
-    text = "\n".join([f"# {title}", "",
-                      f"- date: {info['date']}",
-                      f"- commit: {info['commit']}{' + uncommitted changes' if status else ''}",
-                      f"- machine: {info['machine']}",
-                      f"- command: `{command()}`", "", *lines]).rstrip() + "\n"
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    text = (
+        "\n".join(
+            [
+                f"# {title}",
+                "",
+                f"- date: {info['date']}",
+                f"- commit: {info['commit']}{' + uncommitted changes' if status else ''}",
+                f"- machine: {info['machine']}",
+                f"- command: `{command()}`",
+                "",
+                *lines,
+            ]
+        ).rstrip()
+        + "\n"
+    )
     print(text)
     if not args.no_write:
         write_atomic(args.out, text)

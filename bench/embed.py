@@ -26,6 +26,7 @@ it to act): speed, per-image cosine to the SavedModel on the same bytes, and ret
 Needs ``make demo`` and ``make tflite`` (and ``vsearch export --format tflite --quantize
 dynamic`` for that variant). Rewrites ``bench/results/embed.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,13 +55,17 @@ VARIANTS = {
     "tflite-dynamic": "exported embedding, TFLite dynamic-range",
     "tflite-int8": "exported embedding, TFLite int8",
 }
-FILES = {"savedmodel": MODELS / "embedding", "tflite-fp32": MODELS / "embedding.tflite",
-         "tflite-dynamic": MODELS / "embedding-dynamic.tflite", "tflite-int8": MODELS / "embedding-int8.tflite"}
+FILES = {
+    "savedmodel": MODELS / "embedding",
+    "tflite-fp32": MODELS / "embedding.tflite",
+    "tflite-dynamic": MODELS / "embedding-dynamic.tflite",
+    "tflite-int8": MODELS / "embedding-int8.tflite",
+}
 
 
 def _stale(tflite: Path) -> bool:
     """Whether a TFLite export was converted from a SavedModel other than the current one."""
-    from vsearch.export import read_metadata
+    from vsearch.artifacts import read_metadata
     from vsearch.litert import read_tflite_metadata
 
     source = read_metadata(MODELS / "embedding")["fingerprint"]
@@ -70,8 +75,8 @@ def _stale(tflite: Path) -> bool:
 def load_variant(variant: str, threads: int | None):
     """The embedder of one variant."""
     if variant == "baseline":
-        from vsearch import models
         from vsearch.embedder import KerasEmbedder
+        from vsearch.learn import models
 
         return KerasEmbedder(models.build_pooled_features(models.build_backbone(224, "imagenet"), 224))
     from vsearch.embedder import load_embedder
@@ -126,9 +131,9 @@ def draft_check(threads: int | None) -> dict:
     """
     from PIL import Image
 
-    from vsearch import metrics
     from vsearch.embedder import SavedModelEmbedder, embed_images
-    from vsearch.evaluate import class_retrieval, embed_all
+    from vsearch.learn import metrics
+    from vsearch.learn.evaluate import class_retrieval, embed_all
     from vsearch.litert import TFLiteEmbedder
 
     data = ROOT / "data" / "photos"
@@ -138,8 +143,11 @@ def draft_check(threads: int | None) -> dict:
     catalog, originals = embed_all(saved, cat_paths, 32), embed_all(saved, val_paths, 32)
     pool, targets = np.concatenate([catalog, originals]), np.arange(len(val_paths)) + len(catalog)
     tflite = TFLiteEmbedder(FILES["tflite-fp32"], num_threads=threads)
-    runs = {"SavedModel": (saved, False), "TFLite fp32, full decode": (tflite, False),
-            "TFLite fp32, draft decode": (tflite, True)}
+    runs = {
+        "SavedModel": (saved, False),
+        "TFLite fp32, full decode": (tflite, False),
+        "TFLite fp32, draft decode": (tflite, True),
+    }
     out = {}
     for factor in (2, 4):
         blobs = []
@@ -158,15 +166,19 @@ def draft_check(threads: int | None) -> dict:
             cosine = np.sum(vectors * reference, axis=1)
             overall = class_retrieval(vectors, val_labels, catalog, cat_labels, names)["overall"]
             recall = metrics.instance_recall(metrics.rank_of_targets(vectors, pool, targets), (1,))
-            out[f"{factor}x/{name}"] = {"images_per_s": len(blobs) / seconds, "cosine_mean": float(cosine.mean()),
-                                        "cosine_min": float(cosine.min()), "p@1": overall["precision@1"],
-                                        "map@r": overall["map@r"], "original_r@1": recall["recall@1"]}
+            out[f"{factor}x/{name}"] = {
+                "images_per_s": len(blobs) / seconds,
+                "cosine_mean": float(cosine.mean()),
+                "cosine_min": float(cosine.min()),
+                "p@1": overall["precision@1"],
+                "map@r": overall["map@r"],
+                "original_r@1": recall["recall@1"],
+            }
     return out
 
 
 def run_worker(args_list: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "bench.embed", *args_list], capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "bench.embed", *args_list], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"worker {args_list[:2]} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -178,14 +190,19 @@ def combine_rounds(rounds: list[list[dict]], batches: list[int]) -> list[dict]:
     out = []
     for i, first in enumerate(rounds[0]):
         runs = [r[i] for r in rounds]
-        merged = {**first, "load_s": float(np.median([r["load_s"] for r in runs])),
-                  "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
-                  "throughput": {str(b): float(np.median([r["throughput"][str(b)] for r in runs])) for b in batches},
-                  "rounds": len(runs)}
+        merged = {
+            **first,
+            "load_s": float(np.median([r["load_s"] for r in runs])),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            "throughput": {str(b): float(np.median([r["throughput"][str(b)] for r in runs])) for b in batches},
+            "rounds": len(runs),
+        }
         base = [next((x for x in r if x["variant"] == "baseline"), None) for r in rounds]
         if all(base):
-            ratios = {str(b): [r[i]["throughput"][str(b)] / x["throughput"][str(b)] for r, x in zip(rounds, base)]
-                      for b in batches}
+            ratios = {
+                str(b): [r[i]["throughput"][str(b)] / x["throughput"][str(b)] for r, x in zip(rounds, base)]
+                for b in batches
+            }
             merged["ratio"] = {b: (float(np.median(v)), min(v), max(v)) for b, v in ratios.items()}
         out.append(merged)
     return out
@@ -203,11 +220,16 @@ def format_table(results: list[dict], batches: list[int], cosines: dict) -> str:
         size = "" if path is None else f"{_size(path) / 2**20:.1f} MiB"
         row = [VARIANTS[r["variant"]], size] + [f"{r['throughput'][str(b)]:.1f}" for b in batches]
         if base:
-            row += [f"{r['ratio'][str(b)][0]:.2f}x ({r['ratio'][str(b)][1]:.2f}..{r['ratio'][str(b)][2]:.2f})"
-                    for b in batches]
+            row += [
+                f"{r['ratio'][str(b)][0]:.2f}x ({r['ratio'][str(b)][1]:.2f}..{r['ratio'][str(b)][2]:.2f})"
+                for b in batches
+            ]
         cos = cosines.get(r["variant"])
-        row += [f"{r['peak_rss_mib']:.0f} MiB", f"{r['load_s']:.1f} s",
-                "" if cos is None else f"{cos[0]:.4f} / {cos[1]:.4f}"]
+        row += [
+            f"{r['peak_rss_mib']:.0f} MiB",
+            f"{r['load_s']:.1f} s",
+            "" if cos is None else f"{cos[0]:.4f} / {cos[1]:.4f}",
+        ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -217,13 +239,18 @@ def _size(path: Path) -> int:
 
 
 def format_draft(check: dict) -> str:
-    lines = ["| validation photos (276) | embedder | img/s (batch 32) | cosine to SavedModel, same bytes "
-             "(mean / min) | P@1 | MAP@R | original R@1 |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| validation photos (276) | embedder | img/s (batch 32) | cosine to SavedModel, same bytes "
+        "(mean / min) | P@1 | MAP@R | original R@1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, r in check.items():
         factor, name = key.split("/", 1)
-        lines.append(f"| upscaled {factor} (bicubic, JPEG q90) | {name} | {r['images_per_s']:.1f} | "
-                     f"{r['cosine_mean']:.4f} / {r['cosine_min']:.4f} | {r['p@1']:.3f} | {r['map@r']:.3f} | "
-                     f"{r['original_r@1']:.3f} |")
+        lines.append(
+            f"| upscaled {factor} (bicubic, JPEG q90) | {name} | {r['images_per_s']:.1f} | "
+            f"{r['cosine_mean']:.4f} / {r['cosine_min']:.4f} | {r['p@1']:.3f} | {r['map@r']:.3f} | "
+            f"{r['original_r@1']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -254,11 +281,15 @@ def main() -> None:
     missing = [str(FILES[v]) for v in variants if v in FILES and not FILES[v].exists()]
     stale = [str(FILES[v]) for v in variants if v.startswith("tflite") and FILES[v].exists() and _stale(FILES[v])]
     if stale:
-        raise SystemExit(f"{stale}: converted from another SavedModel than {MODELS / 'embedding'}; "
-                         "re-run `vsearch export --format tflite`")
+        raise SystemExit(
+            f"{stale}: converted from another SavedModel than {MODELS / 'embedding'}; "
+            "re-run `vsearch export --format tflite`"
+        )
     if unknown or missing:
-        raise SystemExit(f"unknown variants {unknown} or missing models {missing} "
-                         "(run `vsearch export --format tflite [--quantize int8|dynamic]` first)")
+        raise SystemExit(
+            f"unknown variants {unknown} or missing models {missing} "
+            "(run `vsearch export --format tflite [--quantize int8|dynamic]` first)"
+        )
     tmp = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     paths = sample_images(Path(args.split), args.images)
     (tmp / "list.txt").write_text("\n".join(str(p) for p in paths))
@@ -272,9 +303,12 @@ def main() -> None:
         rounds.append([])
         for variant in variants:
             rounds[-1].append(run_worker(["--worker", variant, "--vectors", str(tmp / f"{variant}.npy"), *common]))
-            print(f"round {r + 1} {variant}: " + ", ".join(
-                f"b{b} {v:.1f} img/s" for b, v in rounds[-1][-1]["throughput"].items())
-                + f", peak RSS {rounds[-1][-1]['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+            print(
+                f"round {r + 1} {variant}: "
+                + ", ".join(f"b{b} {v:.1f} img/s" for b, v in rounds[-1][-1]["throughput"].items())
+                + f", peak RSS {rounds[-1][-1]['peak_rss_mib']:.0f} MiB",
+                file=sys.stderr,
+            )
     results = combine_rounds(rounds, batches)
     cosines = {}
     if (tmp / "savedmodel.npy").is_file():
@@ -286,14 +320,25 @@ def main() -> None:
     table = format_table(results, batches, cosines)
     draft = format_draft(run_worker(["--worker", "draft", *common])) if args.draft_check else ""
     load_after = os.getloadavg()
-    lines = [f"{len(paths)} images from `{shown(args.split)}`, the same in every variant, each variant in a "
-             f"fresh process (peak RSS = its ru_maxrss), {args.rounds} interleaved rounds, medians; "
-             f"{time.perf_counter() - started:.0f} s. Load average before / after: {load_before[0]:.2f} / "
-             f"{load_after[0]:.2f}.", "", table, ""]
+    lines = [
+        f"{len(paths)} images from `{shown(args.split)}`, the same in every variant, each variant in a "
+        f"fresh process (peak RSS = its ru_maxrss), {args.rounds} interleaved rounds, medians; "
+        f"{time.perf_counter() - started:.0f} s. Load average before / after: {load_before[0]:.2f} / "
+        f"{load_after[0]:.2f}.",
+        "",
+        table,
+        "",
+    ]
     if draft:
-        lines += ["JPEG draft decoding on photos larger than the catalog's (`--draft-check`; retrieval "
-                  "against the SavedModel's catalog of the train split):", "", draft, ""]
+        lines += [
+            "JPEG draft decoding on photos larger than the catalog's (`--draft-check`; retrieval "
+            "against the SavedModel's catalog of the train split):",
+            "",
+            draft,
+            "",
+        ]
     publish(args, "Whole-path embedding throughput, file bytes -> vector", lines)
+
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """Frozen-backbone feature extraction per runtime: what `make train` / `make siamese` spend on caching.
 
 The training stages run MobileNetV2's frozen bottom (pixels -> `block_13` output) once per
-image view (`vsearch/features.py`). This runs that extraction the way the stages do
+image view (`vsearch/learn/features.py`). This runs that extraction the way the stages do
 (`extract`: a `tf.data` pipeline reading and decoding the files, optionally a seeded
 customer-photo view, the bottom, float16 storage) on each runtime of `data.feature_runtime`,
 alternately over `--rounds`, and compares the features. The LiteRT conversion is timed
@@ -12,6 +12,7 @@ separately (the stages keep the flatbuffer in `.cache/features`, so it is paid o
 
 Needs `make data` and the ImageNet weights. Rewrites `bench/results/features.md`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,10 @@ def main() -> None:
     output_args(parser, "features")
     args = parser.parse_args()
 
-    from vsearch import models
     from vsearch.augment import CUSTOMER_VIEW_SEED, customer_view
     from vsearch.config import DataConfig
-    from vsearch.features import Frozen, extract, image_batches
+    from vsearch.learn import models
+    from vsearch.learn.features import Frozen, extract, image_batches
 
     data = DataConfig()
     paths = [str(p) for p in sample_images(args.split, args.images)]
@@ -61,12 +62,15 @@ def main() -> None:
             for name, runner in runners.items():
                 ds = image_batches(paths, data.image_size, data.batch_size)
                 t = time.perf_counter()
-                outputs[name, view] = extract(runner, ds, transform=transform, seed=CUSTOMER_VIEW_SEED + 1,
-                                              batch_size=data.batch_size)
+                outputs[name, view] = extract(
+                    runner, ds, transform=transform, seed=CUSTOMER_VIEW_SEED + 1, batch_size=data.batch_size
+                )
                 seconds.setdefault((name, view), []).append(time.perf_counter() - t)
                 print(f"{name} {view}: {len(paths) / seconds[name, view][-1]:.1f} img/s", file=sys.stderr)
-    rows = ["| view | runtime | img/s, median (best) | x keras | max abs diff to keras | "
-            "mean abs diff / mean abs value |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| view | runtime | img/s, median (best) | x keras | max abs diff to keras | mean abs diff / mean abs value |",
+        "|---|---|---|---|---|---|",
+    ]
     for view in views:
         keras_rate = len(paths) / float(np.median(seconds["keras", view]))
         reference = outputs["keras", view].astype(np.float32)
@@ -74,15 +78,25 @@ def main() -> None:
             rate = len(paths) / float(np.median(seconds[name, view]))
             best = len(paths) / min(seconds[name, view])
             diff = np.abs(outputs[name, view].astype(np.float32) - reference)
-            rows.append(f"| {view} | {name} | {rate:.1f} ({best:.1f}) | {rate / keras_rate:.2f}x | "
-                        f"{diff.max():.4f} | {diff.mean() / np.abs(reference).mean():.2e} |")
+            rows.append(
+                f"| {view} | {name} | {rate:.1f} ({best:.1f}) | {rate / keras_rate:.2f}x | "
+                f"{diff.max():.4f} | {diff.mean() / np.abs(reference).mean():.2e} |"
+            )
     load_after = os.getloadavg()
-    publish(args, "Frozen-backbone features per runtime", [
-        f"{len(paths)} photos of `{shown(args.split)}` through `extract` (tf.data reading + decoding, MobileNetV2 "
-        f"ImageNet bottom to block_13, float16 storage), {data.image_size} px, batch {data.batch_size}, "
-        f"{args.rounds} alternating rounds; {time.perf_counter() - started:.0f} s. LiteRT conversion of the "
-        f"bottom (cold): {convert_s:.1f} s. Load average before / after: {load_before[0]:.2f} / "
-        f"{load_after[0]:.2f}.", "", *rows])
+    publish(
+        args,
+        "Frozen-backbone features per runtime",
+        [
+            f"{len(paths)} photos of `{shown(args.split)}` through `extract` (tf.data reading + decoding, MobileNetV2 "
+            f"ImageNet bottom to block_13, float16 storage), {data.image_size} px, batch {data.batch_size}, "
+            f"{args.rounds} alternating rounds; {time.perf_counter() - started:.0f} s. LiteRT conversion of the "
+            f"bottom (cold): {convert_s:.1f} s. Load average before / after: {load_before[0]:.2f} / "
+            f"{load_after[0]:.2f}.",
+            "",
+            *rows,
+        ],
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -16,6 +16,7 @@ Python client's own cost. p50 / p99 / mean latency and throughput per path.
 Build the catalog first (``make index``; ``--store`` names another one). Rewrites
 ``bench/results/query.md`` (``--out`` for another model's run).
 """
+
 import argparse
 import http.client
 import json
@@ -52,8 +53,14 @@ def load_queries(folder: Path, minimum: int) -> list[tuple[str, bytes]]:
 
 def summary(name: str, seconds, wall: float | None = None) -> dict:
     ms = np.asarray(seconds) * 1000
-    return {"path": name, "n": len(ms), "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
-            "mean": float(ms.mean()), "qps": len(ms) / wall if wall else 1000 / ms.mean()}
+    return {
+        "path": name,
+        "n": len(ms),
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "mean": float(ms.mean()),
+        "qps": len(ms) / wall if wall else 1000 / ms.mean(),
+    }
 
 
 def in_process(searcher, queries, k: int) -> list[dict]:
@@ -73,9 +80,12 @@ def in_process(searcher, queries, k: int) -> list[dict]:
         total.append(time.perf_counter() - start)
     model = "TFLite" if str(getattr(searcher.embedder, "path", "")).endswith(".tflite") else "SavedModel"
     store = searcher.store.spec.partition(":")[0]
-    stages = {"decode (Pillow, EXIF, RGB)": [], f"resize + embed ({model})": [],
-              f"store search, category prior and re-rank ({store}, ORB)": [],
-              f"store search and category prior alone, no re-rank ({store})": []}
+    stages = {
+        "decode (Pillow, EXIF, RGB)": [],
+        f"resize + embed ({model})": [],
+        f"store search, category prior and re-rank ({store}, ORB)": [],
+        f"store search and category prior alone, no re-rank ({store})": [],
+    }
     for _, data in queries:
         t0 = time.perf_counter()
         pixels = to_pixels(data, max_pixels=searcher.max_pixels, max_bytes=searcher.max_bytes)
@@ -97,10 +107,16 @@ def in_process(searcher, queries, k: int) -> list[dict]:
 def multipart(name: str, data: bytes, k: int, **fields) -> tuple[bytes, str]:
     """A ``POST /api/search`` form body (``file``, ``k`` and ``fields``) and its content type."""
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
-             for key, value in {"k": k, **fields}.items()]
-    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-              f"Content-Type: application/octet-stream\r\n\r\n".encode(), data, f"\r\n--{boundary}--\r\n".encode()]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+        for key, value in {"k": k, **fields}.items()
+    ]
+    parts += [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode(),
+        data,
+        f"\r\n--{boundary}--\r\n".encode(),
+    ]
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
@@ -126,8 +142,9 @@ def served(model: str, store: str, threads: int | None):
     command = [sys.executable, "-m", "vsearch", "serve", "--model", model, "--store", store, "--port", str(port)]
     command += ["--threads", str(threads)] if threads else []
     log = tempfile.TemporaryFile()
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    server = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -152,7 +169,7 @@ def served(model: str, store: str, threads: int | None):
 
 def wait_for_keypoints(port: int, deadline: float) -> None:
     """Until the server has computed its catalog photos' re-rank keypoints (it does so at start)."""
-    from vsearch.rerank import KEPT_PHOTOS
+    from vsearch.catalog.rerank import KEPT_PHOTOS
 
     while time.monotonic() < deadline:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
@@ -168,8 +185,10 @@ def over_http(port: int, queries, k: int, concurrency: int) -> list[dict]:
     rows = []
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     plain = [(name, *multipart(name, data, k, category="any", rerank="false")) for name, data in queries]
-    for label, batch in (("sequential (defaults: category auto, re-rank)", requests),
-                         ("sequential, `category=any`, `rerank=false` (cosine only)", plain)):
+    for label, batch in (
+        ("sequential (defaults: category auto, re-rank)", requests),
+        ("sequential, `category=any`, `rerank=false` (cosine only)", plain),
+    ):
         for request in batch[:WARMUP]:
             post(connection, request, k)
         start = time.perf_counter()
@@ -185,11 +204,12 @@ def over_http(port: int, queries, k: int, concurrency: int) -> list[dict]:
         return post(local.connection, request, k)
 
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, requests[:concurrency * 2]))  # warm every client's connection
+        list(pool.map(one, requests[: concurrency * 2]))  # warm every client's connection
         start = time.perf_counter()
         times = list(pool.map(one, requests))
-        rows.append(summary(f"HTTP `POST /api/search`, {concurrency} concurrent clients", times,
-                            time.perf_counter() - start))
+        rows.append(
+            summary(f"HTTP `POST /api/search`, {concurrency} concurrent clients", times, time.perf_counter() - start)
+        )
     return rows
 
 
@@ -203,8 +223,11 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "saved_models" / "embedding"))
-    parser.add_argument("--store", default=f"faiss:{ROOT / 'saved_models' / 'catalog.vsi'}",
-                        help="the catalog: faiss:FILE or milvus:FILE.db|http://HOST:19530")
+    parser.add_argument(
+        "--store",
+        default=f"faiss:{ROOT / 'saved_models' / 'catalog.vsi'}",
+        help="the catalog: faiss:FILE or milvus:FILE.db|http://HOST:19530",
+    )
     parser.add_argument("--queries", default=str(ROOT / "data" / "photos" / "validation"))
     parser.add_argument("--min-queries", type=int, default=200)
     parser.add_argument("-k", type=int, default=10)
@@ -213,7 +236,7 @@ def main() -> None:
     output_args(parser, "query")
     args = parser.parse_args()
 
-    from vsearch.search import Searcher
+    from vsearch.catalog.search import Searcher
 
     queries = load_queries(Path(args.queries), args.min_queries)
     searcher = Searcher.from_paths(args.model, args.store, num_threads=args.threads)
@@ -225,11 +248,16 @@ def main() -> None:
     products, photos = searcher.store.count()
     kind = getattr(searcher.store, "kind", None)  # the faiss store's index: exact or hnsw
     backend = searcher.store.spec.partition(":")[0] + (f", {kind} index" if kind else "")
-    lines = [f"Catalog: {products} products ({photos} photos), {searcher.store.dim}-d, {backend}; "
-             f"model {Path(args.model).name} ({searcher.embedder.image_size} px); queries: {len(queries)} "
-             f"photos of {shown(args.queries)}, k={args.k}, {WARMUP} warm-up queries per path not counted. "
-             f"1-min load average {load_before:.1f} before, {load_after:.1f} after.", "", table(rows)]
+    lines = [
+        f"Catalog: {products} products ({photos} photos), {searcher.store.dim}-d, {backend}; "
+        f"model {Path(args.model).name} ({searcher.embedder.image_size} px); queries: {len(queries)} "
+        f"photos of {shown(args.queries)}, k={args.k}, {WARMUP} warm-up queries per path not counted. "
+        f"1-min load average {load_before:.1f} before, {load_after:.1f} after.",
+        "",
+        table(rows),
+    ]
     publish(args, "Query latency: one photo -> matches", lines)
+
 
 if __name__ == "__main__":
     main()

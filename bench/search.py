@@ -14,6 +14,7 @@ isotropic vectors of ``--dim`` dimensions, the hardest case for any approximate 
 neighbours almost equally far). Queries are fresh draws from the same distribution.
 Rewrites ``bench/results/search.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,7 +65,7 @@ def sampler(like: str | None, dim: int, seed: int = 0):
         for start in range(0, n, 100_000):
             m = min(100_000, n - start)
             x = mean + rng.standard_normal((m, dim)) @ transform.T
-            out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+            out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
         return out
 
     return draw, dim
@@ -82,12 +83,15 @@ def latencies(index, queries: np.ndarray, k: int) -> np.ndarray:
 def main() -> None:
     import faiss
 
-    from vsearch.index import FaissIndex, recall_at_k
+    from vsearch.stores.rows import FaissIndex, recall_at_k
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
-    ap.add_argument("--like", default=f"faiss:{ROOT / 'saved_models' / 'catalog.vsi'}",
-                    help="faiss store whose photo vectors' covariance shapes the synthetic data, or 'none'")
+    ap.add_argument(
+        "--like",
+        default=f"faiss:{ROOT / 'saved_models' / 'catalog.vsi'}",
+        help="faiss store whose photo vectors' covariance shapes the synthetic data, or 'none'",
+    )
     ap.add_argument("--dim", type=int, default=391, help="dimension of isotropic vectors (--like none)")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--ef-search", default="64,128")
@@ -129,20 +133,41 @@ def main() -> None:
             hnsw.ef_search = ef
             recall = recall_at_k(hnsw.search(queries, 10)[1], truth, 10)
             lat = latencies(hnsw, queries, 10)
-            rows.append((size, f"HNSW M={args.hnsw_m} efC={args.ef_construction} efSearch={ef}", build, mem,
-                         np.percentile(lat, 50), np.percentile(lat, 99), recall))
+            rows.append(
+                (
+                    size,
+                    f"HNSW M={args.hnsw_m} efC={args.ef_construction} efSearch={ef}",
+                    build,
+                    mem,
+                    np.percentile(lat, 50),
+                    np.percentile(lat, 99),
+                    recall,
+                )
+            )
             print(rows[-1], flush=True)
         del hnsw, vectors
         gc.collect()
 
     data = f"Gaussian with the covariance of {shown(like.partition(':')[2])}'s vectors" if like else "isotropic"
-    table = ["| vectors | index | build s | index memory MB | p50 ms | p99 ms | recall@10 |",
-             "|---|---|---|---|---|---|---|"]
-    table += [f"| {n:,} | {kind} | {b:.1f} | {m:.0f} | {p50:.2f} | {p99:.2f} | {r:.3f} |"
-              for n, kind, b, m, p50, p99, r in rows]
-    publish(args, "Vector search: exact vs HNSW",
-            [f"Data: {data}, {dim}-d, unit norm; {len(queries)} queries, one at a time on one thread (build on "
-             "all cores); recall against exact search.", "", *table])
+    table = [
+        "| vectors | index | build s | index memory MB | p50 ms | p99 ms | recall@10 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    table += [
+        f"| {n:,} | {kind} | {b:.1f} | {m:.0f} | {p50:.2f} | {p99:.2f} | {r:.3f} |"
+        for n, kind, b, m, p50, p99, r in rows
+    ]
+    publish(
+        args,
+        "Vector search: exact vs HNSW",
+        [
+            f"Data: {data}, {dim}-d, unit norm; {len(queries)} queries, one at a time on one thread (build on "
+            "all cores); recall against exact search.",
+            "",
+            *table,
+        ],
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -30,6 +30,7 @@ Prices are uniform in 0..1000, so ``price<100`` keeps about 10% and ``price<1`` 
 0.1% of the products. Searches run on one thread (FAISS's OpenMP set to 1; milvus-lite
 serves from threads of the same process). Rewrites ``bench/results/stores.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,14 +58,17 @@ FILTERS = {"none": None, "10%": 100.0, "0.1%": 1.0}  # name -> price below which
 K = 10
 TARGETS = {"p50_ms": 10.0, "recall": 0.95, "upsert_p50_ms": 50.0}
 # Why a store is usually capped (said beside the --cap note in the results).
-CAP_WHY = {"milvus": "milvus-lite 3.x is pure Python: every search and query walks every row in Python to drop "
-                     "superseded and deleted ones (milvus_lite/search/executor_indexed.py, _build_local_mask; "
-                     "query: search/bitmap.py), whatever the index, so its cost grows with the catalog (about "
-                     "ten times the 100k figures at 1M, seconds a search and a write) and its build streams "
-                     "every row through gRPC; a Milvus server does this in C++"}
+CAP_WHY = {
+    "milvus": "milvus-lite 3.x is pure Python: every search and query walks every row in Python to drop "
+    "superseded and deleted ones (milvus_lite/search/executor_indexed.py, _build_local_mask; "
+    "query: search/bitmap.py), whatever the index, so its cost grows with the catalog (about "
+    "ten times the 100k figures at 1M, seconds a search and a write) and its build streams "
+    "every row through gRPC; a Milvus server does this in C++"
+}
 
 
 # ---------------------------------------------------------------- the synthetic catalog
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -110,14 +114,16 @@ def catalog(photos: int, dim: int, seed: int) -> dict:
 
 
 def photo_rows(data: dict, start: int = 0, prefix: str = "p") -> list:
-    """:class:`vsearch.manifest.Photo` s of every product in ``data`` (a product's photos share one dict)."""
-    from vsearch.manifest import Photo
+    """:class:`vsearch.catalog.manifest.Photo` s of every product in ``data`` (a product's photos share one dict)."""
+    from vsearch.catalog.manifest import Photo
 
     out = []
     for p, (category, price) in enumerate(zip(data["category"].tolist(), data["price"].tolist()), start=start):
         pid, attrs = f"{prefix}{p:07d}", {"price": price}
-        out += [Photo(pid, f"{pid}/{j}", f"/synthetic/{pid}/{j}.jpg", f"c{category}", attrs)
-                for j in range(PHOTOS_PER_PRODUCT)]
+        out += [
+            Photo(pid, f"{pid}/{j}", f"/synthetic/{pid}/{j}.jpg", f"c{category}", attrs)
+            for j in range(PHOTOS_PER_PRODUCT)
+        ]
     return out
 
 
@@ -134,7 +140,7 @@ def exact_products(vectors: np.ndarray, queries: np.ndarray, keep: np.ndarray, k
     chunk = 30_000  # products
     for start in range(0, len(keep), chunk):
         stop = min(len(keep), start + chunk)
-        rows = vectors[start * PHOTOS_PER_PRODUCT:stop * PHOTOS_PER_PRODUCT]
+        rows = vectors[start * PHOTOS_PER_PRODUCT : stop * PHOTOS_PER_PRODUCT]
         scores = (rows @ queries.T).reshape(stop - start, PHOTOS_PER_PRODUCT, -1).max(axis=1)
         scores[~keep[start:stop]] = -np.inf
         ids = np.broadcast_to(np.arange(start, stop)[:, None], scores.shape)
@@ -152,6 +158,7 @@ def recall(found: list[str], truth: list[int]) -> float:
 
 
 # ---------------------------------------------------------------- measuring
+
 
 class PeakRSS:
     """Peak resident memory of this process and its descendants, sampled every ``every`` s."""
@@ -185,7 +192,7 @@ class PeakRSS:
         while not self._stop.wait(self.every):
             self.peak = max(self.peak, self.now())
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.peak = self.now()
         self._thread.start()
         return self
@@ -209,8 +216,9 @@ def ms_percentiles(times: list[float]) -> tuple[float, float]:
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def time_searches(store, queries: np.ndarray, where, truth: list[list[int]], keep_price: float | None,
-                  budget_s: float) -> dict:
+def time_searches(
+    store, queries: np.ndarray, where, truth: list[list[int]], keep_price: float | None, budget_s: float
+) -> dict:
     """One query at a time: latency percentiles, mean recall@K, hits the filter should have dropped.
 
     Stops after ``budget_s`` seconds (a slow store); ``queries`` says how many ran.
@@ -228,8 +236,7 @@ def time_searches(store, queries: np.ndarray, where, truth: list[list[int]], kee
         if keep_price is not None:
             outside += sum(1 for h in hits if not h["attributes"].get("price", np.inf) < keep_price)
     p50, p99 = ms_percentiles(times)
-    return {"p50_ms": p50, "p99_ms": p99, "recall": float(np.mean(recalls)), "outside": outside,
-            "queries": len(times)}
+    return {"p50_ms": p50, "p99_ms": p99, "recall": float(np.mean(recalls)), "outside": outside, "queries": len(times)}
 
 
 def time_upserts(store, data: dict, count: int, seed: int) -> dict:
@@ -255,8 +262,8 @@ def progress(spec: Spec, what: str) -> None:
 
 def run_one(spec: Spec) -> dict:
     """The worker: builds one store over one size and measures it."""
-    from vsearch.filters import parse_where
     from vsearch.stores import build_store, open_store
+    from vsearch.stores.filters import parse_where
 
     progress(spec, "data")
     data = catalog(spec.photos, spec.dim, spec.seed)
@@ -278,8 +285,14 @@ def run_one(spec: Spec) -> dict:
             progress(spec, "build")
             one_thread_search(False)
             t = time.perf_counter()
-            store = build_store(f"{spec.store}:{location}", photos, data["vectors"], fingerprint="bench",
-                                model={"name": "bench.stores"}, kind=spec.faiss_kind)
+            store = build_store(
+                f"{spec.store}:{location}",
+                photos,
+                data["vectors"],
+                fingerprint="bench",
+                model={"name": "bench.stores"},
+                kind=spec.faiss_kind,
+            )
             result["build_s"] = time.perf_counter() - t
             store.close()
             t = time.perf_counter()
@@ -288,13 +301,16 @@ def run_one(spec: Spec) -> dict:
             one_thread_search(True)
             for name, where in filters.items():
                 progress(spec, f"search, filter {name}")
-                result["search"][name] = time_searches(store, queries, where, truths[name], FILTERS[name],
-                                                       spec.search_budget_s)
+                result["search"][name] = time_searches(
+                    store, queries, where, truths[name], FILTERS[name], spec.search_budget_s
+                )
             progress(spec, "upserts")
             result.update(time_upserts(store, data, spec.upserts, spec.seed))
             result["count_after"] = list(store.count())
-            result["count_expected"] = [result["products"] + spec.upserts,
-                                        len(photos) + PHOTOS_PER_PRODUCT * spec.upserts]
+            result["count_expected"] = [
+                result["products"] + spec.upserts,
+                len(photos) + PHOTOS_PER_PRODUCT * spec.upserts,
+            ]
             store.close()
         result["peak_rss_mb"] = rss.peak
     finally:
@@ -303,6 +319,7 @@ def run_one(spec: Spec) -> dict:
 
 
 # ---------------------------------------------------------------- the parent: one process per run
+
 
 def why_not(store: str) -> str | None:
     """Why ``store`` cannot run here, or None."""
@@ -317,8 +334,9 @@ def why_not(store: str) -> str | None:
 
 def run_in_child(spec: Spec, timeout_min: float) -> dict:
     """Runs :func:`run_one` in a fresh process; a run past ``timeout_min`` is stopped."""
-    child = subprocess.Popen([sys.executable, "-m", "bench.stores", "--worker", json.dumps(asdict(spec))],
-                             cwd=ROOT, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bench.stores", "--worker", json.dumps(asdict(spec))], cwd=ROOT, start_new_session=True
+    )
     try:
         code = child.wait(timeout=timeout_min * 60)
     except subprocess.TimeoutExpired:
@@ -357,31 +375,45 @@ def parse_caps(items: list[str]) -> dict[str, int]:
 
 # ---------------------------------------------------------------- the results
 
+
 def search_table(results: list[dict]) -> list[str]:
-    lines = ["| photos | products | store | filter | products kept | queries | p50 ms | p99 ms | recall@10 | "
-             "hits outside filter |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| photos | products | store | filter | products kept | queries | p50 ms | p99 ms | recall@10 | "
+        "hits outside filter |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         if "skipped" in r:
             continue
         for name, s in r["search"].items():
-            lines.append(f"| {r['stored']:,} | {r['products']:,} | {r['store']} | {name} | {r['kept'][name]:,} | "
-                         f"{s['queries']} | "
-                         f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['recall']:.3f} | {s['outside']} |")
+            lines.append(
+                f"| {r['stored']:,} | {r['products']:,} | {r['store']} | {name} | {r['kept'][name]:,} | "
+                f"{s['queries']} | "
+                f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['recall']:.3f} | {s['outside']} |"
+            )
     return lines
 
 
 def write_table(results: list[dict]) -> list[str]:
-    lines = ["| photos | store | build s | reopen s | upsert p50 ms | upsert p99 ms | peak RSS MB | data RSS MB | "
-             "count after upserts |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| photos | store | build s | reopen s | upsert p50 ms | upsert p99 ms | peak RSS MB | data RSS MB | "
+        "count after upserts |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         if "skipped" in r:
             lines.append(f"| {r['photos']:,} | {r['store']} | {r['skipped']} | | | | | | |")
             continue
-        count = "as expected" if r["count_after"] == r["count_expected"] else \
-            f"{r['count_after']} (expected {r['count_expected']})"
-        lines.append(f"| {r['stored']:,} | {r['store']} | {r['build_s']:.1f} | {r['open_s']:.1f} | "
-                     f"{r['upsert_p50_ms']:.1f} | {r['upsert_p99_ms']:.1f} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['data_rss_mb']:.0f} | {count} |")
+        count = (
+            "as expected"
+            if r["count_after"] == r["count_expected"]
+            else f"{r['count_after']} (expected {r['count_expected']})"
+        )
+        lines.append(
+            f"| {r['stored']:,} | {r['store']} | {r['build_s']:.1f} | {r['open_s']:.1f} | "
+            f"{r['upsert_p50_ms']:.1f} | {r['upsert_p99_ms']:.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['data_rss_mb']:.0f} | {count} |"
+        )
     return lines
 
 
@@ -395,9 +427,11 @@ def verdict(results: list[dict]) -> list[str]:
         slowest = max(s["p50_ms"] for s in r["search"].values())
         search_ok = slowest <= TARGETS["p50_ms"] and worst["recall"] >= TARGETS["recall"]
         upsert_ok = r["upsert_p50_ms"] <= TARGETS["upsert_p50_ms"]
-        lines.append(f"* faiss at {r['stored']:,} photos: search {'meets' if search_ok else 'misses'} the target "
-                     f"(slowest p50 {slowest:.2f} ms, lowest recall@10 {worst['recall']:.3f}); upsert "
-                     f"{'meets' if upsert_ok else 'misses'} it (p50 {r['upsert_p50_ms']:.1f} ms).")
+        lines.append(
+            f"* faiss at {r['stored']:,} photos: search {'meets' if search_ok else 'misses'} the target "
+            f"(slowest p50 {slowest:.2f} ms, lowest recall@10 {worst['recall']:.3f}); upsert "
+            f"{'meets' if upsert_ok else 'misses'} it (p50 {r['upsert_p50_ms']:.1f} ms)."
+        )
     return lines
 
 
@@ -410,11 +444,20 @@ def main() -> None:
     ap.add_argument("--like", default="faiss:saved_models/catalog.vsi", help="a store whose dim to take")
     ap.add_argument("--dim", type=int, default=391, help="dimension when --like does not open")
     ap.add_argument("--faiss-kind", default="auto", help="build_store's kind for faiss: auto, exact or hnsw")
-    ap.add_argument("--cap", action="append", default=[], metavar="STORE=PHOTOS",
-                    help="skip runs of STORE above PHOTOS photos (e.g. milvus=100000), said in the results")
+    ap.add_argument(
+        "--cap",
+        action="append",
+        default=[],
+        metavar="STORE=PHOTOS",
+        help="skip runs of STORE above PHOTOS photos (e.g. milvus=100000), said in the results",
+    )
     ap.add_argument("--timeout", type=float, default=60, help="minutes one (size, store) run may take")
-    ap.add_argument("--search-budget", type=float, default=120,
-                    help="seconds of searching per filter, store and size; a slower store runs fewer queries")
+    ap.add_argument(
+        "--search-budget",
+        type=float,
+        default=120,
+        help="seconds of searching per filter, store and size; a slower store runs fewer queries",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=tempfile.gettempdir(), help="folder for the stores' files (removed after)")
     ap.add_argument("--quick", action="store_true", help="10k photos, 50 queries, 20 upserts")
@@ -432,30 +475,62 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-stores-", dir=args.work) as work:
         for size in (int(s) for s in args.sizes.split(",")):
             for store in args.stores.split(","):
-                spec = Spec(store, size, dim, args.queries, args.upserts, args.seed, args.faiss_kind,
-                            args.search_budget, work, str(Path(work) / f"{store}-{size}.json"))
-                reason = why_not(store) or (f"not run above {caps[store]:,} photos (--cap)"
-                                            if size > caps.get(store, size) else None)
+                spec = Spec(
+                    store,
+                    size,
+                    dim,
+                    args.queries,
+                    args.upserts,
+                    args.seed,
+                    args.faiss_kind,
+                    args.search_budget,
+                    work,
+                    str(Path(work) / f"{store}-{size}.json"),
+                )
+                reason = why_not(store) or (
+                    f"not run above {caps[store]:,} photos (--cap)" if size > caps.get(store, size) else None
+                )
                 started = time.perf_counter()
-                results.append({**asdict(spec), "skipped": reason} if reason else
-                               {**asdict(spec), **run_in_child(spec, args.timeout)})
+                results.append(
+                    {**asdict(spec), "skipped": reason}
+                    if reason
+                    else {**asdict(spec), **run_in_child(spec, args.timeout)}
+                )
                 print(f"{store} {size:,}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    notes = [f"* {r['store']} at {r['photos']:,} photos: {r['skipped']}" + (
-        f"; {CAP_WHY[r['store']]}." if "--cap" in r["skipped"] and r["store"] in CAP_WHY else ".")
-        for r in results if "skipped" in r]
-    publish(args, "Product stores: filtered search, upserts, build", [
-        f"Data: {dim}-d synthetic unit vectors with a catalog's structure (categories, styles, products, "
-        f"{PHOTOS_PER_PRODUCT} photos a product); {args.queries} queries per filter (fewer where a store's searches "
-        f"ran past {args.search_budget:g} s: see the queries column), each a fresh photo of a random product, one at "
-        f"a time on one thread; k={K} products; recall against the exact filtered "
-        "answer (numpy). Filters on `price`: none, `price<100` (about 10% of products), `price<1` (about 0.1%).",
-        "", f"Targets (faiss at 1M photos): search p50 <= {TARGETS['p50_ms']:g} ms at recall@10 >= "
-        f"{TARGETS['recall']}; upsert of one product (3 photos, persisted) p50 <= {TARGETS['upsert_p50_ms']:g} ms.",
-        "", *verdict(results), "", "## Search", "", *search_table(results), "",
-        f"## Upsert, build and memory ({args.upserts} upserts of one new product each)", "",
-        *write_table(results), "", "Peak RSS: the run's process and its children, data included (the "
-        "data RSS column: after generating vectors, queries and the exact answers, before the store).",
-        *(["", "## Not measured", "", *notes] if notes else [])])
+    notes = [
+        f"* {r['store']} at {r['photos']:,} photos: {r['skipped']}"
+        + (f"; {CAP_WHY[r['store']]}." if "--cap" in r["skipped"] and r["store"] in CAP_WHY else ".")
+        for r in results
+        if "skipped" in r
+    ]
+    publish(
+        args,
+        "Product stores: filtered search, upserts, build",
+        [
+            f"Data: {dim}-d synthetic unit vectors with a catalog's structure (categories, styles, products, "
+            f"{PHOTOS_PER_PRODUCT} photos a product); {args.queries} queries per filter (fewer where a store's searches "
+            f"ran past {args.search_budget:g} s: see the queries column), each a fresh photo of a random product, one at "
+            f"a time on one thread; k={K} products; recall against the exact filtered "
+            "answer (numpy). Filters on `price`: none, `price<100` (about 10% of products), `price<1` (about 0.1%).",
+            "",
+            f"Targets (faiss at 1M photos): search p50 <= {TARGETS['p50_ms']:g} ms at recall@10 >= "
+            f"{TARGETS['recall']}; upsert of one product (3 photos, persisted) p50 <= {TARGETS['upsert_p50_ms']:g} ms.",
+            "",
+            *verdict(results),
+            "",
+            "## Search",
+            "",
+            *search_table(results),
+            "",
+            f"## Upsert, build and memory ({args.upserts} upserts of one new product each)",
+            "",
+            *write_table(results),
+            "",
+            "Peak RSS: the run's process and its children, data included (the "
+            "data RSS column: after generating vectors, queries and the exact answers, before the store).",
+            *(["", "## Not measured", "", *notes] if notes else []),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ TensorFlow's environment (``TF_NUM_INTRAOP_THREADS``, ``TF_ENABLE_ONEDNN_OPTS``,
 passes through to the variants. No data or model needed. Rewrites
 ``bench/results/train_step.md``.
 """
+
 import argparse
 import json
 import os
@@ -37,14 +38,14 @@ def measure(variant: str, batch: int, samples: int, cut: str, repeats: int) -> l
     import keras
     import numpy as np
 
-    from vsearch import models
+    from vsearch.learn import models
 
     form, policy = variant.split("/")
     base = models.build_backbone(224, "none", 1.0)
     _, top = models.split_backbone(base, cut)
 
     def swap(layer):
-        pointwise = (type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1))
+        pointwise = type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)
         if form == "dense" and pointwise:
             return keras.layers.Dense(layer.filters, use_bias=layer.use_bias, name=layer.name, dtype=policy)
         return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
@@ -83,19 +84,43 @@ def main(argv=None) -> int:
         variant, batch = args.one.rsplit(":", 1)
         print(json.dumps(measure(variant, int(batch), args.samples, args.cut, args.repeats)))
         return 0
-    settings = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
-                        if k.startswith("TF_") and k != "TF_CPP_MIN_LOG_LEVEL") or "TensorFlow's defaults"
-    lines = [f"Top from {args.cut}, {args.samples} samples per timed epoch, {args.repeats} epochs; ms per "
-             f"sample, median (min-max). Environment: {settings}.", "", "| variant | batch | ms / sample | min-max |", "|---|---|---|---|"]
+    settings = (
+        " ".join(
+            f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("TF_") and k != "TF_CPP_MIN_LOG_LEVEL"
+        )
+        or "TensorFlow's defaults"
+    )
+    lines = [
+        f"Top from {args.cut}, {args.samples} samples per timed epoch, {args.repeats} epochs; ms per "
+        f"sample, median (min-max). Environment: {settings}.",
+        "",
+        "| variant | batch | ms / sample | min-max |",
+        "|---|---|---|---|",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     for variant in args.variants.split(","):
         if variant not in VARIANTS:
             ap.error(f"unknown variant {variant!r}; one of {', '.join(VARIANTS)}")
         for batch in args.batch.split(","):
             child = subprocess.run(
-                [sys.executable, "-m", "bench.train_step", "--one", f"{variant}:{batch}", "--samples",
-                 str(args.samples), "--cut", args.cut, "--repeats", str(args.repeats)],
-                capture_output=True, text=True, env=env, cwd=ROOT)
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.train_step",
+                    "--one",
+                    f"{variant}:{batch}",
+                    "--samples",
+                    str(args.samples),
+                    "--cut",
+                    args.cut,
+                    "--repeats",
+                    str(args.repeats),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=ROOT,
+            )
             if child.returncode:
                 print(child.stderr[-2000:], file=sys.stderr)
                 return child.returncode

@@ -12,6 +12,7 @@ a hat, a t-shirt, trousers and shoes, the box around the t-shirt.
     .venv/bin/python docs/make_screenshot.py
     .venv/bin/python docs/make_screenshot.py --photo data/photos/validation/dress/X.jpg --box none -k 8
 """
+
 import argparse
 import os
 import sys
@@ -20,15 +21,23 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 MAX_PNG_BYTES = 300 * 1024  # keep the repository light
 VALIDATION = ROOT / "data" / "photos" / "validation"
 # A validation t-shirt (not in the catalog) whose results show the page well.
 DEFAULT_TSHIRT = VALIDATION / "t-shirt" / "06de9ebd-be39-4cc6-aea7-1d047ccf1a52.jpg"
-CELL = 360      # pixels: each photo is fitted into a square cell of the canvas
-GAP = 16        # white pixels between the cells
-MARGIN = 0.01   # of the canvas, between a photo's edge and the default box
+CELL = 360  # pixels: each photo is fitted into a square cell of the canvas
+GAP = 16  # white pixels between the cells
+MARGIN = 0.01  # of the canvas, between a photo's edge and the default box
 
 
 def default_photos() -> list[Path]:
@@ -88,14 +97,19 @@ def shoot(url: str, photo: Path, box, out: Path, k: int, category: str, chromium
         answer = response.value.json()
         if not response.value.ok:
             raise SystemExit(f"the search failed: {answer.get('error')}")
-        page.wait_for_function("n => document.querySelectorAll('#results .card').length === n",
-                               arg=len(answer["matches"]), timeout=60_000)
+        page.wait_for_function(
+            "n => document.querySelectorAll('#results .card').length === n", arg=len(answer["matches"]), timeout=60_000
+        )
         return answer
 
     def drag():
         rect = page.locator("#preview").bounding_box()
-        x0, y0, x1, y1 = (rect["x"] + box[0] * rect["width"], rect["y"] + box[1] * rect["height"],
-                          rect["x"] + box[2] * rect["width"], rect["y"] + box[3] * rect["height"])
+        x0, y0, x1, y1 = (
+            rect["x"] + box[0] * rect["width"],
+            rect["y"] + box[1] * rect["height"],
+            rect["x"] + box[2] * rect["width"],
+            rect["y"] + box[3] * rect["height"],
+        )
         page.mouse.move(x0, y0)
         page.mouse.down()
         for i in range(1, 11):
@@ -113,8 +127,10 @@ def shoot(url: str, photo: Path, box, out: Path, k: int, category: str, chromium
             answer = drawn(drag)
         if "match" in answer:
             page.wait_for_selector("#verdict", state="visible")
-        page.wait_for_function("[...document.querySelectorAll('#results img')]"
-                               ".every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
+        page.wait_for_function(
+            "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)",
+            timeout=60_000,
+        )
         error = page.text_content("#error")
         if error:
             raise SystemExit(f"the page shows an error: {error}")
@@ -139,15 +155,24 @@ def shrink_png(path: Path, limit: int = MAX_PNG_BYTES) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "saved_models" / "embedding"))
-    parser.add_argument("--store", default=f"faiss:{ROOT / 'saved_models' / 'catalog.vsi'}",
-                        help="the catalog: faiss:FILE or milvus:FILE.db|http://HOST:19530")
-    parser.add_argument("--photo", type=Path, action="append",
-                        help="query photo; given more than once, the photos on one canvas (default: a validation "
-                             "hat, t-shirt, trousers and shoes)")
-    parser.add_argument("--box", default=None,
-                        help="x0,y0,x1,y1 to drag on the photo, or none (default: around the --pick photo)")
-    parser.add_argument("--pick", type=int, default=1,
-                        help="with several photos, the one boxed (default 1: the second)")
+    parser.add_argument(
+        "--store",
+        default=f"faiss:{ROOT / 'saved_models' / 'catalog.vsi'}",
+        help="the catalog: faiss:FILE or milvus:FILE.db|http://HOST:19530",
+    )
+    parser.add_argument(
+        "--photo",
+        type=Path,
+        action="append",
+        help="query photo; given more than once, the photos on one canvas (default: a validation "
+        "hat, t-shirt, trousers and shoes)",
+    )
+    parser.add_argument(
+        "--box", default=None, help="x0,y0,x1,y1 to drag on the photo, or none (default: around the --pick photo)"
+    )
+    parser.add_argument(
+        "--pick", type=int, default=1, help="with several photos, the one boxed (default 1: the second)"
+    )
     parser.add_argument("-k", type=int, default=8)
     parser.add_argument("--category", default="auto")
     parser.add_argument("--chromium", default=os.environ.get("VSEARCH_CHROMIUM", "/usr/bin/chromium"))
@@ -160,11 +185,11 @@ def main() -> None:
         if not photo.is_file():
             sys.exit(f"{photo}: no such photo (run `make data`, or pass --photo)")
 
-    from vsearch.app import create_app
+    from vsearch.catalog.search import Searcher
     from vsearch.errors import DataError, ImageError
-    from vsearch.search import Searcher
-    from vsearch.serve import BackgroundServer, warm_up
     from vsearch.stores import parse_spec
+    from vsearch.web.app import create_app
+    from vsearch.web.server import BackgroundServer, warm_up
 
     try:
         backend, where = parse_spec(args.store)

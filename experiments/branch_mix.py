@@ -16,6 +16,7 @@ validation originals (R@1, R@10). Needs `make demo`. Rewrites
 `experiments/results/branch_mix.md`. ``load_queries``, ``embed_queries``,
 ``branch_outputs`` and ``mix`` serve the other experiments too.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -34,8 +35,8 @@ def load_queries(data_dir: Path, seed: int = 7, customer_photos: bool = True) ->
     that make their own.
     """
     from vsearch.config import DataConfig
-    from vsearch.datasets import load_splits
-    from vsearch.evaluate import customer_queries
+    from vsearch.learn.datasets import load_splits
+    from vsearch.learn.evaluate import customer_queries
 
     cat, val = load_splits(DataConfig(data_dir=str(data_dir)), ROOT / "reports" / ".clean")
     if not customer_photos:
@@ -46,18 +47,20 @@ def load_queries(data_dir: Path, seed: int = 7, customer_photos: bool = True) ->
 
 def embed_queries(embedder, data: dict) -> dict[str, np.ndarray]:
     """Vectors of the catalog, the queries and the customer photos of :func:`load_queries`."""
-    from vsearch.evaluate import embed_all
+    from vsearch.learn.evaluate import embed_all
 
-    return {"catalog": embed_all(embedder, data["catalog"].paths, 32, "catalog"),
-            "queries": embed_all(embedder, data["queries"].paths, 32, "queries"),
-            "customer": embed_all(embedder, data["photos"], 32, "customer photos")}
+    return {
+        "catalog": embed_all(embedder, data["catalog"].paths, 32, "catalog"),
+        "queries": embed_all(embedder, data["queries"].paths, 32, "queries"),
+        "customer": embed_all(embedder, data["photos"], 32, "customer photos"),
+    }
 
 
 def branch_outputs(tower_path: Path, data: dict) -> dict[str, list[np.ndarray]]:
     """(class_l2, probs, instance_l2) of catalog, queries and customer photos (:func:`load_queries`)."""
     import keras
 
-    import vsearch.models  # noqa: F401  (registers the custom layers)
+    import vsearch.learn.models  # noqa: F401  (registers the custom layers)
     from vsearch.embedder import KerasEmbedder
 
     tower = keras.saving.load_model(tower_path)
@@ -69,7 +72,7 @@ def branch_outputs(tower_path: Path, data: dict) -> dict[str, list[np.ndarray]]:
 
 
 def mix(parts, w: float, p: float) -> np.ndarray:
-    """The two-branch head of :func:`vsearch.models.two_branch_head`, in numpy."""
+    """The two-branch head of :func:`vsearch.learn.models.two_branch_head`, in numpy."""
     unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)  # noqa: E731
     cls, probs, inst = parts
     cls = unit(np.concatenate([cls, p * probs], axis=1)) if p > 0 else cls
@@ -77,7 +80,7 @@ def mix(parts, w: float, p: float) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    from vsearch.evaluate import class_retrieval, customer_matching
+    from vsearch.learn.evaluate import class_retrieval, customer_matching
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tower", default=str(ROOT / "saved_models" / "siamese" / "tower.keras"))
@@ -88,20 +91,29 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     data = load_queries(Path(args.data))
     out = branch_outputs(Path(args.tower), data)
-    ycat, yval, targets, names = (data["catalog"].labels, data["queries"].labels, data["targets"],
-                                  data["catalog"].class_names)
-    lines = [f"Tower `{shown(args.tower)}`: {len(ycat)} catalog items, {len(yval)} queries. Its class, "
-             "probability and instance outputs recombined for each class weight `w` and probability weight `p`; "
-             "only the mix the instance branch was trained under is the exported model.", "",
-             "| class_weight | class_probs_weight | P@1 | MAP@R | customer R@1 | customer R@10 |",
-             "|---|---|---|---|---|---|"]
+    ycat, yval, targets, names = (
+        data["catalog"].labels,
+        data["queries"].labels,
+        data["targets"],
+        data["catalog"].class_names,
+    )
+    lines = [
+        f"Tower `{shown(args.tower)}`: {len(ycat)} catalog items, {len(yval)} queries. Its class, "
+        "probability and instance outputs recombined for each class weight `w` and probability weight `p`; "
+        "only the mix the instance branch was trained under is the exported model.",
+        "",
+        "| class_weight | class_probs_weight | P@1 | MAP@R | customer R@1 | customer R@10 |",
+        "|---|---|---|---|---|---|",
+    ]
     for w in (float(v) for v in args.w.split(",")):
         for p in (float(v) for v in args.p.split(",")):
             cat, qry, cust = (mix(out[k], w, p) for k in ("catalog", "queries", "customer"))
             o = class_retrieval(qry, yval, cat, ycat, names)["overall"]
             c = customer_matching(cust, targets, cat, qry)
-            lines.append(f"| {w:g} | {p:g} | {o['precision@1']:.3f} | {o['map@r']:.3f} | "
-                         f"{c['recall@1']:.3f} | {c['recall@10']:.3f} |")
+            lines.append(
+                f"| {w:g} | {p:g} | {o['precision@1']:.3f} | {o['map@r']:.3f} | "
+                f"{c['recall@1']:.3f} | {c['recall@10']:.3f} |"
+            )
             print(lines[-1], file=sys.stderr, flush=True)
     publish(args, "Branch mix: class / instance trade-off of a trained tower", lines)
     return 0

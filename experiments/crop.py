@@ -26,6 +26,7 @@ rows differ only in how far the hand strays.
 
 Needs `make demo`. Rewrites `experiments/results/crop.md`.
 """
+
 import argparse
 import math
 import sys
@@ -57,8 +58,14 @@ def composite(images: list[np.ndarray], rng: np.random.Generator) -> tuple[np.nd
         x = cx + int(rng.integers(0, CELL - img.size[0] + 1))
         y = cy + int(rng.integers(0, CELL - img.size[1] + 1))
         canvas.paste(img, (x, y))
-        boxes.append((x / canvas.size[0], y / canvas.size[1],
-                      (x + img.size[0]) / canvas.size[0], (y + img.size[1]) / canvas.size[1]))
+        boxes.append(
+            (
+                x / canvas.size[0],
+                y / canvas.size[1],
+                (x + img.size[0]) / canvas.size[0],
+                (y + img.size[1]) / canvas.size[1],
+            )
+        )
     return np.asarray(canvas), boxes
 
 
@@ -111,37 +118,54 @@ def make_photos(paths: list, seed: int, limit: int | None, per_canvas: int) -> d
     if limit and limit < len(paths):
         chosen = np.sort(np.random.default_rng(seed).choice(len(paths), limit, replace=False))
     order = np.random.default_rng([seed, 1]).permutation(chosen)
-    groups = [order[i:i + per_canvas] for i in range(0, len(order) - per_canvas + 1, per_canvas)]
+    groups = [order[i : i + per_canvas] for i in range(0, len(order) - per_canvas + 1, per_canvas)]
     canvases, canvas_boxes = [], []
     for g, group in enumerate(groups):
         canvas, boxes = composite([decoded[i] for i in group], np.random.default_rng([seed, 2, g]))
         canvases.append(canvas)
         canvas_boxes.append(boxes)
-    return {"chosen": chosen, "clutter": [clutter[i] for i in chosen],
-            "clutter_boxes": [clutter_boxes[i] for i in chosen],
-            # Drawn per validation image, so a photo gets the same hand whatever --limit is.
-            "clutter_draws": edge_draws(len(paths), seed, CLUTTER_DRAWS)[chosen],
-            "groups": groups, "canvases": canvases, "canvas_boxes": canvas_boxes}
+    return {
+        "chosen": chosen,
+        "clutter": [clutter[i] for i in chosen],
+        "clutter_boxes": [clutter_boxes[i] for i in chosen],
+        # Drawn per validation image, so a photo gets the same hand whatever --limit is.
+        "clutter_draws": edge_draws(len(paths), seed, CLUTTER_DRAWS)[chosen],
+        "groups": groups,
+        "canvases": canvases,
+        "canvas_boxes": canvas_boxes,
+    }
 
 
-def box_rows(kind: str, embedder, recall, photos: list, boxes: list, draws: np.ndarray, targets: np.ndarray,
-             spreads: list[float], queries: str) -> tuple[list[str], dict]:
+def box_rows(
+    kind: str,
+    embedder,
+    recall,
+    photos: list,
+    boxes: list,
+    draws: np.ndarray,
+    targets: np.ndarray,
+    spreads: list[float],
+    queries: str,
+) -> tuple[list[str], dict]:
     """Step 3: ``photos`` searched with the exact box and with a hand-drawn box per spread.
 
     Returns the table rows and each search's recall (``"exact"``, then each spread).
     """
-    from vsearch.evaluate import embed_all
+    from vsearch.learn.evaluate import embed_all
 
     found = {"exact": recall(embed_all(embedder, cut(photos, boxes), 32, f"{kind} boxes"), targets)}
-    rows = [f"| {kind} | exact box around the item | {queries} | **{found['exact']['recall@1']:.3f}** | "
-            f"{found['exact']['recall@10']:.3f} |"]
+    rows = [
+        f"| {kind} | exact box around the item | {queries} | **{found['exact']['recall@1']:.3f}** | "
+        f"{found['exact']['recall@10']:.3f} |"
+    ]
     for spread in spreads:
         drawn = [drawn_box(b, spread, d) for b, d in zip(boxes, draws)]
-        found[spread] = recall(embed_all(embedder, cut(photos, drawn), 32, f"{kind} boxes +-{spread:.0%}"),
-                               targets)
+        found[spread] = recall(embed_all(embedder, cut(photos, drawn), 32, f"{kind} boxes +-{spread:.0%}"), targets)
         overlap = np.mean([iou(a, b) for a, b in zip(boxes, drawn)])
-        rows.append(f"| {kind} | hand-drawn box, edges +-{spread:.0%} (mean IoU {overlap:.2f}) | {queries} | "
-                    f"**{found[spread]['recall@1']:.3f}** | {found[spread]['recall@10']:.3f} |")
+        rows.append(
+            f"| {kind} | hand-drawn box, edges +-{spread:.0%} (mean IoU {overlap:.2f}) | {queries} | "
+            f"**{found[spread]['recall@1']:.3f}** | {found[spread]['recall@10']:.3f} |"
+        )
     return rows, found
 
 
@@ -151,8 +175,11 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(ROOT / "data" / "photos"))
     ap.add_argument("--per-canvas", type=int, default=4, help="validation photos on one composite canvas")
     ap.add_argument("--limit", type=int, help="a seeded subset of this many validation photos (default: all)")
-    ap.add_argument("--spreads", default="0.15,0.30",
-                    help="hand-drawn boxes: the largest move of each edge, shares of the box's size (< 0.5)")
+    ap.add_argument(
+        "--spreads",
+        default="0.15,0.30",
+        help="hand-drawn boxes: the largest move of each edge, shares of the box's size (< 0.5)",
+    )
     ap.add_argument("--seed", type=int, default=11)
     output_args(ap, "crop", "experiments")
     args = ap.parse_args(argv)
@@ -160,9 +187,9 @@ def main(argv=None) -> int:
     for spread in spreads:
         if not 0 <= spread < 0.5:
             ap.error(f"--spreads: {spread} is not in [0, 0.5)")
-    from vsearch import metrics
     from vsearch.embedder import load_embedder
-    from vsearch.evaluate import customer_matching, embed_all
+    from vsearch.learn import metrics
+    from vsearch.learn.evaluate import customer_matching, embed_all
 
     t0 = time.perf_counter()
     # Step 1: the photos.
@@ -184,55 +211,79 @@ def main(argv=None) -> int:
     n = len(sub)
     clean = recall(originals[sub], sub)
     whole = recall(embed_all(embedder, made["clutter"], 32, "clutter"), sub)
-    boxed_rows, boxed = box_rows("clutter", embedder, recall, made["clutter"], made["clutter_boxes"],
-                                 made["clutter_draws"], sub, spreads, str(n))
-    rows = [f"| clutter | clean photo (the original: a self-match) | {n} | {clean['recall@1']:.3f} | "
-            f"{clean['recall@10']:.3f} |",
-            f"| clutter | whole photo, no box | {n} | {whole['recall@1']:.3f} | {whole['recall@10']:.3f} |",
-            *boxed_rows]
+    boxed_rows, boxed = box_rows(
+        "clutter", embedder, recall, made["clutter"], made["clutter_boxes"], made["clutter_draws"], sub, spreads, str(n)
+    )
+    rows = [
+        f"| clutter | clean photo (the original: a self-match) | {n} | {clean['recall@1']:.3f} | "
+        f"{clean['recall@10']:.3f} |",
+        f"| clutter | whole photo, no box | {n} | {whole['recall@1']:.3f} | {whole['recall@10']:.3f} |",
+        *boxed_rows,
+    ]
 
     # Step 4: composite canvases, box by box and whole.
     items = np.concatenate(groups)
     per_box_rows, per_box = box_rows(
-        "composite", embedder, recall, [c for c, bs in zip(made["canvases"], made["canvas_boxes"]) for _ in bs],
-        [b for bs in made["canvas_boxes"] for b in bs], edge_draws(len(items), args.seed, COMPOSITE_DRAWS),
-        items, spreads, f"{len(items)} boxes")
+        "composite",
+        embedder,
+        recall,
+        [c for c, bs in zip(made["canvases"], made["canvas_boxes"]) for _ in bs],
+        [b for bs in made["canvas_boxes"] for b in bs],
+        edge_draws(len(items), args.seed, COMPOSITE_DRAWS),
+        items,
+        spreads,
+        f"{len(items)} boxes",
+    )
     canvas_vectors = embed_all(embedder, made["canvases"], 32, "composites")
-    ranks = metrics.rank_of_targets(np.repeat(canvas_vectors, args.per_canvas, axis=0), pool,
-                                    items + len(catalog)).reshape(len(groups), args.per_canvas)
+    ranks = metrics.rank_of_targets(
+        np.repeat(canvas_vectors, args.per_canvas, axis=0), pool, items + len(catalog)
+    ).reshape(len(groups), args.per_canvas)
     any_first = float(np.mean(ranks.min(axis=1) == 0))
     any_top10 = float(np.mean(ranks.min(axis=1) < 10))
     found10 = float(np.mean((ranks < 10).sum(axis=1)))
-    rows += [*per_box_rows,
-             f"| composite | whole canvas, each item | {len(items)} items | {np.mean(ranks == 0):.3f} | "
-             f"{np.mean(ranks < 10):.3f} |",
-             f"| composite | whole canvas, any of its items | {len(groups)} canvases | {any_first:.3f} | "
-             f"{any_top10:.3f} |"]
+    rows += [
+        *per_box_rows,
+        f"| composite | whole canvas, each item | {len(items)} items | {np.mean(ranks == 0):.3f} | "
+        f"{np.mean(ranks < 10):.3f} |",
+        f"| composite | whole canvas, any of its items | {len(groups)} canvases | {any_first:.3f} | {any_top10:.3f} |",
+    ]
 
     # Step 5: the results file.
     target = 0.95 * clean["recall@1"]
-    verdicts = "; ".join(f"{name} {'met' if boxed[key]['recall@1'] >= target else 'not met'} "
-                         f"({boxed[key]['recall@1']:.3f})"
-                         for name, key in [("exact box", "exact"), *((f"+-{s:.0%}", s) for s in spreads)])
-    subset = (f"a seeded subset of {n} of the {len(paths)} validation photos" if n < len(paths)
-              else f"the {n} validation photos")
-    lines = [f"Model `{shown(args.model)}`, through the served road (`embed_images`; a box is cut from the "
-             f"full-resolution photo by `to_pixels(..., box=)` as `Searcher.search(..., box=)` does). "
-             f"{subset.capitalize()}, matched among {len(data['catalog'].paths)} catalog + {len(paths)} "
-             f"validation originals, as in `vsearch eval`; {time.perf_counter() - t0:.0f} s.", "",
-             "- clutter: `experiments.robustness`'s `background` photos (same seeds), the exact box being "
-             "where the item was pasted;",
-             f"- composite: {len(groups)} canvases of {args.per_canvas} photos (a grid on white, each photo at "
-             f"80-95% of a {CELL} px cell); the whole canvas is one search, its items' ranks read from it;",
-             "- hand-drawn box: the exact box with each edge moved on its own by a seeded uniform amount "
-             f"within +-{' / +-'.join(f'{s:.0%}' for s in spreads)} of the box's width or height, in or out, "
-             "clipped to the photo (the same draws for every spread, scaled); IoU is with the exact box.", "",
-             "| photo | searched | queries | R@1 | R@10 |", "|---|---|---|---|---|", *rows, "",
-             f"Target (issue 21): clutter R@1 with a box >= 0.95 x clean = {target:.3f}: {verdicts}. "
-             f"The whole canvas's first result is one of its items for {any_first:.0%} of canvases "
-             f"(on average {found10:.1f} of its {args.per_canvas} items in its top 10); "
-             f"an exact box finds each item first {per_box['exact']['recall@1']:.0%} of the time"
-             + "".join(f", a +-{s:.0%} box {per_box[s]['recall@1']:.0%}" for s in spreads) + "."]
+    verdicts = "; ".join(
+        f"{name} {'met' if boxed[key]['recall@1'] >= target else 'not met'} ({boxed[key]['recall@1']:.3f})"
+        for name, key in [("exact box", "exact"), *((f"+-{s:.0%}", s) for s in spreads)]
+    )
+    subset = (
+        f"a seeded subset of {n} of the {len(paths)} validation photos"
+        if n < len(paths)
+        else f"the {n} validation photos"
+    )
+    lines = [
+        f"Model `{shown(args.model)}`, through the served road (`embed_images`; a box is cut from the "
+        f"full-resolution photo by `to_pixels(..., box=)` as `Searcher.search(..., box=)` does). "
+        f"{subset.capitalize()}, matched among {len(data['catalog'].paths)} catalog + {len(paths)} "
+        f"validation originals, as in `vsearch eval`; {time.perf_counter() - t0:.0f} s.",
+        "",
+        "- clutter: `experiments.robustness`'s `background` photos (same seeds), the exact box being "
+        "where the item was pasted;",
+        f"- composite: {len(groups)} canvases of {args.per_canvas} photos (a grid on white, each photo at "
+        f"80-95% of a {CELL} px cell); the whole canvas is one search, its items' ranks read from it;",
+        "- hand-drawn box: the exact box with each edge moved on its own by a seeded uniform amount "
+        f"within +-{' / +-'.join(f'{s:.0%}' for s in spreads)} of the box's width or height, in or out, "
+        "clipped to the photo (the same draws for every spread, scaled); IoU is with the exact box.",
+        "",
+        "| photo | searched | queries | R@1 | R@10 |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Target (issue 21): clutter R@1 with a box >= 0.95 x clean = {target:.3f}: {verdicts}. "
+        f"The whole canvas's first result is one of its items for {any_first:.0%} of canvases "
+        f"(on average {found10:.1f} of its {args.per_canvas} items in its top 10); "
+        f"an exact box finds each item first {per_box['exact']['recall@1']:.0%} of the time"
+        + "".join(f", a +-{s:.0%} box {per_box[s]['recall@1']:.0%}" for s in spreads)
+        + ".",
+    ]
     publish(args, "Searching a part of the photo (a box)", lines)
     return 0
 

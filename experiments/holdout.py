@@ -27,6 +27,7 @@ every class (an upper bound: it saw the held-out classes).
 
 Rewrites ``experiments/results/holdout.md``.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -39,13 +40,17 @@ from experiments.branch_mix import branch_outputs, embed_queries, load_queries, 
 
 def scores(cat, qry, cust, ycat, yval, targets, names, queries: np.ndarray) -> dict:
     """Class retrieval and customer matching of the validation ``queries`` (indices)."""
-    from vsearch.evaluate import class_retrieval, customer_matching
+    from vsearch.learn.evaluate import class_retrieval, customer_matching
 
     overall = class_retrieval(qry[queries], yval[queries], cat, ycat, names)["overall"]
     chosen = np.isin(targets, queries)
     customer = customer_matching(cust[chosen], targets[chosen], cat, qry)
-    return {"P@1": overall["precision@1"], "MAP@R": overall["map@r"],
-            "R@1": customer["recall@1"], "R@10": customer["recall@10"]}
+    return {
+        "P@1": overall["precision@1"],
+        "MAP@R": overall["map@r"],
+        "R@1": customer["recall@1"],
+        "R@10": customer["recall@10"],
+    }
 
 
 def row(label: str, result: dict[str, dict]) -> str:
@@ -55,8 +60,11 @@ def row(label: str, result: dict[str, dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tower", default=str(ROOT / "saved_models" / "holdout" / "siamese" / "tower.keras"),
-                    help="tower.keras trained without the held-out classes")
+    ap.add_argument(
+        "--tower",
+        default=str(ROOT / "saved_models" / "holdout" / "siamese" / "tower.keras"),
+        help="tower.keras trained without the held-out classes",
+    )
     ap.add_argument("--data", default=str(ROOT / "data" / "photos"), help="every class")
     ap.add_argument("--held-out", default="longsleeve,shorts")
     ap.add_argument("--oracle", default="", help="tower.keras trained on every class (optional)")
@@ -72,8 +80,8 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.held_out.split(",")) - set(classes))
     if unknown:  # checked before the slow part
         ap.error(f"--held-out: {', '.join(unknown)} not among the classes of {train}: {', '.join(classes) or 'none'}")
-    from vsearch import models  # after the check: importing TensorFlow takes seconds
     from vsearch.embedder import KerasEmbedder
+    from vsearch.learn import models  # after the check: importing TensorFlow takes seconds
 
     queries = load_queries(data, args.seed)  # once, for every embedding below
     ycat, yval, targets = queries["catalog"].labels, queries["queries"].labels, queries["targets"]
@@ -82,13 +90,16 @@ def main(argv=None) -> int:
     new = np.flatnonzero(np.isin(yval, held))
     trained = np.flatnonzero(~np.isin(yval, held))
     groups = {"new": new, "trained": trained}
-    lines = [f"Tower `{shown(args.tower)}`; held out {args.held_out}: {int(np.isin(ycat, held).sum())} catalog "
-             f"items, {len(new)} queries (\"new\"); trained classes: {len(trained)} queries; catalog {len(ycat)} "
-             "items. Customer R@1 / R@10: the seeded customer photo of each query against catalog + validation "
-             "originals, as in `vsearch eval`.", "",
-             "| embedding | new P@1 | new MAP@R | new cust R@1 | new cust R@10 "
-             "| trained P@1 | trained MAP@R | trained cust R@1 | trained cust R@10 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Tower `{shown(args.tower)}`; held out {args.held_out}: {int(np.isin(ycat, held).sum())} catalog "
+        f'items, {len(new)} queries ("new"); trained classes: {len(trained)} queries; catalog {len(ycat)} '
+        "items. Customer R@1 / R@10: the seeded customer photo of each query against catalog + validation "
+        "originals, as in `vsearch eval`.",
+        "",
+        "| embedding | new P@1 | new MAP@R | new cust R@1 | new cust R@10 "
+        "| trained P@1 | trained MAP@R | trained cust R@1 | trained cust R@10 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def add(label: str, cat, qry, cust) -> None:
         lines.append(row(label, {g: scores(cat, qry, cust, ycat, yval, targets, names, q) for g, q in groups.items()}))
@@ -99,12 +110,14 @@ def main(argv=None) -> int:
     add("frozen ImageNet MobileNetV2 (GAP)", *(vectors[k] for k in ("catalog", "queries", "customer")))
     out = branch_outputs(Path(args.tower), queries)
     for w in (float(v) for v in args.w.split(",")):
-        for p in ((0.0,) if w == 0 else (float(v) for v in args.p.split(","))):
+        for p in (0.0,) if w == 0 else (float(v) for v in args.p.split(",")):
             add(f"held-out tower, w {w:g}, p {p:g}", *(mix(out[k], w, p) for k in ("catalog", "queries", "customer")))
     if args.oracle:
         oracle = branch_outputs(Path(args.oracle), queries)
-        add("tower trained on every class (w 0.3, p 1)",
-            *(mix(oracle[k], 0.3, 1.0) for k in ("catalog", "queries", "customer")))
+        add(
+            "tower trained on every class (w 0.3, p 1)",
+            *(mix(oracle[k], 0.3, 1.0) for k in ("catalog", "queries", "customer")),
+        )
     publish(args, "New categories: a tower trained without some classes", lines)
     return 0
 

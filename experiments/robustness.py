@@ -27,6 +27,7 @@ hidden patch and the small photo to the training views was measured:
 experiments/results/robustness.md). Needs `make demo`. Rewrites
 `experiments/results/robustness.md`.
 """
+
 import argparse
 import io
 import math
@@ -99,8 +100,13 @@ def occlusion(img, rng):
 def clutter(w: int, h: int, rng) -> Image.Image:
     """A seeded cluttered, textured background of ``w`` x ``h``: a bedspread, a floor, a shelf."""
     # Coloured blobs at several scales.
-    layers = [np.asarray(Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC),
-                         dtype=np.float32) for s in (4, 16, 64)]
+    layers = [
+        np.asarray(
+            Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC),
+            dtype=np.float32,
+        )
+        for s in (4, 16, 64)
+    ]
     texture = 0.5 * layers[0] + 0.3 * layers[1] + 0.2 * layers[2]
     texture = 0.5 * texture + 0.5 * texture.mean(axis=2, keepdims=True)  # half the saturation
     return Image.fromarray(np.clip(texture, 0, 255).astype(np.uint8))
@@ -126,8 +132,17 @@ def rotate90(img, rng):
     return img.transpose(Image.ROTATE_90 if rng.random() < 0.5 else Image.ROTATE_270)
 
 
-KINDS = {"eval": None, "perspective": perspective, "low_res": low_res, "noise": noise, "dark": dark,
-         "white_balance": white_balance, "occlusion": occlusion, "background": background, "rotate90": rotate90}
+KINDS = {
+    "eval": None,
+    "perspective": perspective,
+    "low_res": low_res,
+    "noise": noise,
+    "dark": dark,
+    "white_balance": white_balance,
+    "occlusion": occlusion,
+    "background": background,
+    "rotate90": rotate90,
+}
 
 
 KINDS_INDEX = {k: i for i, k in enumerate(KINDS)}
@@ -147,8 +162,10 @@ def photo_rng(seed: int, kind: str, index: int) -> np.random.Generator:
 
 def placed_photos(images: list[np.ndarray], seed: int = 11) -> tuple[list[np.ndarray], list[tuple]]:
     """The ``background`` photos of :func:`damaged_photos` (same seeds) and the item's box in each."""
-    placed = [background_placed(Image.fromarray(pixels, "RGB"), photo_rng(seed, "background", i))
-              for i, pixels in enumerate(images)]
+    placed = [
+        background_placed(Image.fromarray(pixels, "RGB"), photo_rng(seed, "background", i))
+        for i, pixels in enumerate(images)
+    ]
     return [np.asarray(img.convert("RGB")) for img, _ in placed], [box for _, box in placed]
 
 
@@ -179,9 +196,9 @@ def main(argv=None) -> int:
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         ap.error(f"unknown kinds {unknown}; known: {', '.join(KINDS)}")
-    from vsearch import models  # after the checks: importing TensorFlow takes seconds
     from vsearch.embedder import KerasEmbedder, load_embedder
-    from vsearch.evaluate import customer_matching, embed_all
+    from vsearch.learn import models  # after the checks: importing TensorFlow takes seconds
+    from vsearch.learn.evaluate import customer_matching, embed_all
 
     t0 = time.perf_counter()
     data = load_queries(Path(args.data), customer_photos=False)  # the photos are made below
@@ -195,7 +212,9 @@ def main(argv=None) -> int:
     embedders = [(Path(args.model).name, exported)]
     if not args.no_baseline:
         frozen = models.build_backbone(exported.image_size, "imagenet")
-        embedders.insert(0, ("frozen ImageNet", KerasEmbedder(models.build_pooled_features(frozen, exported.image_size))))
+        embedders.insert(
+            0, ("frozen ImageNet", KerasEmbedder(models.build_pooled_features(frozen, exported.image_size)))
+        )
     targets = np.arange(len(paths))
     rows = {}
     for name, embedder in embedders:
@@ -205,11 +224,14 @@ def main(argv=None) -> int:
             c = customer_matching(embed_all(embedder, photos[kind], 32), targets, catalog, originals)
             rows.setdefault(kind, []).append((c["recall@1"], c["recall@10"]))
     names = [n for n, _ in embedders]
-    lines = [f"Model `{shown(args.model)}`. {len(paths)} photos per kind (one seeded photo per validation image; "
-             f"ranges in the script's docstring), matched among {len(data['catalog'].paths)} catalog + "
-             f"{len(paths)} originals, as in `vsearch eval`; {time.perf_counter() - t0:.0f} s.", "",
-             "| damage | " + " | ".join(f"{n} R@1 | {n} R@10" for n in names) + " |",
-             "|---" * (1 + 2 * len(names)) + "|"]
+    lines = [
+        f"Model `{shown(args.model)}`. {len(paths)} photos per kind (one seeded photo per validation image; "
+        f"ranges in the script's docstring), matched among {len(data['catalog'].paths)} catalog + "
+        f"{len(paths)} originals, as in `vsearch eval`; {time.perf_counter() - t0:.0f} s.",
+        "",
+        "| damage | " + " | ".join(f"{n} R@1 | {n} R@10" for n in names) + " |",
+        "|---" * (1 + 2 * len(names)) + "|",
+    ]
     lines += [f"| {kind} | " + " | ".join(f"{r1:.3f} | {r10:.3f}" for r1, r10 in rows[kind]) + " |" for kind in kinds]
     publish(args, "Customer photos with damage the tower never trained on", lines)
     return 0

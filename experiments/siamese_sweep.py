@@ -13,6 +13,7 @@ Keys: lr, epochs, inst (instance_fraction), nce (in-batch term weight), tau, mar
 classifier), mining (semihard | random). Each ``run`` prints its metrics after every
 epoch; experiments/results/siamese_sweep.md gathers the runs that chose the defaults.
 """
+
 import sys
 import time
 
@@ -28,12 +29,12 @@ CUT = "block_14"
 def cache() -> None:
     import tensorflow as tf
 
-    from vsearch import models
     from vsearch.augment import customer_photo, customer_view
-    from vsearch.datasets import image_dataset
-    from vsearch.features import extract
     from vsearch.images import load_image, model_input
-    from vsearch.train import load_classifier
+    from vsearch.learn import models
+    from vsearch.learn.classifier import load_classifier
+    from vsearch.learn.datasets import image_dataset
+    from vsearch.learn.features import extract
 
     clf, names = load_classifier(ROOT / "saved_models" / "classifier")
     bottom, _ = models.split_backbone(models.find_backbone(clf), CUT)
@@ -43,19 +44,24 @@ def cache() -> None:
     photos = [customer_photo(load_image(p), np.random.default_rng([7, i])) for i, p in enumerate(va.file_paths)]
     pixels = np.stack([model_input(p, 224) for p in photos])
     CACHE.parent.mkdir(exist_ok=True)
-    np.savez(CACHE, train=np.stack(views, 1), ytr=np.concatenate([y.numpy() for _, y in tr]),
-             val=extract(bottom, va), yva=np.concatenate([y.numpy() for _, y in va]),
-             vcust=extract(bottom, tf.data.Dataset.from_tensor_slices(pixels).batch(32)))
+    np.savez(
+        CACHE,
+        train=np.stack(views, 1),
+        ytr=np.concatenate([y.numpy() for _, y in tr]),
+        val=extract(bottom, va),
+        yva=np.concatenate([y.numpy() for _, y in va]),
+        vcust=extract(bottom, tf.data.Dataset.from_tensor_slices(pixels).batch(32)),
+    )
     print("wrote", CACHE)
 
 
 def run(args: dict) -> None:
     import keras
 
-    from vsearch import models
-    from vsearch.mining import sample_triplets
-    from vsearch.siamese import pca_projection, quick_metrics
-    from vsearch.train import load_classifier
+    from vsearch.learn import models
+    from vsearch.learn.classifier import load_classifier
+    from vsearch.learn.mining import sample_triplets
+    from vsearch.learn.siamese import pca_projection, quick_metrics
 
     lr, epochs = float(args.get("lr", 1e-4)), int(args.get("epochs", 3))
     inst, nce, tau = float(args.get("inst", 0.5)), float(args.get("nce", 1.0)), float(args.get("tau", 0.1))
@@ -65,8 +71,11 @@ def run(args: dict) -> None:
     cache_, ytr, val, yva, vcust = d["train"], d["ytr"], d["val"], d["yva"], d["vcust"]
     clf, _ = load_classifier(ROOT / "saved_models" / "classifier")
     _, top = models.split_backbone(models.find_backbone(clf), CUT)
-    source = top if args.get("iinit", "imagenet") == "classifier" else models.split_backbone(
-        models.build_backbone(224, "imagenet"), CUT)[1]
+    source = (
+        top
+        if args.get("iinit", "imagenet") == "classifier"
+        else models.split_backbone(models.build_backbone(224, "imagenet"), CUT)[1]
+    )
     top_i = models.clone_top(source, "instance_top")
     fi = keras.Input(cache_.shape[2:])
     clean = cache_[:, 0].astype("float32")
@@ -83,28 +92,41 @@ def run(args: dict) -> None:
         proj_c.trainable = False
     models.set_fine_tuning(top, False)
     models.set_fine_tuning(top_i, True)
-    tower = keras.Model(fi, models.two_branch_head(keras.layers.GlobalAveragePooling2D()(top(fi)) if w else None, top_i(fi),
-                                                       proj_c, proj_i, w))
+    tower = keras.Model(
+        fi,
+        models.two_branch_head(
+            keras.layers.GlobalAveragePooling2D()(top(fi)) if w else None, top_i(fi), proj_c, proj_i, w
+        ),
+    )
     triplet = models.build_triplet_model(tower, margin, instance_weight=nce, temperature=tau)
     triplet.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=1e-4))
     embed = lambda x: tower.predict(x.astype("float32"), batch_size=256, verbose=0)  # noqa: E731
 
     def report() -> str:
         m = quick_metrics(embed(cache_[:, 0]), ytr, embed(val), yva, embed(vcust))
-        return (f"P@1 {m['precision@1']:.3f} MAP@R {m['map@r']:.3f} "
-                f"customer R@1 {m['customer_recall@1']:.3f} R@10 {m['customer_recall@10']:.3f}")
+        return (
+            f"P@1 {m['precision@1']:.3f} MAP@R {m['map@r']:.3f} "
+            f"customer R@1 {m['customer_recall@1']:.3f} R@10 {m['customer_recall@10']:.3f}"
+        )
 
     print(args, "epoch 0", report(), flush=True)
     rng, start = np.random.default_rng(0), time.time()
     n_items, n_views = cache_.shape[:2]
     for epoch in range(epochs):
-        emb = (embed(cache_.reshape((-1,) + cache_.shape[2:])).reshape(n_items, n_views, -1)
-               if mining == "semihard" else None)
+        emb = (
+            embed(cache_.reshape((-1,) + cache_.shape[2:])).reshape(n_items, n_views, -1)
+            if mining == "semihard"
+            else None
+        )
         t = sample_triplets(ytr, n_views, count, rng, inst, emb, margin)
         x = [cache_[i[:, 0], i[:, 1]].astype("float32") for i in (t.anchor, t.positive, t.negative)]
         h = triplet.fit(x, batch_size=64, epochs=1, verbose=0, shuffle=True).history
-        print(f"epoch {epoch + 1} loss {h['loss'][-1]:.4f} active {h['active_fraction'][-1]:.3f}",
-              report(), f"{time.time() - start:.0f}s", flush=True)
+        print(
+            f"epoch {epoch + 1} loss {h['loss'][-1]:.4f} active {h['active_fraction'][-1]:.3f}",
+            report(),
+            f"{time.time() - start:.0f}s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny synthetic image folders, awkward image files, one smoke pipeline run."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,17 +14,19 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vsearch.synthetic import make_catalog  # noqa: E402
-from vsearch.synthetic import product_photo as _photo  # noqa: E402
-
+from vsearch.learn.synthetic import make_catalog  # noqa: E402
+from vsearch.learn.synthetic import product_photo as _photo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _repo_outputs() -> set[str]:
     """What the tests must never write in the checkout: catalogs, media, locks and logs."""
-    return {str(p.relative_to(REPO)) for pattern in ("saved_models/*", "*.lock", "*.vsi*", "*.db")
-            for p in REPO.glob(pattern)}
+    return {
+        str(p.relative_to(REPO))
+        for pattern in ("saved_models/*", "*.lock", "*.vsi*", "*.db")
+        for p in REPO.glob(pattern)
+    }
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -103,7 +106,7 @@ def calibrated_backbone_weights(path: Path, data: Path, size: int = 32, alpha: f
     """
     import keras
 
-    from vsearch.models import build_backbone
+    from vsearch.learn.models import build_backbone
 
     keras.utils.set_random_seed(0)  # the same random backbone every run: reproducible smoke metrics
     base = build_backbone(size, "none", alpha)
@@ -124,32 +127,46 @@ def calibrated_backbone_weights(path: Path, data: Path, size: int = 32, alpha: f
 def smoke_run(tmp_path_factory):
     """One smoke pipeline (train, siamese, export) on a synthetic catalog; tests read its artifacts."""
     from vsearch import config as c
-    from vsearch.siamese import train_siamese
-    from vsearch.train import train_classifier
+    from vsearch.learn.classifier import train_classifier
+    from vsearch.learn.siamese import train_siamese
 
     root = tmp_path_factory.mktemp("smoke")
     data = make_image_folder(root / "data")
     weights = calibrated_backbone_weights(root / "backbone.weights.h5", data)
-    data_cfg = c.DataConfig(data_dir=str(data), image_size=32, batch_size=8,
-                            feature_cache_dir=str(root / "features"), feature_runtime="tflite")
-    clf = c.apply_overrides(c.preset(c.ClassifierConfig, "smoke"), {"out_dir": str(root / "classifier"),
-                                                                    "backbone_weights": str(weights)})
+    data_cfg = c.DataConfig(
+        data_dir=str(data),
+        image_size=32,
+        batch_size=8,
+        feature_cache_dir=str(root / "features"),
+        feature_runtime="tflite",
+    )
+    clf = c.apply_overrides(
+        c.preset(c.ClassifierConfig, "smoke"), {"out_dir": str(root / "classifier"), "backbone_weights": str(weights)}
+    )
     clf = dataclasses.replace(clf, data=data_cfg)
     logs: dict[str, list[str]] = {"train": [], "siamese": []}
     clf_metrics = train_classifier(clf, log=logs["train"].append)
     sia = c.preset(c.SiameseConfig, "smoke")
-    sia = dataclasses.replace(sia, data=data_cfg, classifier_dir=clf.out_dir, out_dir=str(root / "embedding"),
-                                work_dir=str(root / "siamese"))
+    sia = dataclasses.replace(
+        sia, data=data_cfg, classifier_dir=clf.out_dir, out_dir=str(root / "embedding"), work_dir=str(root / "siamese")
+    )
     sia_metrics = train_siamese(sia, log=logs["siamese"].append)
-    return {"root": root, "data": data, "classifier": clf, "siamese": sia,
-            "classifier_metrics": clf_metrics, "siamese_metrics": sia_metrics, "logs": logs}
+    return {
+        "root": root,
+        "data": data,
+        "classifier": clf,
+        "siamese": sia,
+        "classifier_metrics": clf_metrics,
+        "siamese_metrics": sia_metrics,
+        "logs": logs,
+    }
 
 
 @pytest.fixture(scope="session")
 def smoke_index(smoke_run, tmp_path_factory):
     """The smoke model's catalog (a faiss store) over the synthetic train split: (model dir, its file)."""
+    from vsearch.catalog.building import build_catalog
     from vsearch.embedder import SavedModelEmbedder
-    from vsearch.catalog import build_catalog
 
     model = Path(smoke_run["siamese"].out_dir)
     path = tmp_path_factory.mktemp("index") / "catalog.vsi"
@@ -159,6 +176,7 @@ def smoke_index(smoke_run, tmp_path_factory):
 
 
 # ---------------------------------------------------------------- a transparent model and a tiny shop
+
 
 class ColourEmbedder:
     """A transparent stand-in model: the unit vector of an image's mean colour (plus a bias)."""
@@ -207,14 +225,22 @@ def tiny_tower(seed: int = 0):
     """
     import keras
 
-    from vsearch import models
+    from vsearch.learn import models
 
     keras.utils.set_random_seed(seed)
     layers = keras.layers
-    base = keras.Sequential([
-        keras.Input((TINY_SIZE, TINY_SIZE, 3)), layers.Conv2D(16, 3, strides=2, padding="same"), layers.BatchNormalization(),
-        layers.ReLU(6.0), layers.DepthwiseConv2D(3, padding="same"), layers.ReLU(6.0), layers.Conv2D(128, 1),
-    ], name=models.BACKBONE_NAME)
+    base = keras.Sequential(
+        [
+            keras.Input((TINY_SIZE, TINY_SIZE, 3)),
+            layers.Conv2D(16, 3, strides=2, padding="same"),
+            layers.BatchNormalization(),
+            layers.ReLU(6.0),
+            layers.DepthwiseConv2D(3, padding="same"),
+            layers.ReLU(6.0),
+            layers.Conv2D(128, 1),
+        ],
+        name=models.BACKBONE_NAME,
+    )
     return build_tower(base, 8, TINY_SIZE)
 
 
@@ -222,11 +248,11 @@ def build_tower(base, embedding_dim: int, image_size: int):
     """A one-branch embedding tower: pixels 0..255 -> ``base`` -> pooled -> projected -> unit norm.
 
     The shape of the exported model with the fewest parts, for tests of what takes a tower
-    (saving, the triplet model, conversion); the stages build theirs in vsearch.siamese.
+    (saving, the triplet model, conversion); the stages build theirs in vsearch.learn.siamese.
     """
     import keras
 
-    from vsearch import models
+    from vsearch.learn import models
 
     projection = keras.layers.Dense(embedding_dim, name="projection")
     inputs = keras.Input((image_size, image_size, 3), name="image")
@@ -238,18 +264,27 @@ def build_tower(base, embedding_dim: int, image_size: int):
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """The tiny model exported as a SavedModel and converted three ways."""
-    from vsearch import tflite
     from vsearch.embedder import SavedModelEmbedder
-    from vsearch.export import export_embedding
+    from vsearch.learn import litert_export as tflite
+    from vsearch.learn.export import export_embedding
 
     root = tmp_path_factory.mktemp("tflite")
     data = make_image_folder(root / "data")
     model_dir = export_embedding(tiny_tower(), root / "embedding", {"class_names": ["blue", "green", "red"]})
-    files = {q: tflite.export_tflite(model_dir, None, q, data / "train", 12, log=lambda *_: None)
-             for q in tflite.QUANTIZATIONS}
+    files = {
+        q: tflite.export_tflite(model_dir, None, q, data / "train", 12, log=lambda *_: None)
+        for q in tflite.QUANTIZATIONS
+    }
     photos = sorted(p for p in (data / "validation").rglob("*") if p.is_file())
-    return {"root": root, "data": data, "model": model_dir, "files": files, "saved": SavedModelEmbedder(model_dir),
-            "blobs": [p.read_bytes() for p in photos], "photos": photos}
+    return {
+        "root": root,
+        "data": data,
+        "model": model_dir,
+        "files": files,
+        "saved": SavedModelEmbedder(model_dir),
+        "blobs": [p.read_bytes() for p in photos],
+        "photos": photos,
+    }
 
 
 def cosine(a, b):
@@ -257,6 +292,7 @@ def cosine(a, b):
 
 
 # ---------------------------------------------------------------- the fake model's catalog (server tests)
+
 
 @pytest.fixture(scope="module")
 def fake_index(tmp_path_factory) -> Path:
@@ -278,7 +314,7 @@ def fake_client(fake_searcher):
     """FastAPI's TestClient on the app serving ``fake_searcher``."""
     from fastapi.testclient import TestClient
 
-    from vsearch.app import create_app
+    from vsearch.web.app import create_app
 
     with TestClient(create_app(fake_searcher)) as client:
         yield client

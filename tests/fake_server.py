@@ -7,6 +7,7 @@ a script, it serves such a catalog on loopback (the memory test measures that pr
 
     python tests/fake_server.py --root DIR --port-file FILE [--budget-mb N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def photo(colour, seed: int, size=(40, 48)) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = np.full((size[1], size[0], 3), 235, np.uint8)
     top, left = rng.integers(2, 12, 2)
-    img[top:top + 24, left:left + 20] = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
+    img[top : top + 24, left : left + 20] = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
     return img
 
 
@@ -61,8 +62,8 @@ def write_catalog(root: Path, per_category: int = 4) -> Path:
     """
     from PIL import Image
 
+    from vsearch.catalog.manifest import Photo
     from vsearch.images import model_input
-    from vsearch.manifest import Photo
     from vsearch.stores import build_store
 
     embedder = ColourEmbedder()
@@ -71,8 +72,12 @@ def write_catalog(root: Path, per_category: int = 4) -> Path:
         folder = root / "photos" / name
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_category):
-            attributes = {"title": f"{name} item {i}", "price": 10.0 * (i + 1), "brand": BRANDS[i % 2],
-                          "in_stock": i % 2 == 0}
+            attributes = {
+                "title": f"{name} item {i}",
+                "price": 10.0 * (i + 1),
+                "brand": BRANDS[i % 2],
+                "in_stock": i % 2 == 0,
+            }
             pixels = photo(colour, 10 * c + i)
             views = [(f"{name}/{i}", folder / f"{i}.png", pixels)]
             if i == 0:
@@ -82,14 +87,20 @@ def write_catalog(root: Path, per_category: int = 4) -> Path:
                 photos.append(Photo(f"{name}/{i}", photo_id, str(path.resolve()), name, attributes))
                 inputs.append(model_input(path, embedder.image_size))
     path = root / "catalog.vsi"
-    build_store(f"faiss:{path}", photos, embedder.embed_pixels(np.stack(inputs)), fingerprint=FINGERPRINT,
-                model={"source": "fake"}, kind="exact").close()
+    build_store(
+        f"faiss:{path}",
+        photos,
+        embedder.embed_pixels(np.stack(inputs)),
+        fingerprint=FINGERPRINT,
+        model={"source": "fake"},
+        kind="exact",
+    ).close()
     return path
 
 
 def load_searcher(index: Path, verdicts: bool = False, **kwargs):
     """A Searcher over the catalog at ``index``; ``verdicts``: a :func:`verdict_searcher` instead."""
-    from vsearch.search import Searcher
+    from vsearch.catalog.search import Searcher
     from vsearch.stores import open_store
 
     cls = verdict_searcher() if verdicts else Searcher
@@ -105,7 +116,7 @@ def verdict_searcher():
     Calibration is not what this fakes: it gives the page an answer with a verdict ("exact")
     and one without, from the same catalog.
     """
-    from vsearch.search import Searcher
+    from vsearch.catalog.search import Searcher
 
     class VerdictSearcher(Searcher):
         def search_vector(self, vector, k=5, category="any", where=None, rerank_query=None):
@@ -140,8 +151,11 @@ def png(pixels: np.ndarray) -> bytes:
 
 def post(client, data: bytes, name: str = "q.png", **fields):
     """``POST /api/search`` with ``data`` as the file and ``fields`` as form fields."""
-    return client.post("/api/search", files={"file": (name, data, "application/octet-stream")},
-                       data={k: str(v) for k, v in fields.items()})
+    return client.post(
+        "/api/search",
+        files={"file": (name, data, "application/octet-stream")},
+        data={k: str(v) for k, v in fields.items()},
+    )
 
 
 def metrics_of(client) -> dict[str, list]:
@@ -165,15 +179,15 @@ def sample(families, name: str, **labels) -> float:
 def main(argv=None) -> int:
     import uvicorn
 
-    from vsearch.app import create_app
-    from vsearch.budget import DEFAULT_DECODE_BUDGET_BYTES
-    from vsearch.live import LiveSearcher
-    from vsearch.serve import listen, warm_up
+    from vsearch.web.app import create_app
+    from vsearch.web.budget import DEFAULT_DECODE_BUDGET_BYTES
+    from vsearch.web.live import LiveSearcher
+    from vsearch.web.server import listen, warm_up
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--port-file", required=True, type=Path)
-    parser.add_argument("--budget-mb", type=float, default=DEFAULT_DECODE_BUDGET_BYTES / 2 ** 20)
+    parser.add_argument("--budget-mb", type=float, default=DEFAULT_DECODE_BUDGET_BYTES / 2**20)
     parser.add_argument("--wait-s", type=float, default=5.0)
     args = parser.parse_args(argv)
     index = write_catalog(args.root)
@@ -181,8 +195,7 @@ def main(argv=None) -> int:
     warm_up(searcher)
     sock = listen("127.0.0.1", 0)
     sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
-    app = create_app(LiveSearcher(searcher), decode_budget_bytes=int(args.budget_mb * 2 ** 20),
-                     decode_wait_s=args.wait_s)
+    app = create_app(LiveSearcher(searcher), decode_budget_bytes=int(args.budget_mb * 2**20), decode_wait_s=args.wait_s)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     tmp = args.port_file.with_suffix(".tmp")
     tmp.write_text(str(sock.getsockname()[1]))

@@ -5,6 +5,7 @@ the tests use :func:`running` (a context manager) and the ``milvus_server`` fixt
 ``milvus-lite server`` (milvus-lite's own gRPC server, the one ``pip install milvus-lite``
 ships) bound to 127.0.0.1 on a free port, its data in ``DATA_DIR``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -47,15 +48,31 @@ def running(data_dir: str | Path) -> Iterator[str]:
     port = free_port()
     log = Path(data_dir).with_suffix(".log")
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir),
-                                    "--host", "127.0.0.1", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "milvus_lite",
+                "server",
+                "--data-dir",
+                str(data_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _ready(uri):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"milvus-lite server did not start (exit {process.poll()}): "
-                                   f"{log.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"milvus-lite server did not start (exit {process.poll()}): "
+                    f"{log.read_text(errors='replace')[-2000:]}"
+                )
             time.sleep(0.2)
         yield uri
     finally:

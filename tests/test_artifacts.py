@@ -1,4 +1,5 @@
 """The one atomic writer, the folder swap, JSON metadata and the writers' lock."""
+
 import os
 import stat
 import threading
@@ -41,9 +42,11 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
         monkeypatch.setattr(os, "replace", boom)
         data = b"new"
     else:
+
         def data(tmp):
             tmp.write_bytes(b"half")
             boom()
+
     with pytest.raises(KeyboardInterrupt):
         artifacts.write_atomic(target, data)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["index.vsi"]
@@ -90,6 +93,7 @@ def test_file_lock_serialises_writers_and_times_out(tmp_path):
     target = tmp_path / "catalog.vsi"
     order, said = [], []
     with artifacts.file_lock(target):
+
         def second():
             with artifacts.file_lock(target, timeout=10, log=said.append):
                 order.append("second")

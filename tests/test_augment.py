@@ -26,8 +26,10 @@ def test_classifier_view_flips_about_half_the_time():
     # zoom and shifts are too small to swap the halves on their own.
     image = np.zeros((64, 64, 3), np.float32)
     image[:, 32:] = 200.0
-    flipped = [view[:, :32].mean() > view[:, 32:].mean()
-               for view in (augment.classifier_view(image, np.random.default_rng([0, i])) for i in range(60))]
+    flipped = [
+        view[:, :32].mean() > view[:, 32:].mean()
+        for view in (augment.classifier_view(image, np.random.default_rng([0, i])) for i in range(60))
+    ]
     assert 15 <= sum(flipped) <= 45
 
 
@@ -51,8 +53,12 @@ def test_colour_matrix_keeps_greys_grey_and_identity_is_identity():
 def test_view_batch_does_not_depend_on_batching():
     images = np.stack([_image(32, seed) for seed in range(5)])
     whole = augment.view_batch(augment.customer_view, images, seed=3)
-    parts = np.concatenate([augment.view_batch(augment.customer_view, images[:2], seed=3, start=0),
-                            augment.view_batch(augment.customer_view, images[2:], seed=3, start=2)])
+    parts = np.concatenate(
+        [
+            augment.view_batch(augment.customer_view, images[:2], seed=3, start=0),
+            augment.view_batch(augment.customer_view, images[2:], seed=3, start=2),
+        ]
+    )
     assert np.array_equal(whole, parts)
     assert not np.array_equal(whole, augment.view_batch(augment.customer_view, images, seed=4))
 

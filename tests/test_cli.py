@@ -2,8 +2,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import awkward_files
+
 from vsearch import cli
 
 
@@ -36,8 +36,22 @@ def test_bad_config_file_exits_2_with_one_line(tmp_path, capsys):
 
 def test_data_refuses_to_write_into_its_source(image_root, capsys):
     before = sorted(p for p in image_root.rglob("*"))
-    assert cli.main(["data", "--source", str(image_root), "--dest", str(image_root), "--classes", "blue,green,red",
-                     "--feature-cache-dir", ""]) == 2
+    assert (
+        cli.main(
+            [
+                "data",
+                "--source",
+                str(image_root),
+                "--dest",
+                str(image_root),
+                "--classes",
+                "blue,green,red",
+                "--feature-cache-dir",
+                "",
+            ]
+        )
+        == 2
+    )
     assert "overlaps --source" in capsys.readouterr().err
     assert sorted(p for p in image_root.rglob("*")) == before
 
@@ -48,8 +62,22 @@ def test_missing_data_folder_exits_2(tmp_path, capsys):
 
 
 def test_data_command_copies_and_reports(image_root, tmp_path, capsys):
-    assert cli.main(["data", "--source", str(image_root), "--dest", str(tmp_path / "out"),
-                     "--classes", "blue,green,red", "--feature-cache-dir", str(tmp_path / "cache")]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "--source",
+                str(image_root),
+                "--dest",
+                str(tmp_path / "out"),
+                "--classes",
+                "blue,green,red",
+                "--feature-cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "cache" / "image-checks.json").is_file()  # for the stages, not in the checkout
     out = capsys.readouterr().out
     assert "| train | 6 | 6 | 6 | 18 |" in out
@@ -88,12 +116,38 @@ def test_concurrent_index_adds_lose_nothing(tiny, tmp_path):
     before = product_ids(index)
     gone = sorted(before)[0]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "vsearch", "index", "add", str(photo), "--store", str(index),
-                               "--model", model, "--category", f"new{n}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for n, photo in enumerate(tiny["photos"][:4])]
-    procs.append(subprocess.Popen([sys.executable, "-m", "vsearch", "index", "remove", gone, "--store", str(index)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vsearch",
+                "index",
+                "add",
+                str(photo),
+                "--store",
+                str(index),
+                "--model",
+                model,
+                "--category",
+                f"new{n}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for n, photo in enumerate(tiny["photos"][:4])
+    ]
+    procs.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "vsearch", "index", "remove", gone, "--store", str(index)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    )
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 5, [o[1][-500:] for o in outs]
     assert all("1 product(s) with 1 photo(s)" in o[0] for o in outs[:4])
@@ -103,6 +157,7 @@ def test_concurrent_index_adds_lose_nothing(tiny, tmp_path):
 
 
 # ---------------------------------------------------------------- vsearch search --box
+
 
 @pytest.fixture
 def search_fake_catalog(fake_index, monkeypatch):
@@ -116,9 +171,8 @@ def search_fake_catalog(fake_index, monkeypatch):
 @pytest.fixture
 def canvas_file(fake_searcher, tmp_path):
     """A red and a blue catalog photo side by side."""
-    from PIL import Image
-
     from fake_server import side_by_side
+    from PIL import Image
 
     path = tmp_path / "canvas.png"
     Image.fromarray(side_by_side(fake_searcher, ["red/1", "blue/2"])).save(path)
@@ -141,13 +195,20 @@ def test_search_box_searches_that_part(search_fake_catalog, canvas_file, capsys)
     assert whole["box"] is None and whole["matches"][0]["id"] not in ("red/1", "blue/2")
 
 
-@pytest.mark.parametrize("box, fragment", [
-    ("0,0,1.5,1", "not a box inside the photo"), ("--box=-0.1,0,0.5,1", "not a box inside the photo"),
-    ("0.5,0,0.5,1", "not a box inside the photo"), ("0.6,0,0.5,1", "not a box inside the photo"),
-    ("a,b,c,d", "four numbers"), ("0,0,1", "four finite numbers"),
-])
-def test_search_bad_box_exits_2_with_one_line_before_loading_the_model(canvas_file, fake_index, monkeypatch,
-                                                                      capsys, box, fragment):
+@pytest.mark.parametrize(
+    "box, fragment",
+    [
+        ("0,0,1.5,1", "not a box inside the photo"),
+        ("--box=-0.1,0,0.5,1", "not a box inside the photo"),
+        ("0.5,0,0.5,1", "not a box inside the photo"),
+        ("0.6,0,0.5,1", "not a box inside the photo"),
+        ("a,b,c,d", "four numbers"),
+        ("0,0,1", "four finite numbers"),
+    ],
+)
+def test_search_bad_box_exits_2_with_one_line_before_loading_the_model(
+    canvas_file, fake_index, monkeypatch, capsys, box, fragment
+):
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded for a bad --box")
 
@@ -159,20 +220,23 @@ def test_search_bad_box_exits_2_with_one_line_before_loading_the_model(canvas_fi
 
 
 @pytest.mark.parametrize("value", ["-0.1", "nan", "inf"])
-def test_search_bad_category_prior_exits_2_before_loading_the_model(canvas_file, fake_index, monkeypatch, capsys,
-                                                                    value):
+def test_search_bad_category_prior_exits_2_before_loading_the_model(
+    canvas_file, fake_index, monkeypatch, capsys, value
+):
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded for a bad --category-prior")
 
     monkeypatch.setattr("vsearch.embedder.load_embedder", no_model)
-    assert cli.main(["search", canvas_file, f"--category-prior={value}", "--store", str(fake_index),
-                     "--model", "fake"]) == 2
+    assert (
+        cli.main(["search", canvas_file, f"--category-prior={value}", "--store", str(fake_index), "--model", "fake"])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--category-prior must be a number >= 0" in err[0], err
 
 
 def test_search_category_prior_is_the_searchers(search_fake_catalog, canvas_file, monkeypatch, capsys):
-    from vsearch.search import CATEGORY_PRIOR, Searcher
+    from vsearch.catalog.search import CATEGORY_PRIOR, Searcher
 
     seen = []
     original = Searcher.__init__

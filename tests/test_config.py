@@ -1,5 +1,5 @@
-import json
 import dataclasses
+import json
 
 import pytest
 
@@ -21,24 +21,34 @@ def test_smoke_preset_is_small():
 
 
 def test_overrides_are_parsed_with_field_types():
-    cfg = c.apply_overrides(c.ClassifierConfig(), {
-        "head_epochs": "3", "dropout": "0.5", "class_weighting": "false", "data.image_size": "160",
-        "fine_tune_from": "block_12"})
+    cfg = c.apply_overrides(
+        c.ClassifierConfig(),
+        {
+            "head_epochs": "3",
+            "dropout": "0.5",
+            "class_weighting": "false",
+            "data.image_size": "160",
+            "fine_tune_from": "block_12",
+        },
+    )
     assert cfg.head_epochs == 3 and cfg.dropout == 0.5 and cfg.class_weighting is False
     assert cfg.data.image_size == 160 and cfg.fine_tune_from == "block_12"
     assert c.ClassifierConfig().head_epochs != 3  # the original is untouched (frozen)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"no_such_key": "1"}, "unknown config key 'no_such_key'"),
-    ({"data.nope": "1"}, "unknown config key 'nope'"),
-    ({"head_epochs": "three"}, "head_epochs: expected int"),
-    ({"class_weighting": "maybe"}, "expected a boolean"),
-    ({"data": "x"}, "is a group"),
-    ({"dropout": "1.5"}, "dropout must be in"),
-    ({"head_epochs": True}, "expected int"),
-    ({"data.image_size": "16"}, "image_size must be >= 32"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"no_such_key": "1"}, "unknown config key 'no_such_key'"),
+        ({"data.nope": "1"}, "unknown config key 'nope'"),
+        ({"head_epochs": "three"}, "head_epochs: expected int"),
+        ({"class_weighting": "maybe"}, "expected a boolean"),
+        ({"data": "x"}, "is a group"),
+        ({"dropout": "1.5"}, "dropout must be in"),
+        ({"head_epochs": True}, "expected int"),
+        ({"data.image_size": "16"}, "image_size must be >= 32"),
+    ],
+)
 def test_bad_overrides_are_clear_errors(overrides, message):
     with pytest.raises(c.ConfigError, match=message):
         c.apply_overrides(c.ClassifierConfig(), overrides)
@@ -96,8 +106,9 @@ def test_eval_validation():
         c.EvalConfig(grid_queries=0)
 
 
-@pytest.mark.parametrize("text, message", [(None, "cannot read it"), ("{not json", "not valid JSON"),
-                                           ("[1, 2]", "expected a JSON object")])
+@pytest.mark.parametrize(
+    "text, message", [(None, "cannot read it"), ("{not json", "not valid JSON"), ("[1, 2]", "expected a JSON object")]
+)
 def test_unreadable_config_file_is_a_config_error(tmp_path, text, message):
     path = tmp_path / "config.json"
     if text is not None:

@@ -3,9 +3,9 @@ import io
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import awkward_files, jpeg_bytes, png_bytes
 from PIL import Image
 
-from conftest import awkward_files, jpeg_bytes, png_bytes
 from vsearch import images
 from vsearch.errors import ImageError
 
@@ -15,12 +15,15 @@ def files(tmp_path):
     return awkward_files(tmp_path / "awkward")
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("corrupt", "corrupt or truncated|not a recognised"),
-    ("truncated", "corrupt or truncated"),
-    ("empty", "empty"),
-    ("text", "not a recognised image format"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("corrupt", "corrupt or truncated|not a recognised"),
+        ("truncated", "corrupt or truncated"),
+        ("empty", "empty"),
+        ("text", "not a recognised image format"),
+    ],
+)
 def test_bad_files_name_the_file_and_reason(files, name, reason):
     with pytest.raises(ImageError, match=reason) as info:
         images.load_image(files[name])
@@ -113,8 +116,13 @@ def test_resize_matches_between_paths():
     # TensorFlow's and Pillow's JPEG decoders upsample chroma slightly differently.
     assert np.abs(a - b).mean() < 2.0  # measured: about 1 level of 255
     png = png_bytes(Image.fromarray(smooth))  # lossless: the two paths agree exactly
-    assert np.abs(images.tf_decode_and_resize(tf.constant(png), 32).numpy()
-                  - images.resize_pixels(images.decode_image(png), 32).numpy()).max() < 1e-3
+    assert (
+        np.abs(
+            images.tf_decode_and_resize(tf.constant(png), 32).numpy()
+            - images.resize_pixels(images.decode_image(png), 32).numpy()
+        ).max()
+        < 1e-3
+    )
 
 
 # ---------------------------------------------------------------- step 2: the resize outside TensorFlow
@@ -143,8 +151,9 @@ def test_writes_into_a_batch_slot_and_reuses_nothing_between_calls():
     assert not np.array_equal(batch[0], batch[1])
 
 
-@pytest.mark.parametrize("pixels", [np.zeros((8, 8, 3), np.float32), np.zeros((8, 8), np.uint8),
-                                    np.zeros((8, 8, 4), np.uint8)])
+@pytest.mark.parametrize(
+    "pixels", [np.zeros((8, 8, 3), np.float32), np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8)]
+)
 def test_refuses_anything_but_rgb_uint8(pixels):
     with pytest.raises(ValueError, match="uint8 RGB"):
         images.resize_bilinear(pixels, RESIZE_SIZE)
@@ -156,14 +165,21 @@ def test_refuses_an_empty_image(shape):
         images.resize_bilinear(np.zeros(shape, np.uint8), RESIZE_SIZE)
 
 
-@pytest.mark.parametrize("out", [np.zeros((RESIZE_SIZE, RESIZE_SIZE, 3), np.float64), np.zeros((RESIZE_SIZE + 1, RESIZE_SIZE, 3), np.float32),
-                                 np.zeros((RESIZE_SIZE, 2 * RESIZE_SIZE, 3), np.float32)[:, ::2]])
+@pytest.mark.parametrize(
+    "out",
+    [
+        np.zeros((RESIZE_SIZE, RESIZE_SIZE, 3), np.float64),
+        np.zeros((RESIZE_SIZE + 1, RESIZE_SIZE, 3), np.float32),
+        np.zeros((RESIZE_SIZE, 2 * RESIZE_SIZE, 3), np.float32)[:, ::2],
+    ],
+)
 def test_refuses_an_out_array_it_cannot_fill_in_place(out):
     with pytest.raises(ValueError, match="out must be"):
         images.resize_bilinear(np.zeros((8, 8, 3), np.uint8), RESIZE_SIZE, out=out)
 
 
 # ---------------------------------------------------------------- the whole road and its choices
+
 
 def test_draft_decodes_big_jpegs_at_reduced_scale():
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (160, 200, 3), dtype=np.uint8))
@@ -211,10 +227,14 @@ def test_check_pixels_refuses_what_is_not_rgb_0_255():
     assert np.array_equal(images.check_pixels(ok.astype(np.float64) + 0.2), ok)  # rounded, not truncated
     bad = np.full((4, 5, 3), 100.0)
     bad[1, 1, 1] = np.nan
-    for pixels, message in ((bad, "NaN or infinity"), (ok.astype(np.float32) / 255, "look like 0..1 floats"),
-                            (ok.astype(np.int32) * 300, "0..255"), (ok[..., 0], "RGB pixels"),
-                            (np.zeros((0, 4, 3), np.uint8), "empty image"),
-                            (np.full((2, 2, 3), "a"), "numeric")):
+    for pixels, message in (
+        (bad, "NaN or infinity"),
+        (ok.astype(np.float32) / 255, "look like 0..1 floats"),
+        (ok.astype(np.int32) * 300, "0..255"),
+        (ok[..., 0], "RGB pixels"),
+        (np.zeros((0, 4, 3), np.uint8), "empty image"),
+        (np.full((2, 2, 3), "a"), "numeric"),
+    ):
         with pytest.raises(ImageError, match=message):
             images.check_pixels(pixels)
 
@@ -251,8 +271,16 @@ def _formats():
     exif = Image.Exif()
     exif[0x0112] = 6
     out = {}
-    for fmt, kwargs in (("JPEG", {"exif": exif}), ("PNG", {}), ("GIF", {}), ("BMP", {}), ("WEBP", {"exif": exif}),
-                        ("TIFF", {}), ("PPM", {}), ("ICO", {})):
+    for fmt, kwargs in (
+        ("JPEG", {"exif": exif}),
+        ("PNG", {}),
+        ("GIF", {}),
+        ("BMP", {}),
+        ("WEBP", {"exif": exif}),
+        ("TIFF", {}),
+        ("PPM", {}),
+        ("ICO", {}),
+    ):
         buf = io.BytesIO()
         photo.save(buf, format=fmt, **kwargs)
         out[fmt] = buf.getvalue()
@@ -271,10 +299,10 @@ def test_fuzzed_bytes_of_every_format_give_image_errors_only(fmt):
             for pos in rng.integers(0, len(blob), size=int(rng.integers(1, 8))):
                 blob[pos] = int(rng.integers(0, 256))
         elif kind == 1:
-            blob = blob[:int(rng.integers(1, len(blob)))]
+            blob = blob[: int(rng.integers(1, len(blob)))]
         else:
             start = int(rng.integers(0, len(blob) - 8))
-            blob[start:start] = blob[start:start + int(rng.integers(1, 64))] * 3
+            blob[start:start] = blob[start : start + int(rng.integers(1, 64))] * 3
         try:
             pixels = images.model_input(bytes(blob), 16)
         except ImageError:
@@ -311,8 +339,8 @@ def test_a_plugin_s_own_exception_becomes_an_image_error(monkeypatch):
         images.decode_image(png_bytes(Image.new("RGB", (8, 8))))
 
 
-
 # ---------------------------------------------------------------- the in-graph pixel limit
+
 
 def forged_png(width: int, height: int) -> bytes:
     """A PNG whose header declares width x height; its pixel data is a few bytes (a bomb's shape)."""
@@ -326,8 +354,10 @@ def forged_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("fmt, mode", [("JPEG", "RGB"), ("PNG", "L"), ("GIF", "P"), ("BMP", "RGB"),
-                                       ("WEBP", "RGB"), ("WEBP-lossless", "RGBA")])
+@pytest.mark.parametrize(
+    "fmt, mode",
+    [("JPEG", "RGB"), ("PNG", "L"), ("GIF", "P"), ("BMP", "RGB"), ("WEBP", "RGB"), ("WEBP-lossless", "RGBA")],
+)
 def test_header_pixels_in_the_graph(fmt, mode):
     buf = io.BytesIO()
     img = Image.new(mode, (301, 77))
@@ -357,23 +387,33 @@ def test_the_graph_refuses_an_image_over_the_limit_before_decoding_it():
 
 # ---------------------------------------------------------------- a part of the photo
 
+
 def test_a_box_crops_the_upright_photo_before_resizing(files):
     upright = images.load_image(files["exif"])
     h, w = upright.shape[:2]
     part = images.to_pixels(files["exif"], box="0.5,0,1,0.25")
     assert part.shape == (round(h * 0.25), w - w // 2, 3)
-    assert np.array_equal(part, upright[: round(h * 0.25), w // 2:])
-    assert np.array_equal(images.model_input(files["exif"], 16, box=(0.5, 0, 1, 0.25)),
-                          images.resize_bilinear(part, 16))
+    assert np.array_equal(part, upright[: round(h * 0.25), w // 2 :])
+    assert np.array_equal(
+        images.model_input(files["exif"], 16, box=(0.5, 0, 1, 0.25)), images.resize_bilinear(part, 16)
+    )
     tiny = images.to_pixels(upright, box=(0.5, 0.5, 0.5001, 0.5001))  # never empty: at least a pixel
     assert tiny.shape == (1, 1, 3)
 
 
-@pytest.mark.parametrize("box, message", [
-    ("0.1,0.2,0.3", "four finite numbers"), ("a,b,c,d", "four numbers"), ("0,0,nan,1", "finite"),
-    ("0.5,0,0.4,1", "not a box inside the photo"), ("0,0,0,1", "not a box"), ("-0.1,0,1,1", "not a box"),
-    ("0,0,1,1.5", "not a box"), (None, "four numbers"),
-])
+@pytest.mark.parametrize(
+    "box, message",
+    [
+        ("0.1,0.2,0.3", "four finite numbers"),
+        ("a,b,c,d", "four numbers"),
+        ("0,0,nan,1", "finite"),
+        ("0.5,0,0.4,1", "not a box inside the photo"),
+        ("0,0,0,1", "not a box"),
+        ("-0.1,0,1,1", "not a box"),
+        ("0,0,1,1.5", "not a box"),
+        (None, "four numbers"),
+    ],
+)
 def test_bad_boxes_are_clear_errors(box, message):
     with pytest.raises(ImageError, match=message):
         images.parse_box(box)

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import TINY_SIZE as SIZE
 from conftest import cosine, jpeg_bytes
+from PIL import Image
+
 from vsearch import litert
 from vsearch.embedder import SavedModelEmbedder, embed_images, load_embedder
 from vsearch.errors import ConfigError, DataError, ImageError
@@ -79,9 +79,9 @@ def test_search_with_tflite_never_imports_tensorflow(tiny, tmp_path):
 
     code = f"""
 import sys
-from vsearch.catalog import build_catalog
+from vsearch.catalog.building import build_catalog
 from vsearch.litert import TFLiteEmbedder
-from vsearch.search import Searcher
+from vsearch.catalog.search import Searcher
 embedder = TFLiteEmbedder({str(tiny["files"]["none"])!r})
 catalog, _ = build_catalog(embedder, {str(tiny["data"] / "train")!r}, {f"faiss:{tmp_path / 'c.vsi'}"!r}, kind="exact")
 result = Searcher(embedder, catalog).search({str(tiny["photos"][0])!r}, 3)

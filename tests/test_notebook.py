@@ -1,4 +1,5 @@
 """The walkthrough notebook runs top to bottom on the shared smoke run (SMOKE=1, SMOKE_DIR)."""
+
 import os
 import subprocess
 import sys
@@ -16,8 +17,13 @@ def test_notebook_runs_in_smoke_mode(smoke_run, tmp_path):
     run = smoke_run["root"]
     trained = {p: p.stat().st_mtime_ns for p in (run / "classifier" / "metrics.json", run / "siamese" / "metrics.json")}
     env = {**os.environ, "SMOKE": "1", "SMOKE_DIR": str(run), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run([sys.executable, str(ROOT / "notebooks" / "run_notebook.py"), "--out", str(out)],
-                   check=True, env=env, timeout=900, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, str(ROOT / "notebooks" / "run_notebook.py"), "--out", str(out)],
+        check=True,
+        env=env,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert {p: p.stat().st_mtime_ns for p in trained} == trained  # read, not trained again
     assert (run / "reports" / "metrics.json").is_file()
     nb = nbformat.read(out, as_version=4)

@@ -8,6 +8,7 @@ destination. A reader sees the old file or the new one, never half of one; a cra
 an error leaves the old one and no temporary behind. :func:`replace_dir` does the same
 for a folder (the SavedModel).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -18,9 +19,11 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+
+from vsearch.errors import DataError
 
 Writer = Callable[[Path], None]
 
@@ -72,7 +75,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str | Writer, mode: int 
             payload = data.encode() if isinstance(data, str) else bytes(data)
             view = memoryview(payload)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -124,8 +127,6 @@ def replace_dir(out: str | os.PathLike, fill: Writer) -> Path:
 
 def read_json_object(path: str | os.PathLike, remedy: str) -> dict:
     """A JSON object written by vsearch; unreadable, not JSON or not an object: DataError."""
-    from vsearch.errors import DataError
-
     try:
         value = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
@@ -138,8 +139,9 @@ def read_json_object(path: str | os.PathLike, remedy: str) -> dict:
 def git_commit() -> str:
     """The checkout's short commit, or ``unknown``."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -159,8 +161,11 @@ def machine_description() -> str:
 
 def provenance() -> dict:
     """Commit, UTC date and machine: what every report and benchmark result records."""
-    return {"commit": git_commit(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_description()}
+    return {
+        "commit": git_commit(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_description(),
+    }
 
 
 def lock_path(path: str | os.PathLike) -> Path:
@@ -170,8 +175,9 @@ def lock_path(path: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def file_lock(path: str | os.PathLike, timeout: float = 600.0, log: Callable[[str], None] | None = None,
-              shared: bool = False):
+def file_lock(
+    path: str | os.PathLike, timeout: float = 600.0, log: Callable[[str], None] | None = None, shared: bool = False
+):
     """Holds an exclusive advisory lock (``flock``) on ``<path>.lock`` while the block runs.
 
     Writers that read, change and rewrite one file (``vsearch index add/remove``) take it,
@@ -186,8 +192,6 @@ def file_lock(path: str | os.PathLike, timeout: float = 600.0, log: Callable[[st
     """
     import fcntl
 
-    from vsearch.errors import DataError
-
     where = lock_path(path)
     where.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
@@ -199,8 +203,10 @@ def file_lock(path: str | os.PathLike, timeout: float = 600.0, log: Callable[[st
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise DataError(f"{path}: another writer still holds {where} after {timeout:g} s; "
-                                    "try again when it has finished") from None
+                    raise DataError(
+                        f"{path}: another writer still holds {where} after {timeout:g} s; "
+                        "try again when it has finished"
+                    ) from None
                 if log and not told:
                     log(f"waiting for another writer of {path} to finish ...")
                     told = True
@@ -208,3 +214,17 @@ def file_lock(path: str | os.PathLike, timeout: float = 600.0, log: Callable[[st
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+# The metadata of an exported model, read by every runtime and by the learning wing alike.
+METADATA_FILE = Path("assets.extra") / "vsearch.json"
+
+
+def read_metadata(model_dir: str | os.PathLike) -> dict:
+    """The ``assets.extra/vsearch.json`` of an exported model."""
+    path = Path(model_dir) / METADATA_FILE
+    if not (Path(model_dir) / "saved_model.pb").is_file():
+        raise DataError(f"{model_dir}: not a SavedModel (no saved_model.pb); run `vsearch siamese` first")
+    if not path.is_file():
+        raise DataError(f"{path}: missing; this SavedModel was not exported by vsearch")
+    return read_json_object(path, "export the model again")

@@ -14,18 +14,19 @@ a CPU and made up almost all of those layers' cost; one fused OpenCV affine warp
 same geometry for a small fraction of it. These views are computed once per training image
 and view.
 """
+
 from __future__ import annotations
 
 import io
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 # View v of catalog image i uses the generator seeded with (CUSTOMER_VIEW_SEED + v, i).
 CUSTOMER_VIEW_SEED = 1000
 # Bumped whenever a view function's output changes, so that cached features of old views
-# are never read as new ones (vsearch.features.extract_cached keys on it).
+# are never read as new ones (vsearch.learn.features.extract_cached keys on it).
 VIEWS_VERSION = 2
 
 ViewFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -42,8 +43,14 @@ def _warp(image: np.ndarray, matrix: np.ndarray, border: int, fill=(0.0, 0.0, 0.
     import cv2
 
     size = image.shape[0]
-    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=border,
-                          borderValue=tuple(float(v) for v in fill))
+    return cv2.warpAffine(
+        image,
+        matrix,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=border,
+        borderValue=tuple(float(v) for v in fill),
+    )
 
 
 def _channel_means(image: np.ndarray) -> np.ndarray:
@@ -122,7 +129,9 @@ def _jitter_colour(image: np.ndarray, rng: np.random.Generator, s: float) -> np.
     contrast = rng.uniform(1 - 0.3 * s, 1 + 0.3 * s)
     mean = _channel_means(image)
     out = _recolour(image, _colour_matrix(contrast, (1 - contrast) * mean + brightness))
-    return _recolour(out, _colour_matrix(1.0, 0.0, rng.uniform(-0.04 * s, 0.04 * s), rng.uniform(1 - 0.4 * s, 1 + 0.4 * s)))
+    return _recolour(
+        out, _colour_matrix(1.0, 0.0, rng.uniform(-0.04 * s, 0.04 * s), rng.uniform(1 - 0.4 * s, 1 + 0.4 * s))
+    )
 
 
 def customer_view(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
@@ -160,7 +169,7 @@ def customer_view(image: np.ndarray, rng: np.random.Generator, strength: float =
         top, left = (rng.uniform(0.0, 1.0, 2) * (size - inner)).astype(int)
         out = np.empty_like(out)
         out[...] = fill.astype(np.float32)
-        out[top:top + inner, left:left + inner] = small
+        out[top : top + inner, left : left + inner] = small
 
     out = _jitter_colour(out, rng, s)
     if rng.random() < 0.35 * s:
@@ -187,6 +196,7 @@ def view_batch(view: ViewFn, images: np.ndarray, seed: int, start: int = 0) -> n
 
 
 # --- Pillow customer photos for evaluation -------------------------------------------------
+
 
 def customer_photo(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A simulated customer photo of a catalog image, for evaluation queries.

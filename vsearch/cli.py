@@ -13,6 +13,7 @@
 
 Errors a user can fix (a bad path, a bad image, a bad override) print one line and exit 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,14 @@ class UsageError(VSearchError):
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="default", help="config preset: default or smoke")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set fine_tune_epochs=4 --set data.batch_size=64")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set fine_tune_epochs=4 --set data.batch_size=64",
+    )
     parser.add_argument("--data-dir", help="data root with train/ and validation/ (data.data_dir)")
     parser.add_argument("--config", help="a config.json written by an earlier run")
 
@@ -50,13 +57,12 @@ def _build_config(cls, args, extra: dict[str, str] | None = None):
 
 
 def cmd_data(args) -> int:
-    from vsearch.checks import checks_path
-    from vsearch.data import format_report, prepare
+    from vsearch.learn.photo_checks import checks_path
+    from vsearch.learn.prepare import format_report, prepare
 
     source = args.source or os.environ.get("VSEARCH_DATA_SOURCE") or None
     classes = tuple(c.strip() for c in (args.classes or "").split(",") if c.strip()) or None
-    result = prepare(source, args.dest, class_names=classes, url=args.url,
-                     checks=checks_path(args.feature_cache_dir))
+    result = prepare(source, args.dest, class_names=classes, url=args.url, checks=checks_path(args.feature_cache_dir))
     print(format_report(result))
     print(f"wrote {args.dest} (report: {args.dest}/report.json)")
     return 0
@@ -64,32 +70,44 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     from vsearch.config import ClassifierConfig
-    from vsearch.train import train_classifier
+    from vsearch.learn.classifier import train_classifier
 
-    config = _build_config(ClassifierConfig, args, {"backbone_weights": args.backbone_weights,
-                                                    "out_dir": args.out, "strategy": args.strategy})
+    config = _build_config(
+        ClassifierConfig,
+        args,
+        {"backbone_weights": args.backbone_weights, "out_dir": args.out, "strategy": args.strategy},
+    )
     train_classifier(config)
     return 0
 
 
 def cmd_siamese(args) -> int:
     from vsearch.config import SiameseConfig
-    from vsearch.siamese import train_siamese
+    from vsearch.learn.siamese import train_siamese
 
-    config = _build_config(SiameseConfig, args, {"out_dir": args.out, "classifier_dir": args.classifier,
-                                                 "strategy": args.strategy})
+    config = _build_config(
+        SiameseConfig, args, {"out_dir": args.out, "classifier_dir": args.classifier, "strategy": args.strategy}
+    )
     train_siamese(config)
     return 0
 
 
 def cmd_eval(args) -> int:
     from vsearch.config import EvalConfig
-    from vsearch.evaluate import run_eval
     from vsearch.images import load_image
+    from vsearch.learn.evaluate import run_eval
 
-    config = _build_config(EvalConfig, args, {"model_dir": args.model, "reports_dir": args.reports,
-                                              "seed": args.seed, "num_threads": args.threads,
-                                              "reference_dir": args.reference})
+    config = _build_config(
+        EvalConfig,
+        args,
+        {
+            "model_dir": args.model,
+            "reports_dir": args.reports,
+            "seed": args.seed,
+            "num_threads": args.threads,
+            "reference_dir": args.reference,
+        },
+    )
     if args.query:
         load_image(args.query, config.data.max_image_pixels)  # fail fast, before loading models
     run_eval(config, query=args.query)
@@ -97,11 +115,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from vsearch.tflite import check_quantization, export_tflite
+    from vsearch.learn.litert_export import check_quantization, export_tflite
 
     if args.format != "tflite":
-        raise UsageError(f"--format must be tflite (the SavedModel itself is written by `vsearch siamese`), "
-                         f"got {args.format!r}")
+        raise UsageError(
+            f"--format must be tflite (the SavedModel itself is written by `vsearch siamese`), got {args.format!r}"
+        )
     check_quantization(args.quantize)
     if args.calibration and args.quantize != "int8":
         raise UsageError(f"--calibration is only used by --quantize int8, not {args.quantize!r}")
@@ -125,8 +144,7 @@ def _log_err(message: str) -> None:
 
 
 def _embed_kwargs(args) -> dict:
-    kwargs = {"batch_size": getattr(args, "batch_size", 32), "workers": getattr(args, "workers", 4),
-              "progress": True}
+    kwargs = {"batch_size": getattr(args, "batch_size", 32), "workers": getattr(args, "workers", 4), "progress": True}
     for flag, value in (("--batch-size", kwargs["batch_size"]), ("--workers", kwargs["workers"])):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
@@ -146,14 +164,20 @@ def _describe(store) -> str:
 
 
 def cmd_index(args) -> int:
-    {"build": index_build, "add": index_add, "upsert": index_add, "remove": index_remove,
-     "info": index_info, "compact": index_compact}[args.action](args)
+    {
+        "build": index_build,
+        "add": index_add,
+        "upsert": index_add,
+        "remove": index_remove,
+        "info": index_info,
+        "compact": index_compact,
+    }[args.action](args)
     return 0
 
 
 def index_build(args) -> None:
     """``vsearch index build``: a new catalog from a manifest, a folder, or ``vsearch embed``'s shards."""
-    from vsearch.catalog import build_catalog
+    from vsearch.catalog.building import build_catalog
     from vsearch.stores import parse_spec
 
     embed_kwargs = _embed_kwargs(args)
@@ -165,8 +189,10 @@ def index_build(args) -> None:
     if args.from_embeddings:
         store, report = _catalog_from_embeddings(args)
     elif not args.catalog:
-        raise UsageError("give a manifest (.csv, .jsonl, .parquet) or a catalog folder, or --from-embeddings DIR "
-                         "(the output of `vsearch embed`)")
+        raise UsageError(
+            "give a manifest (.csv, .jsonl, .parquet) or a catalog folder, or --from-embeddings DIR "
+            "(the output of `vsearch embed`)"
+        )
     else:
         args.model = args.model or DEFAULT_MODEL
         store, report = build_catalog(_load_embedder(args), args.catalog, args.store, args.kind, **embed_kwargs)
@@ -178,13 +204,12 @@ def index_build(args) -> None:
 
 def index_add(args) -> None:
     """``vsearch index add`` (new products only) and ``vsearch index upsert`` (new or replaced)."""
-    from vsearch.catalog import add_products
+    from vsearch.catalog.building import add_products
 
     embed_kwargs = _embed_kwargs(args)
     embedder = _load_embedder(args)
     store = _open_store(args, embedder)
-    report = add_products(store, embedder, args.paths, args.category, replace=args.action == "upsert",
-                          **embed_kwargs)
+    report = add_products(store, embedder, args.paths, args.category, replace=args.action == "upsert", **embed_kwargs)
     print(report.format())
     print(f"wrote {_describe(store)}")
     _warn_stale_calibration(store)
@@ -213,7 +238,7 @@ def index_info(args) -> None:
     if store.schema:
         print("  attributes: " + ", ".join(f"{k} ({v})" for k, v in store.schema.items()))
     if store.calibration:
-        from vsearch.calibrate import format_calibration
+        from vsearch.catalog.calibration import format_calibration
 
         print("  " + format_calibration(store.calibration).replace("\n", "\n  "))
 
@@ -227,7 +252,7 @@ def index_compact(args) -> None:
         compact()
         print(f"compacted {_describe(store)}")
     if args.media:
-        from vsearch.products import collect_media
+        from vsearch.catalog.products import collect_media
 
         print(f"{len(collect_media(store, args.media))} unused media files removed from {args.media}")
 
@@ -235,8 +260,10 @@ def index_compact(args) -> None:
 def _warn_stale_calibration(store) -> None:
     """A calibration kept through an add or remove describes the catalog as it was."""
     if store.calibration:
-        _log_err(f"note: {store.spec} keeps the calibration fitted before this change; run `vsearch calibrate "
-                 f"--store {store.spec}` again after large changes")
+        _log_err(
+            f"note: {store.spec} keeps the calibration fitted before this change; run `vsearch calibrate "
+            f"--store {store.spec}` again after large changes"
+        )
 
 
 def _check_calibration_args(args) -> None:
@@ -253,10 +280,18 @@ def _check_calibration_args(args) -> None:
 def _calibrate(store, embedder, args) -> None:
     """Calibrates ``store``'s answers and keeps the calibration in it (``vsearch calibrate``,
     ``index build --calibrate``); writes to the store meanwhile are kept."""
-    from vsearch.calibrate import calibrate_catalog, format_calibration
+    from vsearch.catalog.calibration import calibrate_catalog, format_calibration
 
-    calibration = calibrate_catalog(store, embedder, args.target_precision, args.photos, args.seed,
-                                    getattr(args, "batch_size", 32), log=_log_err, wrong_none=args.wrong_none)
+    calibration = calibrate_catalog(
+        store,
+        embedder,
+        args.target_precision,
+        args.photos,
+        args.seed,
+        getattr(args, "batch_size", 32),
+        log=_log_err,
+        wrong_none=args.wrong_none,
+    )
     store.set_calibration(calibration)
     print(format_calibration(calibration))
 
@@ -272,27 +307,29 @@ def cmd_calibrate(args) -> int:
 
 def _catalog_from_embeddings(args):
     """``index build --from-embeddings DIR``: the shards of ``vsearch embed``, without re-embedding."""
-    from vsearch.catalog import catalog_from_vectors
+    from vsearch.catalog.building import catalog_from_vectors
 
     if args.catalog:
         raise UsageError("--from-embeddings takes the catalog from the embeddings; give no manifest or folder")
     pipeline = _pipeline()
     expected = pipeline.describe_model(args.model)["fingerprint"] if args.model else None
     done = pipeline.load_embeddings(args.from_embeddings, expected_fingerprint=expected)
-    store, report = catalog_from_vectors(done.photos, done.vectors, done.summary["fingerprint"],
-                                         done.summary["model"], args.store, args.kind)
+    store, report = catalog_from_vectors(
+        done.photos, done.vectors, done.summary["fingerprint"], done.summary["model"], args.store, args.kind
+    )
     report.skipped.update(done.dead_letters)
     return store, report
 
 
 def _pipeline():
-    """vsearch.pipeline, or how to install what it needs."""
+    """vsearch.catalog.pipeline, or how to install what it needs."""
     try:
-        from vsearch import pipeline
+        from vsearch.catalog import pipeline
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] in ("apache_beam", "pyarrow"):
-            raise UsageError(f"this command needs Apache Beam and pyarrow ({exc.name} is missing): "
-                             "pip install 'vsearch[beam]'") from None
+            raise UsageError(
+                f"this command needs Apache Beam and pyarrow ({exc.name} is missing): pip install 'vsearch[beam]'"
+            ) from None
         raise
     return pipeline
 
@@ -302,8 +339,7 @@ def cmd_embed(args) -> int:
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
     pipeline = _pipeline()
-    summary = pipeline.embed_catalog(args.manifest, args.model, args.out, args.batch_size, args.threads,
-                                     args.beam_args)
+    summary = pipeline.embed_catalog(args.manifest, args.model, args.out, args.batch_size, args.threads, args.beam_args)
     print(pipeline.format_summary(summary, args.out))
     return 0
 
@@ -325,15 +361,14 @@ def _check_output_file(path: str, flag: str) -> None:
 def cmd_search(args) -> int:
     import json
 
+    from vsearch.catalog.search import Searcher
     from vsearch.embedder import load_embedder
-    from vsearch.search import Searcher
 
     if args.k < 1:
         raise UsageError(f"-k must be >= 1, got {args.k}")
     prior = _category_prior(args)
     from vsearch.images import crop, load_image, parse_box
-
-    from vsearch.filters import parse_where
+    from vsearch.stores.filters import parse_where
 
     # fail fast, before loading the model
     box = parse_box(args.box, "--box") if args.box is not None else None
@@ -343,8 +378,7 @@ def cmd_search(args) -> int:
     store = _open_store(args)
     where = parse_where(args.where, store.schema)
     searcher = Searcher(load_embedder(args.model, num_threads=args.threads), store, category_prior=prior)
-    result = searcher.search(pixels, args.k, args.category, source=args.photo, box=box, where=where,
-                             rerank=args.rerank)
+    result = searcher.search(pixels, args.k, args.category, source=args.photo, box=box, where=where, rerank=args.rerank)
     if args.json:
         print(json.dumps({"query": args.photo, "box": list(box) if box else None, **result.to_dict()}, indent=2))
     else:
@@ -353,26 +387,38 @@ def cmd_search(args) -> int:
         if where:
             print(f"products where {where.describe()}")
         if result.match:
-            print({"exact": f"This is it ({result.match['confidence']:.2f})", "similar": "Similar items",
-                   "none": "Not in the catalog"}[result.match["verdict"]])
+            print(
+                {
+                    "exact": f"This is it ({result.match['confidence']:.2f})",
+                    "similar": "Similar items",
+                    "none": "Not in the catalog",
+                }[result.match["verdict"]]
+            )
         cat = result.category
         if cat["predicted"]:
-            print(f"category {cat['mode']}: {cat['predicted']}"
-                  + (f" (vote {cat['confidence']:.2f}, favoured)" if cat["confidence"] is not None else ""))
+            print(
+                f"category {cat['mode']}: {cat['predicted']}"
+                + (f" (vote {cat['confidence']:.2f}, favoured)" if cat["confidence"] is not None else "")
+            )
         for rank, m in enumerate(result.matches, 1):
             verified = "  verified" if m.get("inliers", 0) >= searcher.rerank_config.min_inliers else ""
             print(f"{rank:>3}. {m['score']:.3f}  {m.get('category') or '-':<12} {_product_line(m)}{verified}")
         if not result.matches:
             print("no product matches" + (f" {where.describe()}" if where else ""))
     if args.plot:
-        from vsearch import plots
-        from vsearch.search import thumbnails
+        from vsearch.catalog.search import thumbnails
+        from vsearch.learn import plots
 
         m = result.matches
         query = crop(pixels, box) if box else pixels  # the part that was searched
-        fig = plots.retrieval(query, None, thumbnails(m),
-                              [x["attributes"].get("title") or x.get("category", "") for x in m],
-                              [x["score"] for x in m], title=f"vsearch: {args.photo}")
+        fig = plots.retrieval(
+            query,
+            None,
+            thumbnails(m),
+            [x["attributes"].get("title") or x.get("category", "") for x in m],
+            [x["score"] for x in m],
+            title=f"vsearch: {args.photo}",
+        )
         os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
         fig.savefig(args.plot, dpi=80, bbox_inches="tight")
         print(f"wrote {args.plot}")
@@ -413,8 +459,8 @@ def _megabytes_arg(flag: str, value: float) -> int:
 def cmd_serve(args) -> int:
     import math
 
-    from vsearch.admin import admin_token
-    from vsearch.serve import run
+    from vsearch.web.admin import admin_token
+    from vsearch.web.server import run
 
     max_upload_bytes = _megabytes_arg("--max-upload-mb", args.max_upload_mb)
     decode_budget_bytes = _megabytes_arg("--decode-budget-mb", args.decode_budget_mb)
@@ -424,18 +470,28 @@ def cmd_serve(args) -> int:
         raise UsageError(f"--reload-interval must be a number of seconds >= 0, got {args.reload_interval}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    run(serving_model(args.model), args.store, host=args.host, port=args.port, max_upload_bytes=max_upload_bytes,
-        num_threads=args.threads, decode_budget_bytes=decode_budget_bytes, reload_interval_s=args.reload_interval,
-        admin_token=admin_token(args.admin_token_file), media_dir=args.media, rerank=args.rerank,
-        category_prior=_category_prior(args))
+    run(
+        serving_model(args.model),
+        args.store,
+        host=args.host,
+        port=args.port,
+        max_upload_bytes=max_upload_bytes,
+        num_threads=args.threads,
+        decode_budget_bytes=decode_budget_bytes,
+        reload_interval_s=args.reload_interval,
+        admin_token=admin_token(args.admin_token_file),
+        media_dir=args.media,
+        rerank=args.rerank,
+        category_prior=_category_prior(args),
+    )
     return 0
 
 
 def _category_prior(args) -> float:
-    """``--category-prior``, checked: a finite weight >= 0 (default ``vsearch.search.CATEGORY_PRIOR``)."""
+    """``--category-prior``, checked: a finite weight >= 0 (default ``vsearch.catalog.search.CATEGORY_PRIOR``)."""
     import math
 
-    from vsearch.search import CATEGORY_PRIOR
+    from vsearch.catalog.search import CATEGORY_PRIOR
 
     if args.category_prior is None:
         return CATEGORY_PRIOR
@@ -445,26 +501,38 @@ def _category_prior(args) -> float:
 
 
 def category_prior_arg(p) -> None:
-    p.add_argument("--category-prior", type=float, default=None, metavar="W",
-                   help="with --category auto: rank by cosine + W x the product's category's share of the vote of the "
-                        "10 nearest (default 0.02; larger favours the likely category more, experiments/served.py)")
+    p.add_argument(
+        "--category-prior",
+        type=float,
+        default=None,
+        metavar="W",
+        help="with --category auto: rank by cosine + W x the product's category's share of the vote of the "
+        "10 nearest (default 0.02; larger favours the likely category more, experiments/served.py)",
+    )
 
 
 def strategy_arg(q, batch: str) -> None:
     from vsearch.config import STRATEGIES
 
-    q.add_argument("--strategy", choices=STRATEGIES,
-                   help="tf.distribute strategy of fit: mirrored (every visible GPU, or the CPU devices), none "
-                        "(one device), auto (mirrored when more than one GPU is visible; the default); "
-                        f"{batch} is the global batch, split across the replicas")
+    q.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        help="tf.distribute strategy of fit: mirrored (every visible GPU, or the CPU devices), none "
+        "(one device), auto (mirrored when more than one GPU is visible; the default); "
+        f"{batch} is the global batch, split across the replicas",
+    )
 
 
 def store_arg(q) -> None:
     from vsearch.stores import DEFAULT_STORE
 
-    q.add_argument("--store", default=DEFAULT_STORE, metavar="SPEC",
-                   help=f"the catalog: faiss:FILE (a bare path too), milvus:FILE.db or milvus:http://HOST:19530 "
-                        f"(default {DEFAULT_STORE})")
+    q.add_argument(
+        "--store",
+        default=DEFAULT_STORE,
+        metavar="SPEC",
+        help=f"the catalog: faiss:FILE (a bare path too), milvus:FILE.db or milvus:http://HOST:19530 "
+        f"(default {DEFAULT_STORE})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -475,71 +543,103 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vsearch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("data", help="download or copy and validate the catalog photos",
-                       description="Curate the catalog's photos into DEST/{train,validation}/<category>/, "
-                                   "listing bad files: a shop's own folder (--source) with its own categories, "
-                                   "or the clothing download's seven.")
-    p.add_argument("--source", help="local copy laid out as train/<class>/ and validation/<class>/ "
-                                    "(default: $VSEARCH_DATA_SOURCE, else download)")
+    p = sub.add_parser(
+        "data",
+        help="download or copy and validate the catalog photos",
+        description="Curate the catalog's photos into DEST/{train,validation}/<category>/, "
+        "listing bad files: a shop's own folder (--source) with its own categories, "
+        "or the clothing download's seven.",
+    )
+    p.add_argument(
+        "--source",
+        help="local copy laid out as train/<class>/ and validation/<class>/ "
+        "(default: $VSEARCH_DATA_SOURCE, else download)",
+    )
     p.add_argument("--dest", default=DATA_DIR, help=f"output folder (default {DATA_DIR})")
-    p.add_argument("--classes", default=None,
-                   help="comma-separated category folders to keep (default: every folder of --source's train/; "
-                        f"for the download, {','.join(CLASS_NAMES)})")
-    p.add_argument("--feature-cache-dir", default=DataConfig().feature_cache_dir,
-                   help="where the image checks are remembered for the stages, as their "
-                        "data.feature_cache_dir (default %(default)s; empty: nowhere)")
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated category folders to keep (default: every folder of --source's train/; "
+        f"for the download, {','.join(CLASS_NAMES)})",
+    )
+    p.add_argument(
+        "--feature-cache-dir",
+        default=DataConfig().feature_cache_dir,
+        help="where the image checks are remembered for the stages, as their "
+        "data.feature_cache_dir (default %(default)s; empty: nowhere)",
+    )
     p.add_argument("--url", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("train", help="stage 1: fine-tune the MobileNetV2 classifier",
-                       description="Fine-tune MobileNetV2 on the catalog categories; writes "
-                                   "saved_models/classifier/.")
+    p = sub.add_parser(
+        "train",
+        help="stage 1: fine-tune the MobileNetV2 classifier",
+        description="Fine-tune MobileNetV2 on the catalog categories; writes saved_models/classifier/.",
+    )
     _config_args(p)
     p.add_argument("--backbone-weights", help="imagenet | none | PATH to a weights file")
     p.add_argument("--out", help="artifact folder (out_dir)")
     strategy_arg(p, "data.batch_size")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("siamese", help="stage 2: triplet training and SavedModel export",
-                       description="Train the embedding tower with triplets from the trained classifier's "
-                                   "backbone; export saved_models/embedding/ (TensorFlow SavedModel).")
+    p = sub.add_parser(
+        "siamese",
+        help="stage 2: triplet training and SavedModel export",
+        description="Train the embedding tower with triplets from the trained classifier's "
+        "backbone; export saved_models/embedding/ (TensorFlow SavedModel).",
+    )
     _config_args(p)
     p.add_argument("--classifier", help="trained classifier folder (classifier_dir)")
     p.add_argument("--out", help="SavedModel output folder (out_dir)")
     strategy_arg(p, "batch_size (triplets)")
     p.set_defaults(func=cmd_siamese)
 
-    p = sub.add_parser("eval", help="stage 3: retrieval metrics and pictures",
-                       description="Embed the catalog (train split) and the validation queries with the "
-                                   "exported model; compare with the baselines; write reports/.")
+    p = sub.add_parser(
+        "eval",
+        help="stage 3: retrieval metrics and pictures",
+        description="Embed the catalog (train split) and the validation queries with the "
+        "exported model; compare with the baselines; write reports/.",
+    )
     _config_args(p)
     p.add_argument("--model", help="exported SavedModel folder (model_dir)")
     p.add_argument("--reports", help="output folder (reports_dir)")
     p.add_argument("--seed", help="seed for the random query and the customer photos")
     p.add_argument("--query", help="any photo to search with in retrieval.png instead of a random one")
     p.add_argument("--threads", type=int, help="a .tflite --model: decoding and inference threads (num_threads)")
-    p.add_argument("--reference", help="a .tflite --model: the SavedModel to measure parity against "
-                                       "(default: the one it was converted from)")
+    p.add_argument(
+        "--reference",
+        help="a .tflite --model: the SavedModel to measure parity against (default: the one it was converted from)",
+    )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("export", help="convert the exported model to TFLite for fast CPU inference",
-                       description="Convert the SavedModel's embed_pixels signature to a TFLite (LiteRT) "
-                                   "flatbuffer plus a metadata sidecar FILE.json; int8 is calibrated on "
-                                   "catalog photos and keeps float32 input and output.")
+    p = sub.add_parser(
+        "export",
+        help="convert the exported model to TFLite for fast CPU inference",
+        description="Convert the SavedModel's embed_pixels signature to a TFLite (LiteRT) "
+        "flatbuffer plus a metadata sidecar FILE.json; int8 is calibrated on "
+        "catalog photos and keeps float32 input and output.",
+    )
     p.add_argument("--format", default="tflite", help="output format: tflite (default)")
     p.add_argument("--quantize", default="none", help="none (float32, default) | dynamic | int8")
-    p.add_argument("--model", default="saved_models/embedding",
-                   help="exported SavedModel folder (default saved_models/embedding)")
+    p.add_argument(
+        "--model", default="saved_models/embedding", help="exported SavedModel folder (default saved_models/embedding)"
+    )
     p.add_argument("--out", help="output file (default: next to the model, embedding[-QUANTIZE].tflite)")
-    p.add_argument("--calibration", help="int8: folder of catalog photos to calibrate on, searched "
-                                         "recursively (default data/photos/train)")
-    p.add_argument("--calibration-images", type=int, default=300,
-                   help="int8: how many of them, a seeded sample (default 300)")
+    p.add_argument(
+        "--calibration",
+        help="int8: folder of catalog photos to calibrate on, searched recursively (default data/photos/train)",
+    )
+    p.add_argument(
+        "--calibration-images", type=int, default=300, help="int8: how many of them, a seeded sample (default 300)"
+    )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("index", help="build or change the catalog (products, photos, attributes)",
-                       description="The catalog store: the FAISS file (default, a snapshot plus an append-only "
-                                   "log) or Milvus. It refuses a model other than the one that built it.")
+    p = sub.add_parser(
+        "index",
+        help="build or change the catalog (products, photos, attributes)",
+        description="The catalog store: the FAISS file (default, a snapshot plus an append-only "
+        "log) or Milvus. It refuses a model other than the one that built it.",
+    )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def model_args(q):
@@ -549,35 +649,60 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--workers", type=int, default=4, help="decoding threads")
 
     def calibration_args(q):
-        from vsearch.calibrate import DEFAULT_PHOTOS, DEFAULT_SEED, DEFAULT_TARGET, DEFAULT_WRONG_NONE
+        from vsearch.catalog.calibration import DEFAULT_PHOTOS, DEFAULT_SEED, DEFAULT_TARGET, DEFAULT_WRONG_NONE
 
-        q.add_argument("--target-precision", type=float, default=DEFAULT_TARGET,
-                       help="precision of 'exact' answers (default %(default)s)")
-        q.add_argument("--wrong-none", type=float, default=DEFAULT_WRONG_NONE,
-                       help="the most in-catalog photos 'none' (not in the catalog) may be said to "
-                            "(default %(default)s)")
-        q.add_argument("--photos", type=int, default=DEFAULT_PHOTOS,
-                       help="simulated customer photos per seed; three seeds: fit, thresholds, check "
-                            "(default %(default)s)")
-        q.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                       help="first of the three seeds of the customer photos (default %(default)s)")
+        q.add_argument(
+            "--target-precision",
+            type=float,
+            default=DEFAULT_TARGET,
+            help="precision of 'exact' answers (default %(default)s)",
+        )
+        q.add_argument(
+            "--wrong-none",
+            type=float,
+            default=DEFAULT_WRONG_NONE,
+            help="the most in-catalog photos 'none' (not in the catalog) may be said to (default %(default)s)",
+        )
+        q.add_argument(
+            "--photos",
+            type=int,
+            default=DEFAULT_PHOTOS,
+            help="simulated customer photos per seed; three seeds: fit, thresholds, check (default %(default)s)",
+        )
+        q.add_argument(
+            "--seed",
+            type=int,
+            default=DEFAULT_SEED,
+            help="first of the three seeds of the customer photos (default %(default)s)",
+        )
 
     q = actions.add_parser("build", help="embed a manifest or a folder of photos into a new catalog")
-    q.add_argument("catalog", nargs="?", help="manifest (.csv, .jsonl, .parquet: product_id, image, category, "
-                                              "attributes) or a folder with one sub-folder per category")
-    q.add_argument("--from-embeddings", metavar="DIR",
-                   help="instead: the output of `vsearch embed` (no re-embedding; with --model, a different "
-                        "model is refused)")
+    q.add_argument(
+        "catalog",
+        nargs="?",
+        help="manifest (.csv, .jsonl, .parquet: product_id, image, category, "
+        "attributes) or a folder with one sub-folder per category",
+    )
+    q.add_argument(
+        "--from-embeddings",
+        metavar="DIR",
+        help="instead: the output of `vsearch embed` (no re-embedding; with --model, a different model is refused)",
+    )
     store_arg(q)
-    q.add_argument("--kind", default="auto", choices=("auto", "exact", "hnsw"),
-                   help="faiss: exact search, HNSW, or auto (HNSW above 20,000 photos)")
+    q.add_argument(
+        "--kind",
+        default="auto",
+        choices=("auto", "exact", "hnsw"),
+        help="faiss: exact search, HNSW, or auto (HNSW above 20,000 photos)",
+    )
     model_args(q)
     q.set_defaults(model=None)  # --from-embeddings checks the model only when one is given
-    q.add_argument("--calibrate", action="store_true",
-                   help="also calibrate the answers (as `vsearch calibrate` does)")
+    q.add_argument("--calibrate", action="store_true", help="also calibrate the answers (as `vsearch calibrate` does)")
     calibration_args(q)
-    for action, what in (("add", "add new products (a product already there is refused)"),
-                         ("upsert", "add products, or replace a product's photos and attributes")):
+    for action, what in (
+        ("add", "add new products (a product already there is refused)"),
+        ("upsert", "add products, or replace a product's photos and attributes"),
+    ):
         q = actions.add_parser(action, help=f"{what}, without re-embedding the rest")
         q.add_argument("paths", nargs="+", help="manifests, image files or <category>/<photo> folders")
         q.add_argument("--category", help="category of photos given as files or folders (default: their folder)")
@@ -593,11 +718,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--media", help="also remove uploaded photos (under this --media folder) no product uses")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("calibrate", help="learn what a search answer means: exact item, similar, not in the catalog",
-                       description="Search simulated customer photos of the catalog's own items, with their item "
-                                   "in the index and left out; fit calibrated probabilities (Platt or isotonic, per "
-                                   "category) and the thresholds for the target precision; store them in the index, "
-                                   "so every search result carries match: {verdict, confidence}.")
+    p = sub.add_parser(
+        "calibrate",
+        help="learn what a search answer means: exact item, similar, not in the catalog",
+        description="Search simulated customer photos of the catalog's own items, with their item "
+        "in the index and left out; fit calibrated probabilities (Platt or isotonic, per "
+        "category) and the thresholds for the target precision; store them in the index, "
+        "so every search result carries match: {verdict, confidence}.",
+    )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
     store_arg(p)
     p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
@@ -605,69 +733,119 @@ def build_parser() -> argparse.ArgumentParser:
     calibration_args(p)
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("embed", help="embed a catalog on Apache Beam into Parquet shards (pip install 'vsearch[beam]')",
-                       description="Read a manifest (CSV, JSON Lines or Parquet: product_id, image, category, "
-                                   "attributes) or a <category>/<photo> folder, embed every photo with "
-                                   "RunInference, and write Parquet shards, dead_letters.jsonl and embeddings.json "
-                                   "to --out. Everything after -- goes to Beam's PipelineOptions, e.g. "
-                                   "-- --runner DirectRunner --direct_num_workers 2 --direct_running_mode "
-                                   "multi_processing.")
+    p = sub.add_parser(
+        "embed",
+        help="embed a catalog on Apache Beam into Parquet shards (pip install 'vsearch[beam]')",
+        description="Read a manifest (CSV, JSON Lines or Parquet: product_id, image, category, "
+        "attributes) or a <category>/<photo> folder, embed every photo with "
+        "RunInference, and write Parquet shards, dead_letters.jsonl and embeddings.json "
+        "to --out. Everything after -- goes to Beam's PipelineOptions, e.g. "
+        "-- --runner DirectRunner --direct_num_workers 2 --direct_running_mode "
+        "multi_processing.",
+    )
     p.add_argument("manifest", help="manifest file (.csv, .jsonl, .parquet) or catalog folder")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"SavedModel folder or .tflite, a local path on every worker (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"SavedModel folder or .tflite, a local path on every worker (default {DEFAULT_MODEL})",
+    )
     p.add_argument("--out", required=True, help="output folder (local, or gs://... with Beam's GCP extra)")
     p.add_argument("--batch-size", type=int, default=32, help="photos per model call (default 32)")
     p.add_argument("--threads", type=int, default=None, help="inference threads per worker")
     p.set_defaults(func=cmd_embed, beam_args=[])
 
-    p = sub.add_parser("search", help="find the catalog's products in a photo",
-                       description="Embed a photo and print the top-k products (each once, by its best photo).")
+    p = sub.add_parser(
+        "search",
+        help="find the catalog's products in a photo",
+        description="Embed a photo and print the top-k products (each once, by its best photo).",
+    )
     p.add_argument("photo")
     p.add_argument("-k", type=int, default=5, help="number of matches (default 5)")
-    p.add_argument("--category", default="auto",
-                   help="auto (default: cosine plus a soft prior for the category the nearest products vote for) "
-                        "| any (cosine only) | a category name")
+    p.add_argument(
+        "--category",
+        default="auto",
+        help="auto (default: cosine plus a soft prior for the category the nearest products vote for) "
+        "| any (cosine only) | a category name",
+    )
     category_prior_arg(p)
-    p.add_argument("--box", metavar="X0,Y0,X1,Y1",
-                   help="search only this part of the photo: fractions 0..1 of the upright photo's width and "
-                        "height, e.g. 0.5,0.6,1,1 for the lower right")
-    p.add_argument("--where", action="append", default=[], metavar="FILTER",
-                   help="attribute filter, repeatable (ANDed): 'price<=50', 'brand in (acme,zeta)', "
-                        "'in_stock=true', 'colour!=red'")
+    p.add_argument(
+        "--box",
+        metavar="X0,Y0,X1,Y1",
+        help="search only this part of the photo: fractions 0..1 of the upright photo's width and "
+        "height, e.g. 0.5,0.6,1,1 for the lower right",
+    )
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="attribute filter, repeatable (ANDed): 'price<=50', 'brand in (acme,zeta)', "
+        "'in_stock=true', 'colour!=red'",
+    )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
     store_arg(p)
     p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
-    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=True,
-                   help="verify the first 10 products with local features (ORB + RANSAC) and move the first that "
-                        "shows the same surface as the photo to the top: the exact item first more often, for a "
-                        "few ms per search (default: on; --no-rerank: the embedding's order, docs/serving.md)")
+    p.add_argument(
+        "--rerank",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="verify the first 10 products with local features (ORB + RANSAC) and move the first that "
+        "shows the same surface as the photo to the top: the exact item first more often, for a "
+        "few ms per search (default: on; --no-rerank: the embedding's order, docs/serving.md)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--plot", help="also save the query and its matches as a PNG")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("serve", help="the upload web page and JSON API",
-                       description="Serve the upload page at / and the JSON API (/api/search, /api/products/ID "
-                                   "(PUT and DELETE with the admin token), /api/items/ID, /healthz, /metrics; docs "
-                                   "at /docs) with uvicorn.")
-    p.add_argument("--model", default=None,
-                   help=f"SavedModel folder or .tflite (default {DEFAULT_TFLITE} when it exists, else {DEFAULT_MODEL})")
+    p = sub.add_parser(
+        "serve",
+        help="the upload web page and JSON API",
+        description="Serve the upload page at / and the JSON API (/api/search, /api/products/ID "
+        "(PUT and DELETE with the admin token), /api/items/ID, /healthz, /metrics; docs "
+        "at /docs) with uvicorn.",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"SavedModel folder or .tflite (default {DEFAULT_TFLITE} when it exists, else {DEFAULT_MODEL})",
+    )
     store_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, default=10, help="largest accepted photo in MB (default 10)")
-    p.add_argument("--decode-budget-mb", type=float, default=1024,
-                   help="memory for decoding photos at once, across requests, in MB; a photo that does not "
-                        "fit waits briefly, then gets 503 (default 1024)")
-    p.add_argument("--reload-interval", type=float, default=2.0, metavar="SECONDS",
-                   help="how often to take in other writers' changes to the catalog (default 2; 0: never)")
-    p.add_argument("--admin-token-file", metavar="FILE",
-                   help="file holding the token that PUT/DELETE /api/products need (Authorization: Bearer); "
-                        "default: $VSEARCH_ADMIN_TOKEN; without either, catalog writes are disabled")
-    p.add_argument("--media", default=DEFAULT_MEDIA, metavar="DIR",
-                   help=f"where photos uploaded through the API are kept (default {DEFAULT_MEDIA})")
-    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=True,
-                   help="whether searches re-rank their short list when a request does not say (rerank field; "
-                        "default: on; see search --rerank)")
+    p.add_argument(
+        "--decode-budget-mb",
+        type=float,
+        default=1024,
+        help="memory for decoding photos at once, across requests, in MB; a photo that does not "
+        "fit waits briefly, then gets 503 (default 1024)",
+    )
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often to take in other writers' changes to the catalog (default 2; 0: never)",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="file holding the token that PUT/DELETE /api/products need (Authorization: Bearer); "
+        "default: $VSEARCH_ADMIN_TOKEN; without either, catalog writes are disabled",
+    )
+    p.add_argument(
+        "--media",
+        default=DEFAULT_MEDIA,
+        metavar="DIR",
+        help=f"where photos uploaded through the API are kept (default {DEFAULT_MEDIA})",
+    )
+    p.add_argument(
+        "--rerank",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="whether searches re-rank their short list when a request does not say (rerank field; "
+        "default: on; see search --rerank)",
+    )
     category_prior_arg(p)
     p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
     p.set_defaults(func=cmd_serve)
@@ -681,12 +859,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     beam_args: list[str] = []
     if argv[:1] == ["embed"] and "--" in argv:  # the rest is Beam's, untouched by argparse
-        argv, beam_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+        argv, beam_args = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     args = parser.parse_args(argv)
     if beam_args:
         args.beam_args = beam_args
     if getattr(args, "url", "") is None:
-        from vsearch.data import UPSTREAM_URL
+        from vsearch.learn.prepare import UPSTREAM_URL
 
         args.url = UPSTREAM_URL
     try:

@@ -10,26 +10,28 @@ Command line::
 Overrides are ``key=value`` with dotted keys for nested configs; values are parsed
 with the field's declared type and unknown keys are errors.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from vsearch.artifacts import write_json
 from vsearch.errors import ConfigError
 
 CLASS_NAMES = ("dress", "hat", "longsleeve", "pants", "shoes", "shorts", "t-shirt")
 
-# What may run the frozen backbone for the feature caches (see vsearch.features.resolve_runtime).
+# What may run the frozen backbone for the feature caches (see vsearch.learn.features.resolve_runtime).
 FEATURE_RUNTIMES = ("auto", "keras", "tflite")
 # The classifier's augmented views (ClassifierConfig.augmentation).
 AUGMENTATIONS = ("mild", "customer")
-# What the training stages' fit runs under (vsearch.training.distribution_strategy): auto is
+# What the training stages' fit runs under (vsearch.learn.fitting.distribution_strategy): auto is
 # mirrored when more than one GPU is visible, else none (TensorFlow's default strategy).
 STRATEGIES = ("auto", "none", "mirrored")
 
@@ -37,6 +39,7 @@ STRATEGIES = ("auto", "none", "mirrored")
 # Where `vsearch data` leaves the curated photos (train/ and validation/, a folder per
 # category) and where training reads them: a shop's own photos as much as the clothing demo's.
 DATA_DIR = "data/photos"
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -54,7 +57,7 @@ class DataConfig:
         feature_runtime: What runs the frozen backbone to make those features: ``keras``,
             ``tflite`` (LiteRT + XNNPACK, faster on a CPU, same numbers) or ``auto``
             (``tflite`` unless TensorFlow sees a GPU or the images are too few to pay for the
-            conversion: ``vsearch.features.resolve_runtime``).
+            conversion: ``vsearch.learn.features.resolve_runtime``).
     """
 
     data_dir: str = DATA_DIR
@@ -70,8 +73,10 @@ class DataConfig:
         _check(self.image_size >= 32, "data.image_size must be >= 32 (MobileNetV2's minimum)")
         _check(self.batch_size >= 1, "data.batch_size must be >= 1")
         _check(self.max_image_pixels > 0, "data.max_image_pixels must be > 0")
-        _check(self.feature_runtime in FEATURE_RUNTIMES,
-               f"data.feature_runtime must be one of {', '.join(FEATURE_RUNTIMES)}")
+        _check(
+            self.feature_runtime in FEATURE_RUNTIMES,
+            f"data.feature_runtime must be one of {', '.join(FEATURE_RUNTIMES)}",
+        )
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class ClassifierConfig:
     its output, so both phases (head only, then the top blocks) cost only the top part.
 
     ``strategy`` (``auto``, ``none``, ``mirrored``) is the ``tf.distribute`` strategy the
-    trained parts are built and fit under (:func:`vsearch.training.distribution_strategy`);
+    trained parts are built and fit under (:func:`vsearch.learn.fitting.distribution_strategy`);
     ``data.batch_size`` is the global batch, split across its replicas.
 
     ``vsearch train --preset default``
@@ -228,25 +233,42 @@ PRESETS: dict[type, dict[str, Any]] = {
     ClassifierConfig: {
         "default": lambda: ClassifierConfig(),
         "smoke": lambda: ClassifierConfig(
-            data=_smoke_data(), backbone_weights="none", alpha=0.35, augment_views=1,
-            head_epochs=1, fine_tune_epochs=1, patience=1, out_dir="saved_models/smoke/classifier",
+            data=_smoke_data(),
+            backbone_weights="none",
+            alpha=0.35,
+            augment_views=1,
+            head_epochs=1,
+            fine_tune_epochs=1,
+            patience=1,
+            out_dir="saved_models/smoke/classifier",
         ),
     },
     SiameseConfig: {
         "default": lambda: SiameseConfig(),
         "smoke": lambda: SiameseConfig(
-            data=_smoke_data(), classifier_dir="saved_models/smoke/classifier",
-            out_dir="saved_models/smoke/embedding", work_dir="saved_models/smoke/siamese",
-            embedding_dim=8, class_dim=4, instance_init="classifier", views_per_image=2,
-            triplets_per_epoch=16, epochs=1, batch_size=8,
+            data=_smoke_data(),
+            classifier_dir="saved_models/smoke/classifier",
+            out_dir="saved_models/smoke/embedding",
+            work_dir="saved_models/smoke/siamese",
+            embedding_dim=8,
+            class_dim=4,
+            instance_init="classifier",
+            views_per_image=2,
+            triplets_per_epoch=16,
+            epochs=1,
+            batch_size=8,
         ),
     },
     EvalConfig: {
         "default": lambda: EvalConfig(),
         "smoke": lambda: EvalConfig(
-            data=_smoke_data(), model_dir="saved_models/smoke/embedding",
-            classifier_dir="saved_models/smoke/classifier", reports_dir="reports/smoke",
-            top_k=3, grid_queries=2, baseline_weights="none",
+            data=_smoke_data(),
+            model_dir="saved_models/smoke/embedding",
+            classifier_dir="saved_models/smoke/classifier",
+            reports_dir="reports/smoke",
+            top_k=3,
+            grid_queries=2,
+            baseline_weights="none",
         ),
     },
 }
@@ -299,8 +321,7 @@ def apply_overrides(config, overrides: Mapping[str, Any]):
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         if head not in names:
-            raise ConfigError(
-                f"unknown config key {key!r} for {type(config).__name__}; known: {sorted(names)}")
+            raise ConfigError(f"unknown config key {key!r} for {type(config).__name__}; known: {sorted(names)}")
         if rest:
             if not dataclasses.is_dataclass(getattr(config, head)):
                 raise ConfigError(f"{head!r} has no sub-keys (got {key!r})")

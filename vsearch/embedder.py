@@ -13,20 +13,24 @@ model), :class:`KerasEmbedder` (any in-memory Keras model: the baselines) and
 :class:`vsearch.litert.TFLiteEmbedder` (the LiteRT conversion, no TensorFlow).
 :func:`load_embedder` picks one for a path.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
-from vsearch.errors import DataError, ImageError
+from vsearch.artifacts import read_metadata
+from vsearch.errors import ConfigError, DataError, ImageError
 from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, model_input
+from vsearch.vectors import check_batch, unit_rows
 
 PROGRESS_EVERY_S = 10.0  # without a terminal, a plain progress line this often
 
@@ -43,31 +47,22 @@ class Embedder(Protocol):
         """(N, S, S, 3) float32 RGB 0..255 -> (N, dim) float32."""
 
 
-def check_batch(pixels, size: int) -> np.ndarray:
-    """A non-empty (N, size, size, 3) batch of finite values as float32, else ImageError."""
-    pixels = np.asarray(pixels, dtype=np.float32)
-    if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
-        raise ImageError("<pixels>", f"expected a batch of shape (N, {size}, {size}, 3), got {pixels.shape}")
-    if len(pixels) == 0:
-        raise ImageError("<pixels>", "empty batch: no image to embed")
-    if not np.all(np.isfinite(pixels)):
-        raise ImageError("<pixels>", "pixels contain NaN or infinity")
-    return pixels
-
-
-def unit_rows(vectors) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+def require_tensorflow(what: str):
+    """TensorFlow, or a ConfigError that says which extra brings it (serving a .tflite needs none)."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ConfigError(
+            f"{what} needs TensorFlow: pip install 'vsearch[train]' (or serve the .tflite export, which does not)"
+        ) from None
+    return tf
 
 
 class SavedModelEmbedder:
     """The exported SavedModel, loaded with plain ``tf.saved_model.load``."""
 
     def __init__(self, model_dir: str | os.PathLike):
-        import tensorflow as tf
-
-        from vsearch.export import read_metadata
+        tf = require_tensorflow("a SavedModel")
 
         self.model_dir = Path(model_dir)
         self.metadata = read_metadata(model_dir)
@@ -106,8 +101,11 @@ def graph_error(message: str) -> str:
     ours = re.search(r"image_bytes: ([^\]]+)\]", message)
     if ours:
         return ours.group(1)
-    lines = [line.strip() for line in message.splitlines()
-             if line.strip() and not line.startswith((" ", "\t")) and not line.startswith(("Graph execution", "Detected at"))]
+    lines = [
+        line.strip()
+        for line in message.splitlines()
+        if line.strip() and not line.startswith((" ", "\t")) and not line.startswith(("Graph execution", "Detected at"))
+    ]
     return lines[-1][:300] if lines else message.strip()[:300]
 
 
@@ -148,17 +146,19 @@ def load_embedder(path: str | os.PathLike, num_threads: int | None = None):
 
         return TFLiteEmbedder(p, num_threads=num_threads)
     what = "no such file or folder" if not p.exists() else "not a SavedModel folder or a .tflite file"
-    raise DataError(f"{p}: {what}; expected an exported SavedModel folder (`vsearch siamese`) "
-                    "or a .tflite file (`vsearch export --format tflite`)")
+    raise DataError(
+        f"{p}: {what}; expected an exported SavedModel folder (`vsearch siamese`) "
+        "or a .tflite file (`vsearch export --format tflite`)"
+    )
 
 
 @dataclass
 class Embedded:
     """What :func:`embed_images` made: vectors of the usable images, and why the others failed."""
 
-    vectors: np.ndarray                                 # (len(good), dim) float32
-    good: list[int] = field(default_factory=list)       # indices into the input of the rows of `vectors`
-    bad: dict[str, str] = field(default_factory=dict)   # source (path or <image i>) -> reason
+    vectors: np.ndarray  # (len(good), dim) float32
+    good: list[int] = field(default_factory=list)  # indices into the input of the rows of `vectors`
+    bad: dict[str, str] = field(default_factory=dict)  # source (path or <image i>) -> reason
 
 
 def _source(image, index: int) -> str:
@@ -192,9 +192,17 @@ class _Progress:
             self._bar.close()
 
 
-def embed_images(embedder: Embedder, images: Sequence, batch_size: int = 32, workers: int = 4,
-                 upright: bool = True, draft: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_BYTES, progress: bool | str = False) -> Embedded:
+def embed_images(
+    embedder: Embedder,
+    images: Sequence,
+    batch_size: int = 32,
+    workers: int = 4,
+    upright: bool = True,
+    draft: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    progress: bool | str = False,
+) -> Embedded:
     """Embeds photos through the road; an unusable photo is reported, never fatal.
 
     Args:
@@ -219,8 +227,9 @@ def embed_images(embedder: Embedder, images: Sequence, batch_size: int = 32, wor
     def load(index: int, out: np.ndarray) -> str | None:
         """Fills ``out`` with image ``index``'s model input; returns why it failed, or None."""
         try:
-            model_input(images[index], size, _source(images[index], index), upright, draft, max_pixels,
-                        max_bytes, out=out)
+            model_input(
+                images[index], size, _source(images[index], index), upright, draft, max_pixels, max_bytes, out=out
+            )
             return None
         except ImageError as exc:
             return exc.reason
@@ -258,8 +267,14 @@ def embed_images(embedder: Embedder, images: Sequence, batch_size: int = 32, wor
     return Embedded(out, good, bad)
 
 
-def embed_one(embedder: Embedder, image, source: str | None = None, upright: bool = True,
-              max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
+def embed_one(
+    embedder: Embedder,
+    image,
+    source: str | None = None,
+    upright: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> np.ndarray:
     """One photo (bytes, path or pixels) -> its vector, through the road, without a thread hop.
 
     Raises:

@@ -20,6 +20,7 @@ and its decoded cost without decoding it, for memory budgets.
 The in-graph twins (:func:`tf_decode_rgb`, :func:`tf_decode_and_resize`) are the
 SavedModel's contract and the training input; they decode the same way, EXIF aside.
 """
+
 from __future__ import annotations
 
 import io
@@ -164,8 +165,13 @@ def _to_rgb(img, source: str) -> np.ndarray:
     return arr
 
 
-def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 upright: bool = True, draft_size: int | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes,
+    source: str = "<bytes>",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    upright: bool = True,
+    draft_size: int | None = None,
+) -> np.ndarray:
     """Decodes encoded image bytes to an RGB ``uint8`` array of shape (H, W, 3).
 
     Args:
@@ -202,8 +208,9 @@ def decode_image(data: bytes, source: str = "<bytes>", max_pixels: int = DEFAULT
         raise _image_error(source, exc) from None
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
+def load_image(
+    path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> np.ndarray:
     """Reads and decodes an image file to upright RGB uint8 (see :func:`decode_image`)."""
     return decode_image(read_bytes(path, max_bytes), os.fsdecode(path), max_pixels)
 
@@ -227,8 +234,11 @@ def check_pixels(image, source: str = "<pixels>") -> np.ndarray:
         raise ImageError(source, "pixels contain NaN or infinity")
     low, high = pixels.min(), pixels.max()
     if np.issubdtype(pixels.dtype, np.floating) and high <= 1.0:
-        raise ImageError(source, f"{pixels.dtype} pixels in {low:g}..{high:g} look like 0..1 floats; the model "
-                         "takes RGB in 0..255 (multiply by 255, or pass uint8)")
+        raise ImageError(
+            source,
+            f"{pixels.dtype} pixels in {low:g}..{high:g} look like 0..1 floats; the model "
+            "takes RGB in 0..255 (multiply by 255, or pass uint8)",
+        )
     if not (0 <= low and high <= 255):
         raise ImageError(source, f"expected RGB pixels in 0..255, got {pixels.dtype} in {low}..{high}")
     return np.round(pixels).astype(np.uint8)
@@ -254,8 +264,11 @@ def parse_box(box, source: str = "box") -> Box:
         raise ImageError(source, f"expected x0,y0,x1,y1 as four finite numbers, got {box!r}")
     x0, y0, x1, y1 = values
     if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-        raise ImageError(source, f"{box!r} is not a box inside the photo: need 0 <= x0 < x1 <= 1 and "
-                         "0 <= y0 < y1 <= 1 (fractions of the width and height)")
+        raise ImageError(
+            source,
+            f"{box!r} is not a box inside the photo: need 0 <= x0 < x1 <= 1 and "
+            "0 <= y0 < y1 <= 1 (fractions of the width and height)",
+        )
     return values
 
 
@@ -264,12 +277,18 @@ def crop(pixels: np.ndarray, box: Box) -> np.ndarray:
     height, width = pixels.shape[:2]
     x0, x1 = int(box[0] * width), max(int(round(box[2] * width)), int(box[0] * width) + 1)
     y0, y1 = int(box[1] * height), max(int(round(box[3] * height)), int(box[1] * height) + 1)
-    return np.ascontiguousarray(pixels[y0:min(y1, height), x0:min(x1, width)])
+    return np.ascontiguousarray(pixels[y0 : min(y1, height), x0 : min(x1, width)])
 
 
-def to_pixels(image, source: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-              max_bytes: int = DEFAULT_MAX_BYTES, upright: bool = True,
-              draft_size: int | None = None, box: Box | None = None) -> np.ndarray:
+def to_pixels(
+    image,
+    source: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    upright: bool = True,
+    draft_size: int | None = None,
+    box: Box | None = None,
+) -> np.ndarray:
     """Step 1 of the road: bytes, a path or an (H, W, 3) array -> RGB ``uint8`` pixels.
 
     Args:
@@ -296,11 +315,13 @@ def to_pixels(image, source: str | None = None, max_pixels: int = DEFAULT_MAX_PI
     if isinstance(image, np.ndarray) or hasattr(image, "__array__"):
         pixels = check_pixels(image, source or "<pixels>")
         if pixels.shape[0] * pixels.shape[1] > max_pixels:
-            raise ImageError(source or "<pixels>", f"{pixels.shape[1]}x{pixels.shape[0]} pixels is over the "
-                             f"{max_pixels}-pixel limit")
+            raise ImageError(
+                source or "<pixels>", f"{pixels.shape[1]}x{pixels.shape[0]} pixels is over the {max_pixels}-pixel limit"
+            )
         return pixels
-    raise ImageError(source or "<input>", f"expected image bytes, a file path or an RGB array, "
-                     f"got {type(image).__name__}")
+    raise ImageError(
+        source or "<input>", f"expected image bytes, a file path or an RGB array, got {type(image).__name__}"
+    )
 
 
 def resize_bilinear(pixels: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -325,8 +346,10 @@ def resize_bilinear(pixels: np.ndarray, size: int, out: np.ndarray | None = None
     if size < 1:
         raise ValueError(f"resize_bilinear: size must be >= 1, got {size}")
     if out is not None and (out.shape != (size, size, 3) or out.dtype != np.float32 or not out.flags.c_contiguous):
-        raise ValueError(f"resize_bilinear: out must be a C-contiguous ({size}, {size}, 3) float32 array, "
-                         f"got {out.shape} {out.dtype}")
+        raise ValueError(
+            f"resize_bilinear: out must be a C-contiguous ({size}, {size}, 3) float32 array, "
+            f"got {out.shape} {out.dtype}"
+        )
     wide = pixels.astype(np.uint16) << 8
     resized = cv2.resize(wide, (size, size), interpolation=cv2.INTER_LINEAR)
     if out is None:
@@ -335,9 +358,17 @@ def resize_bilinear(pixels: np.ndarray, size: int, out: np.ndarray | None = None
     return out
 
 
-def model_input(image, size: int, source: str | None = None, upright: bool = True, draft: bool = False,
-                max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
-                out: np.ndarray | None = None, box: Box | None = None) -> np.ndarray:
+def model_input(
+    image,
+    size: int,
+    source: str | None = None,
+    upright: bool = True,
+    draft: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    out: np.ndarray | None = None,
+    box: Box | None = None,
+) -> np.ndarray:
     """The whole road: bytes / path / array -> (size, size, 3) float32 RGB 0..255.
 
     Args:
@@ -365,6 +396,7 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 # ---------------------------------------------------------------- in the TensorFlow graph
 
+
 def resize_pixels(pixels, size: int):
     """Resizes (H, W, 3) or (N, H, W, 3) pixels to (size, size) as float32 0..255, in TensorFlow.
 
@@ -387,7 +419,7 @@ def _tf_be(head, start: int, count: int):
 def _tf_is(head, start: int, magic: bytes):
     import tensorflow as tf
 
-    return tf.reduce_all(tf.equal(head[start:start + len(magic)], tf.constant(list(magic), tf.int64)))
+    return tf.reduce_all(tf.equal(head[start : start + len(magic)], tf.constant(list(magic), tf.int64)))
 
 
 def tf_header_pixels(image_bytes):
@@ -407,13 +439,17 @@ def tf_header_pixels(image_bytes):
         padded = tf.strings.join([image_bytes, tf.constant(b"\0" * 32)])
         head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, 32), tf.uint8), tf.int64)
         vp8l = _tf_le(head, 21, 4)
-        webp_chunk = [(b"VP8 ", (_tf_le(head, 26, 2) % 16384) * (_tf_le(head, 28, 2) % 16384)),
-                      (b"VP8L", (vp8l % 16384 + 1) * ((vp8l // 16384) % 16384 + 1)),
-                      (b"VP8X", (_tf_le(head, 24, 3) + 1) * (_tf_le(head, 27, 3) + 1))]
-        signed = lambda v: tf.abs(tf.where(v >= 2 ** 31, v - 2 ** 32, v))  # noqa: E731  (BMP sides are signed)
-        cases = [(_tf_is(head, 0, b"\x89PNG"), _tf_be(head, 16, 4) * _tf_be(head, 20, 4)),
-                 (_tf_is(head, 0, b"GIF8"), _tf_le(head, 6, 2) * _tf_le(head, 8, 2)),
-                 (_tf_is(head, 0, b"BM"), signed(_tf_le(head, 18, 4)) * signed(_tf_le(head, 22, 4)))]
+        webp_chunk = [
+            (b"VP8 ", (_tf_le(head, 26, 2) % 16384) * (_tf_le(head, 28, 2) % 16384)),
+            (b"VP8L", (vp8l % 16384 + 1) * ((vp8l // 16384) % 16384 + 1)),
+            (b"VP8X", (_tf_le(head, 24, 3) + 1) * (_tf_le(head, 27, 3) + 1)),
+        ]
+        signed = lambda v: tf.abs(tf.where(v >= 2**31, v - 2**32, v))  # noqa: E731  (BMP sides are signed)
+        cases = [
+            (_tf_is(head, 0, b"\x89PNG"), _tf_be(head, 16, 4) * _tf_be(head, 20, 4)),
+            (_tf_is(head, 0, b"GIF8"), _tf_le(head, 6, 2) * _tf_le(head, 8, 2)),
+            (_tf_is(head, 0, b"BM"), signed(_tf_le(head, 18, 4)) * signed(_tf_le(head, 22, 4))),
+        ]
         is_webp = tf.logical_and(_tf_is(head, 0, b"RIFF"), _tf_is(head, 8, b"WEBP"))
         cases += [(tf.logical_and(is_webp, _tf_is(head, 12, chunk)), pixels) for chunk, pixels in webp_chunk]
         out = tf.constant(0, tf.int64)
@@ -433,13 +469,20 @@ def tf_decode_rgb(image_bytes, max_pixels: int | None = None):
     """
     import tensorflow as tf
 
-    checks = [tf.debugging.assert_greater(
-        tf.strings.length(image_bytes), 0, message="image_bytes: empty string, expected an encoded image")]
+    checks = [
+        tf.debugging.assert_greater(
+            tf.strings.length(image_bytes), 0, message="image_bytes: empty string, expected an encoded image"
+        )
+    ]
     if max_pixels is not None:
         with tf.control_dependencies(checks):
-            checks.append(tf.debugging.assert_less_equal(
-                tf_header_pixels(image_bytes), tf.constant(int(max_pixels), tf.int64),
-                message=f"image_bytes: the image is over the {int(max_pixels)}-pixel limit"))
+            checks.append(
+                tf.debugging.assert_less_equal(
+                    tf_header_pixels(image_bytes),
+                    tf.constant(int(max_pixels), tf.int64),
+                    message=f"image_bytes: the image is over the {int(max_pixels)}-pixel limit",
+                )
+            )
     with tf.control_dependencies(checks):
         image = tf.io.decode_image(image_bytes, channels=0, expand_animations=False, dtype=tf.uint8)
     channels = tf.shape(image)[-1]
@@ -474,5 +517,4 @@ def tf_decode_and_resize(image_bytes, size: int, max_pixels: int | None = None):
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files (by extension) directly inside ``folder``, sorted."""
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -1,10 +1,11 @@
 """The LiteRT runtime: a converted ``.tflite`` embedding model, run without TensorFlow.
 
-``vsearch export --format tflite`` (:mod:`vsearch.tflite`) writes the flatbuffer of the
+``vsearch export --format tflite`` (:mod:`vsearch.learn.litert_export`) writes the flatbuffer of the
 SavedModel's ``embed_pixels`` signature and a sidecar ``<file>.tflite.json`` describing it.
 This module reads them back and runs the model on the LiteRT interpreter with XNNPACK:
 the serving wing's fast CPU path, which imports neither TensorFlow nor the learning wing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from vsearch.artifacts import read_json_object
-from vsearch.embedder import check_batch, unit_rows
 from vsearch.errors import ConfigError, DataError
+from vsearch.vectors import check_batch, unit_rows
 
 FORMAT = "vsearch-embedding-tflite/1"
 
@@ -61,13 +62,20 @@ class LiteRTRunner:
     (flatbuffer bytes); a damaged flatbuffer raises ``ValueError`` from LiteRT.
     """
 
-    def __init__(self, model_path: str | os.PathLike | None = None, model_content: bytes | None = None,
-                 num_threads: int | None = None):
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        model_content: bytes | None = None,
+        num_threads: int | None = None,
+    ):
         from ai_edge_litert.interpreter import Interpreter
 
         self.num_threads = num_threads or os.cpu_count() or 1
-        self._interpreter = Interpreter(model_path=None if model_path is None else str(model_path),
-                                        model_content=model_content, num_threads=self.num_threads)
+        self._interpreter = Interpreter(
+            model_path=None if model_path is None else str(model_path),
+            model_content=model_content,
+            num_threads=self.num_threads,
+        )
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
         self._batch = 0

@@ -2,10 +2,10 @@
 
 A store holds **products**: each has an id, a category, typed attributes (``price``,
 ``brand``, ``in_stock``, ...) and one or more photos, each photo one vector. Every backend
-answers the same calls (the behavioural suite in ``tests/test_stores.py`` runs against
+answers the same calls (the behavioural suite in ``tests/stores/test_stores.py`` runs against
 each):
 
-* ``upsert(photos, vectors)``: ``photos`` are :class:`vsearch.manifest.Photo` s, one per row
+* ``upsert(photos, vectors)``: ``photos`` are :class:`vsearch.catalog.manifest.Photo` s, one per row
   of ``vectors``; the products they name get exactly these photos and the category and
   attributes they carry (earlier photos dropped; a product's photos must agree on them, a
   disagreement or an attribute of the wrong type is a DataError naming it; a new attribute
@@ -16,7 +16,7 @@ each):
   ``products()``: every product, in no set order (for calibration, facets, listings).
 * ``search(vectors, k, where=None, group=True)``: per query vector, the best ``k`` products
   (each once, scored by its best photo) or, with ``group=False``, the best ``k`` photos,
-  restricted to what ``where`` (:class:`vsearch.filters.Filter`) keeps. A hit is a dict:
+  restricted to what ``where`` (:class:`vsearch.stores.filters.Filter`) keeps. A hit is a dict:
   ``product_id``, ``photo_id``, ``id`` (= ``photo_id``), ``score``, ``category``,
   ``attributes``, ``path``. A filter that keeps few photos is searched exactly over them.
 * ``count() -> (products, photos)``, ``categories()``, ``schema`` (attribute -> ``bool`` /
@@ -29,10 +29,12 @@ plus an append-only log) and ``milvus:FILE.db`` / ``milvus:http://host:19530``
 (:mod:`vsearch.stores.milvus`, through ``pymilvus.MilvusClient``; ``pip install
 'vsearch[milvus]'``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -51,12 +53,16 @@ class Product:
     product_id: str
     category: str
     attributes: dict[str, Any] = field(default_factory=dict)
-    photos: tuple[str, ...] = ()   # photo ids
-    paths: tuple[str, ...] = ()    # where each photo's file is (server side; never sent to clients)
+    photos: tuple[str, ...] = ()  # photo ids
+    paths: tuple[str, ...] = ()  # where each photo's file is (server side; never sent to clients)
 
     def to_dict(self) -> dict:
-        return {"product_id": self.product_id, "category": self.category, "attributes": dict(self.attributes),
-                "photos": list(self.photos)}
+        return {
+            "product_id": self.product_id,
+            "category": self.category,
+            "attributes": dict(self.attributes),
+            "photos": list(self.photos),
+        }
 
 
 class Store(Protocol):
@@ -114,8 +120,9 @@ def _backend(name: str):
         try:
             from vsearch.stores import milvus as module
         except ImportError as exc:
-            raise DataError(f"the milvus store needs pymilvus and milvus-lite: pip install 'vsearch[milvus]' ({exc})") \
-                from None
+            raise DataError(
+                f"the milvus store needs pymilvus and milvus-lite: pip install 'vsearch[milvus]' ({exc})"
+            ) from None
     return module
 
 
@@ -129,9 +136,10 @@ def open_store(spec: str, expected_fingerprint: str | None = None) -> Store:
     return _backend(backend).open(where, expected_fingerprint=expected_fingerprint)
 
 
-def build_store(spec: str, photos: Sequence, vectors: np.ndarray, *, fingerprint: str, model: dict | None = None,
-                kind: str = "auto") -> Store:
-    """A new store at ``spec`` holding ``photos`` (:class:`vsearch.manifest.Photo`) and their vectors.
+def build_store(
+    spec: str, photos: Sequence, vectors: np.ndarray, *, fingerprint: str, model: dict | None = None, kind: str = "auto"
+) -> Store:
+    """A new store at ``spec`` holding ``photos`` (:class:`vsearch.catalog.manifest.Photo`) and their vectors.
 
     Replaces what was there, at once (readers see the old catalog or the new one): the
     bulk road of ``vsearch index build``, not a sequence of upserts.

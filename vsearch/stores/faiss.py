@@ -1,12 +1,12 @@
 """The embedded store (``faiss:PATH``): a FAISS index in memory, a snapshot file plus an append-only log on disk.
 
-**In memory.** One FAISS row per photo (:class:`vsearch.index.FaissIndex`, exact or HNSW),
-one :class:`vsearch.filters.Column` per field (``category``, ``product_id``, every
+**In memory.** One FAISS row per photo (:class:`vsearch.stores.rows.FaissIndex`, exact or HNSW),
+one :class:`vsearch.stores.filters.Column` per field (``category``, ``product_id``, every
 attribute) over the same rows, and the products. Rows are append-only: an upsert marks the
 product's old rows dead and appends new ones; :meth:`FaissStore.compact` rebuilds FAISS
 once over a quarter of the rows are dead.
 
-**Searching.** A filter's rows come from :func:`vsearch.filters.mask`. When at most
+**Searching.** A filter's rows come from :func:`vsearch.stores.filters.mask`. When at most
 ``EXACT_BELOW`` rows pass, their vectors are gathered and scored exactly (numpy); a
 broader filter goes through FAISS with a bitmap selector, the HNSW beam widened by the
 inverse of the share of rows kept. Grouped searches ask for a few photos per wanted
@@ -29,6 +29,7 @@ and (4), the new snapshot's ``base`` says to replay the old log from X (and the 
 finishes step 4). A ``build`` writes a snapshot with no base: a log of another generation
 is stale and ignored.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -39,18 +40,18 @@ import threading
 import uuid
 import zipfile
 import zlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from vsearch import filters
 from vsearch.artifacts import _fsync_dir, file_lock, write_atomic
 from vsearch.errors import DataError
-from vsearch.index import FaissIndex, calibration_problem, choose_kind
-from vsearch.stores import Product
-from vsearch.stores.checks import TYPES, check_vectors, group_photos, photo_dict
+from vsearch.stores import Product, filters
+from vsearch.stores.rows import FaissIndex, calibration_problem, choose_kind
+from vsearch.stores.validate import TYPES, check_vectors, group_photos, photo_dict
 
 FORMAT = "vsearch-catalog/3"
 LOG_FORMAT = "vsearch-log/1"
@@ -83,6 +84,7 @@ def filtered_beam(beam: int, share: float) -> int:
 
 # ---------------------------------------------------------------- log records
 
+
 def encode_record(meta: dict, vectors: np.ndarray | None = None) -> bytes:
     """One self-checking log record: magic, body length, crc32, then JSON and float32 vectors."""
     text = json.dumps(meta).encode()
@@ -101,15 +103,15 @@ def decode_records(data: bytes, start: int = 0) -> tuple[list[tuple[dict, bytes,
         end = at + _HEAD.size + length
         if magic != _MAGIC or end > len(data) or length < 4:
             break
-        body = data[at + _HEAD.size:end]
+        body = data[at + _HEAD.size : end]
         if zlib.crc32(body) != crc:
             break
         (size,) = struct.unpack_from("<I", body)
         try:
-            meta = json.loads(body[4:4 + size])
+            meta = json.loads(body[4 : 4 + size])
         except ValueError:
             break
-        out.append((meta, body[4 + size:], end))
+        out.append((meta, body[4 + size :], end))
         at = end
     return out, at
 
@@ -119,6 +121,7 @@ def _header(generation: str) -> bytes:
 
 
 # ---------------------------------------------------------------- searches beside a writer
+
 
 class _RWLock:
     """Many searches at once, or one change; a waiting change goes before new searches."""
@@ -172,6 +175,7 @@ def exact_scores(storage: np.ndarray, rows: np.ndarray, query: np.ndarray) -> np
 
 # ---------------------------------------------------------------- the rows
 
+
 class _Rows(FaissIndex):
     """A FaissIndex whose rows the store addresses directly: removal only marks rows dead."""
 
@@ -200,13 +204,16 @@ class _Rows(FaissIndex):
         return {"vectors": np.array(self.storage())}
 
     @classmethod
-    def from_rows(cls, row_ids: list[str | None], arrays: dict[str, np.ndarray], params: dict) -> "_Rows":
+    def from_rows(cls, row_ids: list[str | None], arrays: dict[str, np.ndarray], params: dict) -> _Rows:
         import faiss
 
         if "faiss" in arrays:
             stored = arrays["faiss"]
-            stored = faiss.deserialize_index(np.ascontiguousarray(stored)) if isinstance(stored, np.ndarray) \
+            stored = (
+                faiss.deserialize_index(np.ascontiguousarray(stored))
+                if isinstance(stored, np.ndarray)
                 else _read_index(stored)
+            )
             index = cls(stored.d, **params)
             index._faiss = stored
         else:
@@ -233,8 +240,7 @@ def _read_index(data):
 
     with data.zip.open("faiss.npy") as member:
         version = np.lib.format.read_magic(member)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-            np.lib.format.read_array_header_2_0
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = read_header(member)
         if dtype != np.uint8 or len(shape) != 1:
             raise ValueError(f"the stored index is a {dtype} array of shape {shape}, not bytes")
@@ -244,8 +250,15 @@ def _read_index(data):
 class FaissStore:
     """The ``faiss:PATH`` store; made by :func:`open` or :func:`build` (see the module doc)."""
 
-    def __init__(self, path: str | os.PathLike, dim: int, fingerprint: str, model: dict, kind: str = "exact",
-                 index: _Rows | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        dim: int,
+        fingerprint: str,
+        model: dict,
+        kind: str = "exact",
+        index: _Rows | None = None,
+    ):
         self.path = Path(path)
         self.spec = f"faiss:{self.path}"
         self.log_path = self.path.with_name(self.path.name + ".log")
@@ -253,21 +266,23 @@ class FaissStore:
         self.schema: dict[str, str] = {}
         self.calibration: dict | None = None
         self.stats: dict = {}
-        self._rw = _RWLock()            # searches share it; a change of the state holds it alone
+        self._rw = _RWLock()  # searches share it; a change of the state holds it alone
         self._sync = threading.RLock()  # one thread at a time reads the log or writes it
         self._reset(index if index is not None else _Rows(self.dim, kind))
-        self._generation = ""            # the snapshot's generation, and (G, X) when it compacted log G at X
+        self._generation = ""  # the snapshot's generation, and (G, X) when it compacted log G at X
         self._base: dict | None = None
         self._snapshot_stat: tuple = ()  # (inode, size, mtime) of the snapshot read
-        self._log = None                 # the log being read (an open handle), its generation, how far
+        self._log = None  # the log being read (an open handle), its generation, how far
         self._log_gen = ""
         self._offset = 0
-        self._stale_log = -1             # inode of a log left by an earlier build (ignored)
+        self._stale_log = -1  # inode of a log left by an earlier build (ignored)
 
     def _reset(self, index: _Rows) -> None:
         self._index = index
-        self._columns: dict[str, filters.Column] = {"category": filters.Column("text"),
-                                                     "product_id": filters.Column("text")}
+        self._columns: dict[str, filters.Column] = {
+            "category": filters.Column("text"),
+            "product_id": filters.Column("text"),
+        }
         self._alive = np.zeros(0, bool)
         self._row_product: list[str | None] = []
         self._products: dict[str, Product] = {}
@@ -290,8 +305,11 @@ class FaissStore:
     def get(self, product_id: str) -> Product | None:
         with self._rw.read():
             product = self._products.get(str(product_id))
-        return None if product is None else Product(product.product_id, product.category, dict(product.attributes),
-                                                    product.photos, product.paths)
+        return (
+            None
+            if product is None
+            else Product(product.product_id, product.category, dict(product.attributes), product.photos, product.paths)
+        )
 
     def photo(self, photo_id: str) -> dict | None:
         with self._rw.read():
@@ -312,17 +330,27 @@ class FaissStore:
     def _hit(self, row: int, score: float | None = None) -> dict:
         product = self._products[self._row_product[row]]
         photo_id = self._index._row_ids[row]
-        hit = {"product_id": product.product_id, "photo_id": photo_id, "id": photo_id, "category": product.category,
-               "attributes": dict(product.attributes), "path": product.paths[product.photos.index(photo_id)]}
+        hit = {
+            "product_id": product.product_id,
+            "photo_id": photo_id,
+            "id": photo_id,
+            "category": product.category,
+            "attributes": dict(product.attributes),
+            "path": product.paths[product.photos.index(photo_id)],
+        }
         if score is not None:
             hit["score"] = score
         return hit
 
-    def search(self, vectors: np.ndarray, k: int, where: filters.Filter | None = None,
-               group: bool = True) -> list[list[dict]]:
+    def search(
+        self, vectors: np.ndarray, k: int, where: filters.Filter | None = None, group: bool = True
+    ) -> list[list[dict]]:
         """Per query, the best ``k`` products (``group``) or photos that ``where`` keeps, best first."""
-        queries = np.asarray(vectors, np.float32).reshape(-1, self.dim) if np.size(vectors) else \
-            np.zeros((0, self.dim), np.float32)
+        queries = (
+            np.asarray(vectors, np.float32).reshape(-1, self.dim)
+            if np.size(vectors)
+            else np.zeros((0, self.dim), np.float32)
+        )
         if not np.all(np.isfinite(queries)):
             raise DataError("the query vectors contain NaN or infinity")
         k = int(k)
@@ -425,7 +453,7 @@ class FaissStore:
             return len(known)
 
     def set_calibration(self, calibration: dict | None) -> None:
-        """Keeps a calibration (checked by :func:`vsearch.index.calibration_problem`; None drops it)
+        """Keeps a calibration (checked by :func:`vsearch.stores.rows.calibration_problem`; None drops it)
         as a log record; the next snapshot holds it.
 
         Raises:
@@ -443,8 +471,10 @@ class FaissStore:
             row = self._index._row_of.get(photo["photo_id"])
             owner = None if row is None else self._row_product[row]
             if owner is not None and owner not in products:
-                raise DataError(f"product {photo['product_id']!r}: photo id {photo['photo_id']!r} already belongs "
-                                f"to product {owner!r}")
+                raise DataError(
+                    f"product {photo['product_id']!r}: photo id {photo['photo_id']!r} already belongs "
+                    f"to product {owner!r}"
+                )
 
     def _append(self, meta: dict, vectors: np.ndarray | None = None) -> None:
         """(Writers' lock) one record, on disk (fsynced) and then in memory."""
@@ -453,7 +483,7 @@ class FaissStore:
         try:
             view = memoryview(record)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -507,8 +537,9 @@ class FaissStore:
         for pid, product in products.items():
             own = [photos[n] for n in product["rows"]]
             attributes = {k: (float(v) if schema[k] == "float" else v) for k, v in product["attributes"].items()}
-            self._products[pid] = Product(pid, product["category"], attributes, tuple(p["photo_id"] for p in own),
-                                          tuple(p["image"] for p in own))
+            self._products[pid] = Product(
+                pid, product["category"], attributes, tuple(p["photo_id"] for p in own), tuple(p["image"] for p in own)
+            )
         self._cache.clear()
 
     def _rebuild(self) -> None:
@@ -525,27 +556,42 @@ class FaissStore:
     def _snapshot(self) -> tuple[dict, dict[str, np.ndarray]]:
         """The state as a new generation's meta and arrays (the caller holds the read lock)."""
         rows = [None if pid is None else [self._index._row_ids[r], pid] for r, pid in enumerate(self._row_product)]
-        products = {pid: [p.category, p.attributes, list(p.photos), list(p.paths)]
-                    for pid, p in self._products.items()}
-        meta = {"format": FORMAT, "fingerprint": self.fingerprint, "dim": self.dim, "index": self._index.params(),
-                "model": self.model, "schema": self.schema, "calibration": self.calibration,
-                "stats": {**self.stats, "products": len(self._products), "photos": len(self._index)},
-                "generation": uuid.uuid4().hex, "base": None}
-        arrays = {"rows": np.frombuffer(json.dumps(rows).encode(), np.uint8),
-                  "products": np.frombuffer(json.dumps(products).encode(), np.uint8), **self._index.to_arrays()}
+        products = {pid: [p.category, p.attributes, list(p.photos), list(p.paths)] for pid, p in self._products.items()}
+        meta = {
+            "format": FORMAT,
+            "fingerprint": self.fingerprint,
+            "dim": self.dim,
+            "index": self._index.params(),
+            "model": self.model,
+            "schema": self.schema,
+            "calibration": self.calibration,
+            "stats": {**self.stats, "products": len(self._products), "photos": len(self._index)},
+            "generation": uuid.uuid4().hex,
+            "base": None,
+        }
+        arrays = {
+            "rows": np.frombuffer(json.dumps(rows).encode(), np.uint8),
+            "products": np.frombuffer(json.dumps(products).encode(), np.uint8),
+            **self._index.to_arrays(),
+        }
         return meta, arrays
 
     @classmethod
-    def _read(cls, path: Path, snapshot, log, expected_fingerprint: str | None = None) -> "FaissStore":
+    def _read(cls, path: Path, snapshot, log, expected_fingerprint: str | None = None) -> FaissStore:
         """A store from one version's open snapshot and log (the snapshot is closed, the log kept)."""
         try:
             meta, data = _read_meta(path, snapshot)
             if expected_fingerprint is not None and meta["fingerprint"] != expected_fingerprint:
-                raise DataError(f"{path}: built with model {meta['fingerprint']}, but the query model is "
-                                f"{expected_fingerprint}; rebuild the index with this model")
+                raise DataError(
+                    f"{path}: built with model {meta['fingerprint']}, but the query model is "
+                    f"{expected_fingerprint}; rebuild the index with this model"
+                )
             try:
-                arrays = {name: (data if name == "faiss" else data[name])  # the graph: streamed, not copied
-                          for name in data.files if name not in ("meta", "rows", "products")}
+                arrays = {
+                    name: (data if name == "faiss" else data[name])  # the graph: streamed, not copied
+                    for name in data.files
+                    if name not in ("meta", "rows", "products")
+                }
                 rows = json.loads(data["rows"].tobytes())
                 products = json.loads(data["products"].tobytes())
                 index = _Rows.from_rows([None if r is None else str(r[0]) for r in rows], arrays, meta["index"])
@@ -555,8 +601,16 @@ class FaissStore:
                 store._from_snapshot(meta, rows, products)
             except DataError:
                 raise
-            except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError,
-                    zipfile.BadZipFile) as exc:
+            except (
+                OSError,
+                ValueError,
+                KeyError,
+                RuntimeError,
+                TypeError,
+                AttributeError,
+                IndexError,
+                zipfile.BadZipFile,
+            ) as exc:
                 raise DataError(f"{path}: damaged catalog index ({type(exc).__name__}: {exc})") from None
             store._snapshot_stat = _stat(snapshot)
         except BaseException:
@@ -576,8 +630,10 @@ class FaissStore:
         self.schema, self.stats = dict(meta["schema"]), meta.get("stats") or {}
         calibration = meta.get("calibration")
         if calibration is not None and calibration_problem(calibration, self.fingerprint):
-            raise DataError(f"{self.path}: its calibration {calibration_problem(calibration, self.fingerprint)}; "
-                            "run `vsearch calibrate` again")
+            raise DataError(
+                f"{self.path}: its calibration {calibration_problem(calibration, self.fingerprint)}; "
+                "run `vsearch calibrate` again"
+            )
         self.calibration = calibration
         self._generation, self._base = meta["generation"], meta.get("base")
         self._row_product = [None if r is None else str(r[1]) for r in rows]
@@ -593,7 +649,7 @@ class FaissStore:
             else:
                 column.append([None if p is None else p.attributes.get(name) for p in live])
 
-    def _take(self, other: "FaissStore") -> None:
+    def _take(self, other: FaissStore) -> None:
         """Becomes ``other`` (a full reload), in one step for searches."""
         old = self._log
         with self._rw.write():
@@ -604,7 +660,7 @@ class FaissStore:
 
     def _open_files(self, locked: bool):
         """(snapshot, log or None) handles of one version: opened under the shared lock."""
-        with (_nothing() if locked else file_lock(self.path, shared=True)):
+        with _nothing() if locked else file_lock(self.path, shared=True):
             if not self.path.is_file():
                 raise DataError(f"{self.path}: no such catalog index; build one with `vsearch index build`")
             snapshot = builtins.open(self.path, "rb")
@@ -642,8 +698,7 @@ class FaissStore:
             try:
                 self._apply(meta, np.frombuffer(blob, "<f4").reshape(-1, self.dim) if blob else None)
             except (ValueError, KeyError, TypeError, DataError) as exc:
-                raise DataError(f"{self.log_path}: damaged record at byte {self._offset} ({exc}); {_REMEDY}") \
-                    from None
+                raise DataError(f"{self.log_path}: damaged record at byte {self._offset} ({exc}); {_REMEDY}") from None
             self._offset = start + stop
         if locked and until is None and end < len(data):
             os.truncate(self.log_path, self._offset)
@@ -668,8 +723,12 @@ class FaissStore:
             return self._follow_log(log, locked)
         meta, _ = _read_meta(self.path, snapshot)
         base = meta.get("base") or {}
-        if (self._log is not None and self._log_gen == self._generation == base.get("generation")
-                and meta["fingerprint"] == self.fingerprint and meta["dim"] == self.dim):
+        if (
+            self._log is not None
+            and self._log_gen == self._generation == base.get("generation")
+            and meta["fingerprint"] == self.fingerprint
+            and meta["dim"] == self.dim
+        ):
             before = self._offset
             self._read_log(locked=False, until=int(base["offset"]))
             if self._offset >= base["offset"]:  # this state holds everything the new snapshot holds
@@ -743,8 +802,9 @@ class FaissStore:
         """Whether the log has grown past a quarter of the snapshot (and 1 MiB), or over a quarter
         of the rows (and 1000) are dead: the server's background thread then calls :meth:`compact`."""
         dead = len(self._index._dead)
-        return self.log_bytes() > max(1 << 20, self._snapshot_stat[1] // 4 if self._snapshot_stat else 0) \
-            or dead > max(1000, len(self._alive) // 4)
+        return self.log_bytes() > max(1 << 20, self._snapshot_stat[1] // 4 if self._snapshot_stat else 0) or dead > max(
+            1000, len(self._alive) // 4
+        )
 
     def compact(self) -> bool:
         """Rewrites the snapshot from the current state and starts an empty log (see the module
@@ -796,9 +856,27 @@ class FaissStore:
                 self._log = None
 
 
-_STATE = ("dim", "fingerprint", "model", "schema", "calibration", "stats", "_index", "_columns", "_alive",
-          "_row_product", "_products", "_cache", "_generation", "_base", "_log", "_log_gen", "_offset",
-          "_snapshot_stat", "_stale_log")
+_STATE = (
+    "dim",
+    "fingerprint",
+    "model",
+    "schema",
+    "calibration",
+    "stats",
+    "_index",
+    "_columns",
+    "_alive",
+    "_row_product",
+    "_products",
+    "_cache",
+    "_generation",
+    "_base",
+    "_log",
+    "_log_gen",
+    "_offset",
+    "_snapshot_stat",
+    "_stale_log",
+)
 
 
 def _write_snapshot(path: Path, meta: dict, arrays: dict) -> None:
@@ -819,8 +897,7 @@ def _read_meta(path: Path, handle) -> tuple[dict, Any]:
     try:
         data = np.load(handle, allow_pickle=False)
         meta = json.loads(data["meta"].tobytes().decode())
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError, AttributeError,
-            IndexError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError, AttributeError, IndexError) as exc:
         raise DataError(f"{path}: not a vsearch catalog index ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
@@ -837,10 +914,16 @@ def _log_header(path: Path, handle) -> tuple[str, int]:
     first = handle.read(1 << 16)
     records, end = decode_records(first)
     head = records[0][0] if records else {}
-    if not isinstance(head, dict) or head.get("op") != "begin" or head.get("format") != LOG_FORMAT \
-            or not isinstance(head.get("generation"), str):
-        raise DataError(f"{path}: not a vsearch catalog log (its header is damaged); remove it to drop the "
-                        f"changes since the last snapshot, or {_REMEDY}")
+    if (
+        not isinstance(head, dict)
+        or head.get("op") != "begin"
+        or head.get("format") != LOG_FORMAT
+        or not isinstance(head.get("generation"), str)
+    ):
+        raise DataError(
+            f"{path}: not a vsearch catalog log (its header is damaged); remove it to drop the "
+            f"changes since the last snapshot, or {_REMEDY}"
+        )
     return head["generation"], records[0][2]
 
 
@@ -863,9 +946,17 @@ def _stat_path(path: Path) -> tuple:
 
 
 # The snapshot header's fields: (type, required); a file without them is not a catalog.
-_META = {"fingerprint": (str, True), "dim": (int, True), "index": (dict, True), "schema": (dict, True),
-         "generation": (str, True), "model": (dict, False), "stats": (dict, False), "calibration": (dict, False),
-         "base": (dict, False)}
+_META = {
+    "fingerprint": (str, True),
+    "dim": (int, True),
+    "index": (dict, True),
+    "schema": (dict, True),
+    "generation": (str, True),
+    "model": (dict, False),
+    "stats": (dict, False),
+    "calibration": (dict, False),
+    "base": (dict, False),
+}
 
 
 def _meta_problem(meta: dict) -> str:
@@ -886,6 +977,7 @@ def _meta_problem(meta: dict) -> str:
 
 # ---------------------------------------------------------------- the module's two entries
 
+
 def open(where: str | os.PathLike, expected_fingerprint: str | None = None) -> FaissStore:  # noqa: A001
     """The store at ``where``: its snapshot, then its log replayed.
 
@@ -899,12 +991,19 @@ def open(where: str | os.PathLike, expected_fingerprint: str | None = None) -> F
     return FaissStore._read(path, snapshot, log, expected_fingerprint)
 
 
-def build(where: str | os.PathLike, photos: Sequence, vectors: np.ndarray, *, fingerprint: str, model: dict,
-          kind: str = "auto") -> FaissStore:
+def build(
+    where: str | os.PathLike,
+    photos: Sequence,
+    vectors: np.ndarray,
+    *,
+    fingerprint: str,
+    model: dict,
+    kind: str = "auto",
+) -> FaissStore:
     """A new store at ``where`` holding ``photos``; replaces what was there, with an empty log.
 
     Raises:
-        DataError: photos that disagree or do not fit (see :func:`vsearch.stores.checks.group_photos`), bad vectors.
+        DataError: photos that disagree or do not fit (see :func:`vsearch.stores.validate.group_photos`), bad vectors.
     """
     photos = [photo_dict(p) for p in photos]
     vectors = np.asarray(vectors, np.float32)

@@ -33,6 +33,7 @@ about 1-2 microseconds a row, and a filter on a JSON path is evaluated row by ro
 index built at once, and a filter's count kept until the catalog changes; the per-row walk
 is milvus-lite's and sets its floor (bench/results/stores.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,28 +42,28 @@ import math
 import re
 import threading
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
 from vsearch.errors import DataError
-from vsearch.filters import BUILTIN, Condition, Filter, to_milvus
-from vsearch.index import FaissIndex, calibration_problem, choose_kind
 from vsearch.stores import Product
-from vsearch.stores.checks import check_vectors, group_photos, photo_dict
+from vsearch.stores.filters import BUILTIN, Condition, Filter, to_milvus
+from vsearch.stores.rows import FaissIndex, calibration_problem, choose_kind
+from vsearch.stores.validate import check_vectors, group_photos, photo_dict
 
 DEFAULT_NAME = "vsearch_catalog"
 FORMAT = "vsearch-milvus/1"
 META, CALIBRATION, CHANGE = "vsearch.meta", "vsearch.calibration", "vsearch.change"
-MAX_ID, MAX_PATH = 1024, 8192   # VARCHAR lengths of the id and path fields
-MAX_TEXT = 65535                # VARCHAR length of a text attribute's column (Milvus' largest)
-MAX_K = 16384                   # Milvus' largest top-k
-MAX_EF = 32768                  # Milvus' largest HNSW search beam
-EXACT_BELOW = 4096              # an HNSW catalog scores a filter keeping this few photos here (6 MB at 391-d)
-BATCH_BYTES = 16 << 20          # rows per insert call: about this many bytes of vectors
-CHUNK = 500                     # ids per expression
+MAX_ID, MAX_PATH = 1024, 8192  # VARCHAR lengths of the id and path fields
+MAX_TEXT = 65535  # VARCHAR length of a text attribute's column (Milvus' largest)
+MAX_K = 16384  # Milvus' largest top-k
+MAX_EF = 32768  # Milvus' largest HNSW search beam
+EXACT_BELOW = 4096  # an HNSW catalog scores a filter keeping this few photos here (6 MB at 391-d)
+BATCH_BYTES = 16 << 20  # rows per insert call: about this many bytes of vectors
+CHUNK = 500  # ids per expression
 CONNECT_TIMEOUT_S = 10
 FIELDS = ["photo_id", "product_id", "category", "path", "seq", "attributes"]
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,200}")
@@ -79,13 +80,15 @@ logging.getLogger("grpc._server").addFilter(lambda r: "Method not implemented" n
 
 # ---------------------------------------------------------------- where, and the connection
 
+
 def locate(where: str) -> tuple[str, str, str | None]:
     """``"FILE.db#name"`` | ``"http://host:19530#name"`` -> (uri, catalog name, local path or None)."""
     location, _, name = str(where).strip().partition("#")
     name = name or DEFAULT_NAME
     if not _NAME.fullmatch(name):
-        raise DataError(f"milvus store {where!r}: catalog name {name!r} must be letters, digits and _ "
-                        "(not starting with a digit)")
+        raise DataError(
+            f"milvus store {where!r}: catalog name {name!r} must be letters, digits and _ (not starting with a digit)"
+        )
     if location.lower().startswith(_SERVER):
         return location, name, None
     if location.endswith(".db"):
@@ -98,9 +101,14 @@ def _connect(uri: str, local: str | None, spec: str) -> MilvusClient:
     try:
         client = MilvusClient(uri=uri, timeout=CONNECT_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001  (pymilvus raises several kinds for an unreachable server)
-        hint = ("; a milvus-lite file is used by one process at a time: to share it, serve it with "
-                "`milvus-lite server --data-dir FILE.db` and use milvus:http://HOST:PORT") if local \
+        hint = (
+            (
+                "; a milvus-lite file is used by one process at a time: to share it, serve it with "
+                "`milvus-lite server --data-dir FILE.db` and use milvus:http://HOST:PORT"
+            )
+            if local
             else "; is the server running?"
+        )
         raise DataError(f"{spec}: cannot open Milvus at {uri} ({exc}){hint}") from None
     if local:
         with _local_lock:
@@ -141,11 +149,13 @@ class _Calls:
 
 # ---------------------------------------------------------------- checking what comes in
 
-def to_rows(photos: Sequence, vectors: np.ndarray, schema: dict[str, str],
-            columns: dict[str, str] | None = None) -> tuple[list[dict], dict[str, str]]:
+
+def to_rows(
+    photos: Sequence, vectors: np.ndarray, schema: dict[str, str], columns: dict[str, str] | None = None
+) -> tuple[list[dict], dict[str, str]]:
     """One Milvus row per photo and the schema they leave, after every check (nothing written yet).
 
-    The checks are both stores' (:func:`vsearch.stores.checks.group_photos`), so both
+    The checks are both stores' (:func:`vsearch.stores.validate.group_photos`), so both
     refuse the same photos with the same words; Milvus adds length limits on ids, paths and
     text. ``columns``: attribute -> its typed column, filled beside the JSON field. A row's
     ``vector`` is its row of ``vectors`` (:func:`_batches` makes it a list, a batch at a time).
@@ -158,8 +168,9 @@ def to_rows(photos: Sequence, vectors: np.ndarray, schema: dict[str, str],
     if not photos:
         raise DataError("upsert of no photos; give at least one photo and its vector")
     columns = columns or {}
-    products, schema = group_photos([{**p, "product_id": str(p["product_id"]), "photo_id": str(p["photo_id"])}
-                                     for p in photos], schema)
+    products, schema = group_photos(
+        [{**p, "product_id": str(p["product_id"]), "photo_id": str(p["photo_id"])} for p in photos], schema
+    )
     rows = []
     for product_id, product in products.items():
         attributes = product["attributes"]
@@ -169,12 +180,26 @@ def to_rows(photos: Sequence, vectors: np.ndarray, schema: dict[str, str],
                 raise DataError(f"product {product_id!r}: attribute {name!r} is longer than {MAX_TEXT} bytes")
         for seq, n in enumerate(product["rows"]):
             photo_id, path = str(photos[n]["photo_id"]), str(photos[n]["image"])
-            for label, text, limit in (("product id", product_id, MAX_ID), ("photo id", photo_id, MAX_ID),
-                                       ("category", product["category"], MAX_ID), ("path", path, MAX_PATH)):
+            for label, text, limit in (
+                ("product id", product_id, MAX_ID),
+                ("photo id", photo_id, MAX_ID),
+                ("category", product["category"], MAX_ID),
+                ("path", path, MAX_PATH),
+            ):
                 if len(text.encode()) > limit:
                     raise DataError(f"product {product_id!r}: {label} {text[:80]!r}... is longer than {limit} bytes")
-            rows.append({"photo_id": photo_id, "product_id": product_id, "category": product["category"],
-                         "path": path, "seq": seq, "attributes": attributes, **typed, "vector": vectors[n]})
+            rows.append(
+                {
+                    "photo_id": photo_id,
+                    "product_id": product_id,
+                    "category": product["category"],
+                    "path": path,
+                    "seq": seq,
+                    "attributes": attributes,
+                    **typed,
+                    "vector": vectors[n],
+                }
+            )
     return rows, schema
 
 
@@ -197,19 +222,21 @@ def _in(field: str, values: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------- the store
 
+
 class MilvusStore:
     """A catalog in Milvus; see the module docstring for its layout."""
 
-    def __init__(self, spec: str, client: MilvusClient, name: str, local: str | None,
-                 expected_fingerprint: str | None = None):
+    def __init__(
+        self, spec: str, client: MilvusClient, name: str, local: str | None, expected_fingerprint: str | None = None
+    ):
         self.spec, self.client, self.name, self.local = spec, client, name, local
         self.expected_fingerprint = expected_fingerprint
         self.collection = ""
         self.change = ""
         self.calibration: dict | None = None
-        self.columns: dict[str, str] = {}          # attribute -> its typed column
+        self.columns: dict[str, str] = {}  # attribute -> its typed column
         self._categories: list[str] | None = None
-        self._kept: dict[str, int] = {}            # filter expression -> photos it keeps, at self.change
+        self._kept: dict[str, int] = {}  # filter expression -> photos it keeps, at self.change
         self._read_meta()
 
     # ---- metadata, kept in the collection's properties
@@ -217,8 +244,10 @@ class MilvusStore:
     def _describe(self) -> dict:
         with _Calls(self.spec):
             if not self.client.has_collection(self.name):
-                raise DataError(f"{self.spec}: no vsearch catalog named {self.name!r} there; build one with "
-                                f"`vsearch index build ... --store {self.spec}`")
+                raise DataError(
+                    f"{self.spec}: no vsearch catalog named {self.name!r} there; build one with "
+                    f"`vsearch index build ... --store {self.spec}`"
+                )
             return self.client.describe_collection(self.name)
 
     def _read_meta(self) -> None:
@@ -232,12 +261,16 @@ class MilvusStore:
             kind, columns, ef_search = meta["kind"], dict(meta.get("columns") or {}), int(meta.get("ef_search", 64))
             calibration = json.loads(properties.get(CALIBRATION) or "null")
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise DataError(f"{self.spec}: collection {self.name!r} is not a vsearch catalog ({exc}); "
-                            "rebuild it with `vsearch index build`") from None
+            raise DataError(
+                f"{self.spec}: collection {self.name!r} is not a vsearch catalog ({exc}); "
+                "rebuild it with `vsearch index build`"
+            ) from None
         expected = self.expected_fingerprint
         if expected is not None and fingerprint != expected:
-            raise DataError(f"{self.spec}: built with model {fingerprint}, but the query model is {expected}; "
-                            "rebuild the index with this model")
+            raise DataError(
+                f"{self.spec}: built with model {fingerprint}, but the query model is {expected}; "
+                "rebuild the index with this model"
+            )
         self.fingerprint, self.dim, self.model, self.schema = fingerprint, dim, dict(model), dict(schema)
         self.kind, self.columns, self._ef_search = kind, columns, ef_search
         self.calibration, self.collection = calibration, described["collection_name"]
@@ -248,9 +281,18 @@ class MilvusStore:
     def _write_meta(self, schema: dict[str, str] | None = None) -> None:
         properties = {CHANGE: uuid.uuid4().hex}
         if schema is not None:
-            properties[META] = json.dumps({"format": FORMAT, "fingerprint": self.fingerprint, "dim": self.dim,
-                                           "model": self.model, "schema": schema, "kind": self.kind,
-                                           "columns": self.columns, "ef_search": self._ef_search})
+            properties[META] = json.dumps(
+                {
+                    "format": FORMAT,
+                    "fingerprint": self.fingerprint,
+                    "dim": self.dim,
+                    "model": self.model,
+                    "schema": schema,
+                    "kind": self.kind,
+                    "columns": self.columns,
+                    "ef_search": self._ef_search,
+                }
+            )
         with _Calls(self.spec):
             self.client.alter_collection_properties(self.collection, properties=properties)
         self.change = properties[CHANGE]
@@ -263,8 +305,10 @@ class MilvusStore:
         Cheap: one call. The rows need no refresh (every search asks the live catalog).
         """
         described = self._describe()
-        if (described["collection_name"], (described.get("properties") or {}).get(CHANGE, "")) \
-                == (self.collection, self.change):
+        if (described["collection_name"], (described.get("properties") or {}).get(CHANGE, "")) == (
+            self.collection,
+            self.change,
+        ):
             return False
         self._read_meta()
         return True
@@ -275,8 +319,7 @@ class MilvusStore:
             if problem:
                 raise DataError(f"calibration refused: it {problem}")
         with _Calls(self.spec):
-            self.client.alter_collection_properties(self.collection,
-                                                    properties={CALIBRATION: json.dumps(calibration)})
+            self.client.alter_collection_properties(self.collection, properties={CALIBRATION: json.dumps(calibration)})
         self.calibration = calibration
 
     # ---- reading
@@ -363,19 +406,32 @@ class MilvusStore:
         options = {"group_by_field": "product_id", "group_size": 1} if group else {}
         with _Calls(self.spec):
             results = self.client.search(
-                self.name, data=vectors.tolist(), limit=k, filter=expression,
+                self.name,
+                data=vectors.tolist(),
+                limit=k,
+                filter=expression,
                 output_fields=["product_id", "category", "path", "attributes"],
                 search_params={"metric_type": "COSINE", "params": {"ef": ef} if self.kind == "hnsw" else {}},
-                **options)
-        return [[{**_hit({**hit["entity"], "photo_id": hit.get("photo_id", hit.get("id"))}),
-                  "score": float(hit["distance"])} for hit in hits] for hits in results]
+                **options,
+            )
+        return [
+            [
+                {
+                    **_hit({**hit["entity"], "photo_id": hit.get("photo_id", hit.get("id"))}),
+                    "score": float(hit["distance"]),
+                }
+                for hit in hits
+            ]
+            for hits in results
+        ]
 
     def _exact(self, vectors: np.ndarray, k: int, expression: str, group: bool) -> list[list[dict]] | None:
         """Every photo ``expression`` keeps, scored against each query (cosine, as the index);
         None when it keeps more than ``EXACT_BELOW`` photos."""
         with _Calls(self.spec):
-            rows = self.client.query(self.name, filter=expression, output_fields=FIELDS + ["vector"],
-                                     limit=EXACT_BELOW + 1)
+            rows = self.client.query(
+                self.name, filter=expression, output_fields=FIELDS + ["vector"], limit=EXACT_BELOW + 1
+            )
         if len(rows) > EXACT_BELOW:
             return None
         if not rows:
@@ -406,8 +462,9 @@ class MilvusStore:
         products = list(dict.fromkeys(row["product_id"] for row in rows))
         new = {row["photo_id"] for row in rows}
         self._refuse_moves(rows)
-        stale = [row["photo_id"] for row in self._select("product_id", products, ["photo_id"])
-                 if row["photo_id"] not in new]
+        stale = [
+            row["photo_id"] for row in self._select("product_id", products, ["photo_id"]) if row["photo_id"] not in new
+        ]
         if schema != self.schema:
             self._write_meta(schema)  # before the rows: a reader may filter on what it finds
             self.schema = schema
@@ -415,7 +472,7 @@ class MilvusStore:
             for batch in _batches(rows, self.dim):
                 self.client.upsert(self.name, batch)
             for start in range(0, len(stale), CHUNK):
-                self.client.delete(self.name, ids=stale[start:start + CHUNK])
+                self.client.delete(self.name, ids=stale[start : start + CHUNK])
         self._written()
 
     def _refuse_moves(self, rows: list[dict]) -> None:
@@ -425,18 +482,23 @@ class MilvusStore:
         ids, found = list(wanted), []
         with _Calls(self.spec):
             for start in range(0, len(ids), CHUNK):  # by primary key: no filter over every row
-                found += self.client.get(self.name, ids=ids[start:start + CHUNK], output_fields=["photo_id", "product_id"])
+                found += self.client.get(
+                    self.name, ids=ids[start : start + CHUNK], output_fields=["photo_id", "product_id"]
+                )
         for row in found:
             if row["product_id"] not in replaced:
-                raise DataError(f"product {wanted[row['photo_id']]!r}: photo id {row['photo_id']!r} already belongs "
-                                f"to product {row['product_id']!r}")
+                raise DataError(
+                    f"product {wanted[row['photo_id']]!r}: photo id {row['photo_id']!r} already belongs "
+                    f"to product {row['product_id']!r}"
+                )
 
     def _select(self, field: str, values: Sequence[str], fields: list[str]) -> list[dict]:
         out = []
         with _Calls(self.spec):
             for start in range(0, len(values), CHUNK):
-                out += self.client.query(self.name, filter=_in(field, values[start:start + CHUNK]),
-                                         output_fields=fields)
+                out += self.client.query(
+                    self.name, filter=_in(field, values[start : start + CHUNK]), output_fields=fields
+                )
         return out
 
     def delete(self, product_ids: Sequence[str]) -> int:
@@ -444,7 +506,7 @@ class MilvusStore:
         removed = 0
         with _Calls(self.spec):
             for start in range(0, len(ids), CHUNK):
-                expression = _in("product_id", ids[start:start + CHUNK])
+                expression = _in("product_id", ids[start : start + CHUNK])
                 found = self._count(f"{expression} and (seq == 0)")
                 if found:
                     self.client.delete(self.name, filter=expression)
@@ -467,16 +529,28 @@ class MilvusStore:
 
 # ---------------------------------------------------------------- rows as the interface's values
 
+
 def _hit(row: dict) -> dict:
-    return {"product_id": row["product_id"], "photo_id": row["photo_id"], "id": row["photo_id"],
-            "category": row["category"], "attributes": dict(row.get("attributes") or {}), "path": row["path"]}
+    return {
+        "product_id": row["product_id"],
+        "photo_id": row["photo_id"],
+        "id": row["photo_id"],
+        "category": row["category"],
+        "attributes": dict(row.get("attributes") or {}),
+        "path": row["path"],
+    }
 
 
 def _product(rows: list[dict]) -> Product:
     rows = sorted(rows, key=lambda r: r["seq"])
     first = rows[0]
-    return Product(first["product_id"], first["category"], dict(first.get("attributes") or {}),
-                   tuple(r["photo_id"] for r in rows), tuple(r["path"] for r in rows))
+    return Product(
+        first["product_id"],
+        first["category"],
+        dict(first.get("attributes") or {}),
+        tuple(r["photo_id"] for r in rows),
+        tuple(r["path"] for r in rows),
+    )
 
 
 def _batches(rows: list[dict], dim: int) -> Iterator[list[dict]]:
@@ -484,10 +558,11 @@ def _batches(rows: list[dict], dim: int) -> Iterator[list[dict]]:
     vectors as Python floats at once would take 9 GB)."""
     size = max(1, BATCH_BYTES // (4 * dim + 1024))
     for start in range(0, len(rows), size):
-        yield [{**row, "vector": np.asarray(row["vector"], np.float32).tolist()} for row in rows[start:start + size]]
+        yield [{**row, "vector": np.asarray(row["vector"], np.float32).tolist()} for row in rows[start : start + size]]
 
 
 # ---------------------------------------------------------------- open and build
+
 
 def open(where: str, expected_fingerprint: str | None = None) -> MilvusStore:  # noqa: A001  (the backend API)
     """The catalog at ``where`` (``FILE.db`` or ``http://HOST:PORT``, then ``#NAME``).
@@ -510,8 +585,9 @@ def open(where: str, expected_fingerprint: str | None = None) -> MilvusStore:  #
         raise
 
 
-def build(where: str, photos: Sequence, vectors: np.ndarray, *, fingerprint: str, model: dict,
-          kind: str = "auto") -> MilvusStore:
+def build(
+    where: str, photos: Sequence, vectors: np.ndarray, *, fingerprint: str, model: dict, kind: str = "auto"
+) -> MilvusStore:
     """A new catalog at ``where`` holding ``photos``; replaces the one there at once (see the module doc)."""
     uri, name, local = locate(where)
     spec = f"milvus:{where}"
@@ -526,8 +602,16 @@ def build(where: str, photos: Sequence, vectors: np.ndarray, *, fingerprint: str
     except ValueError as exc:
         raise DataError(f"{spec}: {exc}") from None
     graph = FaissIndex(1).params()  # the FAISS store's HNSW parameters: the same graph, comparable figures
-    meta = {"format": FORMAT, "fingerprint": fingerprint, "dim": dim, "model": dict(model), "schema": schema,
-            "kind": kind, "columns": columns, "ef_search": graph["ef_search"]}
+    meta = {
+        "format": FORMAT,
+        "fingerprint": fingerprint,
+        "dim": dim,
+        "model": dict(model),
+        "schema": schema,
+        "kind": kind,
+        "columns": columns,
+        "ef_search": graph["ef_search"],
+    }
     if local:
         Path(local).parent.mkdir(parents=True, exist_ok=True)
     client = _connect(uri, local, spec)
@@ -562,8 +646,10 @@ def _alias_target(client: MilvusClient, name: str, spec: str) -> str | None:
         return None
     described = client.describe_collection(name)
     if described["collection_name"] == name:
-        raise DataError(f"{spec}: a collection named {name!r} that vsearch did not make is there; pick another "
-                        f"name with milvus:...#NAME")
+        raise DataError(
+            f"{spec}: a collection named {name!r} that vsearch did not make is there; pick another "
+            f"name with milvus:...#NAME"
+        )
     return described["collection_name"]
 
 
@@ -578,8 +664,12 @@ def _create(client: MilvusClient, collection: str, dim: int, meta: dict) -> None
     for name, field in meta["columns"].items():
         schema.add_field(field, nullable=True, **_column_type(meta["schema"][name]))
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-    client.create_collection(collection, schema=schema, consistency_level="Strong",
-                             properties={META: json.dumps(meta), CALIBRATION: "null", CHANGE: uuid.uuid4().hex})
+    client.create_collection(
+        collection,
+        schema=schema,
+        consistency_level="Strong",
+        properties={META: json.dumps(meta), CALIBRATION: "null", CHANGE: uuid.uuid4().hex},
+    )
 
 
 def _index(client: MilvusClient, collection: str, kind: str, graph: dict) -> None:
@@ -588,8 +678,12 @@ def _index(client: MilvusClient, collection: str, kind: str, graph: dict) -> Non
     every row by brute force until it is done (minutes at 100k photos)."""
     index = client.prepare_index_params()
     if kind == "hnsw":
-        index.add_index("vector", index_type="HNSW", metric_type="COSINE",
-                        params={"M": graph["hnsw_m"], "efConstruction": graph["ef_construction"]})
+        index.add_index(
+            "vector",
+            index_type="HNSW",
+            metric_type="COSINE",
+            params={"M": graph["hnsw_m"], "efConstruction": graph["ef_construction"]},
+        )
     else:
         index.add_index("vector", index_type="FLAT", metric_type="COSINE")
     client.create_index(collection, index)

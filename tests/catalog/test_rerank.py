@@ -1,0 +1,125 @@
+"""vsearch.catalog.rerank: geometric verification of a short list, on tiny synthetic photos."""
+
+import numpy as np
+import pytest
+
+from vsearch.catalog.rerank import FeatureCache, Features, RerankConfig, inliers, local_features, promote_first, rerank
+from vsearch.images import encode_png
+
+cv2 = pytest.importorskip("cv2")
+
+
+def textured(seed: int, size: int = 192) -> np.ndarray:
+    """A busy RGB picture (random rectangles and circles) ORB finds corners in."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), 255, np.uint8)
+    for _ in range(60):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x, y = (int(v) for v in rng.integers(0, size, 2))
+        if rng.random() < 0.5:
+            cv2.rectangle(img, (x, y), (x + int(rng.integers(5, 40)), y + int(rng.integers(5, 40))), colour, -1)
+        else:
+            cv2.circle(img, (x, y), int(rng.integers(3, 20)), colour, -1)
+    return img
+
+
+def warped(img: np.ndarray, angle: float = 12.0, scale: float = 0.85) -> np.ndarray:
+    """The same picture rotated, shrunk and moved, on a grey background (a customer photo's geometry)."""
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    m[:, 2] += (9, -6)
+    return cv2.warpAffine(img, m, (w + 20, h + 10), borderValue=(200, 200, 200))
+
+
+@pytest.fixture(scope="module")
+def photos():
+    original = textured(1)
+    return {"original": original, "warped": warped(original), "other": textured(2)}
+
+
+@pytest.mark.parametrize("detector", ["orb", "sift"])
+def test_a_warped_copy_keeps_more_inliers_than_an_unrelated_photo(photos, detector):
+    config = RerankConfig(detector=detector)
+    query = local_features(photos["warped"], config)
+    same = inliers(query, local_features(photos["original"], config), config)
+    other = inliers(query, local_features(photos["other"], config), config)
+    assert same >= config.min_inliers > other
+    assert same > 3 * max(other, 1)
+
+
+def test_features_are_positions_and_descriptors(photos):
+    f = local_features(photos["original"])
+    assert len(f) > 50
+    assert f.points.shape == (len(f), 2) and f.points.dtype == np.float32
+    assert f.descriptors.shape == (len(f), 32) and f.descriptors.dtype == np.uint8
+    assert f.points[:, 0].max() <= RerankConfig().side  # found on the resized photo
+
+
+def test_a_blank_photo_has_no_features_and_no_inliers(photos):
+    blank = local_features(np.full((64, 80, 3), 128, np.uint8))
+    assert len(blank) == 0 and blank.descriptors.shape == (0, 32)
+    assert inliers(blank, local_features(photos["original"])) == 0
+
+
+def test_promote_first_moves_only_the_first_verified_candidate():
+    assert promote_first([0, 3, 25, 40], 20) == [2, 0, 1, 3]
+    assert promote_first([30, 0, 50], 20) == [0, 1, 2]
+    assert promote_first([1, 2, 3], 20) == [0, 1, 2]
+    assert promote_first([], 20) == []
+
+
+def test_rerank_puts_the_verified_photo_first_and_leaves_the_rest(photos):
+    shortlist = [{"id": "a", "path": "other"}, {"id": "b", "path": "original"}, {"id": "c", "path": "other"}]
+    out = rerank(photos["warped"], shortlist, lambda m: photos[m["path"]], RerankConfig(depth=2))
+    assert [m["id"] for m in out] == ["b", "a", "c"]
+    assert out[0]["inliers"] >= RerankConfig().min_inliers > out[1]["inliers"]
+    assert "inliers" not in out[2]  # beyond the depth: not examined
+    assert "inliers" not in shortlist[1]  # the caller's matches are not modified
+
+
+def test_rerank_leaves_a_list_with_nothing_verified_unchanged(photos):
+    shortlist = [{"id": "a", "path": "other"}, {"id": "b", "path": "other"}]
+    out = rerank(encode_png(photos["original"]), shortlist, lambda m: photos[m["path"]])
+    assert [m["id"] for m in out] == ["a", "b"]
+    assert rerank(photos["original"], [], lambda m: photos[m["path"]]) == []
+
+
+def test_a_product_with_several_photos_counts_its_best_one(photos):
+    shortlist = [{"id": "a", "photos": ["other"]}, {"id": "b", "photos": ["other", "original"]}]
+    out = rerank(photos["warped"], shortlist, lambda m: [photos[p] for p in m["photos"]])
+    assert [m["id"] for m in out] == ["b", "a"]
+    assert out[0]["inliers"] >= RerankConfig().min_inliers
+    empty = rerank(photos["warped"], shortlist[:1], lambda m: [])
+    assert empty[0]["inliers"] == 0
+
+
+def test_rerank_stops_at_the_first_verified_candidate(photos):
+    loaded = []
+
+    def load(match):
+        loaded.append(match["id"])
+        return photos[match["path"]]
+
+    shortlist = [{"id": "a", "path": "original"}, {"id": "b", "path": "other"}]
+    out = rerank(photos["warped"], shortlist, load)
+    assert loaded == ["a"] and [m["id"] for m in out] == ["a", "b"]
+    assert "inliers" not in out[1]
+
+
+def test_feature_cache_describes_each_photo_once(photos):
+    calls = []
+    cache = FeatureCache(lambda m: calls.append(m["id"]) or photos[m["path"]], size=1)
+    first = cache({"id": "x", "path": "original"})
+    assert isinstance(first, Features) and cache({"id": "x", "path": "original"}) is first
+    cache({"id": "y", "path": "other"})  # pushes x out (size 1)
+    cache({"id": "x", "path": "original"})
+    assert calls == ["x", "y", "x"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"depth": 0}, {"min_inliers": 0}, {"side": 16}, {"ratio": 1.5}, {"reprojection": 0.0}, {"detector": "akaze"}],
+)
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="rerank"):
+        RerankConfig(**bad)

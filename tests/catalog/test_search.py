@@ -1,0 +1,402 @@
+"""Answering a photo (vsearch.catalog.search) and the search / index CLI."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import ColourEmbedder, solid
+from PIL import Image
+
+from vsearch import cli
+from vsearch.catalog.building import build_catalog
+from vsearch.catalog.manifest import Photo
+from vsearch.catalog.search import AUTO_NEIGHBOURS, Searcher, category_votes, predict_category
+from vsearch.errors import DataError, ImageError
+from vsearch.stores import build_store, open_store
+from vsearch.stores.filters import parse_where
+
+
+@pytest.fixture
+def catalog(shop, tmp_path):
+    """The tiny shop as a faiss store (each photo a product of its own)."""
+    store, _ = build_catalog(ColourEmbedder(), shop, f"faiss:{tmp_path / 'shop.vsi'}", kind="exact")
+    yield store
+    store.close()
+
+
+def test_searcher_finds_the_item_and_filters(shop, catalog):
+    searcher = Searcher(ColourEmbedder(), catalog)
+    photo = (shop / "shoes" / "olive.png").read_bytes()
+    result = searcher.search(photo, k=2)
+    assert result.matches[0]["id"] == "shoes/olive" and result.matches[0]["score"] == pytest.approx(1, abs=1e-5)
+    assert [m["category"] for m in searcher.search(photo, 2, category="hats").matches] == ["hats", "hats"]
+    auto = searcher.search(photo, 4, category="auto")
+    assert auto.category["predicted"] == "shoes" and auto.category["mode"] == "auto"
+    assert [m["category"] for m in auto.matches][:2] == ["shoes", "shoes"]
+    by_path = searcher.search(shop / "shoes" / "olive.png", 1).matches[0]
+    by_pixels = searcher.search(np.asarray(Image.open(shop / "shoes" / "olive.png")), 1).matches[0]
+    assert by_path["id"] == by_pixels["id"] == "shoes/olive"
+    assert searcher.search(photo, k=50).to_dict()["matches"][-1]["rank"] == 4  # k larger than the catalog
+    with pytest.raises(DataError, match="unknown category 'bags'"):
+        searcher.search(photo, 2, category="bags")
+    with pytest.raises(DataError, match="k must be >= 1"):
+        searcher.search(photo, 0)
+    with pytest.raises(ImageError, match="not a recognised image"):
+        searcher.search(b"plain text, not a photo")
+    with pytest.raises(ImageError, match="over the 10-byte limit"):
+        Searcher(ColourEmbedder(), catalog, max_bytes=10).search(photo)
+    assert searcher.image_path("shoes/olive") == (shop / "shoes" / "olive.png").resolve()
+    with pytest.raises(KeyError):
+        searcher.image_path("../../etc/passwd")
+
+
+def test_warm_rerank_computes_each_catalog_photos_keypoints_once(catalog):
+    import threading
+
+    searcher = Searcher(ColourEmbedder(), catalog)
+    stop = threading.Event()
+    stop.set()
+    assert searcher.warm_rerank(stop) == 0 and searcher.rerank_ready == 0
+    photos = catalog.count()[1]
+    assert searcher.warm_rerank() == photos and searcher.rerank_ready == photos
+    product = next(catalog.products())
+    match = {"photo_id": product.photos[0], "path": product.paths[0]}
+    assert searcher._photo_features(match)[0] is searcher._photo_features(match)[0]  # kept, not recomputed
+
+
+def test_searcher_accepts_0_255_numbers_and_refuses_others(shop, catalog):
+    searcher = Searcher(ColourEmbedder(), catalog)
+    olive = np.asarray(Image.open(shop / "shoes" / "olive.png"))
+    as_float = searcher.search(olive.astype(np.float32), 1).matches[0]
+    assert as_float["id"] == "shoes/olive" and as_float["score"] == pytest.approx(1, abs=1e-5)
+    rounded = searcher.embed(olive.astype(np.float64) + 0.2)  # rounded, not truncated
+    assert np.allclose(rounded, searcher.embed(olive), atol=1e-6)
+    with pytest.raises(ImageError, match="0..255"):
+        searcher.search(olive.astype(np.float32) / 255.0 - 0.5)  # -0.5..0.5: not pixels
+    with pytest.raises(ImageError, match="look like 0..1 floats"):
+        searcher.search(olive.astype(np.float32) / 255.0)  # the usual float image: refused, not near-black
+    with pytest.raises(ImageError, match="0..255"):
+        searcher.search(olive.astype(np.int32) * 300)
+    with pytest.raises(ImageError, match="RGB pixels"):
+        searcher.search(olive[..., 0])
+    with pytest.raises(ImageError, match="empty image"):
+        searcher.search(np.zeros((0, 4, 3), np.float32))
+
+
+def test_searcher_refuses_another_model(catalog):
+    other = ColourEmbedder()
+    other.fingerprint = "colour-v2"
+    with pytest.raises(DataError, match="rebuild the index"):
+        Searcher(other, catalog)
+
+
+def test_a_small_category_of_an_hnsw_catalog_is_searched_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(3000, 4)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    rare = {5, 1000, 2999}
+    photos = [Photo(str(i), str(i), f"/nowhere/{i}.png", "rare" if i in rare else "common") for i in range(len(vecs))]
+    store = build_store(
+        f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint, kind="hnsw"
+    )
+    searcher = Searcher(ColourEmbedder(), store)
+    query = vecs[42]
+    expected = sorted(rare, key=lambda i: -float(vecs[i] @ query))
+    found = searcher.search_vector(query, 5, "rare").matches
+    assert [m["id"] for m in found] == [str(i) for i in expected]  # all three, best first
+    assert [m["score"] for m in found] == pytest.approx([float(vecs[i] @ query) for i in expected], abs=1e-5)
+    common = searcher.search_vector(query, 5, "common").matches  # a large one
+    assert len(common) == 5 and {m["category"] for m in common} == {"common"}
+    assert common[0]["id"] == "42"
+
+
+def test_products_are_grouped_and_filtered(tmp_path):
+    """Three photos per product: k counts products, each once by its best photo; filters keep products."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(6, 4))
+    photos, vecs = [], []
+    for p, centre in enumerate(centres):
+        for v in range(3):
+            vec = centre + 0.05 * rng.normal(size=4)
+            vecs.append(vec / np.linalg.norm(vec))
+            photos.append(
+                Photo(
+                    f"p{p}",
+                    f"p{p}/{v}",
+                    f"/nowhere/p{p}-{v}.png",
+                    "tops",
+                    {"price": float(10 * (p + 1)), "brand": "acme" if p % 2 else "zeta"},
+                )
+            )
+    vecs = np.asarray(vecs, np.float32)
+    store = build_store(
+        f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint, kind="exact"
+    )
+    searcher = Searcher(ColourEmbedder(), store)
+    result = searcher.search_vector(vecs[4], 3)  # a photo of p1
+    products = [m["product_id"] for m in result.matches]
+    assert len(products) == 3 == len(set(products)) and products[0] == "p1"
+    assert result.matches[0]["photo_id"] == "p1/1" and result.matches[0]["score"] == pytest.approx(1, abs=1e-5)
+    cheap = searcher.search_vector(vecs[4], 5, where=parse_where(["price<=30", "brand=zeta"], store.schema))
+    assert sorted(m["product_id"] for m in cheap.matches) == ["p0", "p2"]  # price <= 30 and brand zeta
+    assert all(m["attributes"]["price"] <= 30 and m["attributes"]["brand"] == "zeta" for m in cheap.matches)
+    assert cheap.to_dict()["filter"] == {"price": {"lte": 30.0}, "brand": {"eq": "zeta"}}
+    none = searcher.search_vector(vecs[4], 5, where=parse_where(["price>1000"], store.schema))
+    assert none.matches == []
+    with pytest.raises(DataError, match="'colour'"):
+        parse_where(["colour=red"], store.schema)
+
+
+def test_predict_category():
+    matches = [
+        {"id": "a", "category": "x", "score": 0.9},
+        {"id": "b", "category": "y", "score": 0.89},
+        {"id": "c", "category": "y", "score": 0.88},
+    ]
+    assert predict_category(matches)[0] == "y" and 0.5 < predict_category(matches)[1] < 0.7
+    assert predict_category(matches, temperature=0.001)[0] == "x"
+    assert predict_category([]) == ("", 0.0)
+
+
+def brute_force_prior(vecs, cats, query, weight, keep=None):
+    """Product ids by cosine + weight x the vote share of the top AUTO_NEIGHBOURS, over every product."""
+    ids = [i for i in range(len(vecs)) if keep is None or keep(i)]
+    scores = {i: float(vecs[i] @ query) for i in ids}
+    by_cosine = sorted(ids, key=lambda i: -scores[i])
+    votes = category_votes([{"score": scores[i], "category": cats[i]} for i in by_cosine[:AUTO_NEIGHBOURS]])
+    return [str(i) for i in sorted(ids, key=lambda i: -(scores[i] + weight * votes.get(cats[i], 0.0)))]
+
+
+@pytest.mark.parametrize("weight", [0.05, 0.3, 2.0])
+def test_auto_ranks_by_cosine_plus_the_category_prior_exactly(tmp_path, weight):
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(400, 4)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    cats = [("tops", "shoes", "hats", "bags")[int(i)] for i in rng.integers(0, 4, len(vecs))]
+    photos = [Photo(str(i), str(i), f"/nowhere/{i}.png", c, {"price": float(i % 50)}) for i, c in enumerate(cats)]
+    store = build_store(
+        f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint, kind="exact"
+    )
+    searcher = Searcher(ColourEmbedder(), store, category_prior=weight)
+    cheap = parse_where(["price<=20"], store.schema)
+    for _q in range(8):
+        query = rng.normal(size=4).astype(np.float32)
+        query /= np.linalg.norm(query)
+        for k in (1, 5, 40):
+            result = searcher.search_vector(query, k)  # the default: auto
+            assert [m["product_id"] for m in result.matches] == brute_force_prior(vecs, cats, query, weight)[:k]
+            assert result.category["mode"] == "auto" and result.category["predicted"] in cats
+            filtered = searcher.search_vector(query, k, where=cheap)
+            expected = brute_force_prior(vecs, cats, query, weight, keep=lambda i: i % 50 <= 20)[:k]
+            assert [m["product_id"] for m in filtered.matches] == expected
+        plain = searcher.search_vector(query, 40, "any").matches
+        assert [m["score"] for m in plain] == sorted((m["score"] for m in plain), reverse=True)
+    with pytest.raises(ValueError, match="category_prior"):
+        Searcher(ColourEmbedder(), store, category_prior=-1)
+    store.close()
+
+
+def test_cli_index_and_search_with_exported_model(smoke_run, smoke_index, tmp_path, capsys):
+    model, index_path = smoke_index
+    index = tmp_path / "catalog.vsi"
+    shutil.copy(index_path, index)
+    photo = sorted((smoke_run["data"] / "validation").rglob("*.jpg"))[0]
+    assert (
+        cli.main(
+            [
+                "search",
+                str(photo),
+                "--model",
+                str(model),
+                "--store",
+                str(index),
+                "-k",
+                "3",
+                "--json",
+                "--category",
+                "any",
+                "--no-rerank",
+                "--plot",
+                str(tmp_path / "plots" / "plot.png"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    result = json.loads(out[: out.rindex("}") + 1])
+    assert len(result["matches"]) == 3 and result["matches"][0]["rank"] == 1
+    scores = [m["score"] for m in result["matches"]]  # the plain cosine order
+    assert scores == sorted(scores, reverse=True) and (tmp_path / "plots" / "plot.png").stat().st_size > 0
+    assert not any("inliers" in m for m in result["matches"])  # --no-rerank: nothing examined
+
+    # the defaults: the category prior and the re-rank
+    assert cli.main(["search", str(photo), "--model", str(model), "--store", str(index), "-k", "3", "--json"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[: out.rindex("}") + 1])
+    assert result["category"]["mode"] == "auto" and result["category"]["applied"]
+    assert "inliers" in result["matches"][0]
+
+    # a catalog photo finds itself first
+    own = sorted((smoke_run["data"] / "train").rglob("*.jpg"))[0]
+    assert cli.main(["search", str(own), "--model", str(model), "--store", str(index), "-k", "1"]) == 0
+    own_id = own.relative_to(smoke_run["data"] / "train").with_suffix("").as_posix()
+    assert own_id in capsys.readouterr().out
+    assert (
+        cli.main(["search", str(own), "--model", str(model), "--store", str(index), "-k", "2", "--rerank", "--json"])
+        == 0
+    )  # the smoke photos are too plain to verify: the order stays
+    out = capsys.readouterr().out
+    verified = json.loads(out[: out.rindex("}") + 1])["matches"][0]
+    assert verified["id"] == own_id and verified["inliers"] >= 0  # it was examined
+
+    def count():
+        store = open_store(str(index))
+        try:
+            return store.count()
+        finally:
+            store.close()
+
+    before = count()
+    assert cli.main(["index", "remove", own_id, "--store", str(index)]) == 0
+    assert count() == (before[0] - 1, before[1] - 1)
+    assert cli.main(["index", "remove", own_id, "--store", str(index)]) == 2  # already gone: nothing removed
+    assert "not in" in capsys.readouterr().err
+    assert (
+        cli.main(
+            ["index", "add", str(own), "--store", str(index), "--model", str(model), "--category", own.parent.name]
+        )
+        == 0
+    )
+    assert count() == before
+    assert (
+        cli.main(
+            ["index", "add", str(own), "--store", str(index), "--model", str(model), "--category", own.parent.name]
+        )
+        == 2
+    )  # already there: add refuses, upsert replaces
+    assert "index upsert" in capsys.readouterr().err
+    assert (
+        cli.main(
+            ["index", "upsert", str(own), "--store", str(index), "--model", str(model), "--category", own.parent.name]
+        )
+        == 0
+    )
+    assert count() == before
+    assert cli.main(["index", "info", "--store", str(index)]) == 0
+    assert f"{before[0]} products, {before[1]} photos" in capsys.readouterr().out
+
+
+def test_cli_search_errors(smoke_index, tmp_path, capsys):
+    model, index = smoke_index
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    for photo, message in ((tmp_path / "missing.jpg", "no such file"), (empty, "file is empty")):
+        assert cli.main(["search", str(photo), "--model", str(model), "--store", str(index)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    good = solid(tmp_path / "ok.png", (1, 2, 3))
+    assert cli.main(["search", str(good), "--model", str(model), "--store", str(tmp_path / "none.vsi")]) == 2
+    assert "none.vsi" in capsys.readouterr().err
+    assert cli.main(["search", str(good), "--model", str(model), "--store", str(index), "--where", "colour=red"]) == 2
+    err = capsys.readouterr().err
+    assert "'colour'" in err and len(err.strip().splitlines()) == 1
+    assert (
+        cli.main(
+            ["index", "build", str(tmp_path / "nowhere"), "--model", str(model), "--store", str(tmp_path / "x.vsi")]
+        )
+        == 2
+    )
+    assert "no such" in capsys.readouterr().err
+    shop = tmp_path / "shop"
+    solid(shop / "hats" / "red.png", (250, 10, 10))
+    (tmp_path / "taken").mkdir()
+    for extra, message in (
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--store", str(tmp_path / "taken")], "is a folder; give a file name"),
+        (["--store", str(good / "x.vsi")], "not a writable folder"),
+    ):
+        assert cli.main(["index", "build", str(shop), "--model", str(model), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert (
+        cli.main(["search", str(good), "--model", str(model), "--store", str(index), "--plot", str(tmp_path / "taken")])
+        == 2
+    )
+    assert "--plot" in capsys.readouterr().err
+    # a place no one can write, not even root: one line, not a traceback
+    assert (
+        cli.main(
+            ["search", str(good), "--model", str(model), "--store", str(index), "--plot", "/proc/vsearch-test/plot.png"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "/proc/vsearch-test" in err[0] and "error:" in err[0]
+
+
+def test_searching_a_part_of_the_photo_finds_the_item_in_it(catalog):
+    """Two catalog items side by side on one canvas: a box around each finds each."""
+    searcher = Searcher(ColourEmbedder(), catalog)
+    canvas = np.zeros((30, 80, 3), np.uint8)
+    canvas[:, :40] = (250, 10, 10)  # the red hat
+    canvas[:, 40:] = (10, 240, 10)  # the green shoes
+    assert searcher.search(canvas, 1, box="0,0,0.5,1").matches[0]["id"] == "hats/red"
+    assert searcher.search(canvas, 1, box=(0.5, 0, 1, 1)).matches[0]["id"] == "shoes/green"
+    assert searcher.search(canvas, 1).matches[0]["id"] not in ("hats/red", "shoes/green")  # the mix is neither
+    with pytest.raises(ImageError, match="not a box inside the photo"):
+        searcher.search(canvas, 1, box="0.6,0,0.5,1")
+
+
+def test_rerank_moves_the_product_showing_the_same_surface_first(tmp_path):
+    """The embedding ranks product a first; b's nearest photo shows what the query shows: rerank puts b first."""
+    from test_rerank import textured, warped
+
+    files = {}
+    for name, seed in (("a0", 11), ("b0", 12), ("b1", 13), ("c0", 14)):
+        files[name] = tmp_path / f"{name}.png"
+        Image.fromarray(textured(seed)).save(files[name])
+    vecs = np.asarray([[1, 0, 0, 0], [0.6, 0, 0.8, 0], [0.9, 0.43, 0, 0], [0, 0, 0, 1]], np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    photos = [Photo(name[0], name, str(path), "tops") for name, path in files.items()]
+    store = build_store(
+        f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint, kind="exact"
+    )
+    searcher = Searcher(ColourEmbedder(), store)
+    query = warped(textured(13)).astype(np.float32)  # a customer's view of b's second photo
+    plain = searcher.search_vector(vecs[0], 3)
+    assert [m["product_id"] for m in plain.matches] == ["a", "b", "c"]
+    verified = searcher.search_vector(vecs[0], 3, rerank_query=query)
+    assert [m["product_id"] for m in verified.matches] == ["b", "a", "c"]
+    assert verified.matches[0]["inliers"] >= searcher.rerank_config.min_inliers
+    assert verified.matches[1]["score"] == pytest.approx(1, abs=1e-5)  # the scores stay the embedding's
+
+    # a calibration that says "not in the catalog" of everything: a verified first product is "similar" instead
+    flat = {"method": "platt", "mean": [0.0, 0.0], "scale": [1.0, 1.0], "coef": [0.0, 0.0], "intercept": 0.0}
+    store.set_calibration(
+        {
+            "fingerprint": ColourEmbedder.fingerprint,
+            "thresholds": {"exact": 0.99, "none": 0.99},
+            "heads": {h: {"global": flat, "categories": {}} for h in ("exact", "present")},
+        }
+    )
+    assert searcher.search_vector(vecs[0], 3).match["verdict"] == "none"
+    assert searcher.search_vector(vecs[0], 3, rerank_query=query).match["verdict"] == "similar"
+    store.set_calibration(None)
+
+    # a prior strong enough to push b out of the ranked list: b is still verified (the short list is by cosine)
+    cats = {"a0": "tops", "b0": "shoes", "b1": "shoes", "c0": "tops"}
+    photos = [Photo(name[0], name, str(path), cats[name]) for name, path in files.items()]
+    sided = build_store(
+        f"faiss:{tmp_path / 'd.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint, kind="exact"
+    )
+    strong = Searcher(ColourEmbedder(), sided, category_prior=5.0)
+    assert [m["product_id"] for m in strong.search_vector(vecs[0], 2).matches] == ["a", "c"]
+    assert [m["product_id"] for m in strong.search_vector(vecs[0], 2, rerank_query=query).matches] == ["b", "a"]
+    sided.close()
+
+    files["b1"].unlink()  # a catalog photo gone from disk verifies nothing and breaks nothing
+    fresh = Searcher(ColourEmbedder(), store)
+    assert [m["product_id"] for m in fresh.search_vector(vecs[0], 3, rerank_query=query).matches] == ["a", "b", "c"]
+    store.close()

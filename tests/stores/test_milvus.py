@@ -1,0 +1,365 @@
+"""The Milvus store's own behaviours: filters as expressions, group-by, metadata kept with the
+collection, the fingerprint refusal, and the networked road (a milvus-lite server on
+loopback, tests/milvus_server.py). The shared behaviours are tests/stores/test_stores.py's.
+
+One milvus-lite file per module and one server per session: each test builds its own catalog
+under its own ``#name`` there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import test_stores as shared  # tests/stores/test_stores.py: what every store promises, run here on a server too
+from milvus_server import milvus_server  # noqa: F401  (the session's server, a fixture)
+
+from vsearch.catalog.manifest import Photo
+from vsearch.errors import DataError
+from vsearch.stores.filters import Condition, Filter, matches, parse_where, to_milvus
+
+DIM = 8
+FINGERPRINT = "fp-a"
+
+
+def catalog(products: int = 12, seed: int = 0) -> tuple[list[Photo], np.ndarray]:
+    """Products p0.. of 1-3 photos: three categories, a price, a brand, a bool, a colour on some."""
+    photos = []
+    for p in range(products):
+        attributes = {"price": 5 * p, "brand": ["acme", "zeta", 'o"neil é'][p % 3], "in_stock": p % 2 == 0}
+        if p % 4:
+            attributes["colour"] = "red" if p % 3 else "blue"
+        for j in range(1 + p % 3):
+            photos.append(
+                Photo(f"p{p}", f"p{p}/{j}", f"/img/p{p}_{j}.jpg", ["shoes", "bags", "hats"][p % 3], attributes)
+            )
+    vectors = np.random.default_rng(seed).normal(size=(len(photos), DIM)).astype(np.float32)
+    return photos, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def calibration(fingerprint: str) -> dict:
+    platt = {"method": "platt", "mean": [0.5, 0.1], "scale": [0.2, 0.1], "coef": [3.0, 1.0], "intercept": -1.0}
+    head = {"global": platt, "categories": {"shoes": platt}}
+    return {
+        "fingerprint": fingerprint,
+        "heads": {"exact": head, "present": head},
+        "thresholds": {"exact": 0.9, "none": None},
+    }
+
+
+@pytest.fixture(scope="module")
+def lite(tmp_path_factory) -> str:
+    """A milvus-lite file shared by this module's tests (its server starts once per open)."""
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    return str(tmp_path_factory.mktemp("milvus") / "catalog.db")
+
+
+@pytest.fixture(scope="module")
+def built(lite):
+    """A read-only catalog for the search tests: the store, its photos and vectors."""
+    from vsearch.stores import build_store
+
+    photos, vectors = catalog()
+    store = build_store(f"milvus:{lite}#shared", photos, vectors, fingerprint=FINGERPRINT, model={"name": "m"})
+    yield store, photos, vectors
+    store.close()
+
+
+def build(where: str, seed: int = 0, fingerprint: str = FINGERPRINT, **kwargs):
+    from vsearch.stores import build_store
+
+    photos, vectors = catalog(seed=seed, **kwargs)
+    return build_store(f"milvus:{where}", photos, vectors, fingerprint=fingerprint, model={"name": "m"})
+
+
+# ---------------------------------------------------------------- filters as expressions
+
+
+def test_to_milvus_writes_json_paths_ors_and_escapes():
+    schema = {"price": "float", "brand": "text", "in_stock": "bool"}
+    where = parse_where(
+        ['brand in (acme, "a\\b")', "price<=50", "in_stock=true", "category!=hats", "brand!=zeta"], schema
+    )
+    path = lambda f: f if f == "category" else f"attributes[{json.dumps(f)}]"  # noqa: E731
+    assert to_milvus(where, path) == (
+        '(attributes["brand"] == "acme" or attributes["brand"] == "a\\\\b") and (attributes["price"] <= 50.0)'
+        ' and (attributes["in_stock"] == true) and (category != "hats")'
+        ' and (exists attributes["brand"] and attributes["brand"] != "zeta")'
+    )
+    assert to_milvus(Filter((Condition("product_id", "in", ("é", 'a"b\n')),))) == '(product_id in ["é", "a\\"b\\n"])'
+    assert to_milvus(None) == "" and to_milvus(Filter()) == ""
+
+
+@pytest.mark.parametrize(
+    "expressions",
+    [
+        ["price<=25"],
+        ["price>20", "price<45"],
+        ["price>=55"],
+        ["brand in (acme,zeta)"],
+        ['brand=o"neil é'],
+        ["colour!=red"],
+        ["colour=blue", "in_stock=false"],
+        ["in_stock=true"],
+        ["category in (bags,hats)"],
+        ["product_id in (p1,p4,nope)"],
+        ["category!=shoes", "price in (5,10,15,20)"],
+    ],
+)
+def test_filters_keep_what_matches_keeps(built, expressions):
+    store, photos, vectors = built
+    where = parse_where(expressions, store.schema)
+    expected = {
+        p.product_id
+        for p in photos
+        if matches(where, {"product_id": p.product_id, "category": p.category, "attributes": p.attributes})
+    }
+    grouped = store.search(vectors[:2], 100, where=where)
+    assert all({h["product_id"] for h in hits} == expected for hits in grouped), where.describe()
+    photo_hits = store.search(vectors[:1], 100, where=where, group=False)[0]
+    assert {h["photo_id"] for h in photo_hits} == {p.photo_id for p in photos if p.product_id in expected}
+
+
+# ---------------------------------------------------------------- group-by
+
+
+def test_group_by_product_gives_each_product_once_scored_by_its_best_photo(built):
+    store, photos, vectors = built
+    queries = np.random.default_rng(7).normal(size=(3, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for query, hits in zip(queries, store.search(queries, 5)):
+        best: dict[str, tuple[float, str]] = {}
+        for photo, score in zip(photos, vectors @ query):
+            best[photo.product_id] = max(best.get(photo.product_id, (-2.0, "")), (float(score), photo.photo_id))
+        top = sorted(best.items(), key=lambda item: -item[1][0])[:5]
+        assert [(h["product_id"], h["photo_id"]) for h in hits] == [(p, s[1]) for p, s in top]
+        assert [h["score"] for h in hits] == pytest.approx([s[0] for _, s in top], abs=1e-5)
+    photo_hits = store.search(queries[:1], 5, group=False)[0]
+    exact = np.argsort(-(vectors @ queries[0]))[:5]
+    assert [h["photo_id"] for h in photo_hits] == [photos[i].photo_id for i in exact]
+    first = photo_hits[0]
+    assert first["id"] == first["photo_id"] and first["path"] == photos[exact[0]].image
+    assert first["attributes"] == photos[exact[0]].attributes and first["category"] == photos[exact[0]].category
+
+
+def test_an_hnsw_catalog_answers_a_selective_filter_exactly(lite):
+    """milvus-lite's filtered HNSW walk alone missed photos here (a wrong top 3 for 9 of 20 queries)."""
+    from vsearch.stores import build_store, open_store
+
+    photos, vectors = shared.catalog(products=600, per=3, seed=1)
+    rare = {"p7", "p100", "p333", "p599"}
+    photos = [
+        Photo(p.product_id, p.photo_id, p.image, p.category, {**p.attributes, "rare": p.product_id in rare})
+        for p in photos
+    ]
+    build_store(f"milvus:{lite}#hnsw", photos, vectors, fingerprint=FINGERPRINT, kind="hnsw").close()
+    store = open_store(f"milvus:{lite}#hnsw")  # milvus-lite builds HNSW in the background; closing waits for it
+    listed = list(store.products())  # once: brute() lists the products for every query
+    exact = SimpleNamespace(test_photos=photos, test_vectors=vectors, products=lambda: listed)
+    try:
+        assert store.kind == "hnsw"
+        where = parse_where(["rare=true"], store.schema)
+        queries = shared.unit(np.random.default_rng(3).normal(size=(20, shared.DIM)))
+        for query, products, found in zip(
+            queries, store.search(queries, 3, where=where), store.search(queries, 3, where=where, group=False)
+        ):
+            assert [(h["product_id"], h["photo_id"]) for h in products] == [
+                e[:2] for e in shared.brute(exact, query, where)[:3]
+            ]
+            assert [h["photo_id"] for h in found] == [e[0] for e in shared.brute(exact, query, where, group=False)[:3]]
+        assert store.search(queries[:1], 3, where=parse_where(["price<0"], store.schema)) == [[]]
+    finally:
+        store.close()
+
+
+def test_search_checks_its_queries(built):
+    store, _, vectors = built
+    with pytest.raises(DataError, match="dimension 8"):
+        store.search(np.ones((1, DIM + 1), np.float32), 3)
+    with pytest.raises(DataError, match="NaN or infinity"):
+        store.search(np.full((1, DIM), np.nan, np.float32), 3)
+    with pytest.raises(DataError, match="at least 1"):
+        store.search(vectors[:1], 0)
+    assert store.search(vectors[0], 1)[0][0]["photo_id"] == "p0/0"  # one vector is one query
+
+
+# ---------------------------------------------------------------- metadata kept with the collection
+
+
+def test_metadata_and_calibration_persist_across_reopen(lite):
+    from vsearch.stores import open_store
+
+    store = build(f"{lite}#kept", products=5)
+    store.upsert([Photo("p9", "p9/0", "/img/new.jpg", "socks", {"size": "L", "price": 2.5})], np.eye(1, DIM))
+    store.set_calibration(calibration(FINGERPRINT))
+    before = (store.count(), store.categories(), store.schema, store.search(np.eye(1, DIM), 3))
+    store.close()  # the last user of the file: its server stops, the reopen reads the disk
+    again = open_store(f"milvus:{lite}#kept", expected_fingerprint=FINGERPRINT)
+    try:
+        assert (again.fingerprint, again.dim, again.model) == (FINGERPRINT, DIM, {"name": "m"})
+        assert again.schema == {"price": "float", "brand": "text", "in_stock": "bool", "colour": "text", "size": "text"}
+        assert again.calibration == calibration(FINGERPRINT)
+        assert (again.count(), again.categories(), again.schema, again.search(np.eye(1, DIM), 3)) == before
+        assert again.get("p9").paths == ("/img/new.jpg",)
+    finally:
+        again.close()
+
+
+def test_another_models_catalog_and_calibration_are_refused(lite):
+    from vsearch.stores import open_store
+
+    build(f"{lite}#model", products=3).close()
+    with pytest.raises(
+        DataError, match="built with model fp-a, but the query model is fp-b; rebuild the index with this model"
+    ):
+        open_store(f"milvus:{lite}#model", expected_fingerprint="fp-b")
+    store = open_store(f"milvus:{lite}#model")
+    try:
+        with pytest.raises(DataError, match="was made with model fp-b"):
+            store.set_calibration(calibration("fp-b"))
+        assert store.calibration is None and open_store(f"milvus:{lite}#model").calibration is None
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------- writes
+
+
+@pytest.mark.parametrize(
+    "photos, vectors, message",
+    [
+        (
+            [Photo("p1", "p1/x", "/x.jpg", "bags", {"price": "cheap"})],
+            np.eye(1, DIM),
+            "'price': 'cheap' is not a number",
+        ),
+        (
+            [Photo("p1", "p1/x", "/x.jpg", "bags", {}), Photo("p1", "p1/y", "/y.jpg", "hats", {})],
+            np.eye(2, DIM),
+            "disagree",
+        ),
+        ([Photo("p1", "p1/x", "/x.jpg", "bags", {})], np.eye(1, DIM + 1), "dimension 8"),
+        ([Photo("p1", "p1/x", "/x.jpg", "bags", {})], np.full((1, DIM), np.inf), "NaN or infinity"),
+        ([Photo("p1", "p1/x", "/x.jpg", "bags", {"score": 1})], np.eye(1, DIM), "reserved"),
+        ([Photo("p1", "p0/0", "/x.jpg", "bags", {})], np.eye(1, DIM), "'p0/0' already belongs to product 'p0'"),
+    ],
+)
+def test_a_refused_upsert_writes_nothing(lite, photos, vectors, message):
+    store = build(f"{lite}#refused", products=3)
+    try:
+        before = (store.count(), store.get("p0"), store.get("p1"), store.schema)
+        with pytest.raises(DataError, match=message):
+            store.upsert(photos, vectors)
+        assert (store.count(), store.get("p0"), store.get("p1"), store.schema) == before
+    finally:
+        store.close()
+
+
+def test_upsert_replaces_a_products_photos_and_delete_counts_products(lite):
+    store = build(f"{lite}#writes", products=4)  # p2 has photos p2/0, p2/1, p2/2
+    try:
+        assert store.count() == (4, 1 + 2 + 3 + 1)
+        store.upsert(
+            [Photo("p2", "p2/1", "/a.jpg", "bags", {"price": 7}), Photo("p2", "p2/9", "/b.jpg", "bags", {"price": 7})],
+            np.eye(2, DIM),
+        )
+        assert store.get("p2").photos == ("p2/1", "p2/9") and store.get("p2").attributes == {"price": 7}
+        assert store.photo("p2/0") is None and store.photo("p2/9")["path"] == "/b.jpg"
+        assert store.count() == (4, 6)
+        assert store.search(np.eye(1, DIM), 1, where=parse_where(["price=7"], store.schema))[0][0]["photo_id"] == "p2/1"
+        assert store.delete(["p2", "p3", "nope"]) == 2 and store.count() == (2, 3) and store.get("p3") is None
+        assert store.delete(["p2"]) == 0
+    finally:
+        store.close()
+
+
+def test_attributes_filter_through_typed_columns_and_a_later_one_through_json(lite):
+    """milvus-lite reads a JSON path row by row (~100 times a typed column's cost): the
+    attributes a catalog is built with get columns; one that joins later still filters."""
+    store = build(f"{lite}#columns", products=6)
+    try:
+        assert set(store.columns) == {"price", "brand", "in_stock", "colour"}
+        assert store._field("price") == store.columns["price"] and store._field("size").startswith("attributes[")
+        store.upsert([Photo("p9", "p9/0", "/p9.jpg", "hats", {"price": 2.5, "size": 42})], np.eye(1, DIM))
+        assert store.schema["price"] == "float" and store.schema["size"] == "int"
+        for expressions, expected in (
+            (["size>=40"], {"p9"}),
+            (["price<3"], {"p0", "p9"}),
+            (["price<3", "colour!=red"], set()),
+            (["size!=41"], {"p9"}),
+        ):
+            hits = store.search(np.eye(1, DIM), 20, where=parse_where(expressions, store.schema))[0]
+            assert {h["product_id"] for h in hits} == expected, expressions
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------- the networked road
+
+
+def test_server_catalogs_are_shared_rebuilt_at_once_and_named(milvus_server):
+    from pymilvus import MilvusClient
+
+    from vsearch.stores import open_store
+
+    writer = build(f"{milvus_server}#served", products=6)
+    reader = open_store(f"milvus:{milvus_server}#served", expected_fingerprint=FINGERPRINT)
+    other = build(f"{milvus_server}#other", products=2)
+    admin = MilvusClient(uri=milvus_server)
+    try:
+        assert reader.refresh() is False and reader.count() == (6, 12)
+        writer.upsert([Photo("p40", "p40/0", "/n.jpg", "socks", {"size": "M"})], np.eye(1, DIM))
+        assert reader.count() == (7, 13)  # the rows are live, no refresh needed
+        assert reader.refresh() is True and reader.schema["size"] == "text" and reader.refresh() is False
+        assert reader.categories() == ["bags", "hats", "shoes", "socks"] and other.count() == (2, 3)
+
+        first = writer.collection
+        build(f"{milvus_server}#served", products=3, seed=1).close()
+        assert reader.count() == (3, 6) and reader.get("p40") is None  # searches move to the new catalog at once
+        assert first not in admin.list_collections() and reader.refresh() is True
+        build(f"{milvus_server}#served", products=3, fingerprint="fp-b").close()
+        with pytest.raises(DataError, match="built with model fp-b"):
+            reader.refresh()
+        assert len([c for c in admin.list_collections() if c.startswith("served_")]) == 1
+    finally:
+        admin.close()
+        for store in (writer, reader, other):
+            store.close()
+
+
+def test_where_it_cannot_open_it_says_so(lite, monkeypatch, tmp_path):
+    from vsearch.stores import milvus, open_store
+
+    with pytest.raises(DataError, match="no such milvus-lite store"):
+        open_store(f"milvus:{tmp_path}/none.db")
+    with pytest.raises(DataError, match="give FILE.db"):
+        open_store(f"milvus:{tmp_path}/catalog.vsi")
+    with pytest.raises(DataError, match="catalog name"):
+        open_store(f"milvus:{lite}#9-lives")
+    build(f"{lite}#there", products=1).close()
+    with pytest.raises(DataError, match="no vsearch catalog named 'absent'"):
+        open_store(f"milvus:{lite}#absent")
+    monkeypatch.setattr(milvus, "CONNECT_TIMEOUT_S", 1)
+    from milvus_server import free_port
+
+    with pytest.raises(DataError, match="cannot open Milvus.*is the server running"):
+        open_store(f"milvus:http://127.0.0.1:{free_port()}")
+
+
+# ---------------------------------------------------------------- the shared suite, over the network
+
+
+@pytest.fixture
+def spec(milvus_server, request):
+    """The shared suite's store: a catalog of its own on the session's server."""
+    return f"milvus:{milvus_server}#t_{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]}"
+
+
+store = shared.store  # builds on the ``spec`` above
+for _name, _test in vars(shared).items():
+    if _name.startswith("test_") and callable(_test):
+        globals()[f"test_server_{_name[len('test_') :]}"] = _test

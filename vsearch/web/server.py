@@ -1,0 +1,160 @@
+"""Running the web app: ``vsearch serve``, and a server in a thread for tests and tools.
+
+    vsearch serve --model saved_models/embedding --store faiss:saved_models/catalog.vsi \
+        --admin-token-file token.txt --media saved_models/media
+
+:func:`run` loads the model and opens the store, searches once to warm up, and serves the
+app of :mod:`vsearch.web.app` with uvicorn until Ctrl-C, taking in other writers' changes to
+the store as it goes (:mod:`vsearch.web.live`); with an admin token it also takes product
+writes (:mod:`vsearch.web.admin`). :class:`BackgroundServer` serves an app from a daemon thread
+on a free loopback port. Both bind their socket with :func:`listen`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vsearch.catalog.search import CATEGORY_PRIOR
+from vsearch.errors import DataError
+from vsearch.web.app import DEFAULT_MAX_UPLOAD_BYTES, create_app
+from vsearch.web.budget import DEFAULT_DECODE_BUDGET_BYTES
+from vsearch.web.live import DEFAULT_RELOAD_INTERVAL_S, LiveSearcher
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn; a clear DataError if the address cannot be had.
+
+    ``proto=IPPROTO_TCP`` matters: asyncio sets TCP_NODELAY only on sockets that say they
+    are TCP, and without it every response waits ~40 ms for the client's delayed ACK.
+    """
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    except (OSError, UnicodeError) as exc:
+        raise DataError(f"cannot listen on {host}:{port} ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise DataError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    return sock
+
+
+class BackgroundServer:
+    """uvicorn serving an app from a daemon thread on a loopback port (for tests and tools).
+
+    Binds the socket itself (port 0: a free one), so there is no race for the port::
+
+        with BackgroundServer(app) as server:
+            httpx.get(server.url + "/healthz")
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        self.app, self.host, self.port, self.log_level = app, host, int(port), log_level
+        self._server = self._thread = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> BackgroundServer:
+        import uvicorn
+
+        sock = listen(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level=self.log_level, access_log=False))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server on {self.url} did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+def warm_up(searcher) -> None:
+    """One search of an encoded blank photo, on the road an upload takes (bytes -> model -> index).
+
+    The first call traces the model's graph (about a second on 2 cores): better paid at
+    start-up than by the first customer.
+    """
+    from vsearch.images import encode_png
+
+    searcher.search(encode_png(np.full((300, 200, 3), 255, np.uint8)), k=1, source="<warm-up>")
+
+
+def run(
+    model: str | os.PathLike,
+    store: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    num_threads: int | None = None,
+    log_level: str = "info",
+    decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES,
+    reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S,
+    *,
+    admin_token: str | None = None,
+    media_dir: str | os.PathLike | None = None,
+    rerank: bool = True,
+    category_prior: float = CATEGORY_PRIOR,
+) -> None:
+    """Loads the model and opens the store, then serves until interrupted (Ctrl-C).
+
+    Args:
+        store: ``faiss:PATH`` (a bare path too), ``milvus:FILE.db`` or ``milvus:http://...``.
+        admin_token: What product writes need (:func:`vsearch.web.admin.admin_token`); None: no writes.
+        media_dir: Where uploaded photos are kept (default: ``media/`` beside a local store).
+        rerank: Whether a search that does not say re-ranks its short list (``rerank`` field).
+        category_prior: The weight of ``category=auto``'s vote (:class:`~vsearch.catalog.search.Searcher`).
+
+    Binds loopback by default: put a reverse proxy in front before exposing it. The address
+    is taken before the slow model load, so a port in use fails at once.
+    """
+    import uvicorn
+
+    from vsearch.catalog.search import Searcher
+    from vsearch.stores import parse_spec
+
+    backend, where = parse_spec(str(store))  # a bad spec fails before the slow model load
+    if backend == "faiss" and not Path(where).exists():
+        raise DataError(f"{where}: no such catalog store; build one with `vsearch index build`")
+    sock = listen(host, port)
+    searcher = Searcher.from_paths(model, f"{backend}:{where}", num_threads=num_threads, category_prior=category_prior)
+    warm_up(searcher)
+    live = LiveSearcher(searcher, reload_interval_s)
+    app = create_app(
+        live,
+        max_upload_bytes=max_upload_bytes,
+        decode_budget_bytes=decode_budget_bytes,
+        admin_token=admin_token,
+        media_dir=media_dir,
+        rerank=rerank,
+    )
+    products, photos = searcher.store.count()
+    refresh = (
+        f"other writers' changes taken in every {reload_interval_s:g} s"
+        if reload_interval_s > 0
+        else "other writers' changes not taken in"
+    )
+    writes = f"writes on (photos kept in {app.state.media_dir})" if admin_token else "writes off (no admin token)"
+    print(
+        f"vsearch: {products} products ({photos} photos) in {backend}:{where}, {refresh}; {writes}; serving "
+        f"http://{host}:{port}/ (API docs at /docs, metrics at /metrics)"
+    )
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn has shut down gracefully, then re-raises Ctrl-C
+        print("vsearch: stopped")
