@@ -19,6 +19,23 @@ from vsearch.learn.synthetic import product_photo as _photo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
+# What makes a test slow: a trained smoke model or a started server behind a fixture, or a
+# whole module of subprocesses and browsers. `make test-fast` runs the rest.
+SLOW_FIXTURES = {"smoke_run", "smoke_index", "tiny", "milvus_server"}
+SLOW_MODULES = {
+    "test_strategy.py",
+    "test_notebook.py",
+    "test_web_e2e.py",
+    "test_budget_memory.py",
+    "test_integration.py",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 def _repo_outputs() -> set[str]:
     """What the tests must never write in the checkout: catalogs, media, locks and logs."""

@@ -179,7 +179,10 @@ def customer_view(image: np.ndarray, rng: np.random.Generator, strength: float =
     ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:  # pragma: no cover - OpenCV always encodes a valid uint8 image
         raise RuntimeError("JPEG encoding failed")
-    return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32)
+    decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    if decoded is None:  # pragma: no cover - OpenCV decodes what it just encoded
+        raise RuntimeError("JPEG decoding failed")
+    return decoded[..., ::-1].astype(np.float32)
 
 
 def view_batch(view: ViewFn, images: np.ndarray, seed: int, start: int = 0) -> np.ndarray:
@@ -222,7 +225,7 @@ def customer_photo(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     img = img.crop((x0, y0, x0 + cw, y0 + ch))
 
     background = tuple(int(v) for v in np.clip(rng.uniform(170, 250) + rng.uniform(-15, 15, 3), 0, 255))
-    img = img.rotate(float(rng.uniform(-20, 20)), resample=Image.BILINEAR, expand=True, fillcolor=background)
+    img = img.rotate(float(rng.uniform(-20, 20)), resample=Image.Resampling.BILINEAR, expand=True, fillcolor=background)
     img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.75, 1.25))
     img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.75, 1.25))
     img = ImageEnhance.Color(img).enhance(rng.uniform(0.7, 1.3))

@@ -128,7 +128,7 @@ def _image_error(source: str, exc: BaseException) -> ImageError:
 
 def _sixteen_to_eight(arr: np.ndarray, peak: int) -> np.ndarray:
     """Integer scaling of 16/32-bit gray to 8 bits, rounded (no float64 copy of a big image)."""
-    scaled = arr.astype(np.uint32 if peak <= 65535 else np.uint64)
+    scaled: np.ndarray = arr.astype(np.uint32 if peak <= 65535 else np.uint64)
     scaled *= 255
     scaled += peak // 2
     scaled //= peak
@@ -201,9 +201,7 @@ def decode_image(
             if draft_size:
                 img.draft(None, (draft_size, draft_size))
             img.load()
-            if upright:
-                img = ImageOps.exif_transpose(img)
-            return _to_rgb(img, source)
+            return _to_rgb(ImageOps.exif_transpose(img) if upright else img, source)
     except Exception as exc:  # noqa: BLE001  (any failure of one image is that image's error)
         raise _image_error(source, exc) from None
 

@@ -311,7 +311,7 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = ECE_BIN
     )
 
 
-def wilson_interval(k: np.ndarray, n: np.ndarray, z: float) -> tuple[np.ndarray, np.ndarray]:
+def wilson_interval(k: np.ndarray | int, n: np.ndarray | int, z: float) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score bounds of a rate of ``k`` in ``n`` at normal quantile ``z`` (0: the rate itself)."""
     k, n = np.asarray(k, np.float64), np.asarray(n, np.float64)
     rate = k / n
@@ -432,11 +432,12 @@ def verdict_metrics(calibration: dict, samples: Samples) -> dict:
         "num_in_catalog": int(inside.sum()),
         "num_left_out": int(outside.sum()),
     }
-    out["targets_met"] = {
-        name: out[name] is not None and (out[name] >= bound if op == ">=" else out[name] <= bound)
-        for name, (op, bound) in TARGETS.items()
-    }
-    return out
+    return {**out, "targets_met": {name: _meets(out[name], op, bound) for name, (op, bound) in TARGETS.items()}}
+
+
+def _meets(value: float | None, op: str, bound: float) -> bool:
+    """Whether a measured figure meets its target (a figure that could not be measured does not)."""
+    return value is not None and (value >= bound if op == ">=" else value <= bound)
 
 
 def reliability_curves(calibration: dict, samples: Samples, bins: int = ECE_BINS) -> dict:

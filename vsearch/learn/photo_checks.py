@@ -43,7 +43,7 @@ class SplitReport:
     bad: dict[str, str] = field(default_factory=dict)  # path -> why it is excluded
 
     def counts(self) -> dict[str, int]:
-        converted = {}
+        converted: dict[str, int] = {}
         for path in self.convert:
             cls = Path(path).parent.name
             converted[cls] = converted.get(cls, 0) + 1
@@ -211,6 +211,10 @@ def _write_normalised(src: Path, dest: Path) -> None:
     write_atomic(dest, lambda tmp: Image.fromarray(pixels, "RGB").save(tmp, format="PNG"))
 
 
+def _copy(src: Path, dest: Path) -> None:
+    shutil.copy2(src, dest)
+
+
 def _write_copy(src: Path, dest: Path, link: bool) -> None:
     dest.unlink(missing_ok=True)
     if link:
@@ -219,7 +223,7 @@ def _write_copy(src: Path, dest: Path, link: bool) -> None:
             return
         except OSError:  # another file system, or links not allowed: copy
             pass
-    write_atomic(dest, lambda tmp: shutil.copy2(src, tmp))
+    write_atomic(dest, lambda tmp: _copy(src, tmp))
 
 
 def _read_sources(dest: Path) -> dict[str, str]:

@@ -127,6 +127,7 @@ def retrieval_grid(
                 ax.axis("off")
                 continue
             label = labels[r][c - 1]
+            colour: str | None
             if relevant is not None:
                 colour = SAME if relevant[r][c - 1] else DIFFERENT
             else:
@@ -140,10 +141,10 @@ def retrieval_grid(
 def embedding_map(points: np.ndarray, labels: Sequence[int], class_names: Sequence[str], title: str = "") -> Figure:
     """2-D scatter of projected embeddings coloured by class."""
     fig, ax = _subplots(figsize=(7, 6))
-    labels = np.asarray(labels)
+    codes = np.asarray(labels)
     cmap = matplotlib.colormaps["tab10"]
     for index, name in enumerate(class_names):
-        mask = labels == index
+        mask = codes == index
         ax.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.7, color=cmap(index % 10), label=name)
     ax.legend(markerscale=3, fontsize=8)
     ax.set_xticks([])

@@ -32,7 +32,7 @@ class GivenVectors:
 def photo_store(
     path: str | os.PathLike,
     paths: Sequence[str],
-    labels: Sequence[int],
+    labels: Sequence[int] | np.ndarray,
     names: Sequence[str],
     vectors: np.ndarray,
     fingerprint: str,
@@ -51,7 +51,7 @@ def target_ranks(
     searcher,
     vectors: np.ndarray,
     photos: Sequence[np.ndarray],
-    targets: Sequence[int],
+    targets: Sequence[int] | np.ndarray,
     category: str = "auto",
     rerank: bool = True,
     k: int = 10,
