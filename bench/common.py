@@ -51,6 +51,18 @@ def output_args(parser: argparse.ArgumentParser, name: str, folder: str = "bench
     parser.add_argument("--no-write", action="store_true", help="print the results only")
 
 
+def refuse_uncommitted() -> None:
+    """Exits when tracked files differ from the commit: a results file names the code that made it."""
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    if status:
+        raise SystemExit(
+            f"{ROOT}: uncommitted changes ({len(status.splitlines())} tracked file(s)); a results file must come "
+            "from committed code: commit first, or pass --no-write (or run from a clean `git worktree`)"
+        )
+
+
 def publish(args: argparse.Namespace, title: str, lines: list[str]) -> str:
     """Prints the results and, unless ``--no-write``, rewrites ``--out`` with them.
 
@@ -64,16 +76,13 @@ def publish(args: argparse.Namespace, title: str, lines: list[str]) -> str:
     from vsearch.artifacts import provenance, write_atomic
 
     info = provenance()
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
     text = (
         "\n".join(
             [
                 f"# {title}",
                 "",
                 f"- date: {info['date']}",
-                f"- commit: {info['commit']}{' + uncommitted changes' if status else ''}",
+                f"- commit: {info['commit']}",
                 f"- machine: {info['machine']}",
                 f"- command: `{command()}`",
                 "",
@@ -84,6 +93,7 @@ def publish(args: argparse.Namespace, title: str, lines: list[str]) -> str:
     )
     print(text)
     if not args.no_write:
+        refuse_uncommitted()
         write_atomic(args.out, text)
         print(f"wrote {shown(args.out)}", file=sys.stderr)
     return text

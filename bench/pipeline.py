@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import ROOT, command, output_args, shown
+from bench.common import ROOT, command, output_args, refuse_uncommitted, shown
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 TITLE = "Catalog embedding on Apache Beam (DirectRunner) against `vsearch index build`"
@@ -358,16 +358,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
             lines = globals()[part](args, Path(tmp))
         info = provenance()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip()
         new[PARTS[part]] = (
             "\n".join(
                 [
                     f"## {PARTS[part]}",
                     "",
                     f"- date: {info['date']}",
-                    f"- commit: {info['commit']}{' + uncommitted changes' if dirty else ''}",
+                    f"- commit: {info['commit']}",
                     f"- machine: {info['machine']}",
                     f"- command: `{command()}`",
                     "",
@@ -382,6 +379,7 @@ def main() -> None:
     text = f"# {TITLE}\n\n" + "\n".join(s for s in body if s)
     print(text)
     if not args.no_write:
+        refuse_uncommitted()
         write_atomic(out, text)
         print(f"wrote {shown(out)}", file=sys.stderr)
 
