@@ -212,3 +212,101 @@ def test_a_folder_is_the_shortcut_with_catalog_ids(shop):
     (shop / "hats" / "red.png").write_bytes(b"another red")
     with pytest.raises(DataError, match="one id 'hats/red' for two photos"):
         read_manifest(shop)
+
+
+BASE = {"product_id": "P1", "image": "a.jpg", "category": "hats"}
+
+
+def write_rows(folder, fmt, rows):
+    """``rows`` (dicts) as a manifest of ``fmt``; CSV cells are written as given (text)."""
+    path = folder / f"m.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    elif fmt == "csv":
+        import csv
+        import io
+
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        path.write_text(out.getvalue())
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = {name: [r[name] for r in rows] for name in rows[0]}
+        big = {name for name, values in columns.items() if any(isinstance(v, int) and v >= 2**63 for v in values)}
+        pq.write_table(pa.table({n: pa.array(v, pa.uint64() if n in big else None) for n, v in columns.items()}), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "fmt, value, fragment",
+    [
+        ("jsonl", 10**400, "a whole number of about 401 digits is out of range"),
+        ("jsonl", 2**63, "9223372036854775808 is out of range"),
+        ("jsonl", -(2**63) - 1, "-9223372036854775809 is out of range"),
+        ("csv", "9" * 400, "(400 digits) is out of range"),
+        ("csv", "9" * 5000, "(5000 digits) is out of range"),
+        ("csv", "-99999999999999999999", "-99999999999999999999 is out of range"),
+        ("csv", "1e999", "'1e999' is too large for a number"),
+        ("csv", "9" * 400 + ".5", "is too large for a number"),
+        ("parquet", 2**64 - 1, "18446744073709551615 is out of range"),  # an unsigned 64-bit column
+    ],
+)
+def test_a_number_no_store_can_hold_names_file_row_and_column(tmp_path, fmt, value, fragment):
+    """Refused on reading, before anything is embedded or written (`index build`, `index upsert`)."""
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    rows = [{**BASE, "price": 1}, {**BASE, "image": "b.jpg", "price": value}]
+    with pytest.raises(DataError) as error:
+        read_manifest(write_rows(tmp_path, fmt, rows))
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path}/m.{fmt}: ") and "column 'price': " in message and fragment in message
+    assert "\n" not in message and len(message) < 400, message
+
+
+def test_a_json_line_nested_too_deeply_is_one_line(tmp_path):
+    deep = json.dumps(BASE)[:-1] + ', "size": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(DataError, match=r"m\.jsonl: line 2: JSON nested too deeply") as error:
+        read_manifest(write_rows(tmp_path, "jsonl", [BASE, deep]))
+    assert "\n" not in str(error.value)
+    shallow = json.dumps(BASE)[:-1] + ', "size": ' + "[" * 500 + "]" * 500 + "}"
+    with pytest.raises(DataError, match=r"line 1: column 'size': a list value \(\[\[\[") as error:
+        read_manifest(write_rows(tmp_path, "jsonl", [shallow]))
+    assert len(str(error.value)) < 300
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+@pytest.mark.parametrize(
+    "product_id, fragment",
+    [
+        ("a\nb", "unprintable"),
+        ("nul\x00", "unprintable"),
+        ("bell\x07", "unprintable"),
+        ("x" * 257, "over the limit of 256"),
+        ("in\u2028side", "unprintable"),
+    ],
+)
+def test_a_product_id_the_api_refuses_is_refused_in_every_manifest(tmp_path, fmt, product_id, fragment):
+    """One rule for ids (vsearch.stores.validate.check_id): the API could never replace or delete such a product."""
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    rows = [{**BASE, "product_id": "fine"}, {**BASE, "product_id": product_id, "image": "b.jpg"}]
+    with pytest.raises(DataError, match=f"m\\.{fmt}: (line|row) \\d+: column 'product_id': .*{fragment}") as error:
+        read_manifest(write_rows(tmp_path, fmt, rows))
+    assert "\n" not in str(error.value)
+
+
+def test_a_folder_file_whose_id_breaks_the_rule_is_skipped_and_said_so(tmp_path):
+    (tmp_path / "hats").mkdir()
+    (tmp_path / "hats" / "good.jpg").write_bytes(b"x")
+    (tmp_path / "hats" / "bad\nname.jpg").write_bytes(b"x")
+    (tmp_path / "hats" / ("y" * 200)).mkdir()
+    (tmp_path / "hats" / ("y" * 200) / ("z" * 60 + ".jpg")).write_bytes(b"x")  # the id "hats/yyy.../zzz...": 266
+    manifest = read_manifest(tmp_path)
+    assert [p.product_id for p in manifest.photos] == ["hats/good"]
+    assert len(manifest.skipped) == 2 and all("rename the file" in why for why in manifest.skipped.values())
+    assert any("unprintable" in why for why in manifest.skipped.values())
+    assert any("over the limit" in why for why in manifest.skipped.values())

@@ -118,6 +118,30 @@ def test_reserved_names_are_refused(name):
         check_attributes({name: "x"}, SCHEMA)
 
 
+def nested(depth: int):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "attributes, fragment",
+    [
+        ({"price": 10**400}, "'price': a whole number of about 401 digits is out of range"),
+        ({"colour": -(10**400)}, "'colour': a negative whole number of about 401 digits is out of range"),
+        ({"stock": 2**63}, "'stock': 9223372036854775808 is out of range"),
+        ({"stock": 1e300}, "'stock': 1e+300 is out of range"),
+        ({"title": "a \udc80 b"}, "'title': 'a \\udc80 b' is not Unicode text"),
+        ({"colour": nested(900)}, "'colour': a list value ([[[[...]]]])"),
+    ],
+)
+def test_a_value_no_store_can_hold_is_refused_naming_its_attribute(attributes, fragment):
+    with pytest.raises(DataError) as err:
+        check_attributes(attributes, SCHEMA)
+    assert fragment in str(err.value) and "\n" not in str(err.value) and len(str(err.value)) < 300, err.value
+
+
 def test_a_new_attribute_is_allowed_with_its_own_type():
     assert check_attributes({"colour": "red", "weight_kg": 1.5, "fragile": True}, SCHEMA) == {
         "colour": "red",
@@ -191,6 +215,21 @@ def test_a_value_of_the_wrong_type_for_the_catalog_writes_nothing(searcher, cata
     with pytest.raises(DataError, match="'price'"):
         put_product(searcher, "p", [upload("red", 1)], attributes={"price": "cheap"}, media_dir=catalog[1])
     assert searcher.store.get("p") is None and files_under(catalog[1]) == []
+
+
+def test_a_400_digit_number_writes_nothing_and_the_catalog_goes_on(searcher, catalog):
+    """Once, it passed every check, was fsynced into the log, then failed when applied: every later write and
+    every reopening of the catalog failed with it."""
+    log = f"{catalog[0]}.log"
+    size = os.path.getsize(log)
+    for attributes in ({"price": 10**400}, {"price": 2**63}, {"new_count": 10**400}):
+        with pytest.raises(DataError, match=f"attribute '{next(iter(attributes))}': .* out of range"):
+            put_product(searcher, "p", [upload("red", 1)], attributes=attributes, media_dir=catalog[1])
+    assert searcher.store.get("p") is None and files_under(catalog[1]) == [] and os.path.getsize(log) == size
+    put_product(searcher, "p", [upload("red", 1)], attributes={"price": 2}, media_dir=catalog[1])
+    again = load_searcher(catalog[0])
+    assert again.store.get("p").attributes == {"price": 2.0}
+    again.store.close()
 
 
 @pytest.mark.parametrize("count, fragment", [(0, "at least one photo"), (MAX_PHOTOS + 1, f"at most {MAX_PHOTOS}")])

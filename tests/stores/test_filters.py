@@ -1,5 +1,9 @@
 """Attribute filters: the two ways in (where, JSON), checking, and the two ways out (mask, Milvus)."""
 
+import json
+import re
+import time
+
 import numpy as np
 import pytest
 
@@ -156,3 +160,68 @@ def test_to_milvus_writes_boolean_expressions():
         '(brand in ["acme", "quo\\\\\\"te"]) and (price <= 50.0) and (in_stock == false) and (stock != 2.0)'
     )
     assert filters.to_milvus(None) == "" and filters.to_milvus(Filter()) == ""
+
+
+# ---------------------------------------------------------------- bounds (#34): one clear refusal, at once
+
+
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        (["price" + " " * 15_000 + "x"], "expected ATTRIBUTE OP VALUE"),
+        (["price<=1" + " " * 15_000 + "x"], "'price': '1"),
+        (["brand in" + " " * 7_000 + "(a)" + " " * 7_000 + "x"], "'in' takes a list in brackets"),
+        (["price<=" + "9" * 400], "'price': '99999"),
+        (["price>-1e999"], "'price': '-1e999' is not a finite number"),
+        (["brand=x" * 3_000], f"a filter is at most {filters.MAX_BYTES} bytes"),
+        ([f"brand in ({','.join(map(str, range(filters.MAX_VALUES + 1)))})"], "'brand': 'in' lists 101 values"),
+        (["price>1"] * (filters.MAX_VALUES + 1), f"{filters.MAX_VALUES + 1} values in all; a filter holds at most"),
+    ],
+)
+def test_parse_where_refuses_what_is_past_its_bounds_at_once(where, message):
+    """A run of spaces cost the old pattern quadratic time (10 s at 15,000); numbers must be finite."""
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=re.escape(message)):
+        filters.parse_where(where, SCHEMA)
+    assert time.perf_counter() - start < 1
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ('{"price": %s}' % ("9" * 400), "'price': an integer of 400 digits is not a finite number"),
+        ({"stock": {"gt": 10**400}}, "'stock': an integer of 401 digits is not a finite number"),
+        ({"stock": {"gt": 10**5000}}, "'stock': an integer of over 4300 digits"),
+        ('{"stock": %s}' % ("1" * 5000), "'stock': an integer of 5000 digits"),
+        ('{"price": -1e400}', "'price': -inf is not a finite number"),
+        ('{"brand": ' + "[" * 100_000 + "]" * 100_000 + "}", f"a filter is at most {filters.MAX_BYTES} bytes"),
+        ('{"brand": {"in": [[1]]}}', f"nested more than {filters.MAX_DEPTH} deep"),
+        ({"brand": [f"b{i}" for i in range(filters.MAX_VALUES + 1)]}, "'brand': 'in' lists 101 values"),
+        ({"brand": [f"a{i}" for i in range(60)], "stock": {"in": list(range(41))}}, "101 values in all"),
+        ({"brand": [[[["deep"]]]]}, "'brand': [[[...]]] is not text"),
+        ('{"brand": "\\udc00"}', "'brand': '\\udc00' is not valid Unicode text"),
+    ],
+)
+def test_parse_json_refuses_what_is_past_its_bounds_at_once(value, message):
+    """A 400-digit number was an OverflowError, 100,000 brackets a RecursionError: both 500s."""
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=re.escape(message)) as refused:
+        filters.parse_json(value, SCHEMA)
+    assert time.perf_counter() - start < 1 and len(str(refused.value)) < 300
+
+
+def test_brackets_and_quotes_inside_json_strings_are_not_nesting():
+    text = json.dumps({"brand": ["[[[[{{", 'a"]]}}\\'], "in_stock": True})
+    assert filters.parse_json(text, SCHEMA).conditions == (
+        Condition("brand", "in", ("[[[[{{", 'a"]]}}\\')),
+        Condition("in_stock", "eq", True),
+    )
+    at_the_bound = [f"b{i}" for i in range(filters.MAX_VALUES - 1)]
+    assert len(filters.parse_json({"brand": at_the_bound, "stock": 1}, SCHEMA).conditions) == 2
+
+
+def test_milvus_literals_end_where_they_should():
+    """Every value is one literal: a quote or backslash in it cannot end it early."""
+    for text in ['x" or 1 == 1 or "', "\\", '\\"', "a'b", "tab\t\nline"]:
+        literal = filters.milvus_literal(text)
+        assert literal[0] == literal[-1] == '"' and json.loads(literal) == text

@@ -1,6 +1,7 @@
 """The Milvus store's own behaviours: filters as expressions, group-by, metadata kept with the
-collection, the fingerprint refusal, and the networked road (a milvus-lite server on
-loopback, tests/milvus_server.py). The shared behaviours are tests/stores/test_stores.py's.
+collection, the fingerprint refusal, and the networked road (the session's Milvus server,
+tests/milvus_server.py). The shared behaviours are tests/stores/test_stores.py's (there on a
+milvus-lite file and on the server too).
 
 One milvus-lite file per module and one server per session: each test builds its own catalog
 under its own ``#name`` there.
@@ -8,17 +9,16 @@ under its own ``#name`` there.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import test_stores as shared  # tests/stores/test_stores.py: what every store promises, run here on a server too
-from milvus_server import milvus_server  # noqa: F401  (the session's server, a fixture)
 
 from vsearch.catalog.manifest import Photo
-from vsearch.errors import DataError
+from vsearch.errors import DataError, StoreError
 from vsearch.stores.filters import Condition, Filter, matches, parse_where, to_milvus
 
 DIM = 8
@@ -86,9 +86,10 @@ def test_to_milvus_writes_json_paths_ors_and_escapes():
     )
     path = lambda f: f if f == "category" else f"attributes[{json.dumps(f)}]"  # noqa: E731
     assert to_milvus(where, path) == (
-        '(attributes["brand"] == "acme" or attributes["brand"] == "a\\\\b") and (attributes["price"] <= 50.0)'
+        '((exists attributes["brand"]) and (attributes["brand"] == "acme" or attributes["brand"] == "a\\\\b"))'
+        ' and (attributes["price"] <= 50.0)'
         ' and (attributes["in_stock"] == true) and (category != "hats")'
-        ' and (exists attributes["brand"] and attributes["brand"] != "zeta")'
+        ' and ((exists attributes["brand"]) and (attributes["brand"] != "zeta"))'
     )
     assert to_milvus(Filter((Condition("product_id", "in", ("é", 'a"b\n')),))) == '(product_id in ["é", "a\\"b\\n"])'
     assert to_milvus(None) == "" and to_milvus(Filter()) == ""
@@ -344,22 +345,189 @@ def test_where_it_cannot_open_it_says_so(lite, monkeypatch, tmp_path):
     with pytest.raises(DataError, match="no vsearch catalog named 'absent'"):
         open_store(f"milvus:{lite}#absent")
     monkeypatch.setattr(milvus, "CONNECT_TIMEOUT_S", 1)
-    from milvus_server import free_port
+    from vsearch.stores.milvus_embedded import free_port
 
     with pytest.raises(DataError, match="cannot open Milvus.*is the server running"):
         open_store(f"milvus:http://127.0.0.1:{free_port()}")
 
 
-# ---------------------------------------------------------------- the shared suite, over the network
+def test_a_milvus_failure_is_one_line_not_a_logged_traceback(built, tmp_path, capfd, caplog):
+    """pymilvus logs each failed call, and milvus-lite a file it cannot open, with a traceback of
+    30-40 lines on stderr; the store's DataError says it in one."""
+    from vsearch import cli
+
+    store = built[0]
+    capfd.readouterr()
+    with pytest.raises(StoreError, match="Milvus refused: unexpected end of expression"):
+        store._count("photo_id ==")
+    (tmp_path / "notes.db").write_text("not a milvus-lite store")
+    assert cli.main(["index", "info", "--store", f"milvus:{tmp_path}/notes.db"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "cannot open Milvus" in err and "File exists" in err, err
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-@pytest.fixture
-def spec(milvus_server, request):
-    """The shared suite's store: a catalog of its own on the session's server."""
-    return f"milvus:{milvus_server}#t_{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]}"
+# ---------------------------------------------------------------- writers, restarts, versions
 
 
-store = shared.store  # builds on the ``spec`` above
-for _name, _test in vars(shared).items():
-    if _name.startswith("test_") and callable(_test):
-        globals()[f"test_server_{_name[len('test_') :]}"] = _test
+def test_a_server_killed_mid_way_keeps_every_acknowledged_write(milvus_process):
+    """Writers run while the server is killed and started again: every call either succeeds or
+    fails with a StoreError (the API's 503, never a 4xx), and each product is as its last
+    acknowledged write left it, before the kill, after it, and to a store opened afresh."""
+    import threading
+    import time
+
+    from vsearch.stores import build_store, open_store
+
+    photos, vectors = shared.catalog(products=6, per=2)
+    spec = f"milvus:{milvus_process.uri}#restart"
+    store = build_store(spec, photos, vectors, fingerprint="fp")
+    ids = ["p1", "p2", "r1", "r2", "r3"]
+    log: list = []
+    failures: list = []
+
+    def writers(rounds: int, errors=()) -> None:
+        threads = [
+            threading.Thread(target=shared.hammer, args=(store, ids, rounds, seed, log, failures, errors))
+            for seed in range(4)
+        ]
+        for t in threads:
+            t.start()
+        return threads
+
+    for t in writers(8):
+        t.join()
+    assert failures == [] and all(op[4] for op in log)
+    milvus_process.stop(hard=True)
+    milvus_process.start()
+    shared.check_acknowledged(store, ids, log)
+
+    during = writers(20, errors=StoreError)  # the server goes down under them
+    time.sleep(0.5)
+    milvus_process.stop(hard=True)
+    milvus_process.start()
+    for t in during:
+        t.join()
+    for t in writers(4):  # every product written again once the server is back
+        t.join()
+    assert failures == [], failures
+    assert shared.check_acknowledged(store, ids, log) > 100
+    store.close()
+    again = open_store(spec)
+    shared.check_acknowledged(again, ids, log)
+    again.close()
+
+
+WRITER = """
+import json, sys
+sys.path[:0] = [{tests!r}, {stores!r}]
+import test_stores as shared
+from vsearch.stores import open_store
+store = open_store({spec!r})
+log, failures = [], []
+shared.hammer(store, {ids!r}, 10, {seed}, log, failures)
+store.close()
+print(json.dumps({{"log": log, "failures": failures}}))
+"""
+
+
+def test_writers_in_several_processes_take_turns(milvus_server):
+    """Two processes and a thread here write the same products of one server catalog at once:
+    the lock file beside the server's address keeps them in turn, and nothing acknowledged is lost."""
+    import json
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from vsearch.stores import build_store
+
+    photos, vectors = shared.catalog(products=4, per=2)
+    spec = f"milvus:{milvus_server}#processes"
+    store = build_store(spec, photos, vectors, fingerprint="fp")
+    ids = ["p1", "p2", "x1"]
+    here = Path(__file__).resolve().parent
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WRITER.format(tests=str(here.parent), stores=str(here), spec=spec, ids=ids, seed=seed),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (101, 102)
+    ]
+    log: list = []
+    failures: list = []
+    mine = threading.Thread(target=shared.hammer, args=(store, ids, 10, 103, log, failures))
+    mine.start()
+    for child in children:
+        out, _ = child.communicate(timeout=600)
+        found = json.loads(out.strip().splitlines()[-1])
+        log += [tuple(op) for op in found["log"]]
+        failures += found["failures"]
+    mine.join()
+    assert failures == [] and len(log) == 30
+    shared.check_acknowledged(store, ids, log)
+    store.close()
+
+
+def test_the_road_follows_the_server_version():
+    from vsearch.stores.milvus import server_roads
+
+    assert server_roads("v2.4.5")["group_by"] == "milvus" and server_roads("2.5.0")["group_by"] == "milvus"
+    for older in ("v2.3.5-lite", "v2.3.21", "milvus_lite-3.2.2", "unknown"):
+        assert server_roads(older)["group_by"] == "vsearch", older
+    assert server_roads("v2.4.5")["consistency"] == "Session"
+
+
+def test_index_info_and_the_store_say_which_server_and_road(milvus_server, capsys):
+    from vsearch import cli
+
+    build(f"{milvus_server}#info", products=3).close()
+    assert cli.main(["index", "info", "--store", f"milvus:{milvus_server}#info"]) == 0
+    out = capsys.readouterr().out
+    assert "server v2.3.5-lite, group_by vsearch, consistency Session" in out, out
+
+
+def test_a_catalog_of_the_first_layout_is_refused_with_what_to_do(lite):
+    """Catalogs of format vsearch-milvus/1 (photo ids as keys, nullable columns) cannot take
+    writes on a Milvus without nullable fields: rebuild them."""
+    from pymilvus import MilvusClient
+
+    from vsearch.stores import open_store
+
+    store = build(f"{lite}#old", products=2)
+    meta = json.loads(store.client.describe_collection("old")["properties"]["vsearch.meta"])
+    store.client.alter_collection_properties(
+        store.collection, properties={"vsearch.meta": json.dumps({**meta, "format": "vsearch-milvus/1"})}
+    )
+    store.close()
+    assert MilvusClient  # the store's own client wrote it; nothing else needed
+    with pytest.raises(DataError, match="an earlier vsearch's catalog .* rebuild it with `vsearch index build`"):
+        open_store(f"milvus:{lite}#old")
+
+
+def test_an_ivf_catalog_on_a_server_searches_and_filters(milvus_server):
+    """``auto`` above the exact size builds IVF_FLAT on a server (HNSW found 0.93 of the products at
+    a 10% filter whatever its beam); asked for on a small catalog, it answers as the others."""
+    from vsearch.stores import build_store, open_store
+    from vsearch.stores.milvus import ivf_params
+
+    assert ivf_params(50_000) == {"nlist": 894, "nprobe": 28}  # a sealed segment of 391-d photos
+    photos, vectors = shared.catalog(products=200, per=3, seed=4)
+    spec = f"milvus:{milvus_server}#ivf"
+    store = build_store(spec, photos, vectors, fingerprint="fp", kind="ivf")
+    store.test_photos, store.test_vectors = photos, vectors
+    try:
+        reopened = open_store(spec)
+        assert reopened.kind == "ivf" and reopened.ivf == ivf_params(600)
+        reopened.close()
+        query = vectors[5]
+        for where in (None, parse_where(["price<20"], store.schema), parse_where(["brand=acme"], store.schema)):
+            hits = store.search(query[None], 5, where=where)[0]
+            assert [h["product_id"] for h in hits] == [e[0] for e in shared.brute(store, query, where)[:5]], where
+    finally:
+        store.close()

@@ -8,14 +8,18 @@ and ``category``, then any attribute columns (``title``, ``price``, ``url``, ``b
    where it is (``line 7`` of a CSV or JSON Lines file, ``row 7`` of a Parquet file);
 2. :func:`infer_schema`: each attribute column's type, once, from its first value
    (``bool``, ``int``, ``float`` or ``text``; an int column widens to float when a later
-   value has a fraction); a later value that does not fit (a price that is not a number)
-   is a :class:`~vsearch.errors.DataError` naming the file, the row and the column;
+   value has a fraction); a later value that does not fit (a price that is not a number),
+   or one no store can hold (:func:`vsearch.stores.validate.value_problem`: a whole number
+   beyond 64 bits, a number too large for a float), is a :class:`~vsearch.errors.DataError`
+   naming the file, the row and the column;
 3. :func:`to_photos`: typed rows, each photo located: ``image`` is relative to the
    manifest's folder, or absolute, or a URL-like path (``gs://``, ``s3://``) kept as text.
-   A product may list several photos; the same (product, image) twice is an error.
+   A product may list several photos; the same (product, image) twice is an error. A
+   product id follows the admin API's rule (:func:`vsearch.stores.validate.check_id`), so
+   every product a manifest gives can be replaced and deleted through the API.
 
 A folder laid out ``<category>/<photo>`` is the shortcut: each photo is its own product,
-with the ids of :func:`catalog_files`.
+with the ids of :func:`catalog_files` (a file whose id breaks the rule is skipped, and said so).
 
 In a CSV file every cell is text: ``true``/``false`` (any case) read as bools, plain
 decimal numbers as numbers (a whole number written with a leading zero, ``007``, stays
@@ -38,6 +42,7 @@ from typing import Any
 
 from vsearch.artifacts import printable
 from vsearch.errors import DataError
+from vsearch.stores.validate import check_id, describe, out_of_range, value_problem
 
 REQUIRED = ("product_id", "image", "category")
 TYPES = ("bool", "int", "float", "text")
@@ -145,7 +150,13 @@ def catalog_files(root: str | os.PathLike, skipped: dict[str, str] | None = None
     for path in sorted(_walk(root, skipped)):
         rel = path.relative_to(root)
         category = rel.parts[0] if len(rel.parts) > 1 else ""
-        files.append((path, category, rel.with_suffix("").as_posix()))
+        item_id = rel.with_suffix("").as_posix()
+        try:
+            check_id(item_id, "its id")  # the API's rule: a product it can replace and delete
+        except DataError as exc:
+            skipped[printable(path)] = f"{exc}; rename the file"
+            continue
+        files.append((path, category, item_id))
     if not files:
         raise DataError(f"{printable(root)}: no files found (expected <category>/<photo> image files)")
     return files
@@ -154,7 +165,8 @@ def catalog_files(root: str | os.PathLike, skipped: dict[str, str] | None = None
 def folder_manifest(root: Path) -> Manifest:
     """The folder shortcut: every file under ``root`` is a product of one photo."""
     skipped: dict[str, str] = {}
-    photos, first = [], {}
+    photos: list[Photo] = []
+    first: dict[str, Path] = {}
     for path, category, item_id in catalog_files(root, skipped):
         if item_id in first:
             raise DataError(
@@ -241,6 +253,8 @@ def _read_jsonl(path: Path) -> Table:
             row = json.loads(line)
         except ValueError as exc:
             raise DataError(f"{path}: line {number}: not JSON ({exc})") from None
+        except RecursionError:
+            raise DataError(f"{path}: line {number}: JSON nested too deeply to read") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
         columns.update(dict.fromkeys(_columns(path, row)))
@@ -289,6 +303,22 @@ def value_type(value, typed: bool) -> str:
     return type(value).__name__  # a list, an object, a date: no attribute type
 
 
+def _value_problem(value, found: str) -> str:
+    """Why a present value (of type ``found``) cannot be stored, or "": what the stores refuse
+    (:func:`vsearch.stores.validate.value_problem`), CSV text read as the number it is."""
+    if isinstance(value, str) and found == "int":
+        digits = len(value.lstrip("+-"))
+        if digits > 20:  # int() of 4,300 digits raises; 21 are out of range anyway
+            return out_of_range(f"{describe(value)} ({digits} digits)")
+        value = int(value)
+    elif isinstance(value, str) and found == "float":
+        number = float(value)
+        if not math.isfinite(number):
+            return f"{describe(value)} is too large for a number"
+        value = number
+    return value_problem(value)
+
+
 def _fits(kind: str, column: str) -> bool:
     return kind == column or column == "text" and kind in TYPES or column == "float" and kind == "int"
 
@@ -296,7 +326,7 @@ def _fits(kind: str, column: str) -> bool:
 def _problem(path: Path, where: str, column: str, value, kind: str, first: str | None = None) -> DataError:
     since = f" (its type comes from its first value, {first})" if first else ""
     return DataError(
-        f"{path}: {where}: column {column!r}: {value!r} is not {_WHAT.get(kind, kind)}; "
+        f"{path}: {where}: column {column!r}: {describe(value)} is not {_WHAT.get(kind, kind)}; "
         f"the column holds {kind} values{since}"
     )
 
@@ -313,9 +343,12 @@ def infer_schema(path: Path, table: Table) -> dict[str, str]:
             found = value_type(value, table.typed)
             if found not in TYPES:
                 raise DataError(
-                    f"{path}: {where}: column {column!r}: a {found} value ({value!r}); attributes "
+                    f"{path}: {where}: column {column!r}: a {found} value ({describe(value)}); attributes "
                     "are true/false, numbers or text"
                 )
+            problem = _value_problem(value, found)
+            if problem:
+                raise DataError(f"{path}: {where}: column {column!r}: {problem}")
             if kind is None:
                 kind, first = found, where
             elif kind == "int" and found == "float":
@@ -349,7 +382,7 @@ def _required_text(path: Path, where: str, column: str, value, optional: bool = 
         return str(value)
     raise DataError(
         f"{path}: {where}: column {column!r}: expected text"
-        f"{'' if optional else ' (it may not be empty)'}, got {value!r}"
+        f"{'' if optional else ' (it may not be empty)'}, got {describe(value)}"
     )
 
 
@@ -368,6 +401,10 @@ def to_photos(path: Path, table: Table, schema: dict[str, str]) -> list[Photo]:
     ids: dict[str, str] = {}
     for where, row in table.rows:
         product = _required_text(path, where, "product_id", row.get("product_id"))
+        try:
+            check_id(product, "column 'product_id'")  # the API's rule: a product it can replace and delete
+        except DataError as exc:
+            raise DataError(f"{path}: {where}: {exc}") from None
         written = _required_text(path, where, "image", row.get("image"))
         category = _required_text(path, where, "category", row.get("category"), optional=True)
         image = locate(written, folder)

@@ -3,10 +3,12 @@
 :func:`put_product` reads as its steps:
 
 1. :func:`check_product`: the product id (non-empty, at most 256 characters, printable,
-   no space at either end), its category, and its attributes against the store's
-   ``schema`` (``bool``, ``int``, ``float``, ``text`` as :mod:`vsearch.catalog.manifest` types them;
-   a new attribute joins the schema; a reserved name or a value of the wrong type is a
-   :class:`~vsearch.errors.DataError` naming the attribute);
+   no space at either end: :func:`vsearch.stores.validate.check_id`, the rule manifests
+   follow too), its category, and its attributes against the store's ``schema`` (``bool``,
+   ``int``, ``float``, ``text`` as :mod:`vsearch.catalog.manifest` types them; a new attribute
+   joins the schema; a reserved name, a value of the wrong type or one no store can hold
+   (:func:`vsearch.stores.validate.value_problem`: a 400-digit number, NaN, a list) is a
+   :class:`~vsearch.errors.DataError` naming the attribute), all before anything is written;
 2. :func:`decode_photos`: each photo through the searcher's road
    (:meth:`vsearch.catalog.search.Searcher.model_input`); an unusable one is an
    :class:`~vsearch.errors.ImageError` and nothing is written (the server decodes them
@@ -17,7 +19,8 @@
    :func:`vsearch.artifacts.write_atomic`); a photo that is already a local file is used
    in place;
 5. ``store.upsert``: the product gets exactly these photos, category and attributes,
-   persisted before it returns.
+   persisted before it returns; then the photos' re-rank keypoints are stored beside it
+   (:meth:`vsearch.catalog.search.Searcher.store_keypoints`).
 
 A photo's id is ``<product_id>/<sha256[:16]>`` of its bytes: the same photo keeps its id
 from one write to the next, and the same photo twice in one write is kept once.
@@ -36,7 +39,6 @@ carries a server path.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 import time
@@ -50,11 +52,12 @@ from urllib.parse import quote
 
 import numpy as np
 
-from vsearch.catalog.manifest import TYPES, Photo, value_type
+from vsearch.catalog.manifest import Photo, value_type
 from vsearch.errors import DataError
 from vsearch.stores import RESERVED
+from vsearch.stores.validate import INT_MAX, INT_MIN, check_id, describe, value_problem
+from vsearch.stores.validate import MAX_ID_CHARS as MAX_ID_CHARS  # the API's limit (tests and docs name it here)
 
-MAX_ID_CHARS = 256
 MAX_PHOTOS = 32  # photos in one write
 PRIVATE_FIELDS = ("path",)  # what the store knows of a photo that must not leave the server
 # A new attribute's name: what a --where expression can name (vsearch.stores.filters).
@@ -98,20 +101,9 @@ class ProductInput:
 
 
 def check_text(value, what: str, allow_empty: bool = False) -> str:
-    """A product id or a category: text, at most 256 printable characters, no space at either end."""
-    if not isinstance(value, str):
-        raise DataError(f"{what}: expected text, got {type(value).__name__}")
-    if not value:
-        if allow_empty:
-            return value
-        raise DataError(f"{what}: may not be empty")
-    if len(value) > MAX_ID_CHARS:
-        raise DataError(f"{what}: {len(value)} characters, over the limit of {MAX_ID_CHARS}")
-    if not value.isprintable():
-        raise DataError(f"{what}: {value!r} holds a control or other unprintable character")
-    if value != value.strip():
-        raise DataError(f"{what}: {value!r} starts or ends with a space")
-    return value
+    """A product id or a category: text, at most 256 printable characters, no space at either end
+    (:func:`vsearch.stores.validate.check_id`: the one rule, which manifests follow too)."""
+    return check_id(value, what, allow_empty)
 
 
 def check_value(name: str, value, kind: str | None):
@@ -121,19 +113,24 @@ def check_value(name: str, value, kind: str | None):
     """
     if value is None:
         return None
+    problem = value_problem(value)  # what no store can hold: a list, NaN, a 400-digit number
+    if problem:
+        raise DataError(f"attribute {name!r}: {problem}")
     found = value_type(value, typed=True)  # JSON values keep their own types: "12" is text
-    if found not in TYPES:
-        raise DataError(f"attribute {name!r}: a {found} value ({value!r}); attributes are true/false, numbers or text")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise DataError(f"attribute {name!r}: {value!r} is not a finite number")
     if kind is None or found == kind:
         return value
     if kind == "float" and found == "int":
         return float(value)
     if kind == "int" and found == "float" and float(value).is_integer():
-        return int(value)
+        whole = int(value)
+        if value_problem(whole):  # 1e300 is whole, but no int attribute holds it
+            raise DataError(
+                f"attribute {name!r}: {value!r} is out of range; the catalog's {name!r} holds whole numbers "
+                f"from {INT_MIN} to {INT_MAX}"
+            )
+        return whole
     what = {"bool": "true or false", "int": "a whole number", "float": "a number", "text": "text"}[kind]
-    raise DataError(f"attribute {name!r}: {value!r} is not {what}; the catalog's {name!r} holds {kind} values")
+    raise DataError(f"attribute {name!r}: {describe(value)} is not {what}; the catalog's {name!r} holds {kind} values")
 
 
 def check_attributes(attributes, schema: Mapping[str, str]) -> dict[str, Any]:
@@ -145,7 +142,7 @@ def check_attributes(attributes, schema: Mapping[str, str]) -> dict[str, Any]:
     out = {}
     for name, value in attributes.items():
         if not isinstance(name, str) or not name:
-            raise DataError(f"attributes: a name must be non-empty text, got {name!r}")
+            raise DataError(f"attributes: a name must be non-empty text, got {describe(name)}")
         if name in RESERVED:
             raise DataError(
                 f"attribute {name!r}: a reserved name (every product has it); reserved: {', '.join(RESERVED)}"
@@ -316,6 +313,7 @@ def put_product(
             for u in uploads
         ]
         searcher.store.upsert(photos, vectors)
+    searcher.store_keypoints(photos)  # the re-rank's, now rather than in a customer's search
     stored = searcher.store.get(product.product_id)
     if stored is None:  # another writer deleted it in between: say so rather than answer None
         raise DataError(f"product {product.product_id!r} was removed while it was being written")

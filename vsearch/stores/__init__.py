@@ -24,16 +24,22 @@ each):
   ``set_calibration(c)``, ``refresh() -> bool`` (take in other writers' changes),
   ``close()``.
 
+Writes are serialized by the store (threads and processes of a machine); a failure on the
+store's side (a server down or busy) is a :class:`vsearch.errors.StoreError`, input it refuses
+a DataError. :func:`engine` says what answers a store's calls.
+
 Backends: ``faiss:PATH`` (:mod:`vsearch.stores.faiss`, the embedded default: a snapshot file
 plus an append-only log) and ``milvus:FILE.db`` / ``milvus:http://host:19530``
 (:mod:`vsearch.stores.milvus`, through ``pymilvus.MilvusClient``; ``pip install
-'vsearch[milvus]'``).
+'vsearch[milvus]'``; :mod:`vsearch.stores.milvus_embedded` runs a Milvus server here).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
@@ -113,17 +119,23 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return backend, where
 
 
-def _backend(name: str):
+def _backend(name: str) -> ModuleType:
     if name == "faiss":
-        from vsearch.stores import faiss as module
-    else:
-        try:
-            from vsearch.stores import milvus as module
-        except ImportError as exc:
-            raise DataError(
-                f"the milvus store needs pymilvus and milvus-lite: pip install 'vsearch[milvus]' ({exc})"
-            ) from None
-    return module
+        return importlib.import_module("vsearch.stores.faiss")
+    try:
+        return importlib.import_module("vsearch.stores.milvus")
+    except ImportError as exc:
+        raise DataError(
+            f"the milvus store needs pymilvus and milvus-lite: pip install 'vsearch[milvus]' ({exc})"
+        ) from None
+
+
+def engine(store: Store) -> dict[str, Any]:
+    """What answers a store's calls, for ``vsearch index info`` and ``/healthz``: its backend and,
+    for a Milvus server, the server's version and the roads taken (``group_by``: ``milvus`` or
+    ``vsearch``, ``consistency``)."""
+    found = getattr(store, "engine", None)
+    return dict(found) if isinstance(found, dict) else {"backend": parse_spec(store.spec)[0]}
 
 
 def open_store(spec: str, expected_fingerprint: str | None = None) -> Store:

@@ -12,49 +12,42 @@ broader filter goes through FAISS with a bitmap selector, the HNSW beam widened 
 inverse of the share of rows kept. Grouped searches ask for a few photos per wanted
 product and widen (double) until ``k`` distinct products are found or nothing is left.
 
-**On disk.** ``PATH`` is an ``.npz`` snapshot (format ``vsearch-catalog/3``: a small JSON
-``meta``, the rows and products as JSON, the vectors or the serialized HNSW graph), written
-atomically. ``PATH.log`` starts with a header record naming the snapshot ``generation`` it
-extends, then one record per upsert, delete or calibration, each ``magic | length | crc32 |
-body``, appended and fsynced under the exclusive writers' lock (:func:`file_lock`). A
-record cut short by a crash fails its length or checksum: readers stop before it, the next
-writer truncates it. Readers open the snapshot and the log together under the shared lock.
-
-**Compaction** (crash-safe at every step): (1) serialize the state that has applied the log
-up to offset X, without the file lock; write it to ``PATH.compacting`` as generation G+1
-with ``base = (G, X)``; (2) under the lock, write ``PATH.log.compacting`` = header(G+1) +
-the log's records after X (others' writes meanwhile); (3) rename the snapshot in (the
-commit point), (4) rename the log in. A crash before (3) leaves G and its log; between (3)
-and (4), the new snapshot's ``base`` says to replay the old log from X (and the next writer
-finishes step 4). A ``build`` writes a snapshot with no base: a log of another generation
-is stale and ignored.
+**Changing.** Every change is one log record. The store says what a record does
+(:meth:`FaissStore._change`: every check first, then a change that cannot fail), and its
+:class:`vsearch.stores.journal.Journal` does the rest: the snapshot and the log on disk,
+appending, following other writers, compaction (see that module's doc).
 """
 
 from __future__ import annotations
 
-import builtins
 import json
 import os
-import struct
 import threading
 import uuid
-import zipfile
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vsearch.artifacts import _fsync_dir, file_lock, write_atomic
+from vsearch.artifacts import file_lock
 from vsearch.errors import DataError
 from vsearch.stores import Product, filters
+from vsearch.stores.journal import (
+    FORMAT,
+    Journal,
+    read_index,
+    read_member,
+    read_meta,
+    reading_snapshot,
+    stat,
+    stat_path,
+    write_snapshot,
+)
 from vsearch.stores.rows import FaissIndex, calibration_problem, choose_kind
-from vsearch.stores.validate import TYPES, check_vectors, group_photos, photo_dict
+from vsearch.stores.validate import check_vectors, describe, group_photos, photo_dict, value_problem
 
-FORMAT = "vsearch-catalog/3"
-LOG_FORMAT = "vsearch-log/1"
 # A filter keeping at most this many rows is scored exactly over them (a gather and a dot
 # product), one keeping more goes through FAISS with a bitmap selector. Measured at 200k 391-d
 # rows, HNSW M=32, one thread on a loaded 2-core machine: exact 0.7 ms at 567 rows, 8 ms at 2k,
@@ -72,52 +65,11 @@ FILTERED_BEAM_POWER = 0.5
 # 391-d rows on a loaded 2-core machine: at 30k rows gathering 33% / 99% took 14.7 / 40.8
 # ms against 9.5 / 10.4 ms in place; at 2,100 rows 0.28 / 1.57 ms against 0.40 / 0.63 ms.
 EXACT_IN_PLACE_SHARE = 3
-_MAGIC = b"VSR1"
-_HEAD = struct.Struct("<4sQI")  # magic, body length, crc32 of the body
-_REMEDY = "rebuild it with `vsearch index build`"
 
 
 def filtered_beam(beam: int, share: float) -> int:
     """The HNSW beam (efSearch) for a search whose filter keeps ``share`` of the rows."""
     return int(beam * (1.0 / max(share, 1e-9)) ** FILTERED_BEAM_POWER) if share < 1 else int(beam)
-
-
-# ---------------------------------------------------------------- log records
-
-
-def encode_record(meta: dict, vectors: np.ndarray | None = None) -> bytes:
-    """One self-checking log record: magic, body length, crc32, then JSON and float32 vectors."""
-    text = json.dumps(meta).encode()
-    body = struct.pack("<I", len(text)) + text
-    if vectors is not None:
-        body += np.ascontiguousarray(vectors, "<f4").tobytes()
-    return _HEAD.pack(_MAGIC, len(body), zlib.crc32(body)) + body
-
-
-def decode_records(data: bytes, start: int = 0) -> tuple[list[tuple[dict, bytes, int]], int]:
-    """The whole records in ``data[start:]`` as (meta, vector bytes, end offset), and where the
-    last whole one ends (a torn or damaged record and everything after it are left out)."""
-    out, at = [], start
-    while at + _HEAD.size <= len(data):
-        magic, length, crc = _HEAD.unpack_from(data, at)
-        end = at + _HEAD.size + length
-        if magic != _MAGIC or end > len(data) or length < 4:
-            break
-        body = data[at + _HEAD.size : end]
-        if zlib.crc32(body) != crc:
-            break
-        (size,) = struct.unpack_from("<I", body)
-        try:
-            meta = json.loads(body[4 : 4 + size])
-        except ValueError:
-            break
-        out.append((meta, body[4 + size :], end))
-        at = end
-    return out, at
-
-
-def _header(generation: str) -> bytes:
-    return encode_record({"op": "begin", "format": LOG_FORMAT, "generation": generation})
 
 
 # ---------------------------------------------------------------- searches beside a writer
@@ -190,7 +142,7 @@ class _Rows(FaissIndex):
         """All rows' vectors as a view of FAISS's own array (valid until the next add)."""
         import faiss
 
-        flat = self._faiss if self.kind == "exact" else faiss.downcast_index(self._faiss.storage)
+        flat: Any = self._faiss if self.kind == "exact" else faiss.downcast_index(self._faiss.storage)
         total = flat.ntotal
         if not total:
             return np.zeros((0, self.dim), np.float32)
@@ -204,47 +156,37 @@ class _Rows(FaissIndex):
         return {"vectors": np.array(self.storage())}
 
     @classmethod
-    def from_rows(cls, row_ids: list[str | None], arrays: dict[str, np.ndarray], params: dict) -> _Rows:
+    def from_rows(cls, row_ids: list[str | None], stored, params: dict) -> _Rows:
+        """The rows of a snapshot: ``stored`` is its HNSW graph (a FAISS index) or its (n, d) float32 vectors.
+
+        Raises:
+            ValueError: rows and vectors that disagree, a graph of another kind, NaN or infinity.
+        """
         import faiss
 
-        if "faiss" in arrays:
-            stored = arrays["faiss"]
-            stored = (
-                faiss.deserialize_index(np.ascontiguousarray(stored))
-                if isinstance(stored, np.ndarray)
-                else _read_index(stored)
-            )
-            index = cls(stored.d, **params)
-            index._faiss = stored
+        if isinstance(stored, np.ndarray):
+            index = cls(stored.shape[1], **params)
+            if index.kind != "exact":
+                raise ValueError(f"the header says a {index.kind} index, the file holds plain vectors")
+            index._faiss.add(np.ascontiguousarray(stored))
         else:
-            vectors = arrays["vectors"]
-            if vectors.ndim != 2 or vectors.dtype != np.float32:
-                raise ValueError(f"vectors of shape {vectors.shape} and type {vectors.dtype}")
-            index = cls(vectors.shape[1], **params)
-            index._faiss.add(np.ascontiguousarray(vectors))
+            index = cls(stored.d, **params)
+            if index.kind != "hnsw" or not isinstance(stored, faiss.IndexHNSWFlat):
+                raise ValueError(f"the header says a {index.kind} index, the file holds a {type(stored).__name__}")
+            if stored.metric_type != faiss.METRIC_INNER_PRODUCT:
+                raise ValueError("the stored graph does not rank by inner product")
+            index._faiss = stored
         if index._faiss.ntotal != len(row_ids):
             raise ValueError(f"{index._faiss.ntotal} stored vectors for {len(row_ids)} rows")
         index._row_ids = list(row_ids)
         index._row_of = {item: r for r, item in enumerate(row_ids) if item is not None}
         index._dead = {r for r, item in enumerate(row_ids) if item is None}
+        if len(index._row_of) + len(index._dead) != len(row_ids):
+            raise ValueError("a photo id on two rows")
+        storage, step = index.storage(), 1 << 16
+        if not all(np.isfinite(storage[at : at + step]).all() for at in range(0, len(storage), step)):
+            raise ValueError("the stored vectors contain NaN or infinity")
         return index
-
-
-def _read_index(data):
-    """The HNSW index a snapshot holds (its ``faiss`` member), streamed from the file into FAISS.
-
-    Reading the member into numpy and then deserializing it held three copies of the graph
-    and its vectors at once (1.9 GB each at 1M 391-d photos); streaming holds one.
-    """
-    import faiss
-
-    with data.zip.open("faiss.npy") as member:
-        version = np.lib.format.read_magic(member)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(member)
-        if dtype != np.uint8 or len(shape) != 1:
-            raise ValueError(f"the stored index is a {dtype} array of shape {shape}, not bytes")
-        return faiss.read_index(faiss.PyCallbackIOReader(member.read))
 
 
 class FaissStore:
@@ -261,21 +203,14 @@ class FaissStore:
     ):
         self.path = Path(path)
         self.spec = f"faiss:{self.path}"
-        self.log_path = self.path.with_name(self.path.name + ".log")
         self.dim, self.fingerprint, self.model = int(dim), fingerprint, dict(model)
         self.schema: dict[str, str] = {}
         self.calibration: dict | None = None
         self.stats: dict = {}
         self._rw = _RWLock()  # searches share it; a change of the state holds it alone
-        self._sync = threading.RLock()  # one thread at a time reads the log or writes it
         self._reset(index if index is not None else _Rows(self.dim, kind))
-        self._generation = ""  # the snapshot's generation, and (G, X) when it compacted log G at X
-        self._base: dict | None = None
-        self._snapshot_stat: tuple = ()  # (inode, size, mtime) of the snapshot read
-        self._log = None  # the log being read (an open handle), its generation, how far
-        self._log_gen = ""
-        self._offset = 0
-        self._stale_log = -1  # inode of a log left by an earlier build (ignored)
+        self._journal = Journal(self, self.path)  # the files, and where this state stands in them
+        self.log_path = self._journal.log_path
 
     def _reset(self, index: _Rows) -> None:
         self._index = index
@@ -325,12 +260,12 @@ class FaissStore:
         """Every stored photo's id and vector, in row order (a copy: for benchmarks and checks)."""
         with self._rw.read():
             rows = np.flatnonzero(self._alive)
-            return [self._index._row_ids[r] for r in rows], self._index.storage()[rows]
+            return [str(self._index._row_ids[r]) for r in rows], self._index.storage()[rows]
 
     def _hit(self, row: int, score: float | None = None) -> dict:
-        product = self._products[self._row_product[row]]
+        product = self._products[str(self._row_product[row])]  # a live row: never None
         photo_id = self._index._row_ids[row]
-        hit = {
+        hit: dict[str, Any] = {
             "product_id": product.product_id,
             "photo_id": photo_id,
             "id": photo_id,
@@ -376,6 +311,7 @@ class FaissStore:
         if cached is not None:
             return cached
         size = len(self._alive)
+        found: tuple[int, np.ndarray | None, Any]
         if not where and not self._index._dead:
             found = (len(self._index), None, None)
         else:
@@ -385,7 +321,7 @@ class FaissStore:
                 found = (count, np.flatnonzero(keep), None)
             else:
                 bits = np.packbits(keep, bitorder="little")
-                selector = faiss.IDSelectorBitmap(size, faiss.swig_ptr(bits))
+                selector: Any = faiss.IDSelectorBitmap(size, faiss.swig_ptr(bits))
                 selector.bits_owner = bits  # the selector reads this array: keep it alive with it
                 found = (count, None, selector)
         if len(self._cache) >= 32:
@@ -422,7 +358,7 @@ class FaissStore:
         index = self._index
         if index.kind == "hnsw":
             ef = filtered_beam(max(index.ef_search, want), count / len(self._alive))
-            params = faiss.SearchParametersHNSW(efSearch=ef)
+            params = faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]
         else:
             params = faiss.SearchParameters()
         if selector is not None:
@@ -439,17 +375,18 @@ class FaissStore:
         if not photos:
             raise DataError("upsert of no photos; give at least one photo and its vector")
         vectors = check_vectors(vectors, len(photos), self.dim)
-        with self._writing():
-            self._check_upsert(photos)
-            self._append({"op": "upsert", "photos": photos}, vectors)
+        meta = {"op": "upsert", "photos": photos}
+        with self._journal.writing():
+            self._change(meta, vectors, strict=True)  # the photos as given: the messages name what was given
+            self._journal.append(meta, vectors)
 
     def delete(self, product_ids: Sequence[str]) -> int:
         """Removes these products and all their photos; returns how many existed."""
         ids = list(dict.fromkeys(str(p) for p in product_ids))
-        with self._writing():
+        with self._journal.writing():
             known = [p for p in ids if p in self._products]
             if known:
-                self._append({"op": "delete", "products": known})
+                self._journal.append({"op": "delete", "products": known})
             return len(known)
 
     def set_calibration(self, calibration: dict | None) -> None:
@@ -462,51 +399,63 @@ class FaissStore:
         problem = calibration_problem(calibration, self.fingerprint) if calibration is not None else ""
         if problem:
             raise DataError(f"calibration refused: it {problem}")
-        with self._writing():
-            self._append({"op": "calibration", "calibration": calibration})
+        with self._journal.writing():
+            self._journal.append({"op": "calibration", "calibration": calibration})
 
-    def _check_upsert(self, photos: list[dict]) -> None:
-        products, _ = group_photos(photos, self.schema)
-        for photo in photos:
-            row = self._index._row_of.get(photo["photo_id"])
-            owner = None if row is None else self._row_product[row]
-            if owner is not None and owner not in products:
-                raise DataError(
-                    f"product {photo['product_id']!r}: photo id {photo['photo_id']!r} already belongs "
-                    f"to product {owner!r}"
-                )
+    def _change(self, meta: Any, vectors: np.ndarray | None, strict: bool = False) -> Callable[[], None]:
+        """What one log record does to the state in memory, every check done first: the change
+        returned cannot fail. ``strict``: a new write, held to the rules for what comes in
+        (:func:`vsearch.stores.validate.group_photos`); else a record being replayed, which need
+        only be one the state can hold (an older version's records stay readable).
 
-    def _append(self, meta: dict, vectors: np.ndarray | None = None) -> None:
-        """(Writers' lock) one record, on disk (fsynced) and then in memory."""
-        record = encode_record(meta, vectors)
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND)
-        try:
-            view = memoryview(record)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._apply(meta, vectors)
-        self._offset += len(record)
-
-    def _apply(self, meta: dict, vectors: np.ndarray | None) -> None:
-        """One log record's change, to the state in memory."""
+        Raises:
+            DataError, ValueError, KeyError, TypeError, AttributeError: a record that cannot be
+                applied; nothing has changed.
+        """
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not a change")
         op = meta.get("op")
         if op == "upsert":
-            photos = meta["photos"]
+            if not isinstance(meta.get("photos"), list):
+                raise ValueError("an upsert without a list of photos")
+            photos = [photo_dict(p) for p in meta["photos"]]
             vectors = check_vectors(vectors, len(photos), self.dim)
-            products, schema = group_photos(photos, self.schema)
-            with self._rw.write():
-                self._drop(list(products))
-                self._add(photos, vectors, products, schema)
-        elif op == "delete":
-            with self._rw.write():
-                self._drop(meta["products"])
-        elif op == "calibration":
-            self.calibration = meta.get("calibration")
-        else:
-            raise ValueError(f"unknown log record {op!r}")
+            products, schema = group_photos(photos, self.schema, strict=strict)
+            for photo in photos:
+                row = self._index._row_of.get(photo["photo_id"])
+                owner = None if row is None else self._row_product[row]
+                if owner is not None and owner not in products:
+                    raise DataError(
+                        f"product {photo['product_id']!r}: photo id {photo['photo_id']!r} already belongs "
+                        f"to product {owner!r}"
+                    )
+
+            def upsert() -> None:
+                with self._rw.write():
+                    self._drop(list(products))
+                    self._add(photos, vectors, products, schema)
+
+            return upsert
+        if op == "delete":
+            ids = meta.get("products")
+            if not isinstance(ids, list) or not all(isinstance(p, str) for p in ids):
+                raise ValueError("a delete without a list of product ids")
+
+            def delete() -> None:
+                with self._rw.write():
+                    self._drop(ids)
+
+            return delete
+        if op == "calibration":
+            calibration = meta.get("calibration")
+            if calibration is not None and not isinstance(calibration, dict):
+                raise ValueError(f"a calibration that is a JSON {type(calibration).__name__}")
+
+            def calibrate() -> None:
+                self.calibration = calibration
+
+            return calibrate
+        raise ValueError(f"unknown log record {op!r}")
 
     def _drop(self, product_ids: Sequence[str]) -> None:
         for pid in product_ids:
@@ -551,7 +500,7 @@ class FaissStore:
         self._row_product = [self._row_product[r] for r in keep]
         self._cache.clear()
 
-    # ------------------------------------------------------------ the files
+    # ------------------------------------------------------------ the files (through the journal)
 
     def _snapshot(self) -> tuple[dict, dict[str, np.ndarray]]:
         """The state as a new generation's meta and arrays (the caller holds the read lock)."""
@@ -576,54 +525,74 @@ class FaissStore:
         }
         return meta, arrays
 
+    def _compact_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(Writers' lock) compaction's first step: the state as a snapshot, dead rows dropped first
+        when over a quarter of them are dead."""
+        if len(self._index._dead) > len(self._alive) // 4:
+            with self._rw.write():
+                self._rebuild()
+        with self._rw.read():
+            return self._snapshot()
+
     @classmethod
-    def _read(cls, path: Path, snapshot, log, expected_fingerprint: str | None = None) -> FaissStore:
-        """A store from one version's open snapshot and log (the snapshot is closed, the log kept)."""
+    def _load(
+        cls, path: Path, snapshot, log, expected_fingerprint: str | None = None, locked: bool = False
+    ) -> FaissStore:
+        """A store from one version's open snapshot and log (the snapshot is closed, the log kept);
+        ``locked``: this process holds the writers' lock."""
         try:
-            meta, data = _read_meta(path, snapshot)
-            if expected_fingerprint is not None and meta["fingerprint"] != expected_fingerprint:
-                raise DataError(
-                    f"{path}: built with model {meta['fingerprint']}, but the query model is "
-                    f"{expected_fingerprint}; rebuild the index with this model"
-                )
             try:
-                arrays = {
-                    name: (data if name == "faiss" else data[name])  # the graph: streamed, not copied
-                    for name in data.files
-                    if name not in ("meta", "rows", "products")
-                }
-                rows = json.loads(data["rows"].tobytes())
-                products = json.loads(data["products"].tobytes())
-                index = _Rows.from_rows([None if r is None else str(r[0]) for r in rows], arrays, meta["index"])
-                if index.dim != meta["dim"]:
-                    raise ValueError(f"vectors are {index.dim}-d, the header says {meta['dim']}")
-                store = cls(path, meta["dim"], meta["fingerprint"], meta.get("model") or {}, index=index)
-                store._from_snapshot(meta, rows, products)
-            except DataError:
-                raise
-            except (
-                OSError,
-                ValueError,
-                KeyError,
-                RuntimeError,
-                TypeError,
-                AttributeError,
-                IndexError,
-                zipfile.BadZipFile,
-            ) as exc:
-                raise DataError(f"{path}: damaged catalog index ({type(exc).__name__}: {exc})") from None
-            store._snapshot_stat = _stat(snapshot)
+                meta, archive = read_meta(path, snapshot)
+                if expected_fingerprint is not None and meta["fingerprint"] != expected_fingerprint:
+                    raise DataError(
+                        f"{path}: built with model {meta['fingerprint']}, but the query model is "
+                        f"{expected_fingerprint}; rebuild the index with this model"
+                    )
+                with reading_snapshot(path):
+                    store = cls._from_archive(path, meta, archive)
+                store._journal.snapshot_stat = stat(snapshot)
+            finally:
+                snapshot.close()
         except BaseException:
             if log is not None:
                 log.close()
             raise
-        finally:
-            snapshot.close()
         try:
-            store._adopt_log(log)
+            store._journal.adopt(log, locked)
         except BaseException:
-            log.close()
+            if log is not None:
+                log.close()
             raise
+        return store
+
+    @classmethod
+    def _from_archive(cls, path: Path, meta: dict, archive) -> FaissStore:
+        """The state a snapshot holds (``archive``: its open zip; ``meta``: its checked header).
+
+        Raises:
+            ValueError (or what reading raises): anything that does not fit together.
+        """
+        rows = json.loads(read_member(archive, "rows", np.uint8, 1).tobytes())
+        products = json.loads(read_member(archive, "products", np.uint8, 1).tobytes())
+        if not isinstance(rows, list):
+            raise ValueError("its rows are not a list")
+        photo_ids: list[str | None] = []
+        for row in rows:  # None (a dead row) or [photo id, product id]
+            if row is not None and not (type(row) is list and len(row) == 2 and type(row[0]) is type(row[1]) is str):
+                raise ValueError(f"a row is {describe(row)}, not [photo id, product id]")
+            photo_ids.append(None if row is None else row[0])
+        if not isinstance(products, dict):
+            raise ValueError("its products are not a JSON object")
+        stored = (
+            read_index(archive)  # the graph: streamed, not copied
+            if meta["index"].get("kind") == "hnsw"
+            else read_member(archive, "vectors", np.float32, 2)
+        )
+        index = _Rows.from_rows(photo_ids, stored, meta["index"])
+        if index.dim != meta["dim"]:
+            raise ValueError(f"vectors are {index.dim}-d, the header says {meta['dim']}")
+        store = cls(path, meta["dim"], meta["fingerprint"], meta.get("model") or {}, index=index)
+        store._from_snapshot(meta, rows, products)
         return store
 
     def _from_snapshot(self, meta: dict, rows: list, products: dict) -> None:
@@ -635,11 +604,30 @@ class FaissStore:
                 "run `vsearch calibrate` again"
             )
         self.calibration = calibration
-        self._generation, self._base = meta["generation"], meta.get("base")
-        self._row_product = [None if r is None else str(r[1]) for r in rows]
+        self._journal.generation, self._journal.base = meta["generation"], meta.get("base")
+        self._row_product = [None if r is None else r[1] for r in rows]
         self._alive = np.array([r is not None for r in rows], bool)
         for pid, (category, attributes, photos, paths) in products.items():
+            if not (
+                isinstance(category, str)
+                and isinstance(attributes, dict)
+                and isinstance(photos, list)
+                and isinstance(paths, list)
+                and len(photos) == len(paths)
+            ):
+                raise ValueError(f"product {pid!r} is damaged")
+            for name, value in attributes.items():
+                problem = "" if type(value) in _PLAIN else value_problem(value, strict=False)
+                if problem:
+                    raise ValueError(f"product {pid!r}: attribute {name!r}: {problem}")
             self._products[pid] = Product(pid, category, dict(attributes), tuple(photos), tuple(paths))
+        for pid, product in self._products.items():  # each photo on a live row of its product, and no other row
+            for photo in product.photos:
+                row = self._index._row_of.get(photo)
+                if row is None or self._row_product[row] != pid:
+                    raise ValueError(f"product {pid!r}: photo {photo!r} has no row of its own")
+        if sum(len(p.photos) for p in self._products.values()) != len(self._index):
+            raise ValueError(f"{len(self._index)} live rows for the products' photos")
         for name, kind in self.schema.items():
             self._columns[name] = filters.Column("text" if kind == "text" else "float")
         live = [None if pid is None else self._products[pid] for pid in self._row_product]
@@ -651,212 +639,42 @@ class FaissStore:
 
     def _take(self, other: FaissStore) -> None:
         """Becomes ``other`` (a full reload), in one step for searches."""
-        old = self._log
+        old = self._journal.log
         with self._rw.write():
             for name in _STATE:
                 setattr(self, name, getattr(other, name))
-        if old is not None and old is not self._log:
+            self._journal.take(other._journal)
+        if old is not None and old is not self._journal.log:
             old.close()
-
-    def _open_files(self, locked: bool):
-        """(snapshot, log or None) handles of one version: opened under the shared lock."""
-        with _nothing() if locked else file_lock(self.path, shared=True):
-            if not self.path.is_file():
-                raise DataError(f"{self.path}: no such catalog index; build one with `vsearch index build`")
-            snapshot = builtins.open(self.path, "rb")
-            try:
-                log = builtins.open(self.log_path, "rb")
-            except FileNotFoundError:
-                log = None
-        return snapshot, log
-
-    def _adopt_log(self, log) -> None:
-        """Takes the log that goes with the snapshot just read: from its header, or (a compaction
-        that did not get to replace the log) the old log from the snapshot's base offset."""
-        self._log = None
-        if log is None:
-            return
-        generation, start = _log_header(self.log_path, log)
-        if generation != self._generation and not (self._base and generation == self._base.get("generation")):
-            self._stale_log = os.fstat(log.fileno()).st_ino  # a log of an earlier build: ignored, then replaced
-            log.close()
-            return
-        self._log, self._log_gen = log, generation
-        self._offset = start if generation == self._generation else int(self._base["offset"])
-        self._read_log(locked=False)
-
-    def _read_log(self, locked: bool, until: int | None = None) -> bool:
-        """Applies the log's whole records from this state's offset (to ``until``); True if any.
-        Under the writers' lock a torn tail is a crashed writer's: it is cut off."""
-        if self._log is None:
-            return False
-        self._log.seek(self._offset)
-        data = self._log.read() if until is None else self._log.read(max(until - self._offset, 0))
-        records, end = decode_records(data)
-        start = self._offset
-        for meta, blob, stop in records:
-            try:
-                self._apply(meta, np.frombuffer(blob, "<f4").reshape(-1, self.dim) if blob else None)
-            except (ValueError, KeyError, TypeError, DataError) as exc:
-                raise DataError(f"{self.log_path}: damaged record at byte {self._offset} ({exc}); {_REMEDY}") from None
-            self._offset = start + stop
-        if locked and until is None and end < len(data):
-            os.truncate(self.log_path, self._offset)
-        return bool(records)
-
-    def _catch_up(self, locked: bool) -> bool:
-        """Takes in what other processes wrote since this state last read; True if anything did."""
-        if _stat_path(self.path) != self._snapshot_stat:
-            return self._follow(locked)
-        log = _stat_path(self.log_path)
-        if self._log is None:
-            return bool(log) and log[0] != self._stale_log and self._follow(locked)
-        if not log or log[0] != os.fstat(self._log.fileno()).st_ino:
-            return self._follow(locked)
-        return log[1] != self._offset and self._read_log(locked)
-
-    def _follow(self, locked: bool) -> bool:
-        """The snapshot or the log was replaced: follow a compaction of this state, else reload."""
-        snapshot, log = self._open_files(locked)
-        if _stat(snapshot) == self._snapshot_stat:
-            snapshot.close()
-            return self._follow_log(log, locked)
-        meta, _ = _read_meta(self.path, snapshot)
-        base = meta.get("base") or {}
-        if (
-            self._log is not None
-            and self._log_gen == self._generation == base.get("generation")
-            and meta["fingerprint"] == self.fingerprint
-            and meta["dim"] == self.dim
-        ):
-            before = self._offset
-            self._read_log(locked=False, until=int(base["offset"]))
-            if self._offset >= base["offset"]:  # this state holds everything the new snapshot holds
-                self._generation, self._base = meta["generation"], base
-                self._snapshot_stat = _stat(snapshot)
-                snapshot.close()
-                moved = self._offset > before
-                return self._follow_log(log, locked) or moved
-        snapshot.seek(0)
-        self._take(FaissStore._read(self.path, snapshot, log))
-        return True
-
-    def _follow_log(self, log, locked: bool) -> bool:
-        """The log at the path (``log``) against the one this state reads."""
-        if log is None:
-            return False
-        if self._log is not None and os.fstat(log.fileno()).st_ino == os.fstat(self._log.fileno()).st_ino:
-            log.close()
-            return self._read_log(locked)
-        generation, start = _log_header(self.log_path, log)
-        if generation == self._generation and (self._log is None or self._log_gen != self._generation):
-            if self._log is not None:  # a compaction's new log: the old one's records from its base, moved up
-                self._offset = start + self._offset - int(self._base["offset"])
-                self._log.close()
-            else:
-                self._offset = start
-            self._log, self._log_gen = log, generation
-            return self._read_log(locked)
-        if self._log is None and generation != self._generation:
-            self._stale_log = os.fstat(log.fileno()).st_ino
-            log.close()
-            return False
-        log.close()  # not a change this state can follow (the files were edited by hand): read everything
-        snapshot, log = self._open_files(locked)
-        self._take(FaissStore._read(self.path, snapshot, log))
-        return True
-
-    @contextmanager
-    def _writing(self):
-        """This thread as the only writer of the catalog, caught up, with a log of its generation."""
-        with self._sync, file_lock(self.path):
-            self._catch_up(locked=True)
-            if self._log is None or self._log_gen != self._generation:
-                self._start_log()
-            yield
-
-    def _start_log(self) -> None:
-        """(Writers' lock) a log for this generation: an unfinished compaction's records after its
-        base carried over (its last step, done now), or a stale log replaced by an empty one."""
-        tail = b""
-        if self._log is not None and self._base and self._log_gen == self._base.get("generation"):
-            self._log.seek(int(self._base["offset"]))
-            tail = self._log.read(self._offset - int(self._base["offset"]))
-        header = _header(self._generation)
-        write_atomic(self.log_path, header + tail)
-        if self._log is not None:
-            self._log.close()
-        self._log, self._log_gen = builtins.open(self.log_path, "rb"), self._generation
-        self._offset = len(header) + len(tail)
 
     def refresh(self) -> bool:
         """Takes in other processes' writes (a ``stat`` when nothing changed); True if anything did."""
-        with self._sync:
-            return self._catch_up(locked=False)
+        return self._journal.refresh()
 
     def log_bytes(self) -> int:
         """How much of the log this state has read past its header."""
-        return max(self._offset - len(_header(self._generation)), 0) if self._log is not None else 0
+        return self._journal.log_bytes()
 
     def should_compact(self) -> bool:
         """Whether the log has grown past a quarter of the snapshot (and 1 MiB), or over a quarter
         of the rows (and 1000) are dead: the server's background thread then calls :meth:`compact`."""
         dead = len(self._index._dead)
-        return self.log_bytes() > max(1 << 20, self._snapshot_stat[1] // 4 if self._snapshot_stat else 0) or dead > max(
+        snapshot = self._journal.snapshot_stat
+        return self.log_bytes() > max(1 << 20, snapshot[1] // 4 if snapshot else 0) or dead > max(
             1000, len(self._alive) // 4
         )
 
     def compact(self) -> bool:
-        """Rewrites the snapshot from the current state and starts an empty log (see the module
-        doc); False when another process rebuilt or compacted the catalog meanwhile."""
-        with file_lock(self.path.with_name(self.path.name + ".compaction")):
-            meta, arrays, old, offset = self._compact_prepare()
-            staged = self.path.with_name(self.path.name + ".compacting")
-            _write_snapshot(staged, meta, arrays)  # the slow part, without the writers' lock
-            del arrays
-            return self._compact_commit(staged, meta, old, offset)
-
-    def _compact_prepare(self) -> tuple[dict, dict, str, int]:
-        """Step 1: the state at log offset X as a snapshot of the next generation, based on (G, X)."""
-        with self._writing():
-            if len(self._index._dead) > len(self._alive) // 4:
-                with self._rw.write():
-                    self._rebuild()
-            with self._rw.read():
-                meta, arrays = self._snapshot()
-            meta["base"] = {"generation": self._generation, "offset": self._offset}
-            return meta, arrays, self._generation, self._offset
-
-    def _compact_commit(self, staged: Path, meta: dict, old: str, offset: int) -> bool:
-        """Steps 2-4 under the writers' lock: the new log, then the snapshot renamed in, then the log."""
-        with self._writing():
-            if self._generation != old:  # rebuilt or compacted by another process meanwhile
-                staged.unlink(missing_ok=True)
-                return False
-            self._log.seek(offset)
-            tail = self._log.read(self._offset - offset)
-            header = _header(meta["generation"])
-            staged_log = self.log_path.with_name(self.log_path.name + ".compacting")
-            write_atomic(staged_log, header + tail)
-            os.replace(staged, self.path)  # the commit point
-            _fsync_dir(self.path.parent)
-            os.replace(staged_log, self.log_path)
-            _fsync_dir(self.path.parent)
-            self._log.close()
-            self._log, self._log_gen = builtins.open(self.log_path, "rb"), meta["generation"]
-            self._generation, self._base = meta["generation"], meta["base"]
-            self._offset = len(header) + len(tail)
-            self._snapshot_stat = _stat_path(self.path)
-            return True
+        """Rewrites the snapshot from the current state and starts an empty log (see
+        :mod:`vsearch.stores.journal`); False when another process rebuilt or compacted the catalog meanwhile."""
+        return self._journal.compact()
 
     def close(self) -> None:
-        with self._sync:
-            if self._log is not None:
-                self._log.close()
-                self._log = None
+        self._journal.close()
 
 
-_STATE = (
+_PLAIN = (str, bool, type(None))  # attribute values a stored product may hold, whatever they are
+_STATE = (  # what a full reload replaces (the journal's own part: Journal.take)
     "dim",
     "fingerprint",
     "model",
@@ -869,110 +687,7 @@ _STATE = (
     "_row_product",
     "_products",
     "_cache",
-    "_generation",
-    "_base",
-    "_log",
-    "_log_gen",
-    "_offset",
-    "_snapshot_stat",
-    "_stale_log",
 )
-
-
-def _write_snapshot(path: Path, meta: dict, arrays: dict) -> None:
-    payload = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-
-    def write(tmp: Path) -> None:
-        with builtins.open(tmp, "wb") as fh:  # a handle: np.savez would add ".npz" to a path
-            np.savez(fh, meta=payload, **arrays)
-
-    try:
-        write_atomic(path, write)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot write the catalog ({exc.strerror or exc})") from None
-
-
-def _read_meta(path: Path, handle) -> tuple[dict, Any]:
-    """A snapshot's header, checked, and the archive to read its arrays from."""
-    try:
-        data = np.load(handle, allow_pickle=False)
-        meta = json.loads(data["meta"].tobytes().decode())
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError, AttributeError, IndexError) as exc:
-        raise DataError(f"{path}: not a vsearch catalog index ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise DataError(f"{path}: not a vsearch catalog index (format {found!r}, expected {FORMAT!r}); {_REMEDY}")
-    problem = _meta_problem(meta)
-    if problem:
-        raise DataError(f"{path}: not a vsearch catalog index ({problem}); {_REMEDY}")
-    return meta, data
-
-
-def _log_header(path: Path, handle) -> tuple[str, int]:
-    """(generation, where the records start) of an open log."""
-    handle.seek(0)
-    first = handle.read(1 << 16)
-    records, end = decode_records(first)
-    head = records[0][0] if records else {}
-    if (
-        not isinstance(head, dict)
-        or head.get("op") != "begin"
-        or head.get("format") != LOG_FORMAT
-        or not isinstance(head.get("generation"), str)
-    ):
-        raise DataError(
-            f"{path}: not a vsearch catalog log (its header is damaged); remove it to drop the "
-            f"changes since the last snapshot, or {_REMEDY}"
-        )
-    return head["generation"], records[0][2]
-
-
-@contextmanager
-def _nothing():
-    yield
-
-
-def _stat(handle) -> tuple:
-    st = os.fstat(handle.fileno())
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _stat_path(path: Path) -> tuple:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return ()
-    return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-# The snapshot header's fields: (type, required); a file without them is not a catalog.
-_META = {
-    "fingerprint": (str, True),
-    "dim": (int, True),
-    "index": (dict, True),
-    "schema": (dict, True),
-    "generation": (str, True),
-    "model": (dict, False),
-    "stats": (dict, False),
-    "calibration": (dict, False),
-    "base": (dict, False),
-}
-
-
-def _meta_problem(meta: dict) -> str:
-    """What is wrong with a snapshot's header, or "" when nothing is."""
-    for key, (kind, required) in _META.items():
-        value = meta.get(key)
-        if value is None:
-            if required:
-                return f"no {key!r} in the header"
-        elif not isinstance(value, kind) or isinstance(value, bool):
-            return f"{key!r} is a {type(value).__name__}, expected a {kind.__name__}"
-    if meta["dim"] < 1:
-        return f"dimension {meta['dim']}"
-    if any(kind not in TYPES for kind in meta["schema"].values()):
-        return "an attribute type that is not bool, int, float or text"
-    return ""
 
 
 # ---------------------------------------------------------------- the module's two entries
@@ -987,8 +702,8 @@ def open(where: str | os.PathLike, expected_fingerprint: str | None = None) -> F
     path = Path(where)
     if not path.is_file():  # before the lock: a mistyped path leaves no lock file behind
         raise DataError(f"{path}: no such catalog index; build one with `vsearch index build`")
-    snapshot, log = FaissStore(path, 1, "", {})._open_files(locked=False)
-    return FaissStore._read(path, snapshot, log, expected_fingerprint)
+    snapshot, log = FaissStore(path, 1, "", {})._journal.open_files(locked=False)
+    return FaissStore._load(path, snapshot, log, expected_fingerprint)
 
 
 def build(
@@ -1017,9 +732,9 @@ def build(
     if photos:
         store._add(photos, vectors, products, schema)
     meta, arrays = store._snapshot()
-    store._generation = meta["generation"]
+    store._journal.generation = meta["generation"]
     with file_lock(store.path):
-        _write_snapshot(store.path, meta, arrays)
-        store._snapshot_stat = _stat_path(store.path)
-        store._start_log()
+        write_snapshot(store.path, meta, arrays)
+        store._journal.snapshot_stat = stat_path(store.path)
+        store._journal.start_log()
     return store

@@ -13,6 +13,13 @@ An unknown attribute, an operator its type has no use for (``<`` on text or bool
 value of the wrong type is a :class:`~vsearch.errors.DataError` naming the attribute. A
 product without a value for an attribute matches no condition on it.
 
+A filter's size is bounded where it is read, for every store alike: at most ``MAX_VALUES``
+values (an ``in`` list's each count), ``MAX_BYTES`` of text and, for JSON, ``MAX_DEPTH``
+levels of nesting; numbers are finite floats. What is past a bound is a DataError naming
+the bound (and the attribute, where there is one), never a RecursionError or an
+OverflowError: a JSON-path condition costs milvus-lite a ``json.loads`` per row and
+value, so the bound on values is a bound on a search's cost.
+
 Two ways out: :func:`mask` evaluates a filter over whole columns at once (:class:`Column`:
 numbers as float64 with NaN for missing, text as integer codes), for an embedded store;
 :func:`to_milvus` writes it as a Milvus boolean expression.
@@ -23,6 +30,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import reprlib
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,12 +40,21 @@ import numpy as np
 
 from vsearch.errors import DataError
 
+MAX_VALUES = 100  # values in one filter, an ``in`` list's each counted
+MAX_BYTES = 16 * 1024  # a filter's text: the API's JSON, or the CLI's --where expressions together
+MAX_DEPTH = 3  # JSON nesting: {attribute: {op: [values]}}
 OPS = ("eq", "ne", "lt", "lte", "gt", "gte", "in")
 ORDERED = ("lt", "lte", "gt", "gte")
 BUILTIN = {"category": "text", "product_id": "text"}  # fields every product has
 _SYMBOLS = {"<=": "lte", ">=": "gte", "!=": "ne", "==": "eq", "=": "eq", "<": "lt", ">": "gt"}
-_WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*(<=|>=|!=|==|=|<|>|\s+in\s+)\s*(.*?)\s*$", re.S | re.I)
+# Possessive quantifiers and a look-behind for `in`: one pass over the text, however long (a
+# lazy value before `\s*$`, or `\s*` before `\s+in`, made a run of spaces cost quadratic time).
+_WHERE = re.compile(r"\s*+([A-Za-z_][A-Za-z0-9_.-]*+)\s*+(<=|>=|!=|==|=|<|>|(?<=\s)in(?=\s))(.*)", re.S | re.I)
+_JSON_SPECIAL = re.compile(r'["\\\[\]{}]')  # what opens or closes a JSON string or level
 _MILVUS_OPS = {"eq": "==", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = _BRIEF.maxlong = 60
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxdict = 2, 4, 4
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,17 @@ def field_types(schema: Mapping[str, str]) -> dict[str, str]:
     return {**BUILTIN, **dict(schema)}
 
 
+def brief(value) -> str:
+    """``repr(value)`` cut short: an error message quotes what it refuses, never all of it."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        try:
+            digits = str(len(str(abs(value))))
+        except ValueError:  # Python writes at most this many digits
+            digits = f"over {sys.get_int_max_str_digits()}"
+        return f"an integer of {digits} digits"
+    return _BRIEF.repr(value)
+
+
 # ---------------------------------------------------------------- checking one value
 
 
@@ -107,24 +136,42 @@ def _typed(field: str, kind: str, value, from_text: bool):
             try:
                 number = float(text)
             except ValueError:
-                number = math.nan
-            if math.isfinite(number):
+                number = None
+            if number is not None and math.isfinite(number):
                 return number
+            if number is not None:
+                raise _not_finite(field, value)
         else:
-            return text
+            return _unicode(field, text)
     elif kind == "bool" and isinstance(value, bool):
         return value
-    elif (
-        kind in ("int", "float")
-        and isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    ):
-        return float(value)
+    elif kind in ("int", "float") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if math.isfinite(number):
+            return number
+        raise _not_finite(field, value)
     elif kind == "text" and isinstance(value, str):
-        return value
+        return _unicode(field, value)
     what = {"bool": "true or false", "int": "a number", "float": "a number", "text": "text"}[kind]
-    raise DataError(f"filter on {field!r}: {value!r} is not {what} (the attribute holds {kind} values)")
+    raise DataError(f"filter on {brief(field)}: {brief(value)} is not {what} (the attribute holds {kind} values)")
+
+
+def _not_finite(field: str, value) -> DataError:
+    return DataError(
+        f"filter on {brief(field)}: {brief(value)} is not a finite number (numbers are floats, at most about 1.8e308)"
+    )
+
+
+def _unicode(field: str, text: str) -> str:
+    """``text``, if it is Unicode a store can hold (no lone surrogate, as JSON's ``\\ud800`` gives)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise DataError(f"filter on {brief(field)}: {brief(text)} is not valid Unicode text") from None
+    return text
 
 
 def condition(field: str, op: str, value, schema: Mapping[str, str], from_text: bool = False) -> Condition:
@@ -137,68 +184,159 @@ def condition(field: str, op: str, value, schema: Mapping[str, str], from_text: 
     types = field_types(schema)
     if field not in types:
         known = ", ".join(sorted(types))
-        raise DataError(f"filter on {field!r}: the catalog has no such attribute (it has {known})")
+        raise DataError(f"filter on {brief(field)}: the catalog has no such attribute (it has {known})")
     if op not in OPS:
-        raise DataError(f"filter on {field!r}: unknown operator {op!r}; use one of {', '.join(OPS)}")
+        raise DataError(f"filter on {brief(field)}: unknown operator {brief(op)}; use one of {', '.join(OPS)}")
     kind = types[field]
     if op in ORDERED and kind not in ("int", "float"):
         raise DataError(f"filter on {field!r}: {op} compares numbers, and {field!r} holds {kind} values")
     if op == "in":
         values = value if isinstance(value, (list, tuple)) else None
         if not values:
-            raise DataError(f"filter on {field!r}: 'in' needs a non-empty list of values, got {value!r}")
+            raise DataError(f"filter on {field!r}: 'in' needs a non-empty list of values, got {brief(value)}")
+        if len(values) > MAX_VALUES:
+            raise DataError(
+                f"filter on {field!r}: 'in' lists {len(values)} values; a filter holds at most {MAX_VALUES}"
+            )
         return Condition(field, op, tuple(dict.fromkeys(_typed(field, kind, v, from_text) for v in values)))
     if isinstance(value, (list, tuple, dict)):
-        raise DataError(f"filter on {field!r}: {op} takes one value, got {value!r}")
+        raise DataError(f"filter on {field!r}: {op} takes one value, got {brief(value)}")
     return Condition(field, op, _typed(field, kind, value, from_text))
+
+
+def _bounded(conditions: Sequence[Condition]) -> Filter:
+    """The filter of ``conditions``, if it holds at most ``MAX_VALUES`` values in all."""
+    count = sum(len(c.value) if c.op == "in" else 1 for c in conditions)
+    if count > MAX_VALUES:
+        raise DataError(f"filter: {count} values in all; a filter holds at most {MAX_VALUES}")
+    return Filter(tuple(conditions))
+
+
+def _check_size(text: str, what: str) -> None:
+    size = len(text.encode(errors="surrogatepass"))
+    if size > MAX_BYTES:
+        raise DataError(f"{what}: {size} bytes; a filter is at most {MAX_BYTES} bytes")
 
 
 # ---------------------------------------------------------------- the two ways in
 
 
 def parse_where(expressions: Iterable[str], schema: Mapping[str, str]) -> Filter:
-    """The CLI's ``--where`` expressions (ANDed), e.g. ``price<=50``, ``brand in (acme,zeta)``."""
+    """The CLI's ``--where`` expressions (ANDed), e.g. ``price<=50``, ``brand in (acme,zeta)``.
+
+    Raises:
+        DataError: an expression that is not ATTRIBUTE OP VALUE, a condition :func:`condition`
+            refuses, or a filter past ``MAX_BYTES`` or ``MAX_VALUES``.
+    """
+    expressions = [str(text) for text in expressions]
+    _check_size("\n".join(expressions), "filter")
     conditions = []
     for text in expressions:
-        found = _WHERE.match(str(text))
-        if not found or not found.group(3):
+        found = _WHERE.fullmatch(text)
+        value = found.group(3).strip() if found else ""
+        if not found or not value:
             raise DataError(
-                f"filter {text!r}: expected ATTRIBUTE OP VALUE, e.g. 'price<=50', 'brand in (acme,zeta)' "
+                f"filter {brief(text)}: expected ATTRIBUTE OP VALUE, e.g. 'price<=50', 'brand in (acme,zeta)' "
                 "or 'in_stock=true' (OP: = != < <= > >= in)"
             )
-        field, symbol, value = found.group(1), found.group(2).strip().lower(), found.group(3)
+        field, symbol = found.group(1), found.group(2).lower()
         if symbol == "in":
             if not (value.startswith("(") and value.endswith(")")):
-                raise DataError(f"filter {text!r}: 'in' takes a list in brackets, e.g. 'brand in (acme,zeta)'")
+                raise DataError(f"filter {brief(text)}: 'in' takes a list in brackets, e.g. 'brand in (acme,zeta)'")
             values = [v for v in (p.strip() for p in value[1:-1].split(",")) if v]
             conditions.append(condition(field, "in", values, schema, from_text=True))
         else:
             conditions.append(condition(field, _SYMBOLS[symbol], value, schema, from_text=True))
-    return Filter(tuple(conditions))
+    return _bounded(conditions)
 
 
 def parse_json(value: str | Mapping | None, schema: Mapping[str, str]) -> Filter:
-    """The API's ``filter``: a JSON object (or its text) of attribute -> value | list | {op: value}."""
+    """The API's ``filter``: a JSON object (or its text) of attribute -> value | list | {op: value}.
+
+    Raises:
+        DataError: text that is not a JSON object, a condition :func:`condition` refuses, or
+            a filter past ``MAX_BYTES``, ``MAX_DEPTH`` or ``MAX_VALUES``.
+    """
     if value is None or (isinstance(value, str) and not value.strip()):
         return Filter()
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise DataError(f"filter: not JSON ({exc})") from None
+        value = _load_json(value)
     if not isinstance(value, Mapping):
         raise DataError(f"filter: expected a JSON object of attribute -> value, got {type(value).__name__}")
     conditions = []
     for field, spec in value.items():
         if isinstance(spec, Mapping):
             if not spec:
-                raise DataError(f'filter on {field!r}: an empty object; give e.g. {{"lte": 50}}')
+                raise DataError(f'filter on {brief(field)}: an empty object; give e.g. {{"lte": 50}}')
             conditions += [condition(str(field), str(op), v, schema) for op, v in spec.items()]
         elif isinstance(spec, list):
             conditions.append(condition(str(field), "in", spec, schema))
         else:
             conditions.append(condition(str(field), "eq", spec, schema))
-    return Filter(tuple(conditions))
+    return _bounded(conditions)
+
+
+def _load_json(text: str):
+    """``json.loads(text)`` for a filter, its size and nesting checked first (json recurses per level)."""
+    _check_size(text, "filter")
+    if _depth(text) > MAX_DEPTH:
+        raise DataError(
+            f"filter: nested more than {MAX_DEPTH} deep; a filter is "
+            '{"attribute": value | [values] | {"op": value | [values]}}'
+        )
+    try:
+        return json.loads(text, parse_int=_json_int)
+    except RecursionError:  # not reached past the check above; kept so no input can give a 500
+        raise DataError(f"filter: nested more than {MAX_DEPTH} deep") from None
+    except ValueError as exc:
+        raise DataError(f"filter: not JSON ({exc})") from None
+
+
+def _depth(text: str) -> int:
+    """How deep JSON ``text`` nests (brackets inside strings skipped), in one pass; never less
+    than ``json.loads`` would go before it stopped at an error."""
+    depth = deepest = 0
+    in_string, escaped = False, -1
+    for found in _JSON_SPECIAL.finditer(text):
+        char, at = found.group(), found.start()
+        if at == escaped:
+            continue
+        if in_string:
+            if char == "\\":
+                escaped = at + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _json_int(text: str) -> int | float:
+    """A JSON integer; one Python refuses to read (over 4300 digits) is past a float's range anyway:
+    an infinite :class:`_LongInteger`, which :func:`condition` refuses with the attribute's name."""
+    try:
+        return int(text)
+    except ValueError:
+        return _LongInteger(text)
+
+
+class _LongInteger(float):
+    """An integer too long to read, as the infinity of its sign; its repr says how long it is."""
+
+    digits: int
+
+    def __new__(cls, text: str):
+        made = super().__new__(cls, "-inf" if text.startswith("-") else "inf")
+        made.digits = len(text.lstrip("-"))
+        return made
+
+    def __repr__(self) -> str:
+        return f"an integer of {self.digits} digits"
 
 
 # ---------------------------------------------------------------- evaluating
@@ -314,8 +452,11 @@ def to_milvus(where: Filter | None, field_name=lambda f: f) -> str:
     a JSON field).
 
     On a JSON path, ``in`` is written as ORed equalities (milvus-lite takes ``in`` on fields
-    only) and ``!=`` asks that the key ``exists``, so a product without the attribute
-    matches no condition on it, as :func:`matches` has it.
+    only) behind an ``exists`` (milvus-lite parses the JSON once per equality and row: a
+    product without the attribute then costs one), and ``!=`` asks that the key ``exists``,
+    so a product without the attribute matches no condition on it, as :func:`matches` has
+    it; ``exists`` stands in parentheses (Milvus 2.3 reads ``exists a and b`` as ``exists (a
+    and b)``). Every value is written by :func:`milvus_literal`.
     """
     if not where:
         return ""
@@ -323,23 +464,29 @@ def to_milvus(where: Filter | None, field_name=lambda f: f) -> str:
     for c in where.conditions:
         name = field_name(c.field)
         json_path = name.endswith("]")
-        if c.op == "in" and json_path:
-            parts.append(" or ".join(f"{name} == {_milvus_value(v)}" for v in c.value))
+        if c.op == "in" and json_path and len(c.value) > 1:
+            parts.append(f"(exists {name}) and ({' or '.join(f'{name} == {milvus_literal(v)}' for v in c.value)})")
+        elif c.op == "in" and json_path:
+            parts.append(f"{name} == {milvus_literal(c.value[0])}")
         elif c.op == "in":
-            parts.append(f"{name} in [{', '.join(_milvus_value(v) for v in c.value)}]")
+            parts.append(f"{name} in [{', '.join(milvus_literal(v) for v in c.value)}]")
         elif c.op == "ne" and json_path:
-            parts.append(f"exists {name} and {name} != {_milvus_value(c.value)}")
+            parts.append(f"(exists {name}) and ({name} != {milvus_literal(c.value)})")
         else:
-            parts.append(f"{name} {_MILVUS_OPS[c.op]} {_milvus_value(c.value)}")
+            parts.append(f"{name} {_MILVUS_OPS[c.op]} {milvus_literal(c.value)}")
     return " and ".join(f"({p})" for p in parts)
 
 
 _MILVUS_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def _milvus_value(value) -> str:
+def milvus_literal(value) -> str:
     """A literal for a Milvus expression: strings double-quoted with only the escapes Milvus
-    and milvus-lite both read (backslash, quote, newline, return, tab; no ``\\u``)."""
+    and milvus-lite both read (backslash, quote, newline, return, tab; no ``\\u``).
+
+    The one way a value enters an expression (milvus-lite takes no bound parameters), so no
+    id or value can end its string and add terms of its own.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

@@ -118,7 +118,7 @@ class FaissIndex:
         if not self._dead:
             return
         keep = [r for r, item in enumerate(self._row_ids) if item is not None]
-        ids, vectors = [self._row_ids[r] for r in keep], self.vectors[keep]
+        ids, vectors = [str(self._row_ids[r]) for r in keep], self.vectors[keep]
         self._row_ids, self._row_of, self._dead = [], {}, set()
         self._faiss = self._new_faiss()
         if ids:
@@ -132,7 +132,11 @@ class FaissIndex:
         k = min(int(k), len(self))
         if k < 1:
             return np.zeros((len(queries), 0), np.float32), [[] for _ in queries]
-        params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k)) if self.kind == "hnsw" else None
+        params = (
+            faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))  # type: ignore[attr-defined]
+            if self.kind == "hnsw"
+            else None
+        )
         selector = None  # the params hold a raw pointer: this name keeps the selector alive
         if self._dead:
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self._dead, np.int64)))
