@@ -17,15 +17,21 @@ PRESET ?= default
 ARGS ?=
 
 INDEX ?= saved_models/catalog.vsi
+# Real phone photos: the Grocery Store Dataset as manifests (make grocery), measured by make eval-real.
+GROCERY_SRC ?= $(SHARED)/datasets/grocery-store-dataset
+GROCERY ?= data/grocery
+EVAL_MODEL ?= saved_models/embedding
 CATALOG ?= data/photos/train
 PORT ?= 8000
 
-.PHONY: help venv weights data train siamese eval demo index products serve tflite test test-fast lint test-integration docs screenshot notebook clean
+.PHONY: help venv weights data train siamese eval demo grocery grocery-train eval-real index products serve tflite test test-fast lint test-integration docs screenshot notebook clean
 
 help:
 	@echo "make demo   - data, train, siamese, eval end to end (SOURCE=DIR for a local dataset copy)"
 	@echo "make test   - run the tests (make test-fast: the quick subset; make lint: ruff, mypy, import contracts)"
 	@echo "make data | train | siamese | eval | index | serve | tflite | docs | notebook | test-integration | clean"
+	@echo "make grocery eval-real - real phone photos (Grocery Store Dataset) against its catalog: reports/real-*.md"
+	@echo "make grocery-train - both stages on the grocery train photos: saved_models/grocery/embedding"
 	@echo "benchmarks: $(PY) -m bench.<name> | experiments.<name> (docs/benchmarks.md)"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -54,7 +60,31 @@ siamese: venv
 eval: venv weights
 	$(VSEARCH) eval --preset $(PRESET) $(ARGS)
 
-demo: data train siamese eval
+demo: data train siamese eval $(if $(wildcard $(GROCERY_SRC)/classes.csv),eval-real,)
+
+# The Grocery Store Dataset as manifests: catalog.csv (the iconic images), train.csv, queries.csv
+# (the val photos) and catalog_plus_train.csv (the train photos as further photos of their products).
+grocery: venv
+	$(PY) -m vsearch.learn.layouts grocery "$(GROCERY_SRC)" $(GROCERY)
+
+# Both stages on products with several photos (the grocery preset): the manifests' training
+# folders (a tenth of each product's train photos held out for validation; queries.csv stays
+# unseen), then saved_models/grocery/{classifier,embedding}. Measure with
+# make eval-real EVAL_MODEL=saved_models/grocery/embedding.
+grocery-train: venv weights
+	@test -f $(GROCERY)/train.csv || $(MAKE) grocery
+	$(VSEARCH) data --catalog $(GROCERY)/catalog.csv --photos $(GROCERY)/train.csv --dest $(GROCERY)/photos
+	$(VSEARCH) train --preset grocery
+	$(VSEARCH) siamese --preset grocery
+
+# Real photos against (a) the iconic images only, (b) the iconic images plus the train photos:
+# served defaults, plain cosine and frozen ImageNet features, overall and per category.
+eval-real: venv weights
+	@test -f $(GROCERY)/queries.csv || $(MAKE) grocery
+	$(VSEARCH) eval --queries $(GROCERY)/queries.csv --catalog $(GROCERY)/catalog.csv --model $(EVAL_MODEL) \
+		--out reports/real-grocery-iconic.md $(ARGS)
+	$(VSEARCH) eval --queries $(GROCERY)/queries.csv --catalog $(GROCERY)/catalog_plus_train.csv --model $(EVAL_MODEL) \
+		--out reports/real-grocery-all.md $(ARGS)
 
 # The shop's catalog index (FAISS) over CATALOG, then the upload page on 127.0.0.1:$(PORT).
 index: venv

@@ -97,3 +97,41 @@ def test_triplet_loss_layer_config_round_trip():
     clone = keras.layers.deserialize(keras.layers.serialize(layer))
     assert isinstance(clone, losses.TripletLoss)
     assert clone.get_config() == layer.get_config()
+
+
+def test_in_batch_softmax_loss_leaves_the_anchors_own_product_out_of_its_negatives():
+    a = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    p = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    n = np.array([[-1.0, 0.0], [0.0, -1.0]], np.float32)
+    products = np.array([[0, 0, 1], [0, 0, 2]])  # both triplets show product 0
+    out = np.asarray(losses.in_batch_softmax_loss(a, p, n, temperature=1.0, products=products))
+    # row 0 logits over [p0, p1, n0, n1] = [1, 0, -1, 0], p1 (product 0) left out
+    # row 1 logits = [1, 0, -1, 0], target p1 (0), p0 (product 0) left out
+    expected = [np.log(np.e + 1 / np.e + 1) - 1.0, np.log(1 + 1 / np.e + 1)]
+    assert np.allclose(out, expected, atol=1e-6)
+    unmasked = np.asarray(losses.in_batch_softmax_loss(a, p, n, temperature=1.0))
+    assert np.allclose(unmasked, [np.log(np.e + 2 + 1 / np.e) - 1.0, np.log(np.e + 2 + 1 / np.e)], atol=1e-6)
+
+
+def test_in_batch_softmax_loss_with_every_photo_its_own_product_is_unchanged():
+    # The clothing demo: no products passed, and distinct products mask nothing either.
+    rng = np.random.default_rng(0)
+    a, p, n = (rng.standard_normal((6, 4)).astype(np.float32) for _ in range(3))
+    plain = np.asarray(losses.in_batch_softmax_loss(a, p, n, temperature=0.1))
+    distinct = np.arange(18).reshape(6, 3)
+    assert np.array_equal(np.asarray(losses.in_batch_softmax_loss(a, p, n, 0.1, products=distinct)), plain)
+    layer = losses.TripletLoss(margin=0.2, instance_weight=1.0, temperature=0.1)
+    layer(a, p, n)
+    margin = np.maximum(np.linalg.norm(a - p, axis=1) - np.linalg.norm(a - n, axis=1) + 0.2, 0)
+    assert np.isclose(float(layer.losses[0]), margin.mean() + plain.mean(), atol=1e-5)
+
+
+def test_triplet_loss_layer_takes_products():
+    a = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    p = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    n = np.array([[-1.0, 0.0], [0.0, -1.0]], np.float32)
+    layer = losses.TripletLoss(margin=0.2, instance_weight=1.0, temperature=1.0)
+    layer(a, p, n, np.array([[0, 0, 1], [0, 0, 2]]))
+    # margins: 0 - 2 + 0.2 -> 0 and sqrt(2) - sqrt(2) + 0.2 = 0.2
+    term = (np.log(np.e + 1 / np.e + 1) - 1.0 + np.log(2 + 1 / np.e)) / 2
+    assert np.isclose(float(layer.losses[0]), 0.1 + term, atol=1e-5)

@@ -94,6 +94,23 @@ def test_triplet_model_trains_with_fit(tiny_base):
     assert "active_fraction" in history
 
 
+def test_triplet_model_with_product_ids_trains_and_round_trips(tmp_path):
+    inputs = keras.Input((6,))
+    tower = keras.Model(inputs, models.L2Normalize()(keras.layers.Dense(4)(inputs)))
+    triplet = models.build_triplet_model(tower, margin=0.5, instance_weight=1.0, product_ids=True)
+    assert [t.name for t in triplet.inputs] == ["anchor", "positive", "negative", "products"]
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(16, 6)).astype(np.float32)
+    products = np.stack([np.arange(16) % 3, np.arange(16) % 3, 3 + np.arange(16) % 2], axis=1)
+    data = [a, a + 0.05 * rng.normal(size=a.shape).astype(np.float32), rng.normal(size=a.shape).astype(np.float32)]
+    triplet.compile(optimizer=keras.optimizers.Adam(0.05))
+    assert "active_fraction" in triplet.fit([*data, products], epochs=2, batch_size=8, verbose=0).history
+    out = triplet.predict([*data, products], verbose=0)
+    triplet.save(tmp_path / "triplet.keras")
+    again = keras.saving.load_model(tmp_path / "triplet.keras")
+    assert np.allclose(again.predict([*data, products], verbose=0), out, atol=1e-6)
+
+
 def test_triplet_model_takes_every_input_of_a_multi_input_tower():
     # The siamese stage's training tower: (cached feature map, cached class-branch vector).
     features, class_pooled = keras.Input((2, 2, 3), name="features"), keras.Input((5,), name="class_pooled")

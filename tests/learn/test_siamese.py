@@ -97,6 +97,22 @@ def test_triplet_inputs_gather_each_role_from_the_cached_views(with_class):
             assert np.array_equal(inputs[r * per_role + 1], np.stack([views.catalog_class[i, v] for i, v in role]))
 
 
+def test_triplet_inputs_end_with_each_roles_product_when_products_are_listed():
+    views = _views(False)
+    trip = Triplets(
+        anchor=np.array([[0, 1], [2, 0]]),
+        positive=np.array([[1, 0], [2, 1]]),
+        negative=np.array([[2, 0], [0, 1]]),
+        instance=np.array([True, True]),
+    )
+    plain = triplet_inputs(views, trip)
+    listed = triplet_inputs(views, trip, products=np.array([5, 5, 7]))  # items 0 and 1: one product
+    assert len(listed) == len(plain) + 1
+    assert all(np.array_equal(x, y) for x, y in zip(listed, plain))
+    assert listed[-1].dtype == np.int32
+    assert np.array_equal(listed[-1], [[5, 5, 7], [7, 7, 5]])
+
+
 def test_a_loss_that_is_no_longer_finite_stops_stage_2_and_saves_nothing(smoke_run, tmp_path):
     from vsearch.errors import TrainingError
     from vsearch.learn.siamese import train_siamese

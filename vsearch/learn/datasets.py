@@ -75,7 +75,7 @@ class Split:
     paths: list[str]
     labels: np.ndarray
     class_names: list[str]
-    report: SplitReport = dataclasses.field(repr=False, compare=False, default=None)
+    report: SplitReport = dataclasses.field(repr=False, compare=False)
 
 
 def load_split(

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -313,7 +314,7 @@ class View:
 
 
 def cache_views(
-    bottom, data: DataConfig, jobs: Sequence[tuple[object, View]], log: Callable[[str], None] | None = None
+    bottom, data: DataConfig, jobs: Sequence[tuple[Any, View]], log: Callable[[str], None] | None = None
 ) -> list[np.ndarray]:
     """The frozen ``bottom``'s features of each ``(dataset, view)`` job, in order.
 

@@ -38,18 +38,35 @@ def triplet_margin_loss(d_ap, d_an, margin: float, soft: bool = False):
     return ops.relu(d_ap - d_an + margin)
 
 
-def in_batch_softmax_loss(anchor, positive, negative, temperature: float = 0.1):
+def in_batch_softmax_loss(anchor, positive, negative, temperature: float = 0.1, products=None):
     """Per-anchor cross-entropy of finding its own positive among all positives and negatives.
 
     Row i's candidates are every ``positive`` and every ``negative`` of the batch; the target
     is ``positive[i]``. With unit vectors this is the InfoNCE / NT-Xent loss: each anchor
     gets 2N - 1 negatives instead of one, which keeps items (not only classes) apart.
+
+    ``products`` (N, 3): the product id of each triplet's anchor, positive and negative.
+    Given, a candidate of the anchor's own product (another triplet's photo of it) is left
+    out of row i rather than counted as a negative; None: every candidate counts.
     """
     candidates = ops.concatenate([positive, negative], axis=0)
     logits = ops.matmul(anchor, ops.transpose(candidates)) / temperature
+    if products is not None:
+        logits = ops.where(_same_product(products), ops.cast(-1e9, logits.dtype), logits)
     logits = logits - ops.max(logits, axis=1, keepdims=True)
     target = ops.diagonal(logits[:, : ops.shape(anchor)[0]])
     return ops.log(ops.sum(ops.exp(logits), axis=1)) - target
+
+
+def _same_product(products):
+    """(N, 2N) True where candidate j (positives, then negatives) shows row i's anchor's product,
+    its own target ``positive[i]`` excepted."""
+    products = ops.convert_to_tensor(products, "int32")
+    candidates = ops.concatenate([products[:, 1], products[:, 2]], axis=0)
+    same = ops.equal(ops.expand_dims(products[:, 0], 1), ops.expand_dims(candidates, 0))
+    n = ops.shape(products)[0]
+    target = ops.concatenate([ops.eye(n), ops.zeros((n, n))], axis=1)
+    return ops.logical_and(same, ops.logical_not(ops.cast(target, "bool")))
 
 
 def _masks(labels):
@@ -106,9 +123,11 @@ class TripletLoss(keras.layers.Layer):
     """Margin triplet loss over (anchor, positive, negative) embeddings, added with ``add_loss``.
 
     Optionally adds ``instance_weight`` times :func:`in_batch_softmax_loss`, so that each
-    anchor also meets every other item of the batch as a negative. Returns the two distances
-    stacked as (N, 2) so the model has an output, and tracks ``active_fraction``: the share
-    of triplets with non-zero margin loss (the rest teach nothing).
+    anchor also meets every other item of the batch as a negative; called with ``products``
+    (N, 3) ids of each triplet's anchor, positive and negative, other photos of the anchor's
+    product are not among them. Returns the two distances stacked as (N, 2) so the model has
+    an output, and tracks ``active_fraction``: the share of triplets with non-zero margin
+    loss (the rest teach nothing).
 
     Args:
         margin: Required gap between the anchor-negative and anchor-positive distances.
@@ -143,19 +162,19 @@ class TripletLoss(keras.layers.Layer):
         self.temperature = float(temperature)
         self.active_fraction = keras.metrics.Mean(name="active_fraction")
 
-    def call(self, anchor, positive, negative):
+    def call(self, anchor, positive, negative, products=None):
         d_ap = row_distances(anchor, positive, self.distance)
         d_an = row_distances(anchor, negative, self.distance)
         loss = ops.mean(triplet_margin_loss(d_ap, d_an, self.margin, self.soft))
         if self.instance_weight:
             loss = loss + self.instance_weight * ops.mean(
-                in_batch_softmax_loss(anchor, positive, negative, self.temperature)
+                in_batch_softmax_loss(anchor, positive, negative, self.temperature, products)
             )
         self.add_loss(loss)
         self.active_fraction.update_state(ops.cast(ops.greater(d_ap - d_an + self.margin, 0.0), "float32"))
         return ops.stack([d_ap, d_an], axis=-1)
 
-    def compute_output_shape(self, anchor_shape, positive_shape=None, negative_shape=None):
+    def compute_output_shape(self, anchor_shape, positive_shape=None, negative_shape=None, products_shape=None):
         return (anchor_shape[0], 2)
 
     def get_config(self):

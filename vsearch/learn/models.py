@@ -246,6 +246,7 @@ def build_triplet_model(
     soft: bool = False,
     instance_weight: float = 0.0,
     temperature: float = 0.1,
+    product_ids: bool = False,
 ):
     """Three inputs (anchor, positive, negative) through one shared tower, into :class:`TripletLoss`.
 
@@ -253,6 +254,8 @@ def build_triplet_model(
     backbone features for the trainable top part. A tower with several inputs gets them
     once per role, in the tower's order, named ``{role}_{input name}`` (``anchor_features``,
     ``anchor_class_pooled``, ...); a one-input tower's are ``anchor``, ``positive``, ``negative``.
+    With ``product_ids`` a last input ``products`` (N, 3) int takes the product of each role,
+    so that the in-batch term leaves other photos of an anchor's product out of its negatives.
     """
 
     def role_inputs(role: str):
@@ -262,5 +265,8 @@ def build_triplet_model(
 
     inputs = [role_inputs(role) for role in ("anchor", "positive", "negative")]
     embeddings = [tower(x if len(x) > 1 else x[0]) for x in inputs]
-    distances = TripletLoss(margin, distance, soft, instance_weight, temperature, name="triplet_loss")(*embeddings)
-    return keras.Model([x for role in inputs for x in role], distances, name="triplet")
+    ids = [keras.Input((3,), dtype="int32", name="products")] if product_ids else []
+    distances = TripletLoss(margin, distance, soft, instance_weight, temperature, name="triplet_loss")(
+        *embeddings, *ids
+    )
+    return keras.Model([x for role in inputs for x in role] + ids, distances, name="triplet")

@@ -17,6 +17,7 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from vsearch.artifacts import write_json
 from vsearch.config import CLASS_NAMES, DATA_DIR
@@ -27,6 +28,9 @@ from vsearch.learn.photo_checks import materialise, scan_split
 UPSTREAM_URL = "https://github.com/alexeygrigorev/clothing-dataset-small/archive/refs/heads/master.zip"
 SPLITS = ("train", "validation")
 DEST_MARKER = ".vsearch-data"  # left in `prepare`'s destination before it writes anything there
+# Beside the splits when they come from product manifests (vsearch.learn.product_folders): each
+# file's product. A folder source has none: each photo is its own product.
+PRODUCTS_FILE = "products.json"
 
 
 def download(url: str = UPSTREAM_URL, timeout: float = 60.0) -> Path:
@@ -52,7 +56,7 @@ def download(url: str = UPSTREAM_URL, timeout: float = 60.0) -> Path:
     return candidates[0]
 
 
-def _check_destination(source: Path | None, dest: Path, class_names: tuple[str, ...]) -> None:
+def check_destination(source: Path | None, dest: Path, class_names: tuple[str, ...]) -> None:
     """Refuses a ``dest`` whose photos :func:`prepare` could destroy.
 
     ``prepare`` mirrors the source's class folders into ``dest`` and deletes what the
@@ -123,15 +127,16 @@ def prepare(
         to ``dest/report.json``.
     """
     class_names = source_classes(None if source is None else Path(source), class_names)
-    _check_destination(None if source is None else Path(source), Path(dest), class_names)
+    check_destination(None if source is None else Path(source), Path(dest), class_names)
     Path(dest).mkdir(parents=True, exist_ok=True)
     (Path(dest) / DEST_MARKER).touch()
+    (Path(dest) / PRODUCTS_FILE).unlink(missing_ok=True)  # an earlier manifest's products are not these photos'
     downloaded = None
     if source is None:
         downloaded = source = download(url)
     source = Path(source)
     try:
-        result = {"source": str(source if downloaded is None else url), "splits": {}}
+        result: dict[str, Any] = {"source": str(source if downloaded is None else url), "splits": {}}
         for split in SPLITS:
             report = scan_split(source / split, list(class_names), max_pixels, checks)
             materialise(report, Path(dest) / split, link=downloaded is None)

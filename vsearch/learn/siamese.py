@@ -4,7 +4,9 @@ The trained classifier's MobileNetV2 base becomes the shared tower of a three-in
 (anchor, positive, negative) model whose :class:`~vsearch.learn.losses.TripletLoss` layer adds
 the margin loss. :func:`train_siamese` reads as its steps:
 
-1. load the classifier and the validated splits;
+1. load the classifier, the validated splits and the product of each photo
+   (:func:`vsearch.learn.product_folders.product_labels`: ``products.json`` when the data
+   folder was written from product manifests, else each photo its own product);
 2. cache the frozen bottom's features of each catalog image, clean and as
    ``views_per_image - 1`` simulated customer photos (:func:`vsearch.augment.customer_view`),
    and of the validation images (:func:`vsearch.learn.features.cache_views`);
@@ -13,9 +15,11 @@ the margin loss. :func:`train_siamese` reads as its steps:
    top blocks; each gets a projection started from PCA;
 4. train with plain ``model.fit`` on triplets over the cached views (:mod:`vsearch.learn.mining`,
    instance and class triplets, negatives re-mined semi-hard from the current embeddings
-   every epoch), measuring both objectives on the validation split after every epoch:
-   class retrieval (P@1, MAP@R against the catalog) and customer-photo matching (R@1 of a
-   simulated customer photo against catalog + validation originals);
+   every epoch; a product's instance positives are its other photos), measuring both
+   objectives on the validation split after every epoch: class retrieval (P@1, MAP@R
+   against the catalog), customer-photo matching (R@1 of a simulated customer photo against
+   catalog + validation originals) and, with products, product recall (R@1, R@10 of each
+   validation photo's product among the catalog photos: the served task on real photos);
 5. assemble the exported tower (pixels in, unit vector out), check it computes what was
    trained, and write the artifacts.
 
@@ -49,6 +53,7 @@ from vsearch.learn.export import export_embedding
 from vsearch.learn.features import TOP_PREDICT_BATCH, View, cache_views
 from vsearch.learn.fitting import StopOnNonFiniteLoss, Timings, distribution_strategy, fit_verbosity
 from vsearch.learn.mining import Triplets, sample_triplets
+from vsearch.learn.product_folders import ProductLabels, product_labels
 
 # The validation photos' simulated customer photos: a seed no catalog view uses.
 VALIDATION_VIEW_SEED = 99
@@ -110,6 +115,27 @@ def quick_metrics(
         "customer_recall@1": inst["recall@1"],
         "customer_recall@10": inst["recall@10"],
     }
+
+
+def product_recall(
+    queries: np.ndarray,
+    query_products: np.ndarray,
+    gallery: np.ndarray,
+    gallery_products: np.ndarray,
+    ks: tuple[int, ...] = (1, 10),
+) -> dict:
+    """Share of queries with a photo of their product among the top k of ``gallery`` (cosine).
+
+    Queries whose product (-1: none) has no photo in the gallery are left out.
+    """
+    known = np.isin(query_products, gallery_products) & (query_products >= 0)
+    if not known.any():
+        return {f"product_recall@{k}": float("nan") for k in ks}
+    scores = queries[known] @ gallery.T
+    same = gallery_products[None, :] == query_products[known][:, None]
+    best_same = np.where(same, scores, -np.inf).max(axis=1)
+    rank = (np.where(same, -np.inf, scores) > best_same[:, None]).sum(axis=1)  # other products ranked above
+    return {f"product_recall@{k}": float(np.mean(rank < k)) for k in ks}
 
 
 def load_stage1(config: SiameseConfig):
@@ -198,7 +224,7 @@ def build_branches(config: SiameseConfig, classifier, top, instance: keras.Model
     del instance_clean
     class_projection = (
         pca_dense(views.catalog_class[:, 0], config.class_dim, "class_projection", False, config.weight_decay)
-        if config.class_dim
+        if views.catalog_class is not None  # computed when config.class_dim
         else None
     )
     models.set_fine_tuning(top, False)
@@ -233,10 +259,15 @@ def training_tower(branches: Branches, config: SiameseConfig, views: Views) -> k
     )
 
 
-def triplet_model(tower: keras.Model, config: SiameseConfig) -> keras.Model:
-    """The three-input model around ``tower``, compiled."""
+def triplet_model(tower: keras.Model, config: SiameseConfig, product_ids: bool = False) -> keras.Model:
+    """The three-input model around ``tower``, compiled; with ``product_ids``, the product of
+    each role as a last input (see :func:`triplet_inputs`)."""
     model = models.build_triplet_model(
-        tower, config.margin, instance_weight=config.instance_loss_weight, temperature=config.temperature
+        tower,
+        config.margin,
+        instance_weight=config.instance_loss_weight,
+        temperature=config.temperature,
+        product_ids=product_ids,
     )
     model.compile(optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay))
     return model
@@ -260,27 +291,40 @@ def embed_catalog(tower: keras.Model, views: Views, all_views: bool) -> tuple[np
     class_views = views.catalog_class
     if not all_views:
         return None, embed(tower, views.catalog[:, 0], class_views[:, 0] if class_views is not None else None)
-    flat = lambda a: a.reshape((-1,) + a.shape[2:]) if a is not None else None  # noqa: E731
     items, n_views = views.catalog.shape[:2]
-    emb = embed(tower, flat(views.catalog), flat(class_views)).reshape(items, n_views, -1)
+    flat_class = class_views.reshape((items * n_views, -1)) if class_views is not None else None
+    emb = embed(tower, views.catalog.reshape((-1,) + views.catalog.shape[2:]), flat_class).reshape(items, n_views, -1)
     return emb, emb[:, 0]
 
 
 def validation_metrics(
-    tower: keras.Model, views: Views, catalog_emb: np.ndarray, y_train: np.ndarray, y_val: np.ndarray
+    tower: keras.Model,
+    views: Views,
+    catalog_emb: np.ndarray,
+    y_train: np.ndarray,
+    y_val: np.ndarray,
+    products: ProductLabels,
 ) -> dict:
-    """:func:`quick_metrics` of the validation photos against the embedded catalog."""
-    return quick_metrics(
-        catalog_emb,
-        y_train,
-        embed(tower, views.val_clean, views.val_clean_class),
-        y_val,
-        embed(tower, views.val_customer, views.val_customer_class),
+    """:func:`quick_metrics` of the validation photos against the embedded catalog, and with
+    listed products, their :func:`product_recall` among the catalog photos (all training
+    photos when none is marked a catalog photo)."""
+    val_emb = embed(tower, views.val_clean, views.val_clean_class)
+    result = quick_metrics(
+        catalog_emb, y_train, val_emb, y_val, embed(tower, views.val_customer, views.val_customer_class)
     )
+    if products.listed:
+        shop = products.catalog if products.catalog.any() else np.ones_like(products.catalog)
+        result.update(product_recall(val_emb, products.validation, catalog_emb[shop], products.train[shop]))
+    return result
 
 
-def triplet_inputs(views: Views, triplets: Triplets) -> list[np.ndarray]:
-    """The triplet model's inputs: the tower's inputs for the anchors, positives and negatives."""
+def triplet_inputs(views: Views, triplets: Triplets, products: np.ndarray | None = None) -> list[np.ndarray]:
+    """The triplet model's inputs: the tower's inputs for the anchors, positives and negatives,
+    then with ``products`` (the product of each catalog item) the (T, 3) products of the three.
+
+    Without products (each photo its own product) the in-batch term counts every other
+    triplet's photo as a negative, as it always has.
+    """
 
     def of(index: np.ndarray) -> list[np.ndarray]:
         items, view = index[:, 0], index[:, 1]
@@ -288,7 +332,11 @@ def triplet_inputs(views: Views, triplets: Triplets) -> list[np.ndarray]:
             views.catalog[items, view], views.catalog_class[items, view] if views.catalog_class is not None else None
         )
 
-    return [x for role in (triplets.anchor, triplets.positive, triplets.negative) for x in of(role)]
+    roles = (triplets.anchor, triplets.positive, triplets.negative)
+    inputs = [x for role in roles for x in of(role)]
+    if products is not None:
+        inputs.append(np.stack([products[role[:, 0]] for role in roles], axis=1).astype(np.int32))
+    return inputs
 
 
 def train_triplets(
@@ -297,6 +345,7 @@ def train_triplets(
     views: Views,
     y_train: np.ndarray,
     y_val: np.ndarray,
+    products: ProductLabels,
     config: SiameseConfig,
     rng: np.random.Generator,
     callbacks,
@@ -313,7 +362,7 @@ def train_triplets(
     mine = config.mining == "semihard"
     history: dict[str, list[float]] = {}
     emb, catalog_emb = embed_catalog(tower, views, mine and config.epochs > 0)
-    start = validation_metrics(tower, views, catalog_emb, y_train, y_val)
+    start = validation_metrics(tower, views, catalog_emb, y_train, y_val, products)
     log(f"  epoch 0: {_fmt(start)}")
     for key, value in start.items():
         history.setdefault(f"val_{key}", []).append(value)
@@ -329,8 +378,9 @@ def train_triplets(
                     config.instance_fraction,
                     emb,
                     config.margin,
+                    **product_mining(products, config),
                 )
-                inputs = triplet_inputs(views, trip)
+                inputs = triplet_inputs(views, trip, products.train if products.listed else None)
             with timings("fit_s"):
                 fitted = triplet.fit(
                     inputs,
@@ -345,7 +395,7 @@ def train_triplets(
             with timings("embed_catalog_s"):
                 emb, catalog_emb = embed_catalog(tower, views, mine and epoch + 1 < config.epochs)
             with timings("validation_s"):
-                quick = validation_metrics(tower, views, catalog_emb, y_train, y_val)
+                quick = validation_metrics(tower, views, catalog_emb, y_train, y_val, products)
             for key, values in fitted.items():
                 history.setdefault(key, []).extend(float(v) for v in values)
             for key, value in quick.items():
@@ -355,6 +405,18 @@ def train_triplets(
                 f"{fitted['active_fraction'][-1]:.3f} | {_fmt(quick)}"
             )
     return history, start
+
+
+def product_mining(products: ProductLabels, config: SiameseConfig) -> dict:
+    """:func:`~vsearch.learn.mining.sample_triplets`' product arguments: none without listed
+    products (each photo its own product, mined as it always was)."""
+    if not products.listed:
+        return {}
+    return {
+        "products": products.train,
+        "catalog": products.catalog,
+        "catalog_fraction": config.catalog_positive_fraction,
+    }
 
 
 def embedding_tower(bottom, top, branches: Branches, config: SiameseConfig) -> keras.Model:
@@ -436,6 +498,11 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
             )
         train_ds = image_dataset(train.root, names, size, batch, cache=True)
         val_ds = image_dataset(validation.root, names, size, batch, cache=True)
+        products = product_labels(
+            config.data.data_dir, (train.root, train_ds.file_paths), (validation.root, val_ds.file_paths)
+        )
+    if products.listed:
+        log(f"products: {len(products.ids)}, {int(products.catalog.sum())} catalog photos")
     base = models.find_backbone(classifier)
     bottom, top = models.split_backbone(base, config.fine_tune_from)
     models.set_fine_tuning(base, False)
@@ -449,13 +516,13 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
         instance = instance_top(config, top, load_classifier_config(config.classifier_dir).alpha)
         branches = build_branches(config, classifier, top, instance, views)
         tower = training_tower(branches, config, views)
-        triplet = triplet_model(tower, config)
+        triplet = triplet_model(tower, config, product_ids=products.listed)
         callbacks = [
             keras.callbacks.TensorBoard(str(work / "logs")),
             StopOnNonFiniteLoss("training the triplet model", "lower learning_rate, or check the photos"),
         ]
         history, start = train_triplets(
-            triplet, tower, views, train_ds.labels, val_ds.labels, config, rng, callbacks, timings, log
+            triplet, tower, views, train_ds.labels, val_ds.labels, products, config, rng, callbacks, timings, log
         )
 
     exported = embedding_tower(bottom, top, branches, config)
@@ -471,6 +538,7 @@ def train_siamese(config: SiameseConfig, log: Callable[[str], None] = print) -> 
         "cache_max_abs_diff": cache_diff,
         "replicas": triplet.distribute_strategy.num_replicas_in_sync,
         "num_catalog": int(catalog.shape[0]),
+        "num_products": len(products.ids),
         "views_per_image": int(catalog.shape[1]),
     }
     write_siamese(config, exported, triplet, result, metadata)
