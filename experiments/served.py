@@ -229,6 +229,7 @@ def main(argv=None) -> int:
     from experiments.rerank import cached_vectors
     from vsearch.catalog.rerank import RerankConfig
     from vsearch.catalog.search import CATEGORY_PRIOR, Searcher
+    from vsearch.config import SearchConfig
     from vsearch.embedder import load_embedder
     from vsearch.images import load_image
     from vsearch.learn.evaluate import embed_all
@@ -263,10 +264,8 @@ def main(argv=None) -> int:
         train = photo_store(Path(tmp) / "train.vsi", cat.paths, cat.labels, names, pool[:n], embedder.fingerprint)
 
         def searchers(weight, config=RerankConfig()):
-            return {
-                "both": Searcher(stand_in, both, category_prior=weight, rerank=config),
-                "train": Searcher(stand_in, train, category_prior=weight, rerank=config),
-            }
+            settings = SearchConfig(category_prior=weight, reranker=config)
+            return {"both": Searcher(stand_in, both, settings), "train": Searcher(stand_in, train, settings)}
 
         for weight in weights:  # the default, auto with the re-rank, at every weight
             grid[weight] = per_item(searchers(weight), vectors, data, "auto", True)

@@ -12,6 +12,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from milvus_server import milvus_process, milvus_server  # noqa: E402, F401  (one Milvus server a session)
 from PIL import Image  # noqa: E402
 
 from vsearch.learn.synthetic import make_catalog  # noqa: E402
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # What makes a test slow: a trained smoke model or a started server behind a fixture, or a
 # whole module of subprocesses and browsers. `make test-fast` runs the rest.
-SLOW_FIXTURES = {"smoke_run", "smoke_index", "tiny", "milvus_server"}
+SLOW_FIXTURES = {"smoke_run", "smoke_index", "tiny", "milvus_server", "milvus_process"}
 SLOW_MODULES = {
     "test_strategy.py",
     "test_notebook.py",

@@ -179,23 +179,22 @@ def sample(families, name: str, **labels) -> float:
 def main(argv=None) -> int:
     import uvicorn
 
+    from vsearch.config import ServerConfig
     from vsearch.web.app import create_app
-    from vsearch.web.budget import DEFAULT_DECODE_BUDGET_BYTES
-    from vsearch.web.live import LiveSearcher
     from vsearch.web.server import listen, warm_up
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--port-file", required=True, type=Path)
-    parser.add_argument("--budget-mb", type=float, default=DEFAULT_DECODE_BUDGET_BYTES / 2**20)
-    parser.add_argument("--wait-s", type=float, default=5.0)
+    parser.add_argument("--budget-mb", type=float, default=ServerConfig.decode_budget_mb)
+    parser.add_argument("--wait-s", type=float, default=ServerConfig.decode_wait_s)
     args = parser.parse_args(argv)
     index = write_catalog(args.root)
     searcher = load_searcher(index)
     warm_up(searcher)
     sock = listen("127.0.0.1", 0)
     sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
-    app = create_app(LiveSearcher(searcher), decode_budget_bytes=int(args.budget_mb * 2**20), decode_wait_s=args.wait_s)
+    app = create_app(searcher, ServerConfig(decode_budget_mb=args.budget_mb, decode_wait_s=args.wait_s))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     tmp = args.port_file.with_suffix(".tmp")
     tmp.write_text(str(sock.getsockname()[1]))

@@ -249,3 +249,49 @@ def test_search_category_prior_is_the_searchers(search_fake_catalog, canvas_file
     assert cli.main(["search", canvas_file, "-k", "1", *search_fake_catalog]) == 0
     assert cli.main(["search", canvas_file, "-k", "1", "--category-prior", "0.3", *search_fake_catalog]) == 0
     assert seen == [CATEGORY_PRIOR, 0.3]
+
+
+@pytest.mark.parametrize("flag", [["--batch-size", "0"], ["--batch-size", "-3"], ["--threads", "0"]])
+def test_calibrate_bad_sizes_exit_2_with_one_line_before_loading_the_model(fake_index, monkeypatch, capsys, flag):
+    def no_model(*args, **kwargs):
+        raise AssertionError(f"the model was loaded for {flag}")
+
+    monkeypatch.setattr("vsearch.embedder.load_embedder", no_model)
+    assert cli.main(["calibrate", "--store", str(fake_index), "--model", "fake", *flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flag[0]} must be >= 1, got {flag[1]}" in err[0], err
+
+
+def test_search_settings_come_from_the_preset_and_set(search_fake_catalog, canvas_file, capsys):
+    import json
+
+    args = ["search", canvas_file, "--json", *search_fake_catalog]
+    assert cli.main([*args, "--preset", "cosine", "--set", "k=2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["matches"]) == 2 and not any("inliers" in m for m in out["matches"])  # no re-rank
+    assert cli.main([*args, "--set", "k=2", "-k", "3", "--set", "category=any"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["matches"]) == 3 and out["category"]["mode"] == "any"
+    assert cli.main([*args, "--set", "max_pixels=100"]) == 2  # the photo's limit, before the model
+    assert "over the 100-pixel limit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-k", "0"], "-k must be >= 1, got 0"),
+        (["--set", "k=0"], "k must be >= 1, got 0"),
+        (["--set", "reranker.detector=akaze"], "reranker.detector must be one of orb, sift"),
+        (["--set", "port=80"], "unknown config key 'port' for SearchConfig"),
+    ],
+)
+def test_search_bad_settings_exit_2_before_loading_the_model(
+    canvas_file, fake_index, monkeypatch, capsys, args, message
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for bad settings")
+
+    monkeypatch.setattr("vsearch.embedder.load_embedder", no_model)
+    assert cli.main(["search", canvas_file, *args, "--store", str(fake_index), "--model", "fake"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -155,3 +155,102 @@ def test_save_json_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
         c.save_json(c.preset(c.ClassifierConfig, "smoke"), path)
     monkeypatch.undo()
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+# ---------------------------------------------------------------- serving: SearchConfig, ServerConfig
+
+
+@pytest.mark.parametrize("cls", [c.SearchConfig, c.ServerConfig])
+@pytest.mark.parametrize("name", ["default", "smoke", "cosine"])
+def test_serving_presets_round_trip_through_json(tmp_path, cls, name):
+    cfg = c.preset(cls, name)
+    c.save_json(cfg, tmp_path / "config.json")
+    assert c.load_json(cls, tmp_path / "config.json") == cfg
+
+
+def test_serving_presets():
+    smoke, cosine = c.preset(c.ServerConfig, "smoke"), c.preset(c.ServerConfig, "cosine")
+    assert smoke.decode_budget_mb < c.ServerConfig().decode_budget_mb and smoke.search.reranker.depth < 10
+    assert cosine.search.category_prior == 0 and cosine.search.rerank is False
+    assert cosine.search == c.preset(c.SearchConfig, "cosine")
+
+
+def test_a_serving_config_file_holds_any_subset_of_the_fields_nested_at_any_depth(tmp_path):
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps({"port": 9000, "search": {"k": 8, "reranker": {"depth": 4}}}))
+    cfg = c.load_json(c.ServerConfig, path)
+    assert cfg.port == 9000 and cfg.search.k == 8 and cfg.search.reranker.depth == 4
+    assert cfg.search.reranker.min_inliers == c.RerankConfig().min_inliers and cfg.host == c.ServerConfig().host
+
+
+def test_serving_overrides_are_parsed_with_field_types():
+    cfg = c.apply_overrides(
+        c.ServerConfig(),
+        {
+            "port": "9000",
+            "docs": "false",
+            "max_upload_mb": "2.5",
+            "search.rerank": "off",
+            "search.reranker.ratio": "0.7",
+        },
+    )
+    assert (cfg.port, cfg.docs, cfg.max_upload_mb) == (9000, False, 2.5)
+    assert cfg.search.rerank is False and cfg.search.reranker.ratio == 0.7
+    assert cfg.max_upload_bytes == int(2.5 * c.MB) and cfg.decode_budget_bytes == 1024 * c.MB
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"port": "0"}, "port must be 1..65535, got 0"),
+        ({"host": " "}, "host must not be empty"),
+        ({"max_upload_mb": "0"}, "max_upload_mb must be a positive number of MB"),
+        ({"max_upload_mb": "1e-9"}, "max_upload_mb must be a positive number of MB"),
+        ({"decode_budget_mb": "-5"}, "decode_budget_mb must be a positive number of MB"),
+        ({"decode_budget_mb": "nan"}, "decode_budget_mb: expected a finite number"),
+        ({"decode_wait_s": "-1"}, "decode_wait_s must be a number of seconds >= 0"),
+        ({"decode_max_waiting": "-1"}, "decode_max_waiting must be >= 0"),
+        ({"reload_interval_s": "-1"}, "reload_interval_s must be a number of seconds >= 0"),
+        ({"page_k": "101"}, "page_k must be 1..100"),
+        ({"docs": "maybe"}, "docs: expected a boolean"),
+        ({"search.k": "0"}, "search.k must be >= 1, got 0"),
+        ({"search.k": "101"}, "search.k must be 1..100"),
+        ({"search.k": "many"}, "search.k: expected int"),
+        ({"search.category": ""}, "search.category must be auto, any or a category name"),
+        ({"search.category_prior": "-0.5"}, "search.category_prior must be a number >= 0, got -0.5"),
+        ({"search.category_prior": float("nan")}, "search.category_prior must be a number >= 0, got nan"),
+        ({"search.max_pixels": "0"}, "search.max_pixels must be >= 1"),
+        ({"search.max_bytes": "0"}, "search.max_bytes must be >= 1"),
+        ({"search.reranker.depth": "0"}, "search.reranker.depth must be >= 1, got 0"),
+        ({"search.reranker.side": "16"}, "search.reranker.side must be >= 32"),
+        ({"search.reranker.detector": "akaze"}, "search.reranker.detector must be one of orb, sift"),
+        ({"search.reranker.ratio": "1.5"}, r"search.reranker.ratio must be in \(0, 1\]"),
+        ({"search.reranker.reprojection": "inf"}, "search.reranker.reprojection: expected a finite number"),
+        ({"search.nope": "1"}, "unknown config key 'nope' for SearchConfig"),
+        ({"search": "x"}, "is a group"),
+    ],
+)
+def test_bad_serving_values_are_config_errors_naming_the_key(overrides, message):
+    with pytest.raises(c.ConfigError, match=message):
+        c.apply_overrides(c.ServerConfig(), overrides)
+
+
+def test_a_search_config_of_its_own_names_its_keys_without_the_group():
+    with pytest.raises(c.ConfigError, match="^category_prior must be a number >= 0, got -1.0"):
+        c.apply_overrides(c.SearchConfig(), {"category_prior": "-1"})
+    with pytest.raises(c.ConfigError, match="^reranker.features must be >= 1"):
+        c.apply_overrides(c.SearchConfig(), {"reranker.features": "0"})
+    with pytest.raises(c.ConfigError, match="category_prior must be a number >= 0"):
+        c.SearchConfig(category_prior=float("inf"))  # built in code: the same check
+
+
+def test_each_serving_limit_has_one_default():
+    from vsearch.catalog.rerank import RerankConfig
+    from vsearch.catalog.search import CATEGORY_PRIOR
+    from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+
+    search = c.SearchConfig()
+    assert search.category_prior == CATEGORY_PRIOR and RerankConfig is c.RerankConfig
+    assert search.max_pixels == DEFAULT_MAX_PIXELS == c.DataConfig().max_image_pixels
+    assert search.max_bytes == DEFAULT_MAX_BYTES
+    assert c.ServerConfig(max_upload_mb=100).max_upload_bytes == DEFAULT_MAX_BYTES  # capped by search.max_bytes

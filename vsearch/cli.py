@@ -4,12 +4,13 @@
     vsearch train [--preset P] [--set K=V]  stage 1, the classifier
     vsearch siamese [--preset P] [--set K=V] stage 2, triplet training + SavedModel export
     vsearch eval [--preset P] [--query PATH] stage 3, metrics and retrieval pictures
+    vsearch eval --queries Q.csv --catalog C.csv  real labelled photos against a catalog: R@1/5/10
     vsearch export --format tflite [--quantize none|dynamic|int8]  the model for fast CPU inference
     vsearch index build|add|upsert|remove|info|compact [--store SPEC]  the catalog of products
     vsearch calibrate [--target-precision 0.95]  what a search answer means, kept with the catalog
     vsearch embed MANIFEST --out DIR [-- BEAM OPTIONS]  embed a catalog on Apache Beam into Parquet shards
     vsearch search PHOTO [-k 5] [--box X0,Y0,X1,Y1] [--where 'price<=50']  a photo (or a part) -> products
-    vsearch serve [--port 8000]              the upload page and JSON API
+    vsearch serve [--port 8000] [--preset P] [--set K=V]  the upload page and JSON API
 
 Errors a user can fix (a bad path, a bad image, a bad override) print one line and exit 2.
 """
@@ -60,9 +61,23 @@ def cmd_data(args) -> int:
     from vsearch.learn.photo_checks import checks_path
     from vsearch.learn.prepare import format_report, prepare
 
-    source = args.source or os.environ.get("VSEARCH_DATA_SOURCE") or None
-    classes = tuple(c.strip() for c in (args.classes or "").split(",") if c.strip()) or None
-    result = prepare(source, args.dest, class_names=classes, url=args.url, checks=checks_path(args.feature_cache_dir))
+    checks = checks_path(args.feature_cache_dir)
+    if args.catalog or args.photos:
+        from vsearch.learn.product_folders import prepare_products
+
+        if args.source or args.classes:
+            raise UsageError(
+                "--source and --classes read a folder; --catalog/--photos read product manifests: not both"
+            )
+        result = prepare_products(
+            args.catalog, args.photos, args.dest, args.validation, args.holdout, args.seed, checks=checks
+        )
+    elif args.validation:
+        raise UsageError("--validation goes with --catalog/--photos (a folder source has its own validation/)")
+    else:
+        source = args.source or os.environ.get("VSEARCH_DATA_SOURCE") or None
+        classes = tuple(c.strip() for c in (args.classes or "").split(",") if c.strip()) or None
+        result = prepare(source, args.dest, class_names=classes, url=args.url, checks=checks)
     print(format_report(result))
     print(f"wrote {args.dest} (report: {args.dest}/report.json)")
     return 0
@@ -97,6 +112,8 @@ def cmd_eval(args) -> int:
     from vsearch.images import load_image
     from vsearch.learn.evaluate import run_eval
 
+    if args.queries or args.catalog or args.out or args.no_baseline:
+        return _eval_queries(args)
     config = _build_config(
         EvalConfig,
         args,
@@ -111,6 +128,33 @@ def cmd_eval(args) -> int:
     if args.query:
         load_image(args.query, config.data.max_image_pixels)  # fail fast, before loading models
     run_eval(config, query=args.query)
+    return 0
+
+
+def _eval_queries(args) -> int:
+    """``vsearch eval --queries Q --catalog C``: real labelled photos against a catalog manifest."""
+    from vsearch.config import EvalConfig
+    from vsearch.learn.query_eval import default_report, run_query_eval
+
+    if not (args.queries and args.catalog):
+        raise UsageError(
+            "--queries QUERIES and --catalog CATALOG go together (both manifests); --out and "
+            "--no-baseline belong to them"
+        )
+    stray = [
+        flag
+        for flag, value in (("--query", args.query), ("--seed", args.seed), ("--reference", args.reference))
+        if value
+    ]
+    if stray:
+        raise UsageError(f"{', '.join(stray)}: for the stage-3 evaluation, not with --queries")
+    extra = {"model_dir": args.model, "reports_dir": args.reports, "num_threads": args.threads}
+    if args.no_baseline:
+        extra["baselines"] = "false"
+    config = _build_config(EvalConfig, args, extra)
+    run_query_eval(
+        config, args.catalog, args.queries, args.out or default_report(config.reports_dir, args.catalog, args.queries)
+    )
     return 0
 
 
@@ -158,9 +202,16 @@ def _open_store(args, embedder=None):
 
 
 def _describe(store) -> str:
+    from vsearch.stores import engine
+
     products, photos = store.count()
     kind = getattr(store, "kind", None)
-    return f"{store.spec}: {products} products, {photos} photos, {store.dim}-d" + (f", {kind} index" if kind else "")
+    road = ", ".join(f"{key} {value}" for key, value in engine(store).items() if key != "backend")
+    return (
+        f"{store.spec}: {products} products, {photos} photos, {store.dim}-d"
+        + (f", {kind} index" if kind else "")
+        + (f" ({road})" if road else "")
+    )
 
 
 def cmd_index(args) -> int:
@@ -298,6 +349,9 @@ def _calibrate(store, embedder, args) -> None:
 
 def cmd_calibrate(args) -> int:
     _check_calibration_args(args)
+    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
+        if value is not None and value < 1:  # before the model loads: its output is the one line
+            raise UsageError(f"{flag} must be >= 1, got {value}")
     embedder = _load_embedder(args)
     store = _open_store(args, embedder)
     _calibrate(store, embedder, args)
@@ -362,23 +416,30 @@ def cmd_search(args) -> int:
     import json
 
     from vsearch.catalog.search import Searcher
+    from vsearch.config import SearchConfig
     from vsearch.embedder import load_embedder
-
-    if args.k < 1:
-        raise UsageError(f"-k must be >= 1, got {args.k}")
-    prior = _category_prior(args)
     from vsearch.images import crop, load_image, parse_box
     from vsearch.stores.filters import parse_where
 
     # fail fast, before loading the model
+    config = _settings(
+        SearchConfig,
+        args,
+        {
+            "-k": ("k", args.k),
+            "--category": ("category", args.category),
+            "--category-prior": ("category_prior", args.category_prior),
+            "--rerank": ("rerank", args.rerank),
+        },
+    )
     box = parse_box(args.box, "--box") if args.box is not None else None
-    pixels = load_image(args.photo)
+    pixels = load_image(args.photo, config.max_pixels, config.max_bytes)
     if args.plot:
         _check_output_file(args.plot, "--plot")
     store = _open_store(args)
     where = parse_where(args.where, store.schema)
-    searcher = Searcher(load_embedder(args.model, num_threads=args.threads), store, category_prior=prior)
-    result = searcher.search(pixels, args.k, args.category, source=args.photo, box=box, where=where, rerank=args.rerank)
+    searcher = Searcher(load_embedder(args.model, num_threads=args.threads), store, config)
+    result = searcher.search(pixels, source=args.photo, box=box, where=where)
     if args.json:
         print(json.dumps({"query": args.photo, "box": list(box) if box else None, **result.to_dict()}, indent=2))
     else:
@@ -409,14 +470,14 @@ def cmd_search(args) -> int:
         from vsearch.catalog.search import thumbnails
         from vsearch.learn import plots
 
-        m = result.matches
+        found = result.matches
         query = crop(pixels, box) if box else pixels  # the part that was searched
         fig = plots.retrieval(
             query,
             None,
-            thumbnails(m),
-            [x["attributes"].get("title") or x.get("category", "") for x in m],
-            [x["score"] for x in m],
+            thumbnails(found),
+            [x["attributes"].get("title") or x.get("category", "") for x in found],
+            [x["score"] for x in found],
             title=f"vsearch: {args.photo}",
         )
         os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
@@ -447,67 +508,88 @@ def serving_model(model: str | None) -> str:
     return DEFAULT_TFLITE if os.path.isfile(DEFAULT_TFLITE) else DEFAULT_MODEL
 
 
-def _megabytes_arg(flag: str, value: float) -> int:
-    """A positive, finite size in MB (as given on the command line) -> bytes, at least 1."""
-    import math
-
-    if not (math.isfinite(value) and value * 1024 * 1024 >= 1):
-        raise UsageError(f"{flag} must be a positive number of MB, got {value}")
-    return int(value * 1024 * 1024)
-
-
 def cmd_serve(args) -> int:
-    import math
-
+    from vsearch.config import ServerConfig
     from vsearch.web.admin import admin_token
     from vsearch.web.server import run
 
-    max_upload_bytes = _megabytes_arg("--max-upload-mb", args.max_upload_mb)
-    decode_budget_bytes = _megabytes_arg("--decode-budget-mb", args.decode_budget_mb)
-    if not 1 <= args.port <= 65535:
-        raise UsageError(f"--port must be 1..65535, got {args.port}")
-    if not (math.isfinite(args.reload_interval) and args.reload_interval >= 0):
-        raise UsageError(f"--reload-interval must be a number of seconds >= 0, got {args.reload_interval}")
+    config = _settings(
+        ServerConfig,
+        args,
+        {
+            "--host": ("host", args.host),
+            "--port": ("port", args.port),
+            "--max-upload-mb": ("max_upload_mb", args.max_upload_mb),
+            "--decode-budget-mb": ("decode_budget_mb", args.decode_budget_mb),
+            "--reload-interval": ("reload_interval_s", args.reload_interval),
+            "--rerank": ("search.rerank", args.rerank),
+            "--category-prior": ("search.category_prior", args.category_prior),
+        },
+    )
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     run(
         serving_model(args.model),
         args.store,
-        host=args.host,
-        port=args.port,
-        max_upload_bytes=max_upload_bytes,
+        config,
         num_threads=args.threads,
-        decode_budget_bytes=decode_budget_bytes,
-        reload_interval_s=args.reload_interval,
         admin_token=admin_token(args.admin_token_file),
         media_dir=args.media,
-        rerank=args.rerank,
-        category_prior=_category_prior(args),
     )
     return 0
 
 
-def _category_prior(args) -> float:
-    """``--category-prior``, checked: a finite weight >= 0 (default ``vsearch.catalog.search.CATEGORY_PRIOR``)."""
-    import math
+def _settings(cls, args, flags: dict[str, tuple[str, object]]):
+    """A serving command's settings (:class:`~vsearch.config.SearchConfig`, :class:`~vsearch.config.ServerConfig`):
+    ``--config FILE`` or ``--preset``, then ``--set KEY=VALUE``, then the shorthand flags given.
 
-    from vsearch.catalog.search import CATEGORY_PRIOR
+    ``flags``: flag -> (its key, its value; None when not given). A shorthand sets one field,
+    as ``--set`` would (``--port 9000`` is ``--set port=9000``). Every value is checked by
+    the config's dataclass; a bad one is a ConfigError naming its key, or its flag.
+    """
+    import re
 
-    if args.category_prior is None:
-        return CATEGORY_PRIOR
-    if not (math.isfinite(args.category_prior) and args.category_prior >= 0):
-        raise UsageError(f"--category-prior must be a number >= 0, got {args.category_prior}")
-    return args.category_prior
+    from vsearch import config as c
+
+    settings = c.load_json(cls, args.config) if args.config else c.preset(cls, args.preset)
+    settings = c.apply_overrides(settings, c.parse_overrides(args.overrides))
+    given = {flag: (key, value) for flag, (key, value) in flags.items() if value is not None}
+    try:
+        return c.apply_overrides(settings, dict(given.values()))
+    except c.ConfigError as exc:
+        message = str(exc)
+        for flag, (key, _) in given.items():
+            if re.match(re.escape(key) + "[ :]", message):  # "port must be 1..65535" -> "--port must be ..."
+                raise UsageError(flag + message[len(key) :]) from None
+        raise
 
 
-def category_prior_arg(p) -> None:
+def settings_args(p, example: str) -> None:
+    """``--preset``, ``--set`` and ``--config`` of a serving command (see :func:`_settings`)."""
+    p.add_argument(
+        "--preset",
+        default="default",
+        help="settings preset: default, smoke (small limits, for tests) or cosine (no category prior, no re-rank)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a setting, e.g. {example} (the flags below set some of them too; docs/serving.md)",
+    )
+    p.add_argument("--config", metavar="FILE", help="a JSON file of settings (any of them; the rest keep the defaults)")
+
+
+def category_prior_arg(p, default: float) -> None:
     p.add_argument(
         "--category-prior",
         type=float,
         default=None,
         metavar="W",
         help="with --category auto: rank by cosine + W x the product's category's share of the vote of the "
-        "10 nearest (default 0.02; larger favours the likely category more, experiments/served.py)",
+        f"10 nearest (default {default:g}; larger favours the likely category more, experiments/served.py)",
     )
 
 
@@ -537,7 +619,7 @@ def store_arg(q) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from vsearch import __version__
-    from vsearch.config import CLASS_NAMES, DataConfig
+    from vsearch.config import CLASS_NAMES, DataConfig, SearchConfig, ServerConfig
 
     parser = argparse.ArgumentParser(prog="vsearch", description="Visual search for a product catalog.")
     parser.add_argument("--version", action="version", version=f"vsearch {__version__}")
@@ -548,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="download or copy and validate the catalog photos",
         description="Curate the catalog's photos into DEST/{train,validation}/<category>/, "
         "listing bad files: a shop's own folder (--source) with its own categories, "
+        "product manifests with several photos per product (--catalog, --photos), "
         "or the clothing download's seven.",
     )
     p.add_argument(
@@ -568,6 +651,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the image checks are remembered for the stages, as their "
         "data.feature_cache_dir (default %(default)s; empty: nowhere)",
     )
+    p.add_argument(
+        "--catalog",
+        help="product manifest of the shop's catalog photos (product_id, image, category): "
+        "written as DEST/{train,validation}/<category>/ links and DEST/products.json",
+    )
+    p.add_argument("--photos", help="product manifest of other photos of the products (e.g. customers' phone photos)")
+    p.add_argument(
+        "--validation",
+        help="product manifest of the validation photos (default: a per-product holdout of --photos, see --holdout)",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.1,
+        help="without --validation: share of each product's --photos held out for validation (default %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=DataConfig().seed, help="the holdout's seed (default %(default)s)")
     p.add_argument("--url", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_data)
 
@@ -610,6 +710,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference",
         help="a .tflite --model: the SavedModel to measure parity against (default: the one it was converted from)",
     )
+    real = p.add_argument_group(
+        "real photos",
+        "labelled customer photos against a catalog, both manifests (product_id, image, category, ...): "
+        "R@1/5/10 and top-1 category of the served defaults, the plain cosine and frozen ImageNet features",
+    )
+    real.add_argument("--queries", metavar="MANIFEST", help="the labelled query photos, one per row")
+    real.add_argument(
+        "--catalog", metavar="MANIFEST", help="the catalog to search (a manifest or a <category>/ folder)"
+    )
+    real.add_argument(
+        "--out", help="the markdown report, JSON beside it (default REPORTS/real-<queries>-in-<catalog>.md)"
+    )
+    real.add_argument("--no-baseline", action="store_true", help="leave out the frozen ImageNet road")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -757,17 +870,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "search",
         help="find the catalog's products in a photo",
-        description="Embed a photo and print the top-k products (each once, by its best photo).",
+        description="Embed a photo and print the top-k products (each once, by its best photo). "
+        "Its settings are a SearchConfig (vsearch/config.py): --preset, --config and --set KEY=VALUE, "
+        "with -k, --category, --category-prior and --rerank as shorthands.",
     )
     p.add_argument("photo")
-    p.add_argument("-k", type=int, default=5, help="number of matches (default 5)")
+    settings_args(p, "--set category_prior=0.05 --set reranker.depth=20 --set max_pixels=20000000")
+    p.add_argument("-k", type=int, default=None, help=f"number of matches (default {SearchConfig.k})")
     p.add_argument(
         "--category",
-        default="auto",
+        default=None,
         help="auto (default: cosine plus a soft prior for the category the nearest products vote for) "
         "| any (cosine only) | a category name",
     )
-    category_prior_arg(p)
+    category_prior_arg(p, SearchConfig.category_prior)
     p.add_argument(
         "--box",
         metavar="X0,Y0,X1,Y1",
@@ -788,7 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rerank",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="verify the first 10 products with local features (ORB + RANSAC) and move the first that "
         "shows the same surface as the photo to the top: the exact item first more often, for a "
         "few ms per search (default: on; --no-rerank: the embedding's order, docs/serving.md)",
@@ -802,7 +918,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the upload web page and JSON API",
         description="Serve the upload page at / and the JSON API (/api/search, /api/products/ID "
         "(PUT and DELETE with the admin token), /api/items/ID, /healthz, /metrics; docs "
-        "at /docs) with uvicorn.",
+        "at /docs) with uvicorn. Its settings are a ServerConfig (vsearch/config.py; its searches' "
+        "are search.*): --preset, --config and --set KEY=VALUE, with --host, --port, --max-upload-mb, "
+        "--decode-budget-mb, --reload-interval, --rerank and --category-prior as shorthands.",
     )
     p.add_argument(
         "--model",
@@ -810,22 +928,25 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"SavedModel folder or .tflite (default {DEFAULT_TFLITE} when it exists, else {DEFAULT_MODEL})",
     )
     store_arg(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--max-upload-mb", type=float, default=10, help="largest accepted photo in MB (default 10)")
+    settings_args(p, "--set search.category_prior=0.05 --set decode_wait_s=2 --set docs=false")
+    served = ServerConfig()
+    p.add_argument("--host", help=f"address to bind (default {served.host}: this machine only)")
+    p.add_argument("--port", type=int, help=f"port (default {served.port})")
+    p.add_argument(
+        "--max-upload-mb", type=float, help=f"largest accepted photo in MB (default {served.max_upload_mb:g})"
+    )
     p.add_argument(
         "--decode-budget-mb",
         type=float,
-        default=1024,
         help="memory for decoding photos at once, across requests, in MB; a photo that does not "
-        "fit waits briefly, then gets 503 (default 1024)",
+        f"fit waits briefly, then gets 503 (default {served.decode_budget_mb:g})",
     )
     p.add_argument(
         "--reload-interval",
         type=float,
-        default=2.0,
         metavar="SECONDS",
-        help="how often to take in other writers' changes to the catalog (default 2; 0: never)",
+        help="how often to take in other writers' changes to the catalog "
+        f"(default {served.reload_interval_s:g}; 0: never)",
     )
     p.add_argument(
         "--admin-token-file",
@@ -842,11 +963,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rerank",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="whether searches re-rank their short list when a request does not say (rerank field; "
         "default: on; see search --rerank)",
     )
-    category_prior_arg(p)
+    category_prior_arg(p, served.search.category_prior)
     p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
     p.set_defaults(func=cmd_serve)
     return parser

@@ -1,14 +1,21 @@
 """Configuration as frozen dataclasses with named presets.
 
-Every stage takes one config object. Presets are plain functions returning a config;
-``smoke`` shrinks everything so that a whole stage runs in seconds on a CPU (tests use it).
+Every stage takes one config object, and so does serving: the training stages
+(:class:`ClassifierConfig`, :class:`SiameseConfig`, :class:`EvalConfig`), a search
+(:class:`SearchConfig`, with :class:`RerankConfig` nested) and the web server
+(:class:`ServerConfig`, with its searches' :class:`SearchConfig` nested). Presets are plain
+functions returning a config; ``smoke`` shrinks everything so that a whole stage runs in
+seconds on a CPU (tests use it). Each value is checked once, by its dataclass.
 
 Command line::
 
     vsearch train --preset default --set fine_tune_epochs=6 --set data.batch_size=64
+    vsearch serve --preset cosine --set search.k=10 --set decode_budget_mb=512
+    vsearch serve --config serve.json      # any subset of the fields, as JSON
 
 Overrides are ``key=value`` with dotted keys for nested configs; values are parsed
-with the field's declared type and unknown keys are errors.
+with the field's declared type and unknown keys are errors. An error names the key, dotted
+from the top (``search.category_prior must be a number >= 0, got -1.0``).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +32,7 @@ from typing import Any
 
 from vsearch.artifacts import write_json
 from vsearch.errors import ConfigError
+from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 CLASS_NAMES = ("dress", "hat", "longsleeve", "pants", "shoes", "shorts", "t-shirt")
 
@@ -64,7 +73,7 @@ class DataConfig:
     image_size: int = 224
     batch_size: int = 32
     seed: int = 1337
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     feature_cache_dir: str = ".cache/features"
     feature_runtime: str = "auto"
 
@@ -155,7 +164,10 @@ class SiameseConfig:
     batch_size: int = 64
     learning_rate: float = 1e-4
     margin: float = 0.2
-    instance_fraction: float = 0.5  # share of triplets whose positive is a view of the anchor
+    instance_fraction: float = 0.5  # share of triplets whose positive is the anchor's product
+    # With products of several photos (products.json): share of instance positives that are a
+    # catalog photo of the product, when it has one besides other photos (vsearch.learn.mining).
+    catalog_positive_fraction: float = 0.5
     instance_loss_weight: float = 1.0  # in-batch softmax term: every other item in the batch is a negative
     temperature: float = 0.1
     mining: str = "semihard"  # semihard | random
@@ -171,6 +183,7 @@ class SiameseConfig:
         _check(self.epochs >= 0, "epochs must be >= 0")
         _check(self.margin > 0, "margin must be > 0")
         _check(0.0 <= self.instance_fraction <= 1.0, "instance_fraction must be in [0, 1]")
+        _check(0.0 <= self.catalog_positive_fraction <= 1.0, "catalog_positive_fraction must be in [0, 1]")
         _check(self.mining in ("semihard", "random"), "mining must be 'semihard' or 'random'")
         _check(self.class_dim >= 0, "class_dim must be >= 0")
         _check(0.0 <= self.class_weight < 1.0, "class_weight must be in [0, 1)")
@@ -208,6 +221,166 @@ class EvalConfig:
         _check(self.num_threads >= 0, "num_threads must be >= 0 (0: every core)")
 
 
+# ---------------------------------------------------------------- serving
+
+MB = 1024 * 1024
+MAX_K = 100  # the most products one search over HTTP returns (the API's k is 1..MAX_K)
+# `category=auto`: rank by cosine + this x the product's category's share of the vote
+# (vsearch.catalog.search; experiments/served.py chose it).
+CATEGORY_PRIOR = 0.02
+RERANK_DETECTORS = ("orb", "sift")
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """How a search's short list is verified (:mod:`vsearch.catalog.rerank`; the defaults:
+    ``experiments/rerank.py`` chose the rule and threshold; ``experiments/served.py`` compares
+    250 keypoints with 500: the same customer R@1 within a photo, fewer unrelated products
+    verified, half the cost when all 10 are compared).
+
+    Attributes:
+        depth: Candidates examined, best first by the embedding.
+        min_inliers: Inliers that verify a candidate (unrelated photos keep about 0-8).
+        side: Longer side, in pixels, photos are resized to before keypoint detection.
+        detector: ``orb`` (binary descriptors, fast) or ``sift`` (float descriptors, slower).
+        features: Keypoints kept per photo.
+        ratio: Lowe's ratio test: best match distance below this share of the second best.
+        reprojection: RANSAC reprojection threshold, in pixels at ``side``.
+    """
+
+    depth: int = 10
+    min_inliers: int = 12
+    side: int = 256
+    detector: str = "orb"
+    features: int = 250
+    ratio: float = 0.8
+    reprojection: float = 5.0
+
+    def __post_init__(self):
+        for name in ("depth", "min_inliers", "features"):
+            value = getattr(self, name)
+            _check(value >= 1, f"reranker.{name} must be >= 1, got {value}")
+        _check(self.side >= 32, f"reranker.side must be >= 32 pixels to find keypoints, got {self.side}")
+        _check(
+            self.detector in RERANK_DETECTORS,
+            f"reranker.detector must be one of {', '.join(RERANK_DETECTORS)}, got {self.detector!r}",
+        )
+        _check(0.0 < self.ratio <= 1.0, f"reranker.ratio must be in (0, 1], got {self.ratio}")
+        _check(
+            math.isfinite(self.reprojection) and self.reprojection > 0,
+            f"reranker.reprojection must be a number of pixels > 0, got {self.reprojection}",
+        )
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How a photo is answered (:class:`vsearch.catalog.search.Searcher`): ``vsearch search``,
+    and the server's searches (:attr:`ServerConfig.search`).
+
+    ``vsearch search PHOTO --preset default --set category_prior=0.05 --set reranker.depth=20``
+
+    Attributes:
+        k: Products in an answer that does not say (the API's ``k``, ``vsearch search -k``).
+        category: The category mode of a search that does not say: ``auto`` (cosine plus a
+            soft prior for the category the nearest products vote for), ``any`` (cosine
+            only) or a catalog category (only that one).
+        category_prior: The weight of that vote under ``auto`` (0: the cosine's order).
+        rerank: Whether a search that does not say verifies its short list (``reranker``).
+        reranker: How it is verified (:class:`RerankConfig`).
+        max_pixels: Larger photos are refused from their header, before decoding (bombs).
+        max_bytes: Larger encoded photos are refused (a server also has ``max_upload_mb``).
+    """
+
+    k: int = 5
+    category: str = "auto"
+    category_prior: float = CATEGORY_PRIOR
+    rerank: bool = True
+    reranker: RerankConfig = field(default_factory=RerankConfig)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    def __post_init__(self):
+        _check(self.k >= 1, f"k must be >= 1, got {self.k}")
+        _check(
+            bool(self.category) and self.category == self.category.strip(),
+            f"category must be auto, any or a category name, got {self.category!r}",
+        )
+        _check(
+            math.isfinite(self.category_prior) and self.category_prior >= 0,
+            f"category_prior must be a number >= 0, got {self.category_prior}",
+        )
+        _check(self.max_pixels >= 1, f"max_pixels must be >= 1, got {self.max_pixels}")
+        _check(self.max_bytes >= 1, f"max_bytes must be >= 1, got {self.max_bytes}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``vsearch serve``: the web server's settings, with its searches' (``search``) nested.
+
+    Where it serves from (the model, the store, the folder of uploaded photos) and the admin
+    token are not settings: they are ``vsearch serve``'s arguments.
+
+    ``vsearch serve --preset default --set search.category_prior=0.05 --set decode_budget_mb=512``
+
+    Attributes:
+        host / port: The address to listen on (loopback by default: put a reverse proxy in
+            front before exposing it).
+        title: Shown in the page's header and the API docs.
+        max_upload_mb: The largest photo accepted (413 over it; also at most ``search.max_bytes``).
+        decode_budget_mb: Memory for decoding photos at once, across requests
+            (:mod:`vsearch.web.budget`); a photo larger than all of it is refused (422).
+        decode_wait_s: How long a photo waits for the budget before a 503.
+        decode_max_waiting: How many photos may wait at once; the next gets a 503 at once.
+        reload_interval_s: How often the store takes in other writers' changes (0: never).
+        docs: Whether ``/docs`` and ``/redoc`` (the API's pages) are served; ``/openapi.json`` is.
+        page_k: Results the upload page asks for at first.
+        search: How photos are answered (:class:`SearchConfig`).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    title: str = "vsearch"
+    max_upload_mb: float = 10.0
+    decode_budget_mb: float = 1024.0
+    decode_wait_s: float = 5.0
+    decode_max_waiting: int = 32
+    reload_interval_s: float = 2.0
+    docs: bool = True
+    page_k: int = 8
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def __post_init__(self):
+        _check(bool(self.host.strip()), "host must not be empty")
+        _check(1 <= self.port <= 65535, f"port must be 1..65535, got {self.port}")
+        _check(bool(self.title.strip()), "title must not be empty")
+        for name in ("max_upload_mb", "decode_budget_mb"):
+            value = getattr(self, name)
+            _check(
+                math.isfinite(value) and value * MB >= 1,
+                f"{name} must be a positive number of MB (at least one byte), got {value}",
+            )
+        _check(
+            math.isfinite(self.decode_wait_s) and self.decode_wait_s >= 0,
+            f"decode_wait_s must be a number of seconds >= 0, got {self.decode_wait_s}",
+        )
+        _check(self.decode_max_waiting >= 0, f"decode_max_waiting must be >= 0, got {self.decode_max_waiting}")
+        _check(
+            math.isfinite(self.reload_interval_s) and self.reload_interval_s >= 0,
+            f"reload_interval_s must be a number of seconds >= 0 (0: never), got {self.reload_interval_s}",
+        )
+        _check(1 <= self.page_k <= MAX_K, f"page_k must be 1..{MAX_K}, got {self.page_k}")
+        _check(self.search.k <= MAX_K, f"search.k must be 1..{MAX_K} (the API's k), got {self.search.k}")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The largest photo accepted, in bytes: ``max_upload_mb``, and at most ``search.max_bytes``."""
+        return min(int(self.max_upload_mb * MB), self.search.max_bytes)
+
+    @property
+    def decode_budget_bytes(self) -> int:
+        return int(self.decode_budget_mb * MB)
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -226,7 +399,13 @@ def _check_finite(config) -> None:
 
 
 def _smoke_data(data_dir: str = "data/smoke") -> DataConfig:
-    return DataConfig(data_dir=data_dir, image_size=32, batch_size=8, max_image_pixels=40_000_000)
+    return DataConfig(data_dir=data_dir, image_size=32, batch_size=8, max_image_pixels=DEFAULT_MAX_PIXELS)
+
+
+# The grocery set's training folders, from its product manifests (make grocery-train):
+# vsearch data --catalog data/grocery/catalog.csv --photos data/grocery/train.csv --dest data/grocery/photos
+GROCERY_DATA_DIR = "data/grocery/photos"
+GROCERY_MODELS = "saved_models/grocery"
 
 
 PRESETS: dict[type, dict[str, Any]] = {
@@ -241,6 +420,10 @@ PRESETS: dict[type, dict[str, Any]] = {
             fine_tune_epochs=1,
             patience=1,
             out_dir="saved_models/smoke/classifier",
+        ),
+        # Products with several real photos each (vsearch train --preset grocery).
+        "grocery": lambda: ClassifierConfig(
+            data=DataConfig(data_dir=GROCERY_DATA_DIR), out_dir=f"{GROCERY_MODELS}/classifier"
         ),
     },
     SiameseConfig: {
@@ -258,6 +441,14 @@ PRESETS: dict[type, dict[str, Any]] = {
             epochs=1,
             batch_size=8,
         ),
+        # Positives from other photos of the product (vsearch siamese --preset grocery).
+        "grocery": lambda: SiameseConfig(
+            data=DataConfig(data_dir=GROCERY_DATA_DIR),
+            classifier_dir=f"{GROCERY_MODELS}/classifier",
+            out_dir=f"{GROCERY_MODELS}/embedding",
+            work_dir=f"{GROCERY_MODELS}/siamese",
+            epochs=5,  # held-out product R@1 still rose from epoch 3 (0.886) to 5 (0.928)
+        ),
     },
     EvalConfig: {
         "default": lambda: EvalConfig(),
@@ -271,11 +462,34 @@ PRESETS: dict[type, dict[str, Any]] = {
             baseline_weights="none",
         ),
     },
+    # Serving: `smoke` keeps a test server small and quick (re-ranks 3 candidates on fewer
+    # keypoints, takes small photos); `cosine` ranks by the cosine alone (no prior, no re-rank).
+    SearchConfig: {
+        "default": lambda: SearchConfig(),
+        "smoke": lambda: _smoke_search(),
+        "cosine": lambda: SearchConfig(category_prior=0.0, rerank=False),
+    },
+    ServerConfig: {
+        "default": lambda: ServerConfig(),
+        "smoke": lambda: ServerConfig(
+            max_upload_mb=1.0,
+            decode_budget_mb=64.0,
+            decode_wait_s=1.0,
+            decode_max_waiting=4,
+            reload_interval_s=0.2,
+            search=_smoke_search(),
+        ),
+        "cosine": lambda: ServerConfig(search=preset(SearchConfig, "cosine")),
+    },
 }
 
 
+def _smoke_search() -> SearchConfig:
+    return SearchConfig(reranker=RerankConfig(depth=3, features=100), max_pixels=4_000_000, max_bytes=4 * MB)
+
+
 def preset(cls: type, name: str = "default"):
-    """Returns the named preset of a config class (``default`` or ``smoke``)."""
+    """Returns the named preset of a config class (``default``, ``smoke``, ``grocery``)."""
     presets = PRESETS.get(cls, {})
     if name not in presets:
         raise ConfigError(f"unknown preset {name!r} for {cls.__name__}; choose from {sorted(presets)}")
@@ -312,10 +526,12 @@ def apply_overrides(config, overrides: Mapping[str, Any]):
             strings (parsed with the field's type) or already-typed values.
 
     Raises:
-        ConfigError: unknown key, a value of the wrong type, or a value the config rejects.
+        ConfigError: unknown key, a value of the wrong type, or a value the config rejects
+            (its message names the key from the top: ``search.k must be >= 1, got 0``).
     """
     nested: dict[str, dict[str, Any]] = {}
     direct: dict[str, Any] = {}
+    not_finite: list[str] = []
     hints = typing.get_type_hints(type(config))
     names = {f.name for f in dataclasses.fields(config)}
     for key, value in overrides.items():
@@ -337,11 +553,30 @@ def apply_overrides(config, overrides: Mapping[str, Any]):
         elif not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
             raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):  # e.g. NaN or Infinity in a config file
-            raise ConfigError(f"{key}: expected a finite number, got {value}")
+            not_finite.append(key)
         direct[head] = value
     for head, sub in nested.items():
-        direct[head] = apply_overrides(getattr(config, head), sub)
-    return dataclasses.replace(config, **direct)
+        try:
+            direct[head] = apply_overrides(getattr(config, head), sub)
+        except ConfigError as exc:
+            raise _named_from(head, getattr(config, head), exc) from None
+    out = dataclasses.replace(config, **direct)  # the config's own checks first: their message is the clearest
+    if not_finite:
+        raise ConfigError(f"{not_finite[0]}: expected a finite number, got {direct[not_finite[0]]}")
+    return out
+
+
+def _named_from(group: str, config, exc: ConfigError) -> ConfigError:
+    """A nested config's error with its key named from the outside: ``k must be ...`` -> ``search.k must be ...``.
+
+    Only a message that opens with one of the nested config's fields is renamed (one that
+    names its key already, as ``data.image_size must be ...`` does, is left as it is).
+    """
+    message = str(exc)
+    opening = re.match(r"[A-Za-z_]\w*(?=[ .:])", message)
+    if opening and opening.group() in {f.name for f in dataclasses.fields(config)}:
+        return ConfigError(f"{group}.{message}")
+    return exc
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
@@ -375,14 +610,18 @@ def from_dict(cls: type, data: Mapping[str, Any]):
     for (class_name, key), renamed in RENAMED_VALUES.items():
         if class_name == cls.__name__ and isinstance(data.get(key), str):
             data[key] = renamed.get(data[key], data[key])
+    return apply_overrides(cls(), _flatten(data))
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"search": {"reranker": {"depth": 5}}}`` -> ``{"search.reranker.depth": 5}``."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, Mapping):
-            for sub_key, sub_value in value.items():
-                flat[f"{key}.{sub_key}"] = sub_value
+            flat.update(_flatten(value, f"{prefix}{key}."))
         else:
-            flat[key] = value
-    return apply_overrides(cls(), flat)
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def save_json(config, path: str | Path) -> None:

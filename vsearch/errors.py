@@ -13,6 +13,18 @@ class DataError(VSearchError):
     """A data folder or artifact cannot be used; the message names the path and what to do."""
 
 
+class StoreError(VSearchError):
+    """The store failed on its side (a server down, restarting or refusing), not the input.
+
+    The web API answers it with 503 and ``Retry-After: retry_after`` seconds; the message
+    says whether anything was written.
+    """
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class BackboneError(VSearchError):
     """The backbone or its weights cannot be built or found."""
 

@@ -93,20 +93,36 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> b
         raise ImageError(source, f"cannot read the file ({exc.strerror or exc})") from None
 
 
-def image_header(data: bytes, source: str = "<bytes>") -> ImageHeader:
+def image_header(
+    data: bytes | str | os.PathLike, source: str = "<bytes>", draft_size: int | None = None
+) -> ImageHeader:
     """Format, size and mode from the header alone (Pillow reads no pixel data).
 
+    Args:
+        data: Encoded bytes, or a file's path (only its header is read).
+        source: Name for error messages.
+        draft_size: The size and mode :func:`decode_image` with this ``draft_size`` would
+            decode at (a JPEG at reduced scale), not the stored ones.
     Raises:
-        ImageError: empty or not a recognised image.
+        ImageError: empty, unreadable or not a recognised image.
     """
     from PIL import Image
 
-    if not data:
+    opened: str | os.PathLike | io.BytesIO
+    if isinstance(data, (str, os.PathLike)):
+        opened = data
+    elif not data:
         raise ImageError(source, "empty image data (0 bytes)")
+    else:
+        opened = io.BytesIO(data)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(opened) as img:
+            if draft_size:
+                img.draft(None, (draft_size, draft_size))
             return ImageHeader(str(img.format), int(img.size[0]), int(img.size[1]), str(img.mode))
     except Exception as exc:  # noqa: BLE001  (any failure of one image is that image's error)
+        if isinstance(exc, OSError) and exc.errno is not None:  # the file system's, not the format's
+            raise ImageError(source, f"cannot read the file ({exc.strerror or exc})") from None
         raise _image_error(source, exc) from None
 
 

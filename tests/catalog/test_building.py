@@ -3,6 +3,7 @@
 import pytest
 from conftest import ColourEmbedder, awkward_files, solid, solid_shop
 
+from vsearch.artifacts import printable
 from vsearch.catalog.building import add_products, build_catalog
 from vsearch.catalog.manifest import catalog_files
 from vsearch.errors import DataError
@@ -74,6 +75,17 @@ def test_add_products_and_clash(shop, tmp_path):
     assert store.get("sale/pink").category == "sale"
     with pytest.raises(DataError, match="no such file or folder"):
         add_products(store, ColourEmbedder(), [tmp_path / "nothing.jpg"])
+
+
+def test_added_files_whose_ids_break_the_id_rule_are_skipped_and_named(shop, tmp_path):
+    """An id that the API could never replace or delete is never written by `index add` either."""
+    store, _ = build_catalog(ColourEmbedder(), solid_shop(tmp_path), f"faiss:{tmp_path / 'c.vsi'}", kind="exact")
+    odd = shop / "hats" / "line\nbreak.jpg"
+    odd.write_bytes((shop / "hats" / "red.jpg").read_bytes())
+    report = add_products(store, ColourEmbedder(), [odd, shop / "hats" / "red.jpg"])
+    assert report.products == 1 and "hats/red" in photo_ids(store)
+    assert not any("\n" in pid for pid in photo_ids(store))
+    assert "unprintable" in report.skipped[printable(odd)]
 
 
 def test_one_id_for_two_photos_is_refused_before_embedding(shop, tmp_path):

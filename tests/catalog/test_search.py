@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from vsearch import cli
 from vsearch.catalog.building import build_catalog
 from vsearch.catalog.manifest import Photo
 from vsearch.catalog.search import AUTO_NEIGHBOURS, Searcher, category_votes, predict_category
+from vsearch.config import SearchConfig
 from vsearch.errors import DataError, ImageError
 from vsearch.stores import build_store, open_store
 from vsearch.stores.filters import parse_where
@@ -45,24 +47,23 @@ def test_searcher_finds_the_item_and_filters(shop, catalog):
     with pytest.raises(ImageError, match="not a recognised image"):
         searcher.search(b"plain text, not a photo")
     with pytest.raises(ImageError, match="over the 10-byte limit"):
-        Searcher(ColourEmbedder(), catalog, max_bytes=10).search(photo)
+        Searcher(ColourEmbedder(), catalog, SearchConfig(max_bytes=10)).search(photo)
     assert searcher.image_path("shoes/olive") == (shop / "shoes" / "olive.png").resolve()
     with pytest.raises(KeyError):
         searcher.image_path("../../etc/passwd")
 
 
-def test_warm_rerank_computes_each_catalog_photos_keypoints_once(catalog):
+def test_catalog_keypoints_are_ready_from_the_index(catalog, monkeypatch):
     import threading
 
     searcher = Searcher(ColourEmbedder(), catalog)
+    photos = catalog.count()[1]
+    assert searcher.rerank_ready == photos  # stored when the catalog was built
     stop = threading.Event()
     stop.set()
-    assert searcher.warm_rerank(stop) == 0 and searcher.rerank_ready == 0
-    photos = catalog.count()[1]
+    assert searcher.warm_rerank(stop) == 0
+    monkeypatch.setattr("vsearch.catalog.search.catalog_features", lambda *a, **k: pytest.fail("decoded again"))
     assert searcher.warm_rerank() == photos and searcher.rerank_ready == photos
-    product = next(catalog.products())
-    match = {"photo_id": product.photos[0], "path": product.paths[0]}
-    assert searcher._photo_features(match)[0] is searcher._photo_features(match)[0]  # kept, not recomputed
 
 
 def test_searcher_accepts_0_255_numbers_and_refuses_others(shop, catalog):
@@ -178,7 +179,7 @@ def test_auto_ranks_by_cosine_plus_the_category_prior_exactly(tmp_path, weight):
     store = build_store(
         f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint, kind="exact"
     )
-    searcher = Searcher(ColourEmbedder(), store, category_prior=weight)
+    searcher = Searcher(ColourEmbedder(), store, SearchConfig(category_prior=weight))
     cheap = parse_where(["price<=20"], store.schema)
     for _q in range(8):
         query = rng.normal(size=4).astype(np.float32)
@@ -193,7 +194,7 @@ def test_auto_ranks_by_cosine_plus_the_category_prior_exactly(tmp_path, weight):
         plain = searcher.search_vector(query, 40, "any").matches
         assert [m["score"] for m in plain] == sorted((m["score"] for m in plain), reverse=True)
     with pytest.raises(ValueError, match="category_prior"):
-        Searcher(ColourEmbedder(), store, category_prior=-1)
+        Searcher(ColourEmbedder(), store, SearchConfig(category_prior=-1))
     store.close()
 
 
@@ -391,7 +392,7 @@ def test_rerank_moves_the_product_showing_the_same_surface_first(tmp_path):
     sided = build_store(
         f"faiss:{tmp_path / 'd.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint, kind="exact"
     )
-    strong = Searcher(ColourEmbedder(), sided, category_prior=5.0)
+    strong = Searcher(ColourEmbedder(), sided, SearchConfig(category_prior=5.0))
     assert [m["product_id"] for m in strong.search_vector(vecs[0], 2).matches] == ["a", "c"]
     assert [m["product_id"] for m in strong.search_vector(vecs[0], 2, rerank_query=query).matches] == ["b", "a"]
     sided.close()
@@ -400,3 +401,46 @@ def test_rerank_moves_the_product_showing_the_same_surface_first(tmp_path):
     fresh = Searcher(ColourEmbedder(), store)
     assert [m["product_id"] for m in fresh.search_vector(vecs[0], 3, rerank_query=query).matches] == ["a", "b", "c"]
     store.close()
+
+
+def test_the_outline_of_a_verified_product_is_drawn_on_the_whole_photo(tmp_path):
+    """A view of b's photo in the left half of a wide photo, searched in a box around it: the
+    outline the answer carries is where that photo lies in the whole photo."""
+    from test_rerank import perspective, textured
+
+    class SharpColourEmbedder(ColourEmbedder):
+        image_size = 256  # a model input the re-rank finds keypoints in
+
+    files = {}
+    for name, seed in (("a0", 11), ("b0", 13)):
+        files[name] = tmp_path / f"{name}.png"
+        Image.fromarray(textured(seed)).save(files[name])
+    photos = [Photo(name[0], name, str(path), "tops") for name, path in files.items()]
+    vecs = np.asarray([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32)
+    store = build_store(f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint)
+    searcher = Searcher(SharpColourEmbedder(), store)
+    corners = ((40, 30), (250, 55), (230, 230), (25, 200))
+    canvas = np.full((260, 600, 3), 200, np.uint8)
+    canvas[:, :300] = perspective(textured(13), (300, 260), corners)
+    top = searcher.search(canvas, 2, "any", box=(0, 0, 0.5, 1)).matches[0]
+    assert top["product_id"] == "b" and top["inliers"] >= searcher.rerank_config.min_inliers
+    assert np.abs(np.array(top["outline"]) * (600, 260) - np.array(corners)).max() < 6  # pixels of the whole photo
+    whole = searcher.search(canvas[:, :300], 2, "any").matches[0]
+    assert np.abs(np.array(whole["outline"]) * (300, 260) - np.array(corners)).max() < 6
+    store.close()
+
+
+def test_a_searchers_settings_are_its_defaults_and_can_be_changed(shop, catalog):
+    searcher = Searcher(ColourEmbedder(), catalog, SearchConfig(k=2, category="hats", rerank=False))
+    photo = (shop / "shoes" / "olive.png").read_bytes()
+    result = searcher.search(photo)
+    assert len(result.matches) == 2 and {m["category"] for m in result.matches} == {"hats"}
+    assert len(searcher.search(photo, 3, "any").matches) == 3  # a search that says
+    assert searcher.with_config(searcher.config) is searcher
+    other = searcher.with_config(SearchConfig(k=1))
+    assert (
+        other.store is searcher.store and other.embedder is searcher.embedder and other._features is searcher._features
+    )
+    assert len(other.search(photo).matches) == 1 and searcher.config.k == 2
+    finer = searcher.with_config(SearchConfig(reranker=replace(searcher.rerank_config, features=100)))
+    assert finer._features is not searcher._features and finer._features.config.features == 100

@@ -15,6 +15,7 @@ from fake_server import COLOURS, load_searcher, photo, png, post, write_catalog
 from fastapi.testclient import TestClient
 
 from vsearch.catalog.products import MAX_PHOTOS
+from vsearch.config import MB, ServerConfig
 from vsearch.errors import DataError
 from vsearch.web.admin import DISABLED, TOKEN_ENV, admin_token
 from vsearch.web.app import create_app
@@ -31,9 +32,10 @@ def shop(tmp_path):
     return write_catalog(tmp_path / "shop"), tmp_path / "media"
 
 
-def app_over(shop, **kwargs):
-    kwargs = {"admin_token": TOKEN, "media_dir": shop[1], "reload_interval_s": 0, **kwargs}
-    return create_app(load_searcher(shop[0]), **kwargs)
+def app_over(shop, max_upload_bytes: int | None = None, **kwargs):
+    kwargs = {"admin_token": TOKEN, "media_dir": shop[1], **kwargs}
+    limit = {} if max_upload_bytes is None else {"max_upload_mb": max_upload_bytes / MB}
+    return create_app(load_searcher(shop[0]), ServerConfig(reload_interval_s=0, **limit), **kwargs)
 
 
 @pytest.fixture
@@ -185,12 +187,34 @@ def test_get_shows_the_public_product(client):
         ({"in_stock": "yes"}, "'in_stock'"),
         ({"score": 1}, "'score'"),
         ({"bad name": 1}, "'bad name'"),
+        ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
     ],
 )
 def test_bad_attributes_are_422_naming_them(client, shop, attributes, fragment):
     r = put(client, "hat", [hat_photo()], attributes=attributes)
     assert r.status_code == 422 and fragment in r.json()["error"], r.text
     assert client.get("/api/products/hat").status_code == 404 and media_files(shop) == []
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        '{"price": 1' + "0" * 400 + "}",  # a number attribute
+        '{"weight": -1' + "0" * 400 + "}",  # a new one
+        '{"price": 9223372036854775808}',  # one past 64 bits
+        '{"price": 1e999}',  # Python's json reads Infinity
+    ],
+)
+def test_a_number_no_store_can_hold_is_422_and_the_catalog_goes_on(client, shop, attributes):
+    """Once, such a number was fsynced into the log before it failed: a 500, then 422 for every later write,
+    and the catalog would not open again."""
+    r = put(client, "hat", [hat_photo()], attributes=attributes)
+    name = attributes.split('"')[1]
+    assert r.status_code == 422 and f"attribute {name!r}: " in r.json()["error"], r.text
+    assert "\n" not in r.json()["error"] and len(r.json()["error"]) < 400
+    assert client.get("/api/products/hat").status_code == 404 and media_files(shop) == []
+    assert put(client, "hat", [hat_photo()]).status_code == 200  # later writes go on
+    assert load_searcher(shop[0]).store.get("hat").attributes == HAT  # and the catalog opens again
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ from fake_server import load_searcher, photo_of, png, post, side_by_side, write_
 from fastapi.testclient import TestClient
 
 from vsearch.catalog.products import image_url
+from vsearch.config import SearchConfig, ServerConfig
+from vsearch.stores.filters import MAX_BYTES, MAX_DEPTH, MAX_VALUES
 from vsearch.web.app import create_app
 from vsearch.web.server import BackgroundServer
 
@@ -183,6 +185,13 @@ def test_a_filter_and_a_category_both_apply(fake_client, fake_searcher):
         ('{"in_stock": "yes"}', "'in_stock'"),
         ("{not json", "filter: not JSON"),
         ("[1]", "filter: expected a JSON object"),
+        # past a filter's bounds (#34): a 500 (OverflowError, RecursionError) or minutes of CPU before
+        ('{"price": %s}' % ("9" * 400), "'price': an integer of 400 digits is not a finite number"),
+        ('{"price": {"in": [1e400]}}', "'price': inf is not a finite number"),
+        ('{"brand": ' + "[" * 100_000 + "]" * 100_000 + "}", f"a filter is at most {MAX_BYTES} bytes"),
+        ('{"brand": ' + "[" * 2000 + "]" * 2000 + "}", f"nested more than {MAX_DEPTH} deep"),
+        (json.dumps({"brand": [f"b{i}" for i in range(60_000)]}), f"a filter is at most {MAX_BYTES} bytes"),
+        (json.dumps({"brand": [f"b{i}" for i in range(MAX_VALUES + 1)]}), f"a filter holds at most {MAX_VALUES}"),
     ],
 )
 def test_bad_filters_are_422_naming_the_attribute(fake_client, fake_searcher, where, fragment):
@@ -197,17 +206,22 @@ def test_healthz_counts_products_and_photos(fake_client, fake_searcher):
 
 
 def test_the_server_computes_the_catalogs_rerank_keypoints_at_start(fake_searcher):
+    import shutil
     import time
 
+    from vsearch.catalog.keypoints import KeypointStore, keypoints_folder
     from vsearch.catalog.search import Searcher
 
-    for rerank, expected in ((False, 0), (True, fake_searcher.store.count()[1])):
+    photos = fake_searcher.store.count()[1]
+    for rerank, expected in ((False, 0), (True, photos)):
+        shutil.rmtree(keypoints_folder(fake_searcher.store.spec), ignore_errors=True)  # indexed before they were kept
         fresh = Searcher(fake_searcher.embedder, fake_searcher.store)  # nothing computed yet
-        with TestClient(create_app(fresh, rerank=rerank, reload_interval_s=0)) as c:
+        with TestClient(create_app(fresh, ServerConfig(reload_interval_s=0, search=SearchConfig(rerank=rerank)))) as c:
             deadline = time.monotonic() + 60
             while c.get("/healthz").json()["rerank_keypoints"] < expected and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert c.get("/healthz").json()["rerank_keypoints"] == expected, rerank
+    assert len(KeypointStore.beside(fake_searcher.store)) == photos  # stored with the catalog for the next start
 
 
 def test_the_page_offers_filters_from_the_catalogs_attributes(fake_client, fake_searcher):
@@ -300,9 +314,38 @@ def test_rerank_is_a_request_field_with_the_server_default(fake_searcher, monkey
         assert post(c, photo).status_code == 200 and len(asked) == 1
     for default, field, expected in ((False, None, 0), (False, "true", 1), (True, None, 1), (True, "false", 0)):
         asked.clear()
-        with TestClient(create_app(fake_searcher, rerank=default)) as c:
+        with TestClient(create_app(fake_searcher, ServerConfig(search=SearchConfig(rerank=default)))) as c:
             r = post(c, photo, **({} if field is None else {"rerank": field}))
         assert r.status_code == 200 and r.json()["matches"], r.text
         assert len(asked) == expected, (default, field)
     with TestClient(create_app(fake_searcher)) as c:
         assert post(c, photo, rerank="maybe").status_code == 422
+
+
+# ---------------------------------------------------------------- the server's settings
+
+
+def test_the_apps_settings_are_its_search_defaults_page_and_docs(fake_searcher):
+    config = ServerConfig(title="shop", page_k=12, docs=False, search=SearchConfig(k=3, category="any", rerank=False))
+    photo = photo_of(fake_searcher, "red/1")
+    with TestClient(create_app(fake_searcher, config)) as c:
+        body = post(c, photo).json()
+        assert len(body["matches"]) == 3 and body["category"]["mode"] == "any"
+        assert not any("inliers" in m for m in body["matches"])
+        assert len(post(c, photo, k=4, category="auto", rerank="true").json()["matches"]) == 4  # a request says
+        page = c.get("/").text
+        page_config = json.loads(page.split('type="application/json">', 1)[1].split("</script>", 1)[0])
+        assert (page_config["title"], page_config["default_k"]) == ("shop", 12)
+        assert c.get("/docs").status_code == 404 and c.get("/redoc").status_code == 404
+        assert c.get("/openapi.json").json()["info"]["title"] == "shop"
+    assert fake_searcher.config == SearchConfig()  # the app answers with a copy under its settings
+    with TestClient(create_app(fake_searcher)) as c:  # no config: the searcher's own settings
+        assert len(post(c, photo).json()["matches"]) == SearchConfig().k
+        assert c.get("/docs").status_code == 200
+
+
+def test_the_page_is_the_packaged_static_file():
+    from vsearch.web.page import PAGE_FILE, PLACEHOLDER, page_template
+
+    assert PAGE_FILE.name == "index.html" and PAGE_FILE.parent.name == "static"
+    assert page_template() == PAGE_FILE.read_text(encoding="utf-8") and PLACEHOLDER in page_template()

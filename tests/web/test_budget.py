@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import time
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 from fake_server import metrics_of, photo_of, png, post, sample
 from fastapi.testclient import TestClient
+from PIL import Image
 
+from vsearch.config import MB, ServerConfig
 from vsearch.images import image_header
 from vsearch.web.app import create_app
 from vsearch.web.budget import DecodeBudget
@@ -67,12 +70,12 @@ def test_budget_wakes_waiters_in_turn_and_caps_how_many_wait():
 def test_photo_over_the_whole_budget_is_422(fake_searcher):
     big = png(np.full((500, 500, 3), 128, np.uint8))
     cost = image_header(big).decoded_bytes
-    with TestClient(create_app(fake_searcher, decode_budget_bytes=cost - 1)) as c:
+    with TestClient(create_app(fake_searcher, ServerConfig(decode_budget_mb=(cost - 1) / MB))) as c:
         r = post(c, big, name="big.png")
         assert r.status_code == 422 and "decode budget" in r.json()["error"] and r.json()["error"].startswith("big.png")
         assert post(c, photo_of(fake_searcher, "red/1")).status_code == 200  # small photos still fit
         assert sample(metrics_of(c), "vsearch_decode_refusals_total", reason="too_large") == 1
-    with TestClient(create_app(fake_searcher, decode_budget_bytes=cost)) as c:
+    with TestClient(create_app(fake_searcher, ServerConfig(decode_budget_mb=cost / MB))) as c:
         assert post(c, big).status_code == 200
 
 
@@ -80,10 +83,10 @@ def test_a_box_costs_the_whole_photo(fake_searcher):
     """The box is cut from the decoded photo, so a small box does not make a large photo fit."""
     big = png(np.full((500, 500, 3), 128, np.uint8))
     cost = image_header(big).decoded_bytes
-    with TestClient(create_app(fake_searcher, decode_budget_bytes=cost - 1)) as c:
+    with TestClient(create_app(fake_searcher, ServerConfig(decode_budget_mb=(cost - 1) / MB))) as c:
         r = post(c, big, name="big.png", box="0,0,0.1,0.1")
         assert r.status_code == 422 and "decode budget" in r.json()["error"], r.text
-    with TestClient(create_app(fake_searcher, decode_budget_bytes=cost)) as c:
+    with TestClient(create_app(fake_searcher, ServerConfig(decode_budget_mb=cost / MB))) as c:
         assert post(c, big, box="0,0,0.1,0.1").json()["box"] == [0, 0, 0.1, 0.1]
 
 
@@ -93,13 +96,13 @@ def test_sixteen_bit_photos_count_at_their_decoded_size(fake_searcher):
     gray16 = png(np.full((600, 600), 90 * 257, np.uint16))
     cost8, cost16 = image_header(gray8).decoded_bytes, image_header(gray16).decoded_bytes
     assert cost16 > cost8
-    with TestClient(create_app(fake_searcher, decode_budget_bytes=cost8)) as c:
+    with TestClient(create_app(fake_searcher, ServerConfig(decode_budget_mb=cost8 / MB))) as c:
         assert post(c, gray8).status_code == 200
         assert post(c, gray16).status_code == 422
 
 
 def test_busy_budget_is_503_with_retry_after(fake_searcher):
-    app = create_app(fake_searcher, decode_wait_s=0.3)
+    app = create_app(fake_searcher, ServerConfig(decode_wait_s=0.3))
     budget = app.state.decode_budget
     with TestClient(app) as c:
         assert budget.try_acquire(budget.capacity)  # other requests hold all of it
@@ -141,3 +144,146 @@ def test_budget_is_released_before_the_search_steps(fake_searcher, monkeypatch):
         r = post(c, photo_of(fake_searcher, "red/1"))
     assert r.status_code == 200 and r.json()["matches"]
     assert seen and seen[0][0] == 0 and seen[0][1] != threading.main_thread().name
+
+
+def test_a_worker_thread_holds_the_budget_waiting_for_a_release():
+    budget = DecodeBudget(100)
+    assert budget.try_acquire(80)
+    threading.Timer(0.2, budget.release, args=(80,)).start()
+    start = time.monotonic()
+    with budget.hold(50, wait_s=5) as admitted:
+        assert admitted and budget.in_flight == 50
+        assert 0.15 <= time.monotonic() - start < 2  # woken by the release, not after 5 s
+    assert budget.in_flight == 0
+    assert budget.try_acquire(80)
+    start = time.monotonic()
+    with budget.hold(50, wait_s=0.2) as admitted:
+        assert not admitted and budget.in_flight == 80  # it waited, gave up, and holds nothing
+    assert 0.15 <= time.monotonic() - start < 2
+    with budget.hold(101, wait_s=5) as admitted:  # never fits: no wait
+        assert not admitted
+    budget.release(80)
+
+
+# ---------------------------------------------------------------- the re-rank's catalog photos (#34.12)
+
+
+def textured(seed: int, size: int = 192) -> np.ndarray:
+    """A busy picture the re-rank finds corners in (as tests/catalog/test_rerank.py's)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), 255, np.uint8)
+    for _ in range(60):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x, y, w, h = (int(v) for v in rng.integers(0, size, 2).tolist() + rng.integers(5, 40, 2).tolist())
+        cv2.rectangle(img, (x, y), (x + w, y + h), colour, -1)
+    return img
+
+
+def seen_at_an_angle(img: np.ndarray) -> np.ndarray:
+    import cv2
+
+    h, w = img.shape[:2]
+    corners = np.float32([[40, 30], [250, 55], [230, 230], [25, 200]])
+    homography = cv2.getPerspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]), corners)
+    return cv2.warpPerspective(img, homography, (300, 260), borderValue=(200, 200, 200))
+
+
+@pytest.fixture
+def large_catalog(tmp_path):
+    """A product whose only photo is a 12-megapixel JPEG, indexed without re-rank keypoints
+    (as a catalog indexed before they were stored), and a small view of it as the query."""
+    import cv2
+
+    from vsearch.catalog.manifest import Photo
+    from vsearch.stores import build_store
+
+    face = textured(13)
+    big = tmp_path / "large.jpg"
+    Image.fromarray(cv2.resize(face, (4000, 3000), interpolation=cv2.INTER_LINEAR)).save(big, quality=85)
+    other = tmp_path / "other.png"
+    Image.fromarray(textured(14)).save(other)
+    photos = [Photo("large", "large/0", str(big), "tops"), Photo("other", "other/0", str(other), "tops")]
+    vectors = np.asarray([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32)
+    store = build_store(f"faiss:{tmp_path / 'c.vsi'}", photos, vectors, fingerprint="colour-v1")
+    yield store, big, png(seen_at_an_angle(face))
+    store.close()
+
+
+class SharpColourEmbedder:
+    """Mean colour as the vector; a model input large enough for the re-rank to find keypoints in."""
+
+    image_size, dim, fingerprint = 256, 4, "colour-v1"
+
+    def embed_pixels(self, pixels):
+        mean = np.asarray(pixels, np.float32).mean(axis=(1, 2)) / 255.0
+        out = np.concatenate([mean, np.full((len(mean), 1), 0.1, np.float32)], axis=1)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def rerank_server(store, wait_s: float):
+    """An app over ``store`` with a 64 MB decode budget; it re-ranks when a search asks (no
+    keypoints are computed ahead at start: the search's own decode is what is measured)."""
+    from vsearch.catalog.search import Searcher
+    from vsearch.config import SearchConfig
+
+    settings = SearchConfig(category="any", rerank=False)
+    config = ServerConfig(search=settings, decode_budget_mb=64, decode_wait_s=wait_s)
+    return create_app(Searcher(SharpColourEmbedder(), store, settings), config)
+
+
+def test_the_rerank_decodes_a_large_catalog_photo_small_and_inside_the_budget(large_catalog, monkeypatch):
+    """A 12-megapixel catalog photo would take ~250 MB to decode at full size, over the whole
+    64 MB budget: the re-rank decodes it at 1/8 scale, and only once the budget holds its cost."""
+    from vsearch.catalog import rerank
+
+    store, big, query = large_catalog
+    app = rerank_server(store, wait_s=2.0)
+    budget = app.state.decode_budget
+    assert app.state.live.current.decode_budget is budget
+    assert image_header(big.read_bytes()).decoded_bytes > budget.capacity  # at full size it could never fit
+    decoded = []
+    real = rerank.decode_image
+    monkeypatch.setattr(
+        rerank, "decode_image", lambda *a, **k: decoded.append((budget.in_flight, real(*a, **k).shape)) or real(*a, **k)
+    )
+    view = np.asarray(Image.open(io.BytesIO(query)))
+    wide = png(np.concatenate([view, np.full_like(view, 200)], axis=1))  # the view, then as much grey
+    with TestClient(app) as c:
+        r = post(c, query, k=2, rerank="true")
+        boxed = post(c, wide, k=2, rerank="true", box="0,0,0.5,1")
+    assert r.status_code == 200, r.text
+    first = r.json()["matches"][0]
+    assert first["product_id"] == "large" and first["inliers"] >= 12 and len(first["outline"]) == 4
+    assert decoded == [(decoded[0][0], (375, 500, 3))]  # libjpeg at 1/8, not 3000 x 4000; once, then kept
+    assert 0 < decoded[0][0] <= budget.capacity  # held in the budget while it was decoded
+    assert budget.in_flight == 0
+    # searched in a box, the outline is still in fractions of the whole photo: half as wide here
+    outline = np.array(boxed.json()["matches"][0]["outline"])
+    assert np.abs(outline - np.array(first["outline"]) * (0.5, 1)).max() < 0.02
+
+
+def test_the_rerank_skips_a_catalog_photo_the_budget_cannot_take_in_time(large_catalog, monkeypatch):
+    from vsearch.catalog import rerank
+
+    store, big, query = large_catalog
+    app = rerank_server(store, wait_s=0.3)
+    budget = app.state.decode_budget
+    decoded = []
+    real = rerank.decode_image
+    monkeypatch.setattr(
+        rerank, "decode_image", lambda data, source, *a, **k: decoded.append(source) or real(data, source, *a, **k)
+    )
+    held = budget.capacity - 3 * MB  # another upload's decode: the query still fits, the catalog photo does not
+    assert budget.try_acquire(held)
+    with TestClient(app) as c:
+        start = time.monotonic()
+        r = post(c, query, k=2, rerank="true")
+        waited = time.monotonic() - start
+    assert r.status_code == 200 and r.json()["matches"][0]["product_id"] == "large"  # the cosine order, unverified
+    assert "outline" not in r.json()["matches"][0] and r.json()["matches"][0]["inliers"] == 0
+    assert 0.25 <= waited < 5  # it waited for the budget, then answered without it
+    assert str(big) not in decoded  # and never decoded the large photo (the small one fitted)
+    budget.release(held)
+    assert budget.in_flight == 0

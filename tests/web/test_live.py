@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from vsearch import cli
+from vsearch.config import ServerConfig
 from vsearch.web.app import create_app
 from vsearch.web.live import LiveSearcher
 from vsearch.web.server import BackgroundServer
@@ -84,7 +85,7 @@ def test_a_removed_product_disappears_under_load_without_failed_requests(tmp_pat
                         seen_after_gone.append(worker)
                 vanished = vanished or not present
 
-    with BackgroundServer(create_app(LiveSearcher(searcher, interval_s=0.1))) as server:
+    with BackgroundServer(create_app(searcher, ServerConfig(reload_interval_s=0.1))) as server:
         threads = [threading.Thread(target=client_loop, args=(server.url, w)) for w in range(4)]
         for t in threads:
             t.start()
@@ -111,6 +112,6 @@ def test_a_removed_product_disappears_under_load_without_failed_requests(tmp_pat
 
 
 def test_an_interval_of_zero_watches_nothing(tmp_path):
-    app = create_app(LiveSearcher(load_searcher(write_catalog(tmp_path)), interval_s=0))
+    app = create_app(load_searcher(write_catalog(tmp_path)), ServerConfig(reload_interval_s=0))
     with TestClient(app):
         assert app.state.live._thread is None

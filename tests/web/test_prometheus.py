@@ -5,11 +5,12 @@ from __future__ import annotations
 from fake_server import metrics_of, photo_of, post, sample
 from fastapi.testclient import TestClient
 
+from vsearch.config import MB, ServerConfig
 from vsearch.web.app import create_app
 
 
 def test_metrics_scrape(fake_searcher):
-    app = create_app(fake_searcher, decode_budget_bytes=123_456_789)
+    app = create_app(fake_searcher, ServerConfig(decode_budget_mb=123_456_789 / MB))
     with TestClient(app) as c:
         assert post(c, photo_of(fake_searcher, "red/1"), k=2).status_code == 200
         assert post(c, b"not an image").status_code == 422

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from vsearch import cli
 from vsearch.catalog.products import image_url, public_item
+from vsearch.config import MB, SearchConfig, ServerConfig
 from vsearch.web.app import create_app
 from vsearch.web.server import BackgroundServer, warm_up
 
@@ -283,7 +284,8 @@ def test_bad_query_k_and_missing_file_are_422(client, photo):
 @pytest.fixture(scope="module")
 def small_client(embedder, smoke_index):
     """Tight limits: 4,000-byte uploads, 1,000-pixel photos (the smoke photos are 40x48)."""
-    app = create_app(make_searcher(embedder, smoke_index[1], max_pixels=1000), max_upload_bytes=4000)
+    config = ServerConfig(max_upload_mb=4000 / MB, search=SearchConfig(max_pixels=1000))
+    app = create_app(make_searcher(embedder, smoke_index[1]), config)
     with TestClient(app) as c:
         yield c
 
@@ -417,6 +419,52 @@ def test_serve_bad_numbers_exit_2_with_one_line(fake_index, capsys, args, fragme
     assert cli.main(["serve", "--store", f"faiss:{fake_index}", "--model", "no-model", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0] and "Traceback" not in err[0], err
+
+
+@pytest.fixture
+def served_config(monkeypatch):
+    """The ServerConfig `vsearch serve` would run with (the server itself is not started)."""
+    seen = []
+    monkeypatch.setattr("vsearch.web.server.run", lambda model, store, config, **kwargs: seen.append(config))
+    return seen
+
+
+def test_serve_settings_come_from_the_preset_a_file_set_and_the_flags(fake_index, tmp_path, served_config):
+    from vsearch.config import ServerConfig, preset, save_json
+
+    store = ["--store", f"faiss:{fake_index}", "--model", "no-model"]
+    assert cli.main(["serve", *store]) == 0
+    assert served_config[-1] == ServerConfig()
+    args = ["--preset", "cosine", "--set", "search.k=7", "--set", "decode_wait_s=2", "--set", "port=9000"]
+    assert cli.main(["serve", *store, *args, "--port", "9001", "--category-prior", "0.1", "--no-rerank"]) == 0
+    config = served_config[-1]
+    assert (config.port, config.decode_wait_s, config.search.k) == (9001, 2.0, 7)  # a flag after --set
+    assert config.search.category_prior == 0.1 and config.search.rerank is False
+    assert config.search.reranker == preset(ServerConfig, "cosine").search.reranker
+    save_json(ServerConfig(port=9002, search=preset(ServerConfig, "smoke").search), tmp_path / "serve.json")
+    assert cli.main(["serve", *store, "--config", str(tmp_path / "serve.json"), "--set", "title=shop"]) == 0
+    config = served_config[-1]
+    assert (config.port, config.title, config.search) == (9002, "shop", preset(ServerConfig, "smoke").search)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "search.reranker.depth=0"], "search.reranker.depth must be >= 1, got 0"),
+        (["--set", "search.category_prior=-1"], "search.category_prior must be a number >= 0"),
+        (["--set", "max_upload_mb=0"], "max_upload_mb must be a positive number of MB"),
+        (["--category-prior", "-1"], "--category-prior must be a number >= 0, got -1.0"),
+        (["--port", "0"], "--port must be 1..65535, got 0"),
+        (["--set", "nope=1"], "unknown config key 'nope'"),
+        (["--set", "port"], "not KEY=VALUE"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
+    ],
+)
+def test_serve_bad_settings_exit_2_naming_the_key_or_flag(fake_index, capsys, served_config, args, message):
+    assert cli.main(["serve", "--store", f"faiss:{fake_index}", "--model", "no-model", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vsearch serve: error: ") and message in err[0], err
+    assert served_config == []
 
 
 def test_serve_port_in_use_exits_2_before_loading_the_model(fake_index, capsys):

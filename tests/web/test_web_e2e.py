@@ -267,6 +267,41 @@ def test_the_banner_says_what_the_verdict_means(browser, fake_url, fake_searcher
         page.close()
 
 
+def test_a_verified_match_is_outlined_on_the_photo(browser, fake_url, fake_searcher):
+    """The outline an answer carries for its verified match (made up here) is drawn where it says on
+    the photo, its card says so, and an answer without one draws none."""
+    import json
+
+    corners = [[0.1, 0.2], [0.8, 0.25], [0.75, 0.9], [0.15, 0.85]]
+    first = {"rank": 1, "id": "red/1", "score": 0.9, "category": "red", "image_url": "/api/items/red/1/image"}
+    second = {**first, "rank": 2, "id": "red/2", "image_url": "/api/items/red/2/image", "inliers": 3}
+    answer = {"category": {"mode": "any"}, "matches": [{**first, "inliers": 41, "outline": corners}, second]}
+    answer.update(box=None, elapsed_ms=1.0)
+    current = {"answer": answer}
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.route(
+        "**/api/search",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(current["answer"])),
+    )
+    try:
+        page.goto(fake_url + "/")
+        searched(page, lambda: page.set_input_files("#file", str(fake_searcher.image_path("red/1"))))
+        assert page.is_visible("#outline")
+        photo, drawn = page.locator("#preview").bounding_box(), page.locator("#outline polygon").bounding_box()
+        assert drawn["x"] == pytest.approx(photo["x"] + 0.1 * photo["width"], abs=3)
+        assert drawn["y"] == pytest.approx(photo["y"] + 0.2 * photo["height"], abs=3)
+        assert drawn["width"] == pytest.approx(0.7 * photo["width"], abs=4)
+        assert drawn["height"] == pytest.approx(0.7 * photo["height"], abs=4)
+        notes = page.eval_on_selector_all("#results .card", "els => els.map(e => e.querySelector('.verified'))")
+        assert notes[1] is None
+        assert page.text_content("#results .card .verified") == "\u2713 seen in your photo (41 points)"
+        current["answer"] = {**answer, "matches": [first, second]}
+        searched(page, lambda: page.click("#go"))
+        assert page.is_hidden("#outline") and page.locator("#results .card .verified").count() == 0
+    finally:
+        page.close()
+
+
 # ---------------------------------------------------------------- products and filters
 
 CARDS = """els => els.map(e => ({product: e.dataset.product, src: e.querySelector('img').getAttribute('src'),

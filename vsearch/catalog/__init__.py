@@ -3,7 +3,8 @@
 ``manifest`` (a folder or a CSV / JSON Lines / Parquet manifest -> photos of products),
 ``building`` (embed photos into a store: build, add, upsert), ``products`` (the one road for
 writing a product and its media), ``search`` (the Searcher: photo -> products, the category
-prior, the verdict), ``rerank`` (local-feature verification of a short list),
+prior, the verdict), ``rerank`` (local-feature verification of a short list), ``keypoints``
+(the re-rank's catalog keypoints, stored beside the store when photos are indexed),
 ``calibration`` (what a score means: exact item / similar / not in the catalog),
 ``pipeline`` (``vsearch embed`` on Apache Beam) and ``demo`` (``make products``). Imports the
 stores and the ground, never TensorFlow at module level, never the learning wing or the web.

@@ -5,7 +5,9 @@ a folder laid out as ``<category>/<photo>`` (:func:`catalog_files`) is the short
 each photo is a product. :func:`build_catalog` embeds every photo (through
 :func:`vsearch.embedder.embed_images`: unreadable files are skipped and listed) into a new
 store (:mod:`vsearch.stores`); :func:`add_products` adds or replaces products of a store
-without re-embedding the rest. Answering a photo is :mod:`vsearch.catalog.search`'s job.
+without re-embedding the rest. Both also store the photos' re-rank keypoints beside the store
+(:func:`vsearch.catalog.keypoints.index_keypoints`), so that searches verify their short list
+without decoding catalog photos. Answering a photo is :mod:`vsearch.catalog.search`'s job.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from vsearch.artifacts import printable
+from vsearch.catalog.keypoints import index_keypoints
 from vsearch.catalog.manifest import FORMATS as MANIFEST_FORMATS
 from vsearch.catalog.manifest import Photo, catalog_files, read_manifest
+from vsearch.config import RerankConfig
 from vsearch.embedder import embed_images
 from vsearch.errors import DataError
 from vsearch.stores import Store, build_store
+from vsearch.stores.validate import check_id
 
 # ---------------------------------------------------------------- embedding many photos
 
@@ -76,12 +81,18 @@ def embed_photos(
 
 
 def build_catalog(
-    embedder, source: str | os.PathLike, store: str, kind: str = "auto", **embed_kwargs
+    embedder,
+    source: str | os.PathLike,
+    store: str,
+    kind: str = "auto",
+    reranker: RerankConfig | None = RerankConfig(),
+    **embed_kwargs,
 ) -> tuple[Store, IndexReport]:
     """A new store at ``store`` (e.g. ``faiss:saved_models/catalog.vsi``; no default: a build
     replaces what is there) with every photo of a manifest or a ``<category>/<photo>`` folder.
 
-    Replaces the catalog there in one step. Unusable photos are skipped and listed; a
+    Replaces the catalog there in one step, and the re-rank keypoints beside it (computed with
+    ``reranker``'s settings; None: none stored). Unusable photos are skipped and listed; a
     product whose photos are all unusable is left out.
     """
     manifest = read_manifest(source)
@@ -90,6 +101,7 @@ def build_catalog(
     if not photos:
         raise DataError(f"{source}: none of the {len(manifest.photos)} photos could be read as an image")
     built = build_store(store, photos, vectors, fingerprint=embedder.fingerprint, model=model_info(embedder), kind=kind)
+    index_keypoints(built, photos, reranker, replace=True, max_pixels=embed_kwargs.get("max_pixels"))
     report.products, report.photos = built.count()
     return built, report
 
@@ -125,15 +137,26 @@ def planned_photos(sources: Iterable[str | os.PathLike], category: str | None, s
                 if category or not cat:  # files directly in the folder: the folder is their category
                     cat = category or path.resolve().name
                     item_id = f"{cat}/{file.relative_to(path).with_suffix('').as_posix()}"
-                photos.append(Photo(item_id, item_id, str(file.resolve()), cat))
+                photos += _file_photo(item_id, file, cat, skipped)
         elif path.is_file() and path.suffix.lower() in MANIFEST_FORMATS:
             photos += read_manifest(path).photos
         elif path.is_file():
             cat = category or path.parent.name
-            photos.append(Photo(f"{cat}/{path.stem}", f"{cat}/{path.stem}", str(path.resolve()), cat))
+            photos += _file_photo(f"{cat}/{path.stem}", path, cat, skipped)
         else:
             raise DataError(f"{printable(path)}: no such file or folder")
     return photos
+
+
+def _file_photo(item_id: str, file: Path, category: str, skipped: dict[str, str]) -> list[Photo]:
+    """A file as a product of one photo, or nothing (and why, in ``skipped``) when its id breaks the id rule."""
+    try:
+        check_id(item_id, "product id (from the file's path)")
+        check_id(category, "category", allow_empty=True)
+    except DataError as exc:
+        skipped[printable(file)] = f"{exc}; rename the file or folder"
+        return []
+    return [Photo(item_id, item_id, str(file.resolve()), category)]
 
 
 def _refuse_repeated_photos(photos: Sequence[Photo]) -> None:
@@ -157,12 +180,14 @@ def add_products(
     sources: Iterable[str | os.PathLike],
     category: str | None = None,
     replace: bool = False,
+    reranker: RerankConfig | None = RerankConfig(),
     **embed_kwargs,
 ) -> IndexReport:
     """Adds (``replace``: upserts) the products of ``sources`` without re-embedding the rest.
 
     Without ``replace`` a product already in the store is refused before anything is
     embedded. A product keeps the photos that could be read; one with none is left out.
+    Their re-rank keypoints are stored beside the store (``reranker``'s settings; None: none).
 
     Raises:
         DataError: a product already there (without ``replace``), or no usable photo.
@@ -184,6 +209,7 @@ def add_products(
     if not good:
         raise DataError(f"none of the {len(photos)} photo(s) could be read as an image; nothing changed")
     store.upsert(good, vectors)
+    index_keypoints(store, good, reranker, max_pixels=embed_kwargs.get("max_pixels"))
     written = set(p.product_id for p in good)
     report.products, report.photos = len(written), len(good)
     report.replaced = len(written & set(present))

@@ -6,19 +6,28 @@ the store (:mod:`vsearch.stores`): each product once, scored by its best photo, 
 to what an attribute filter (:class:`vsearch.stores.filters.Filter`) keeps. Building the catalog
 is :mod:`vsearch.catalog.building`'s job.
 
+Settings: a :class:`vsearch.config.SearchConfig` (``Searcher(embedder, store, config)``): the
+defaults of a search that does not say (``k``, ``category``, ``rerank``), the category
+prior's weight, the re-rank's settings and the photo limits.
+
 Category (``category=``): ``auto`` (the default) ranks by the cosine plus a soft category
 prior: the query's nearest catalog items vote for its category (a score-weighted vote), and
-each product gains ``CATEGORY_PRIOR`` times its category's share of the vote. A confident
-vote lifts its category's near-ties above other categories' products (class MAP@R 0.861 ->
-0.877 on the validation split) while a clearly closer product of another category keeps its
-place (customer-photo R@1 unchanged; a larger weight buys more MAP@R with harder photos'
-R@10: ``experiments/results/served.md``). ``score`` stays the cosine. The vote runs over
-the catalog's own categories, so it also works for a shop whose categories the classifier
-never saw. ``any`` is the plain cosine ranking; a category name restricts the results to it.
+each product gains ``category_prior`` (``CATEGORY_PRIOR``, 0.02) times its category's share
+of the vote. A confident vote lifts its category's near-ties above other categories' products
+(class MAP@R 0.861 -> 0.877 on the validation split) while a clearly closer product of
+another category keeps its place (customer-photo R@1 unchanged; a larger weight buys more
+MAP@R with harder photos' R@10: ``experiments/results/served.md``). ``score`` stays the
+cosine. The vote runs over the catalog's own categories, so it also works for a shop whose
+categories the classifier never saw. ``any`` is the plain cosine ranking; a category name restricts the results to it.
 
-Re-ranking (``rerank=True``, the default of :meth:`Searcher.search`): the first
+Re-ranking (``rerank=True``, on in the default settings): the first
 ``RerankConfig.depth`` products are verified against the photo with local features
-(:mod:`vsearch.catalog.rerank`) and the first that shows the same surface moves to the top.
+(:mod:`vsearch.catalog.rerank`) and the first that shows the same surface moves to the top,
+with its ``inliers`` and its ``outline`` (the catalog photo's corners in the customer's photo,
+as fractions of the upright photo). The catalog photos' keypoints come from the catalog
+(:mod:`vsearch.catalog.keypoints`, stored when they were indexed); one without is decoded at
+the re-rank's size, under the searcher's ``decode_budget`` when it has one (a server's), and
+kept in memory.
 
 Calibrated verdict: when the catalog carries a calibration (``vsearch calibrate``, made by
 :mod:`vsearch.catalog.calibration`), every result also says what the top match means, as
@@ -32,26 +41,33 @@ A search with an attribute filter carries no verdict: it was calibrated on the w
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vsearch.catalog.rerank import FeatureCache, RerankConfig, rerank
+from vsearch.catalog.keypoints import Entry, KeypointStore, file_stamp
+from vsearch.catalog.rerank import DecodeBudget, FeatureCache, Features, RerankConfig, catalog_features, rerank
+from vsearch.config import CATEGORY_PRIOR as CATEGORY_PRIOR  # the prior's default, named here too
+from vsearch.config import SearchConfig
 from vsearch.errors import DataError, ImageError
-from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image, model_input
+from vsearch.images import Box, load_image, model_input, parse_box
 from vsearch.stores import DEFAULT_STORE, Store, open_store
 from vsearch.stores.filters import Condition, Filter
 
 AUTO_NEIGHBOURS = 10  # neighbours that vote for the query's category
 VOTE_TEMPERATURE = 0.05  # softmax temperature over cosine scores for the vote
-CATEGORY_PRIOR = 0.02  # `auto`: rank by cosine + this x the product's category's share (experiments/served.py)
 # Products read, however few are shown, for the first match's gap to the next product
 # (vsearch.catalog.calibration measures the gap the same way).
 VERDICT_DEPTH = 2
+WARM_BATCH = 256  # catalog photos whose keypoints warm_rerank computes before storing them
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- the calibrated verdict
@@ -133,7 +149,7 @@ def predict_category(matches: Sequence[dict], temperature: float = VOTE_TEMPERAT
     votes = category_votes(matches, temperature)
     if not votes:
         return "", 0.0
-    best = max(votes, key=votes.get)
+    best = max(votes, key=lambda name: votes[name])
     return best, votes[best]
 
 
@@ -166,21 +182,17 @@ class Searcher:
     Args:
         embedder: An :class:`~vsearch.embedder.Embedder` whose fingerprint matches the store's.
         store: The :class:`~vsearch.stores.Store` to search (``faiss:`` file or ``milvus:``).
-        max_pixels / max_bytes: Limits for query photos (decompression bombs, huge uploads).
-        rerank: How a search with ``rerank=True`` verifies its short list
-            (:class:`~vsearch.catalog.rerank.RerankConfig`; catalog photos' keypoints are kept once computed).
-        category_prior: The weight of the category vote in ``category="auto"`` rankings.
+        config: How photos are answered (:class:`~vsearch.config.SearchConfig`): the defaults of
+            a search that does not say, the category prior's weight, the re-rank's settings
+            and the photo limits.
+
+    Catalog photos' re-rank keypoints are read from the catalog (``keypoints``, None for a
+    store that keeps none) or computed and kept (:class:`~vsearch.catalog.rerank.FeatureCache`);
+    a server sets ``decode_budget`` (:meth:`with_budget`) so that computing them takes its turn
+    with the uploads.
     """
 
-    def __init__(
-        self,
-        embedder,
-        store: Store,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        rerank: RerankConfig = RerankConfig(),
-        category_prior: float = CATEGORY_PRIOR,
-    ):
+    def __init__(self, embedder, store: Store, config: SearchConfig = SearchConfig()):
         fingerprint = getattr(embedder, "fingerprint", None)
         if fingerprint is not None and fingerprint != store.fingerprint:
             raise DataError(
@@ -190,12 +202,50 @@ class Searcher:
         if embedder.dim != store.dim:
             raise DataError(f"the model makes {embedder.dim}-d vectors, the catalog holds {store.dim}-d")
         self.embedder, self.store = embedder, store
-        self.max_pixels, self.max_bytes = int(max_pixels), int(max_bytes)
-        self.rerank_config = rerank
-        if not category_prior >= 0:
-            raise ValueError(f"category_prior must be >= 0, got {category_prior}")
-        self.category_prior = float(category_prior)
-        self._features = FeatureCache(self._load_photo, rerank)
+        self.config = config
+        self._features = FeatureCache(config=config.reranker)
+        self.keypoints = KeypointStore.beside(store, config.reranker)
+        self.decode_budget: DecodeBudget | None = None
+        self.decode_wait_s = 0.0
+
+    def with_config(self, config: SearchConfig) -> Searcher:
+        """This searcher's model and store under other settings (the same searcher if they are its own).
+
+        The catalog's re-rank keypoints computed so far are kept when they still apply (the
+        same re-rank settings and pixel limit).
+        """
+        if config == self.config:
+            return self
+        other = copy.copy(self)
+        other.config = config
+        if (config.reranker, config.max_pixels) != (self.config.reranker, self.config.max_pixels):
+            other._features = FeatureCache(config=config.reranker)
+            other.keypoints = KeypointStore.beside(self.store, config.reranker)
+        return other
+
+    def with_budget(self, budget: DecodeBudget | None, wait_s: float = 0.0) -> Searcher:
+        """This searcher, its catalog photos decoded under ``budget`` (a server's
+        :class:`~vsearch.web.budget.DecodeBudget`): a search waits up to ``wait_s`` in all for
+        them, and a photo not admitted by then is not verified in that search."""
+        other = copy.copy(self)
+        other.decode_budget, other.decode_wait_s = budget, float(wait_s)
+        return other
+
+    @property
+    def max_pixels(self) -> int:
+        return self.config.max_pixels
+
+    @property
+    def max_bytes(self) -> int:
+        return self.config.max_bytes
+
+    @property
+    def rerank_config(self) -> RerankConfig:
+        return self.config.reranker
+
+    @property
+    def category_prior(self) -> float:
+        return self.config.category_prior
 
     @property
     def categories(self) -> list[str]:
@@ -210,18 +260,18 @@ class Searcher:
         cls,
         model: str | os.PathLike,
         store: str | os.PathLike = DEFAULT_STORE,
+        config: SearchConfig = SearchConfig(),
         num_threads: int | None = None,
-        **kwargs,
     ) -> Searcher:
-        """Loads the embedding model (SavedModel folder or ``.tflite``) and opens a store
-        (``faiss:PATH``, a bare path, or ``milvus:...``)."""
+        """Loads the embedding model (SavedModel folder or ``.tflite``, ``num_threads``: TFLite's
+        inference threads) and opens a store (``faiss:PATH``, a bare path, or ``milvus:...``)."""
         from vsearch.embedder import load_embedder
 
         embedder = load_embedder(model, num_threads=num_threads)
         return cls(
             embedder,
             open_store(os.fspath(store), expected_fingerprint=getattr(embedder, "fingerprint", None)),
-            **kwargs,
+            config,
         )
 
     def model_input(self, image, source: str = "<upload>", box=None) -> np.ndarray:
@@ -242,32 +292,45 @@ class Searcher:
     def search(
         self,
         image,
-        k: int = 5,
-        category: str = "auto",
+        k: int | None = None,
+        category: str | None = None,
         source: str = "<upload>",
         box=None,
         where: Filter | None = None,
-        rerank: bool = True,
+        rerank: bool | None = None,
     ) -> SearchResult:
-        """The top-k products for a photo (bytes, path or pixels), or for a ``box`` of it."""
+        """The top-k products for a photo (bytes, path or pixels), or for a ``box`` of it.
+
+        ``k``, ``category`` and ``rerank`` left out: this searcher's settings (``config``).
+        A verified product's ``outline`` is in fractions of the whole upright photo.
+        """
         pixels = self.model_input(image, source, box)
-        return self.search_vector(self._vector(pixels), k, category, where, rerank_query=pixels if rerank else None)
+        rerank = self.config.rerank if rerank is None else rerank
+        result = self.search_vector(self._vector(pixels), k, category, where, rerank_query=pixels if rerank else None)
+        if box is not None:
+            result.matches = outlines_in_photo(result.matches, parse_box(box))
+        return result
 
     def search_vector(
         self,
         vector: np.ndarray,
-        k: int = 5,
-        category: str = "auto",
+        k: int | None = None,
+        category: str | None = None,
         where: Filter | None = None,
         rerank_query: np.ndarray | None = None,
     ) -> SearchResult:
         """The top-k products for an embedding that pass ``where`` (see the module doc for
         ``category``), with the calibrated verdict on the first when the catalog has a calibration.
 
-        ``rerank_query``: the query's model input (or any RGB pixels of it); the first
-        ``rerank_config.depth`` products are then verified against it and the first one that
-        shows the same surface moves to the top (:func:`vsearch.catalog.rerank.rerank`).
+        ``rerank_query``: the query's model input (or any RGB pixels of it, or its
+        :class:`~vsearch.catalog.rerank.Features`); the first ``rerank_config.depth`` products
+        are then verified against it and the first one that shows the same surface moves to
+        the top (:func:`vsearch.catalog.rerank.rerank`), with its ``outline`` in fractions of
+        ``rerank_query``.
+        ``k`` and ``category`` left out: this searcher's settings (``config``).
         """
+        k = self.config.k if k is None else k
+        category = category or self.config.category
         if k < 1:
             raise DataError(f"k must be >= 1, got {k}")
         calibration = self.store.calibration
@@ -276,7 +339,7 @@ class Searcher:
         result, shortlist = self._ranked(vector, depth, category, where)
         if rerank_query is not None:
             result.matches = self.verify(rerank_query, result.matches, shortlist)
-        if verdict and result.matches:
+        if calibration is not None and verdict and result.matches:
             result.match = match_verdict(calibration, result.matches)
             if result.match["verdict"] == "none" and self._verified(result.matches[0]):
                 result.match["verdict"] = "similar"  # it shows what the photo shows: not "not in the catalog"
@@ -284,23 +347,28 @@ class Searcher:
         result.filter = where or None
         return result
 
-    def verify(self, query: np.ndarray, matches: list[dict], shortlist: list[dict] | None = None) -> list[dict]:
+    def verify(
+        self, query: np.ndarray | Features, matches: list[dict], shortlist: list[dict] | None = None
+    ) -> list[dict]:
         """``matches`` with the first verified product of ``shortlist`` (default: ``matches``) on top.
 
         Geometric verification of the query against each short-listed product's photo nearest
         the query (one comparison per product, whatever its photo count), in the short list's
-        order; examined products carry their ``inliers``. The short list is the cosine order
-        even when ``matches`` is ranked under the category prior: a product the prior pushed
-        down can still be verified.
+        order; examined products carry their ``inliers``, the verified one its ``outline``.
+        The short list is the cosine order even when ``matches`` is ranked under the category
+        prior: a product the prior pushed down can still be verified.
         """
+        deadline = time.monotonic() + self.decode_wait_s  # for the catalog photos of this search, together
         checked = rerank(
-            np.clip(query, 0, 255).astype(np.uint8),
+            query if isinstance(query, Features) else np.clip(query, 0, 255).astype(np.uint8),
             matches if shortlist is None else shortlist,
-            self._photo_features,
+            lambda match: self._photo_features(match, deadline),
             self.rerank_config,
         )
-        counts = {m["product_id"]: m["inliers"] for m in checked if "inliers" in m}
-        out = [{**m, "inliers": counts[m["product_id"]]} if m["product_id"] in counts else m for m in matches]
+        found = {
+            m["product_id"]: {k: m[k] for k in ("inliers", "outline") if k in m} for m in checked if "inliers" in m
+        }
+        out = [{**m, **found[m["product_id"]]} if m["product_id"] in found else m for m in matches]
         if checked and self._verified(checked[0]):
             first = checked[0]["product_id"]
             if first not in {m["product_id"] for m in out}:  # verified beyond the ranked list (filtered by k)
@@ -311,40 +379,107 @@ class Searcher:
     def _verified(self, match: dict) -> bool:
         return match.get("inliers", 0) >= self.rerank_config.min_inliers
 
-    def _photo_features(self, match: dict) -> list:
-        try:  # keyed by id and file: a photo replaced under the same id (uploads are named by content) is new
-            return [self._features({"id": f"{match['photo_id']}\0{match['path']}", "path": match["path"]})]
-        except (ImageError, OSError):  # a catalog photo gone or unreadable verifies nothing
+    def _photo_features(self, match: dict, deadline: float | None = None) -> list[Features]:
+        """The keypoints of a match's photo: stored with the catalog, kept in memory, or computed
+        now (decoded at the re-rank's size, under the decode budget until ``deadline``); none for
+        a photo gone, unreadable or not admitted in time."""
+        path = match["path"]
+        stamp = file_stamp(path)
+        if stamp is None:  # a catalog photo gone from disk verifies nothing
             return []
+        # keyed by id, file and stamp: a photo replaced under the same id (uploads are named by content) is new
+        key = f"{match['photo_id']}\0{path}\0{stamp}"
+        kept = self._features.get(key)
+        if kept is not None:
+            return [kept]
+        if self.keypoints is not None:
+            stored = self.keypoints.get(match["photo_id"], path, stamp)
+            if stored is not None:
+                return [stored]
+        found = self._computed(path, max(0.0, deadline - time.monotonic()) if deadline is not None else None)
+        return [self._features.put(key, found)] if found is not None else []
+
+    def _computed(self, path: str, wait_s: float | None = None) -> Features | None:
+        """A catalog photo's keypoints computed now, under the decode budget (None: not this time)."""
+        try:
+            return catalog_features(
+                path,
+                self.rerank_config,
+                max_pixels=self.max_pixels,
+                max_bytes=self.max_bytes,
+                budget=self.decode_budget,
+                wait_s=self.decode_wait_s if wait_s is None else wait_s,
+            )
+        except (ImageError, OSError):  # unreadable, too large, or the budget busy
+            return None
 
     def warm_rerank(self, stop: threading.Event | None = None) -> int:
-        """Computes the re-rank keypoints of catalog photos ahead of searches, as many as the
-        cache keeps (a server does it in the background at start): a search then compares
-        instead of decoding its short list's photos. Returns the photos done; stops early when
-        ``stop`` is set."""
-        done = 0
+        """Makes every catalog photo's re-rank keypoints ready ahead of searches (a server does it
+        in the background at start): those the catalog lacks (indexed before keypoints were
+        stored, or with other re-rank settings) are computed, kept, and stored with the catalog
+        for the next start (those a search computed, too). Returns the photos ready; stops early
+        when ``stop`` is set."""
+        ready, computed = 0, list[tuple[str, Entry]]()
         for product in self.store.products():
             for photo_id, path in zip(product.photos, product.paths):
-                if done >= self._features.size or (stop is not None and stop.is_set()):
-                    return done
-                self._photo_features({"photo_id": photo_id, "path": path})
-                done += 1
-        return done
+                if stop is not None and stop.is_set():
+                    self._keep(computed)
+                    return ready
+                stamp = file_stamp(path)
+                if stamp is None:
+                    continue
+                if self.keypoints is not None and self.keypoints.get(photo_id, path, stamp) is not None:
+                    ready += 1
+                    continue
+                key = f"{photo_id}\0{path}\0{stamp}"
+                found = self._features.get(key) or self._computed(path)  # kept since a search computed it, or now
+                if found is not None:
+                    ready += 1
+                    computed.append((key, (photo_id, stamp, found)))
+                if len(computed) >= WARM_BATCH:
+                    self._keep(computed)
+                    computed = []
+        self._keep(computed)
+        return ready
+
+    def store_keypoints(self, photos: Sequence) -> int:
+        """Computes and stores the re-rank keypoints of photos just written to the catalog
+        (:class:`~vsearch.catalog.manifest.Photo` s; :func:`vsearch.catalog.products.put_product`
+        calls it), under the decode budget. Returns the photos whose keypoints are ready; the
+        others are computed by the first search that needs them."""
+        computed: list[tuple[str, Entry]] = []
+        for photo in photos:
+            stamp = file_stamp(photo.image)
+            found = self._computed(photo.image) if stamp is not None else None
+            if stamp is not None and found is not None:
+                computed.append((f"{photo.photo_id}\0{photo.image}\0{stamp}", (photo.photo_id, stamp, found)))
+        self._keep(computed)
+        return len(computed)
+
+    def _keep(self, computed: list[tuple[str, Entry]]) -> None:
+        """Keypoints computed ahead: stored with the catalog, or kept in memory where it is read-only."""
+        if not computed:
+            return
+        if self.keypoints is not None:
+            try:
+                self.keypoints.add([entry for _, entry in computed])
+                return
+            except (OSError, DataError) as exc:
+                log.warning("%s: cannot store re-rank keypoints (%s); kept in memory", self.keypoints.folder, exc)
+        for key, (_, _, features) in computed:
+            self._features.put(key, features)
 
     @property
     def rerank_ready(self) -> int:
-        """Catalog photos whose re-rank keypoints are kept."""
-        return len(self._features)
-
-    def _load_photo(self, photo: dict) -> np.ndarray:
-        return load_image(photo["path"], max_pixels=self.max_pixels)
+        """Catalog photos whose re-rank keypoints are stored with the catalog or kept in memory."""
+        return (len(self.keypoints) if self.keypoints is not None else 0) + len(self._features)
 
     def _ranked(
         self, vector: np.ndarray, k: int, category: str, where: Filter | None
     ) -> tuple[SearchResult, list[dict]]:
         """The ranked result and its short list for verification (the same products in cosine order)."""
         category = category or "auto"
-        info = {"mode": category, "predicted": None, "confidence": None, "applied": False}
+        info: dict[str, object] = {"mode": category, "predicted": None, "confidence": None, "applied": False}
         if category == "any":
             matches = self._search(vector, k, where)
             return SearchResult(matches, info), matches
@@ -352,7 +487,7 @@ class Searcher:
             neighbours = self._search(vector, max(k, AUTO_NEIGHBOURS), where)
             votes = category_votes(neighbours[:AUTO_NEIGHBOURS])
             if votes:
-                predicted = max(votes, key=votes.get)
+                predicted = max(votes, key=lambda name: votes[name])
                 info.update(predicted=predicted, confidence=round(votes[predicted], 4), applied=True)
             return SearchResult(self._with_prior(vector, k, neighbours, votes, where), info), neighbours
         if category not in self.categories:
@@ -386,6 +521,17 @@ class Searcher:
         if photo is None:
             raise KeyError(photo_id)
         return Path(photo["path"])
+
+
+def outlines_in_photo(matches: Sequence[dict], box: Box) -> list[dict]:
+    """Matches whose ``outline`` is in fractions of a ``box`` of a photo, in fractions of the whole photo."""
+    x0, y0, x1, y1 = box
+    return [
+        {**m, "outline": [[round(x0 + x * (x1 - x0), 4), round(y0 + y * (y1 - y0), 4)] for x, y in m["outline"]]}
+        if "outline" in m
+        else m
+        for m in matches
+    ]
 
 
 def in_category(category: str, where: Filter | None = None) -> Filter:

@@ -8,6 +8,12 @@ palette and alpha images), then takes that many bytes from a process-wide
 does not fit waits on the event loop, woken by a release, up to a deadline; one that can
 never fit, or arrives when too many already wait, is refused at once.
 
+The catalog photos a search decodes for its re-rank (those whose keypoints the catalog does
+not hold: :mod:`vsearch.catalog.keypoints`) take the same budget from the search's worker
+thread (:meth:`DecodeBudget.hold`), at the size the re-rank decodes them at.
+
+Its size, the wait and the number of photos that may wait are the server's settings
+(``decode_budget_mb``, ``decode_wait_s``, ``decode_max_waiting``: :class:`vsearch.config.ServerConfig`).
 :func:`return_freed_memory` makes the memory the budget admits the memory actually used.
 """
 
@@ -15,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-DEFAULT_DECODE_BUDGET_BYTES = 1024**3
-DEFAULT_DECODE_WAIT_S = 5.0  # how long a photo may wait for the decode budget before a 503
-DEFAULT_DECODE_MAX_WAITING = 32  # uploads waiting for the budget at once; more are refused at once
+from vsearch.config import ServerConfig
 
 
 class DecodeBudget:
@@ -35,7 +42,7 @@ class DecodeBudget:
         def __init__(self, loop):
             self.loop, self.future = loop, None
 
-    def __init__(self, capacity: int, max_waiting: int = DEFAULT_DECODE_MAX_WAITING):
+    def __init__(self, capacity: int, max_waiting: int = ServerConfig.decode_max_waiting):
         if capacity < 1:
             raise ValueError(f"decode budget must be >= 1 byte, got {capacity}")
         if max_waiting < 0:
@@ -44,6 +51,7 @@ class DecodeBudget:
         self._in_flight = 0
         self._waiters: list[DecodeBudget._Waiter] = []
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)  # wakes the threads waiting in hold()
 
     @property
     def in_flight(self) -> int:
@@ -66,6 +74,7 @@ class DecodeBudget:
                 raise RuntimeError("decode budget released more than it held")
             self._in_flight -= n
             wake = [w for w in self._waiters if w.future is not None]
+            self._freed.notify_all()
         for waiter in wake:
             waiter.loop.call_soon_threadsafe(_wake, waiter.future)
 
@@ -99,6 +108,34 @@ class DecodeBudget:
             if waiter is not None:
                 with self._lock:
                     self._waiters.remove(waiter)
+
+    @contextmanager
+    def hold(self, n: int, wait_s: float) -> Iterator[bool]:
+        """From a worker thread: holds ``n`` bytes while the block runs, waiting up to ``wait_s``
+        for them; yields False (and holds nothing) if they did not fit by then.
+
+        For decodes inside a request already running in a thread (a search's catalog photos):
+        the thread waits, not the event loop.
+        """
+        admitted = self._acquire_blocking(n, wait_s)
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                self.release(n)
+
+    def _acquire_blocking(self, n: int, wait_s: float) -> bool:
+        if n > self.capacity:
+            return False
+        deadline = time.monotonic() + max(0.0, wait_s)
+        with self._freed:
+            while self._in_flight + n > self.capacity:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._freed.wait(remaining)
+            self._in_flight += n
+            return True
 
 
 def _wake(future) -> None:

@@ -14,11 +14,12 @@ A store that cannot be refreshed is logged and keeps serving what it has.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 
-DEFAULT_RELOAD_INTERVAL_S = 2.0  # how often the store is asked for other writers' changes
+from vsearch.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +29,18 @@ class LiveSearcher:
 
     Args:
         searcher: A :class:`~vsearch.catalog.search.Searcher`.
-        interval_s: How often the store is refreshed (0: never; writes through this server's
-            own store are seen at once all the same).
+        interval_s: How often the store is refreshed (``ServerConfig.reload_interval_s``; 0:
+            never; writes through this server's own store are seen at once all the same).
 
     ``listeners`` are called with ``"ok"`` after each refresh that changed the catalog and
     ``"failed"`` after each refresh or compaction that raised.
     """
 
-    def __init__(self, searcher, interval_s: float = DEFAULT_RELOAD_INTERVAL_S):
+    def __init__(self, searcher, interval_s: float = ServerConfig.reload_interval_s):
         self.current = searcher
         self.interval_s = float(interval_s)
-        self.media_dir = None  # photos uploaded through the API (the app sets it): the unused go after a compaction
+        # photos uploaded through the API (the app sets it): the unused go after a compaction
+        self.media_dir: str | os.PathLike | None = None
         self.loaded_at = time.time()
         self.listeners: list[Callable[[str], None]] = []
         self.warm_rerank = False  # the app sets it when searches re-rank by default

@@ -134,12 +134,30 @@ class MetricsMiddleware:
 
 
 def _route_label(routes, scope) -> str:
-    """The template of the route a request matches (bounded label values), or ``unmatched``."""
+    """The template of the route a request matched (bounded label values), or ``unmatched``.
+
+    The router leaves the route it chose in the scope; a request it never saw (a HEAD,
+    answered through a GET of its own scope) is matched again here.
+    """
     from starlette.routing import Match
 
+    chosen = scope.get("route")
+    if getattr(chosen, "path_format", None):
+        return str(chosen.path_format)
     probe = {**scope, "method": "GET" if scope["method"] == "HEAD" else scope["method"]}
-    for route in routes:
+    for route in _flat(routes):
         match, _ = route.matches(probe)
         if match != Match.NONE:
-            return getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
+            return str(getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched")
     return "unmatched"
+
+
+def _flat(routes):
+    """``routes`` with each included router replaced by its own routes (FastAPI keeps an
+    ``include_router``'s routes in the router it included)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _flat(included.routes)
+        else:
+            yield route

@@ -1,10 +1,11 @@
 """Running the web app: ``vsearch serve``, and a server in a thread for tests and tools.
 
     vsearch serve --model saved_models/embedding --store faiss:saved_models/catalog.vsi \
-        --admin-token-file token.txt --media saved_models/media
+        --admin-token-file token.txt --media saved_models/media --preset default --set port=8080
 
 :func:`run` loads the model and opens the store, searches once to warm up, and serves the
-app of :mod:`vsearch.web.app` with uvicorn until Ctrl-C, taking in other writers' changes to
+app of :mod:`vsearch.web.app` with uvicorn until Ctrl-C, with the settings of a
+:class:`~vsearch.config.ServerConfig`, taking in other writers' changes to
 the store as it goes (:mod:`vsearch.web.live`); with an admin token it also takes product
 writes (:mod:`vsearch.web.admin`). :class:`BackgroundServer` serves an app from a daemon thread
 on a free loopback port. Both bind their socket with :func:`listen`.
@@ -14,17 +15,20 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vsearch.catalog.search import CATEGORY_PRIOR
+from vsearch.config import ServerConfig
 from vsearch.errors import DataError
-from vsearch.web.app import DEFAULT_MAX_UPLOAD_BYTES, create_app
-from vsearch.web.budget import DEFAULT_DECODE_BUDGET_BYTES
-from vsearch.web.live import DEFAULT_RELOAD_INTERVAL_S, LiveSearcher
+from vsearch.web.app import create_app
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -58,7 +62,8 @@ class BackgroundServer:
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         self.app, self.host, self.port, self.log_level = app, host, int(port), log_level
-        self._server = self._thread = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -69,19 +74,20 @@ class BackgroundServer:
 
         sock = listen(self.host, self.port)
         self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level=self.log_level, access_log=False))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
+        server = self._server = uvicorn.Server(uvicorn.Config(self.app, log_level=self.log_level, access_log=False))
+        thread = self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
         deadline = time.monotonic() + 30
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"the server on {self.url} did not start")
             time.sleep(0.02)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
 
 
 def warm_up(searcher) -> None:
@@ -98,55 +104,41 @@ def warm_up(searcher) -> None:
 def run(
     model: str | os.PathLike,
     store: str,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-    num_threads: int | None = None,
-    log_level: str = "info",
-    decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES,
-    reload_interval_s: float = DEFAULT_RELOAD_INTERVAL_S,
+    config: ServerConfig = ServerConfig(),
     *,
+    num_threads: int | None = None,
     admin_token: str | None = None,
     media_dir: str | os.PathLike | None = None,
-    rerank: bool = True,
-    category_prior: float = CATEGORY_PRIOR,
+    log_level: str = "info",
 ) -> None:
     """Loads the model and opens the store, then serves until interrupted (Ctrl-C).
 
     Args:
+        model: A SavedModel folder or a ``.tflite`` file (``num_threads``: TFLite's inference threads).
         store: ``faiss:PATH`` (a bare path too), ``milvus:FILE.db`` or ``milvus:http://...``.
+        config: The server's settings (:class:`~vsearch.config.ServerConfig`: address, limits,
+            searches).
         admin_token: What product writes need (:func:`vsearch.web.admin.admin_token`); None: no writes.
         media_dir: Where uploaded photos are kept (default: ``media/`` beside a local store).
-        rerank: Whether a search that does not say re-ranks its short list (``rerank`` field).
-        category_prior: The weight of ``category=auto``'s vote (:class:`~vsearch.catalog.search.Searcher`).
 
     Binds loopback by default: put a reverse proxy in front before exposing it. The address
     is taken before the slow model load, so a port in use fails at once.
     """
-    import uvicorn
-
     from vsearch.catalog.search import Searcher
     from vsearch.stores import parse_spec
 
     backend, where = parse_spec(str(store))  # a bad spec fails before the slow model load
     if backend == "faiss" and not Path(where).exists():
         raise DataError(f"{where}: no such catalog store; build one with `vsearch index build`")
+    host, port = config.host, config.port
     sock = listen(host, port)
-    searcher = Searcher.from_paths(model, f"{backend}:{where}", num_threads=num_threads, category_prior=category_prior)
+    searcher = Searcher.from_paths(model, f"{backend}:{where}", config.search, num_threads=num_threads)
     warm_up(searcher)
-    live = LiveSearcher(searcher, reload_interval_s)
-    app = create_app(
-        live,
-        max_upload_bytes=max_upload_bytes,
-        decode_budget_bytes=decode_budget_bytes,
-        admin_token=admin_token,
-        media_dir=media_dir,
-        rerank=rerank,
-    )
+    app = create_app(searcher, config, admin_token=admin_token, media_dir=media_dir)
     products, photos = searcher.store.count()
     refresh = (
-        f"other writers' changes taken in every {reload_interval_s:g} s"
-        if reload_interval_s > 0
+        f"other writers' changes taken in every {config.reload_interval_s:g} s"
+        if config.reload_interval_s > 0
         else "other writers' changes not taken in"
     )
     writes = f"writes on (photos kept in {app.state.media_dir})" if admin_token else "writes off (no admin token)"
@@ -154,7 +146,27 @@ def run(
         f"vsearch: {products} products ({photos} photos) in {backend}:{where}, {refresh}; {writes}; serving "
         f"http://{host}:{port}/ (API docs at /docs, metrics at /metrics)"
     )
+    serve(app, sock, log_level)
+
+
+SHUTDOWN_GRACE_S = 10  # seconds after SIGTERM or Ctrl-C, how long running requests may take to finish
+
+
+def serve(app, sock: socket.socket, log_level: str = "info") -> None:
+    """Serves ``app`` on ``sock`` until SIGTERM or Ctrl-C, then stops within ``SHUTDOWN_GRACE_S``.
+
+    Requests still running then are cancelled; one whose thread will not end (a store call
+    that never returns) is abandoned: after Ctrl-C the process exits without waiting for it
+    (uvicorn waited for ever, and SIGTERM, which it does not repeat as a forced quit, did nothing).
+    """
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn has shut down gracefully, then re-raises Ctrl-C
-        print("vsearch: stopped")
+        uvicorn.Server(config).run(sockets=[sock])  # after SIGTERM it ends the process by re-raising it
+    except KeyboardInterrupt:  # uvicorn has shut down, then re-raises Ctrl-C
+        print("vsearch: stopped", flush=True)
+    stuck = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    if stuck:  # request threads past the grace period: Python would wait for them at exit
+        print(f"vsearch: {len(stuck)} request(s) still running abandoned", file=sys.stderr, flush=True)
+        os._exit(0)

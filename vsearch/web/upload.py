@@ -2,8 +2,10 @@
 
 :class:`BudgetedDecoder` admits a photo's decoded cost (:mod:`vsearch.web.budget`) before any
 decoding, for searches and product writes alike; a search's worker thread then goes on with
-:func:`embed_and_search`, so a search is one thread hand-off. Every step is timed into the
-server's metrics (:mod:`vsearch.web.prometheus`).
+:func:`embed_and_search`, so a search is one thread hand-off. The catalog photos its re-rank
+decodes (those whose keypoints the catalog does not hold) take the same budget from that
+thread (the app gives the searcher the budget: :meth:`vsearch.catalog.search.Searcher.with_budget`).
+Every step is timed into the server's metrics (:mod:`vsearch.web.prometheus`).
 """
 
 import time
