@@ -10,7 +10,7 @@ from test_rerank import textured, warped
 
 from vsearch.catalog import keypoints as module
 from vsearch.catalog.building import add_products, build_catalog
-from vsearch.catalog.keypoints import KeypointStore, file_stamp, index_keypoints, keypoints_folder
+from vsearch.catalog.keypoints import KeypointStore, file_stamp, index_keypoints, keypoints_folder, setting
 from vsearch.catalog.manifest import Photo
 from vsearch.catalog.rerank import local_features
 from vsearch.catalog.search import Searcher
@@ -54,8 +54,8 @@ def test_stored_keypoints_read_back_as_they_were_found(tmp_path, files, detector
         assert same(back, features) and back.descriptors.dtype == features.descriptors.dtype
     assert store.get("unknown", files["a"]) is None
     assert store.get("a", files["b"]) is None  # another file than the one they were found in
-    assert (tmp_path / "k" / f"{detector}-256-250").is_dir()
-    assert KeypointStore(tmp_path / "k", RerankConfig(detector=detector, side=512)).get("a", files["a"]) is None
+    assert (tmp_path / "k" / f"{detector}-512-250").is_dir()  # one folder per detector, side and keypoint count
+    assert KeypointStore(tmp_path / "k", RerankConfig(detector=detector, side=256)).get("a", files["a"]) is None
 
 
 def test_a_photo_whose_file_changed_is_not_read_from_the_store(tmp_path, files):
@@ -80,7 +80,7 @@ def test_a_later_write_wins_and_another_reader_sees_it(tmp_path, files):
     assert same(reader.get("a", files["a"]), newer[2])  # a stamp the reader did not know: it looks again
     store.add([entry("b", files["b"])], replace=True)  # a rebuilt catalog
     assert reader.get("b", files["b"]) is not None and KeypointStore(tmp_path / "k").get("a", files["a"]) is None
-    assert len(list((tmp_path / "k" / "orb-256-250").glob("*.npy"))) == 1
+    assert len(list((tmp_path / "k" / setting(RerankConfig())).glob("*.npy"))) == 1
 
 
 def test_many_small_writes_are_merged_without_rewriting_the_bulk(tmp_path, files, monkeypatch):
@@ -99,7 +99,7 @@ def test_many_small_writes_are_merged_without_rewriting_the_bulk(tmp_path, files
 
 
 def test_a_store_that_cannot_be_read_is_left_to_searches(tmp_path, files):
-    folder = tmp_path / "k" / "orb-256-250"
+    folder = tmp_path / "k" / setting(RerankConfig())
     folder.mkdir(parents=True)
     (folder / "00000000000000000001-x.npy").write_bytes(b"not numpy")
     np.save(folder / "00000000000000000002-y.npy", np.zeros(3, np.float32))  # another layout
@@ -122,7 +122,7 @@ def catalog_of(tmp_path, files, **kwargs):
 def test_searches_verify_from_the_keypoints_stored_at_index_time(tmp_path, files, monkeypatch):
     store, photos, vecs = catalog_of(tmp_path, files)
     assert index_keypoints(store, photos) == {}
-    assert (tmp_path / "c.vsi.keypoints" / "orb-256-250").is_dir()
+    assert (tmp_path / "c.vsi.keypoints" / setting(RerankConfig())).is_dir()
     searcher = Searcher(ColourEmbedder(), store)
     assert searcher.rerank_ready == 3
 
@@ -132,7 +132,7 @@ def test_searches_verify_from_the_keypoints_stored_at_index_time(tmp_path, files
     monkeypatch.setattr("vsearch.catalog.search.catalog_features", no_decoding)
     query = warped(textured(22)).astype(np.float32)  # a view of b
     found = searcher.search_vector(vecs[0], 3, "any", rerank_query=query)
-    assert found.matches[0]["product_id"] == "b" and found.matches[0]["inliers"] >= 12
+    assert found.matches[0]["product_id"] == "b" and found.matches[0]["inliers"] >= RerankConfig().min_inliers
     assert len(found.matches[0]["outline"]) == 4
     store.close()
 

@@ -167,8 +167,9 @@ def test_the_outline_is_where_the_catalog_photo_lies_in_the_query(photos, detect
 
 
 def test_no_outline_without_a_homography_or_for_no_view_of_a_flat_photo(photos):
-    mine = local_features(photos["warped"])
-    theirs = local_features(photos["original"])
+    config = RerankConfig(side=256)
+    mine = local_features(photos["warped"], config)
+    theirs = local_features(photos["original"], config)
     assert outline(Verification(0), mine, theirs) is None
     assert mine.size == (256, 244) and theirs.size == (256, 256)  # the frames the keypoints were found in
     tall = round(256 / 244, 4)  # the catalog frame reaches past the query's bottom edge

@@ -237,6 +237,8 @@ def test_the_rerank_decodes_a_large_catalog_photo_small_and_inside_the_budget(la
     """A 12-megapixel catalog photo would take ~250 MB to decode at full size, over the whole
     64 MB budget: the re-rank decodes it at 1/8 scale, and only once the budget holds its cost."""
     from vsearch.catalog import rerank
+    from vsearch.catalog.rerank import draft_size
+    from vsearch.config import RerankConfig
 
     store, big, query = large_catalog
     app = rerank_server(store, wait_s=2.0)
@@ -255,8 +257,11 @@ def test_the_rerank_decodes_a_large_catalog_photo_small_and_inside_the_budget(la
         boxed = post(c, wide, k=2, rerank="true", box="0,0,0.5,1")
     assert r.status_code == 200, r.text
     first = r.json()["matches"][0]
-    assert first["product_id"] == "large" and first["inliers"] >= 12 and len(first["outline"]) == 4
-    assert decoded == [(decoded[0][0], (375, 500, 3))]  # libjpeg at 1/8, not 3000 x 4000; once, then kept
+    assert first["product_id"] == "large" and first["inliers"] >= RerankConfig().min_inliers
+    assert len(first["outline"]) == 4
+    drafted = image_header(str(big), draft_size=draft_size(4000, 3000, RerankConfig().side))
+    assert max(drafted.width, drafted.height) < 4000 / 3  # libjpeg at 1/4 or less: the longer side still >= side
+    assert decoded == [(decoded[0][0], (drafted.height, drafted.width, 3))]  # not 3000 x 4000; once, then kept
     assert 0 < decoded[0][0] <= budget.capacity  # held in the budget while it was decoded
     assert budget.in_flight == 0
     # searched in a box, the outline is still in fractions of the whole photo: half as wide here

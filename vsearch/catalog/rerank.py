@@ -79,7 +79,8 @@ def _detector(config: RerankConfig):
 
 
 def local_features(pixels: np.ndarray, config: RerankConfig = RerankConfig()) -> Features:
-    """Keypoints and descriptors of RGB uint8 pixels, the longer side resized to ``config.side``."""
+    """Keypoints and descriptors of RGB uint8 pixels, the longer side resized to ``config.side``:
+    the ``config.features`` strongest."""
     import cv2
 
     grey = cv2.cvtColor(np.ascontiguousarray(pixels, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
@@ -91,6 +92,9 @@ def local_features(pixels: np.ndarray, config: RerankConfig = RerankConfig()) ->
     if descriptors is None:
         dtype = np.uint8 if config.detector == "orb" else np.float32
         return Features(np.zeros((0, 2), np.float32), np.zeros((0, DETECTORS[config.detector]), dtype), size)
+    if len(keypoints) > config.features:  # detectors may return a few more (SIFT: one per orientation)
+        keep = np.argsort([-k.response for k in keypoints], kind="stable")[: config.features]
+        keypoints, descriptors = [keypoints[i] for i in keep], descriptors[keep]
     points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
     return Features(points, descriptors, size)
 

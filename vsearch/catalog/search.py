@@ -432,7 +432,9 @@ class Searcher:
                     ready += 1
                     continue
                 key = f"{photo_id}\0{path}\0{stamp}"
-                found = self._features.get(key) or self._computed(path)  # kept since a search computed it, or now
+                found = self._features.get(key)  # kept since a search computed it
+                if found is None:
+                    found = self._computed(path)
                 if found is not None:
                     ready += 1
                     computed.append((key, (photo_id, stamp, found)))
