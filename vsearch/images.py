@@ -33,6 +33,11 @@ import numpy as np
 from vsearch.errors import ImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+# What Pillow may decode: formats whose header, read when the file is opened, says the size
+# they decode at (only the first frame of an animation is decoded). Others are refused before
+# a byte of pixels is read: an ICO or ICNS decodes its embedded image to learn its size.
+# JPEG opens phones' multi-picture JPEGs too (Pillow's MPO).
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 BACKGROUND = 255  # alpha is composited over white, like a product photo's backdrop
@@ -96,7 +101,8 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> b
 def image_header(
     data: bytes | str | os.PathLike, source: str = "<bytes>", draft_size: int | None = None
 ) -> ImageHeader:
-    """Format, size and mode from the header alone (Pillow reads no pixel data).
+    """Format, size and mode from the header alone (Pillow reads no pixel data; only
+    :data:`FORMATS` are opened).
 
     Args:
         data: Encoded bytes, or a file's path (only its header is read).
@@ -116,7 +122,7 @@ def image_header(
     else:
         opened = io.BytesIO(data)
     try:
-        with Image.open(opened) as img:
+        with Image.open(opened, formats=FORMATS) as img:
             if draft_size:
                 img.draft(None, (draft_size, draft_size))
             return ImageHeader(str(img.format), int(img.size[0]), int(img.size[1]), str(img.mode))
@@ -133,7 +139,7 @@ def _image_error(source: str, exc: BaseException) -> ImageError:
     if isinstance(exc, ImageError):
         return exc
     if isinstance(exc, UnidentifiedImageError):
-        return ImageError(source, "not a recognised image format (JPEG, PNG, GIF, BMP, WebP, ...)")
+        return ImageError(source, "not a recognised image format (JPEG, PNG, GIF, BMP, WebP or TIFF)")
     if isinstance(exc, Image.DecompressionBombError):
         return ImageError(source, f"decompression bomb refused ({exc})")
     if isinstance(exc, MemoryError):
@@ -208,7 +214,7 @@ def decode_image(
     if not data:
         raise ImageError(source, "empty image data (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
             width, height = img.size
             if width < 1 or height < 1:
                 raise ImageError(source, f"degenerate size {width}x{height}")
@@ -421,67 +427,18 @@ def resize_pixels(pixels, size: int):
     return tf.image.resize(tf.cast(pixels, tf.float32), (size, size), method="bilinear")
 
 
-def _tf_le(head, start: int, count: int):
-    """Little-endian unsigned integer of ``count`` bytes of ``head`` (int64) from ``start``."""
-    return sum(head[start + i] * (1 << (8 * i)) for i in range(count))
-
-
-def _tf_be(head, start: int, count: int):
-    return sum(head[start + i] * (1 << (8 * (count - 1 - i))) for i in range(count))
-
-
-def _tf_is(head, start: int, magic: bytes):
-    import tensorflow as tf
-
-    return tf.reduce_all(tf.equal(head[start : start + len(magic)], tf.constant(list(magic), tf.int64)))
-
-
-def tf_header_pixels(image_bytes):
-    """In-graph: width x height from an image's header, before any pixel is decoded (int64).
-
-    JPEG through ``tf.image.extract_jpeg_shape``; PNG, GIF, BMP and WebP (lossy, lossless
-    and extended) from their fixed header fields. 0 for anything else, which
-    ``tf.io.decode_image`` then refuses.
-    """
-    import tensorflow as tf
-
-    def jpeg():
-        shape = tf.cast(tf.image.extract_jpeg_shape(image_bytes), tf.int64)
-        return shape[0] * shape[1]
-
-    def others():
-        padded = tf.strings.join([image_bytes, tf.constant(b"\0" * 32)])
-        head = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, 32), tf.uint8), tf.int64)
-        vp8l = _tf_le(head, 21, 4)
-        webp_chunk = [
-            (b"VP8 ", (_tf_le(head, 26, 2) % 16384) * (_tf_le(head, 28, 2) % 16384)),
-            (b"VP8L", (vp8l % 16384 + 1) * ((vp8l // 16384) % 16384 + 1)),
-            (b"VP8X", (_tf_le(head, 24, 3) + 1) * (_tf_le(head, 27, 3) + 1)),
-        ]
-        signed = lambda v: tf.abs(tf.where(v >= 2**31, v - 2**32, v))  # noqa: E731  (BMP sides are signed)
-        cases = [
-            (_tf_is(head, 0, b"\x89PNG"), _tf_be(head, 16, 4) * _tf_be(head, 20, 4)),
-            (_tf_is(head, 0, b"GIF8"), _tf_le(head, 6, 2) * _tf_le(head, 8, 2)),
-            (_tf_is(head, 0, b"BM"), signed(_tf_le(head, 18, 4)) * signed(_tf_le(head, 22, 4))),
-        ]
-        is_webp = tf.logical_and(_tf_is(head, 0, b"RIFF"), _tf_is(head, 8, b"WEBP"))
-        cases += [(tf.logical_and(is_webp, _tf_is(head, 12, chunk)), pixels) for chunk, pixels in webp_chunk]
-        out = tf.constant(0, tf.int64)
-        for matches, pixels in reversed(cases):
-            out = tf.where(matches, pixels, out)
-        return out
-
-    return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, others)
-
-
 def tf_decode_rgb(image_bytes, max_pixels: int | None = None):
     """In-graph decoding of one encoded image to RGB uint8 (H, W, 3).
 
     Grayscale is expanded, alpha (gray+alpha or RGBA) composited over white. Empty or
-    undecodable input raises ``InvalidArgumentError`` with a readable message, and so does
-    an image whose header declares more than ``max_pixels`` pixels, before it is decoded.
+    undecodable input raises ``InvalidArgumentError`` with a readable message. With
+    ``max_pixels``, only the formats whose size the graph reads before decoding are decoded
+    (:func:`vsearch.graph_headers.tf_header_checks`: JPEG, PNG, GIF with every frame counted,
+    BMP, still WebP), and only up to ``max_pixels``; the rest is refused before decoding.
     """
     import tensorflow as tf
+
+    from vsearch.graph_headers import tf_header_checks
 
     checks = [
         tf.debugging.assert_greater(
@@ -490,13 +447,7 @@ def tf_decode_rgb(image_bytes, max_pixels: int | None = None):
     ]
     if max_pixels is not None:
         with tf.control_dependencies(checks):
-            checks.append(
-                tf.debugging.assert_less_equal(
-                    tf_header_pixels(image_bytes),
-                    tf.constant(int(max_pixels), tf.int64),
-                    message=f"image_bytes: the image is over the {int(max_pixels)}-pixel limit",
-                )
-            )
+            checks += tf_header_checks(image_bytes, max_pixels)
     with tf.control_dependencies(checks):
         image = tf.io.decode_image(image_bytes, channels=0, expand_animations=False, dtype=tf.uint8)
     channels = tf.shape(image)[-1]

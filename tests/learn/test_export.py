@@ -114,3 +114,69 @@ def test_serving_default_refuses_a_pixel_bomb_from_its_header(tiny):
     with pytest.raises(ImageError, match="over the 40000000-pixel limit"):
         embedder.serving_default([forged_png(20000, 20000)])
     assert embedder.serving_default([tiny["blobs"][0]]).shape == (1, 8)  # still serving
+
+
+HOSTILE = textwrap.dedent("""
+    import sys
+    sys.modules["vsearch"] = None  # what TF Serving runs: the graph alone
+    import json, numpy as np, tensorflow as tf
+    model_dir, blobs_path, out_path = sys.argv[1:]
+    loaded = tf.saved_model.load(model_dir)
+    by_bytes, by_pixels = loaded.signatures["serving_default"], loaded.signatures["embed_pixels"]
+    calls = {name: (lambda blob=bytes.fromhex(blob): by_bytes(image_bytes=tf.constant([blob])))
+             for name, blob in json.load(open(blobs_path)).items()}
+    calls["no photos"] = lambda: by_bytes(image_bytes=tf.constant([], tf.string))
+    calls["no pixels"] = lambda: by_pixels(images=tf.zeros([0, 32, 32, 3]))
+    calls["nan pixels"] = lambda: by_pixels(images=tf.tensor_scatter_nd_update(
+        tf.fill([2, 32, 32, 3], 100.0), [[1, 5, 5, 0]], [float("nan")]))
+    calls["inf pixels"] = lambda: by_pixels(images=tf.fill([1, 32, 32, 3], float("inf")))
+    out = {}
+    for name, call in calls.items():
+        try:
+            out[name] = "shape %s" % (call()["embedding"].shape,)
+        except tf.errors.InvalidArgumentError as exc:
+            out[name] = exc.message
+    json.dump(out, open(out_path, "w"))
+""")
+
+
+def test_the_saved_model_refuses_what_it_cannot_bound_with_clear_messages(tiny, tmp_path):
+    """In plain TensorFlow (TF Serving's view): a GIF whose 1x1 screen hides a 64-Mpx frame, a
+    JPEG XL (size unread before decoding: it took 7.4 GB for a 40 KB one), an animated WebP
+    (TensorFlow 2.21's decoder corrupts its heap on it), empty batches and NaN pixels are
+    refused by name; a small animated GIF is still embedded."""
+    from test_graph_headers import JPEG_XL, NO_PIXELS, animated, crafted_gif
+
+    blobs = {
+        "hidden gif frame": crafted_gif((1, 1), [(8000, 8000, NO_PIXELS)]),
+        "jpeg xl": JPEG_XL,
+        "animated webp": animated("WEBP", 2, lossless=True),
+        "animated gif": animated("GIF", 3, duration=40),
+    }
+    (tmp_path / "blobs.json").write_text(json.dumps({k: v.hex() for k, v in blobs.items()}))
+    subprocess.run(
+        [sys.executable, "-c", HOSTILE, str(tiny["model"]), str(tmp_path / "blobs.json"), str(tmp_path / "out.json")],
+        check=True,
+        timeout=300,
+    )
+    out = json.loads((tmp_path / "out.json").read_text())
+    expected = {
+        "hidden gif frame": "image_bytes: the image is over the 40000000-pixel limit (every frame of a GIF counts)",
+        "jpeg xl": "image_bytes: JPEG XL is not accepted: its size cannot be read before decoding it; send a "
+        "JPEG, PNG, GIF, BMP or still WebP image of at most 40000000 pixels",
+        "animated webp": "image_bytes: animated WebP is not accepted",
+        "no photos": "image_bytes: empty batch, expected at least one encoded image",
+        "no pixels": "images: empty batch, expected at least one image",
+        "nan pixels": "images: the pixels contain NaN or infinity, expected RGB values 0..255",
+        "inf pixels": "images: the pixels contain NaN or infinity",
+    }
+    for name, message in expected.items():
+        assert message in out[name], (name, out[name])
+    assert out["animated gif"] == "shape (1, 8)"
+
+
+def test_vsearch_reads_the_graph_s_refusal(tiny):
+    from test_graph_headers import JPEG_XL
+
+    with pytest.raises(ImageError, match=r"could not decode an image \(JPEG XL is not accepted"):
+        tiny["saved"].serving_default([JPEG_XL])

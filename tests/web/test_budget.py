@@ -292,3 +292,106 @@ def test_the_rerank_skips_a_catalog_photo_the_budget_cannot_take_in_time(large_c
     assert str(big) not in decoded  # and never decoded the large photo (the small one fitted)
     budget.release(held)
     assert budget.in_flight == 0
+
+
+def budget_watched(monkeypatch, budget) -> list:
+    """Every catalog photo the re-rank decodes: (its file name, the bytes the budget held
+    then, the decoded shape)."""
+    from vsearch.catalog import rerank
+
+    decoded = []
+    real = rerank.decode_image
+
+    def watched(data, source, *args, **kwargs):
+        pixels = real(data, source, *args, **kwargs)
+        decoded.append((str(source).rsplit("/", 1)[-1], budget.in_flight, pixels.shape))
+        return pixels
+
+    monkeypatch.setattr(rerank, "decode_image", watched)
+    return decoded
+
+
+def test_the_start_up_pass_decodes_catalog_photos_small_and_inside_the_budget(large_catalog, monkeypatch):
+    """The other road to a catalog photo: the keypoints a server computes when it starts."""
+    from vsearch.catalog.rerank import draft_size
+    from vsearch.catalog.search import Searcher
+    from vsearch.config import RerankConfig, SearchConfig
+
+    store, big, _ = large_catalog
+    settings = SearchConfig(category="any", rerank=True)  # re-ranking by default: keypoints computed at start
+    app = create_app(
+        Searcher(SharpColourEmbedder(), store, settings), ServerConfig(search=settings, decode_budget_mb=64)
+    )
+    budget = app.state.decode_budget
+    decoded = budget_watched(monkeypatch, budget)
+    with TestClient(app) as c:
+        deadline = time.monotonic() + 120
+        while c.get("/healthz").json()["rerank_keypoints"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the start-up pass runs in the background
+    drafted = image_header(str(big), draft_size=draft_size(4000, 3000, RerankConfig().side))
+    assert sorted(name for name, _, _ in decoded) == ["large.jpg", "other.png"]
+    assert all(held > 0 for _, held, _ in decoded)  # each decoded while the budget held its cost
+    assert [shape for name, _, shape in decoded if name == "large.jpg"] == [(drafted.height, drafted.width, 3)]
+    assert budget.in_flight == 0
+
+
+def test_a_written_product_s_keypoints_are_decoded_small_and_inside_the_budget(tmp_path, monkeypatch):
+    """The third road: a product write computes its photos' keypoints (after its own decode,
+    which the decode budget admits as an upload's)."""
+    import cv2
+
+    from vsearch.catalog.manifest import Photo
+    from vsearch.catalog.rerank import draft_size
+    from vsearch.catalog.search import Searcher
+    from vsearch.config import RerankConfig, SearchConfig
+    from vsearch.stores import build_store
+
+    Image.fromarray(textured(14)).save(tmp_path / "other.png")
+    store = build_store(
+        f"faiss:{tmp_path / 'c.vsi'}",
+        [Photo("other", "other/0", str(tmp_path / "other.png"), "tops")],
+        np.asarray([[0, 1, 0, 0]], np.float32),
+        fingerprint="colour-v1",
+    )
+    large = io.BytesIO()
+    Image.fromarray(cv2.resize(textured(13), (4000, 3000), interpolation=cv2.INTER_LINEAR)).save(
+        large, format="JPEG", quality=85
+    )
+    settings = SearchConfig(category="any", rerank=False)
+    config = ServerConfig(search=settings, decode_budget_mb=300, reload_interval_s=0)
+    app = create_app(
+        Searcher(SharpColourEmbedder(), store, settings), config, admin_token="t0ken", media_dir=tmp_path / "media"
+    )
+    budget = app.state.decode_budget
+    decoded = budget_watched(monkeypatch, budget)
+    with TestClient(app) as c:
+        r = c.put(
+            "/api/products/large",
+            files=[("files", ("large.jpg", large.getvalue(), "image/jpeg"))],
+            data={"category": "tops"},
+            headers={"Authorization": "Bearer t0ken"},
+        )
+    assert r.status_code == 200, r.text
+    side = draft_size(4000, 3000, RerankConfig().side)
+    assert len(decoded) == 1 and decoded[0][1] > 0  # the stored photo, decoded while the budget held it
+    assert max(decoded[0][2][:2]) < 4000 / 3 and min(decoded[0][2][:2]) >= side  # at 1/4 scale or less
+    assert budget.in_flight == 0
+    store.close()
+
+
+def test_an_upload_whose_header_would_be_decoded_is_refused_unread(fake_searcher, monkeypatch):
+    """The header is read before the budget admits a decode: an ICO (16x16 declared, any PNG
+    inside) is decoded by Pillow to learn its size, so it is refused before that."""
+    import struct
+
+    from PIL import PngImagePlugin
+
+    inner = png(np.full((1500, 2000, 3), 120, np.uint8))
+    ico = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(inner), 22) + inner
+    opened = []
+    real = PngImagePlugin.PngImageFile._open
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "_open", lambda self: opened.append(1) or real(self))
+    with TestClient(create_app(fake_searcher)) as c:
+        r = post(c, ico, name="icon.ico")
+    assert r.status_code == 422 and "not a recognised image format" in r.json()["error"], r.text
+    assert opened == []  # the PNG inside was never opened, let alone decoded

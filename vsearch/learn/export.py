@@ -2,12 +2,16 @@
 
 The contract other code relies on (``tf.saved_model.load`` or TF Serving):
 
-* ``serving_default``: ``image_bytes`` (tf.string [None], encoded JPEG/PNG/GIF/BMP) ->
-  ``embedding`` (float32 [None, D], unit L2 norm). Decoding (grayscale expanded, alpha over
-  white), resizing and preprocessing run in the graph, exactly as in training.
+* ``serving_default``: ``image_bytes`` (tf.string [None], encoded JPEG, PNG, GIF, BMP or
+  still WebP) -> ``embedding`` (float32 [None, D], unit L2 norm). Decoding (grayscale
+  expanded, alpha over white), resizing and preprocessing run in the graph, as in training.
 * ``embed_pixels``: ``images`` (float32 [None, S, S, 3], RGB 0..255) -> ``embedding``.
 * ``assets.extra/vsearch.json``: image size, embedding dimension, class names, backbone,
   training config, metrics, package version, and a fingerprint of the weights.
+
+Both signatures refuse an empty batch, and ``embed_pixels`` NaN or infinite pixels, with an
+``InvalidArgumentError`` naming the input; ``serving_default`` decodes only the formats whose
+size it reads before decoding, up to ``max_pixels`` (:mod:`vsearch.graph_headers`).
 """
 
 from __future__ import annotations
@@ -52,14 +56,16 @@ def export_embedding(tower, out_dir: str | os.PathLike, metadata: dict, max_pixe
     max_pixels = int(max_pixels or DEFAULT_MAX_PIXELS)
 
     def embed_pixels(images):
-        return {"embedding": tower(images, training=False)}
+        with tf.control_dependencies(pixel_checks(images)):
+            return {"embedding": tower(tf.identity(images), training=False)}
 
     def serve_bytes(image_bytes):
-        images = tf.map_fn(
-            lambda b: tf_decode_and_resize(b, size, max_pixels),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32),
-        )
+        with tf.control_dependencies([not_empty(image_bytes, "image_bytes", "encoded image")]):
+            images = tf.map_fn(
+                lambda b: tf_decode_and_resize(b, size, max_pixels),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32),
+            )
         return {"embedding": tower(images, training=False)}
 
     archive = keras.export.ExportArchive()
@@ -98,6 +104,25 @@ def export_embedding(tower, out_dir: str | os.PathLike, metadata: dict, max_pixe
 
     out = replace_dir(out_dir, fill)
     return out
+
+
+def not_empty(batch, name: str, what: str):
+    """In-graph: an empty batch fails with a message naming the input, not deep in the model."""
+    import tensorflow as tf
+
+    return tf.debugging.Assert(tf.shape(batch)[0] > 0, [f"{name}: empty batch, expected at least one {what}"])
+
+
+def pixel_checks(images) -> list:
+    """In-graph checks of the ``embed_pixels`` batch: not empty, every value finite (a NaN
+    pixel would otherwise come back as a NaN embedding)."""
+    import tensorflow as tf
+
+    finite = tf.reduce_all(tf.math.is_finite(images))
+    return [
+        not_empty(images, "images", "image"),
+        tf.debugging.Assert(finite, ["images: the pixels contain NaN or infinity, expected RGB values 0..255"]),
+    ]
 
 
 def _jsonable(value):

@@ -13,6 +13,7 @@ on a free loopback port. Both bind their socket with :func:`listen`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -162,10 +163,11 @@ def serve(app, sock: socket.socket, log_level: str = "info") -> None:
     import uvicorn
 
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
-    try:
-        uvicorn.Server(config).run(sockets=[sock])  # after SIGTERM it ends the process by re-raising it
-    except KeyboardInterrupt:  # uvicorn has shut down, then re-raises Ctrl-C
-        print("vsearch: stopped", flush=True)
+    # After SIGTERM uvicorn ends the process by re-raising it; after Ctrl-C it re-raises that
+    # once shut down, which may land here or only after run() has returned.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[sock])
+    print("vsearch: stopped", flush=True)
     stuck = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
     if stuck:  # request threads past the grace period: Python would wait for them at exit
         print(f"vsearch: {len(stuck)} request(s) still running abandoned", file=sys.stderr, flush=True)
