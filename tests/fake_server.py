@@ -119,8 +119,8 @@ def verdict_searcher():
     from vsearch.catalog.search import Searcher
 
     class VerdictSearcher(Searcher):
-        def search_vector(self, vector, k=5, category="any", where=None, rerank_query=None):
-            result = super().search_vector(vector, k, category, where, rerank_query)
+        def search_query(self, query, vectors, k=5, category="any", where=None, rerank=None):
+            result = super().search_query(query, vectors, k, category, where, rerank)
             if result.matches and result.matches[0]["score"] >= EXACT_SCORE:
                 result.match = {"verdict": "exact", "confidence": round(result.matches[0]["score"], 3)}
             return result

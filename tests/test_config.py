@@ -161,7 +161,7 @@ def test_save_json_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("cls", [c.SearchConfig, c.ServerConfig])
-@pytest.mark.parametrize("name", ["default", "smoke", "cosine"])
+@pytest.mark.parametrize("name", ["default", "smoke", "cosine", "thorough"])
 def test_serving_presets_round_trip_through_json(tmp_path, cls, name):
     cfg = c.preset(cls, name)
     c.save_json(cfg, tmp_path / "config.json")
@@ -173,6 +173,9 @@ def test_serving_presets():
     assert smoke.decode_budget_mb < c.ServerConfig().decode_budget_mb and smoke.search.reranker.depth < 10
     assert cosine.search.category_prior == 0 and cosine.search.rerank is False
     assert cosine.search == c.preset(c.SearchConfig, "cosine")
+    thorough = c.preset(c.ServerConfig, "thorough").search
+    assert thorough.regions == "centre" and c.SearchConfig().regions == "none"
+    assert thorough == c.preset(c.SearchConfig, "thorough")
 
 
 def test_a_serving_config_file_holds_any_subset_of_the_fields_nested_at_any_depth(tmp_path):
@@ -192,10 +195,11 @@ def test_serving_overrides_are_parsed_with_field_types():
             "max_upload_mb": "2.5",
             "search.rerank": "off",
             "search.reranker.ratio": "0.7",
+            "search.regions": "centre",
         },
     )
     assert (cfg.port, cfg.docs, cfg.max_upload_mb) == (9000, False, 2.5)
-    assert cfg.search.rerank is False and cfg.search.reranker.ratio == 0.7
+    assert cfg.search.rerank is False and cfg.search.reranker.ratio == 0.7 and cfg.search.regions == "centre"
     assert cfg.max_upload_bytes == int(2.5 * c.MB) and cfg.decode_budget_bytes == 1024 * c.MB
 
 
@@ -226,6 +230,8 @@ def test_serving_overrides_are_parsed_with_field_types():
         ({"search.reranker.detector": "akaze"}, "search.reranker.detector must be one of orb, sift"),
         ({"search.reranker.ratio": "1.5"}, r"search.reranker.ratio must be in \(0, 1\]"),
         ({"search.reranker.reprojection": "inf"}, "search.reranker.reprojection: expected a finite number"),
+        ({"search.regions": "grid"}, "search.regions must be one of none, centre, got 'grid'"),
+        ({"search.regions": ""}, "search.regions must be one of none, centre, got ''"),
         ({"search.nope": "1"}, "unknown config key 'nope' for SearchConfig"),
         ({"search": "x"}, "is a group"),
     ],
@@ -242,6 +248,16 @@ def test_a_search_config_of_its_own_names_its_keys_without_the_group():
         c.apply_overrides(c.SearchConfig(), {"reranker.features": "0"})
     with pytest.raises(c.ConfigError, match="category_prior must be a number >= 0"):
         c.SearchConfig(category_prior=float("inf"))  # built in code: the same check
+    with pytest.raises(c.ConfigError, match="^regions must be one of none, centre, got 'Centre'"):
+        c.SearchConfig(regions="Centre")
+
+
+def test_each_region_set_is_named_once():
+    from vsearch.catalog.regions import REGION_BOXES
+
+    assert tuple(REGION_BOXES) == c.REGION_SETS and REGION_BOXES["none"] == ()
+    for boxes in REGION_BOXES.values():
+        assert all(0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 for x0, y0, x1, y1 in boxes)
 
 
 def test_each_serving_limit_has_one_default():

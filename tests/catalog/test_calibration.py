@@ -270,6 +270,37 @@ def test_calibrate_catalog_with_a_transparent_model(shop, catalog):
         calibrate.calibrate_catalog(catalog, other, photos=4)
 
 
+def test_without_labelled_photos_the_calibration_says_it_is_synthetic(shop, catalog):
+    calibration = calibrate.calibrate_catalog(catalog, ColourEmbedder(), photos=12, seed=5, log=lambda _: None)
+    assert calibration["fitted_on"] == {"kind": "synthetic", "description": calibrate.SYNTHETIC_FIT, "photos": 12}
+    assert calibration["heldout"]["photos"] == "synthetic photos of seed 7"
+    assert "fitted on synthetic photos from the catalog: no labelled real photos given" in calibrate.format_calibration(
+        calibration
+    )
+    summary = calibrate.calibration_summary(calibration)
+    assert summary["fitted_on"] == "synthetic" and summary["heldout"]["num_in_catalog"] == 12
+    catalog.set_calibration(calibration)
+    assert Searcher(ColourEmbedder(), catalog).search(shop / "hats" / "red.jpg", 2).match["fitted_on"] == "synthetic"
+    older = hand_calibration(ColourEmbedder.fingerprint)  # stored before calibrations said what they were fitted on
+    assert calibrate.calibration_summary(older)["description"] == calibrate.SYNTHETIC_FIT
+    catalog.set_calibration(older)
+    assert Searcher(ColourEmbedder(), catalog).search(shop / "hats" / "red.jpg", 2).match["fitted_on"] == "synthetic"
+
+
+def test_verdict_metrics_count_the_exact_answers_and_never_say_none_to_a_verified_match():
+    world_samples = world(4)
+    calibration = {**hand_calibration("m"), "thresholds": {"exact": 0.5, "none": 0.999}}
+    said, _, _ = calibrate.sample_verdicts(calibration, world_samples)
+    figures = calibrate.verdict_metrics(calibration, world_samples)
+    answers = int((said == "exact").sum())
+    assert figures["num_exact"] == answers > 0 and figures["exact_precision_low"] < figures["exact_precision"]
+    verified = world_samples.take(np.arange(len(world_samples)))
+    verified.verified = np.ones(len(world_samples), bool)
+    again, _, _ = calibrate.sample_verdicts(calibration, verified)
+    assert (said == "none").any() and not (again == "none").any()
+    assert np.array_equal(again == "similar", (said == "similar") | (said == "none"))
+
+
 def test_reliability_diagram_is_a_figure():
     curves = calibrate.reliability_curves(hand_calibration("m"), world(3))
     fig = plots.reliability_diagram(curves, "held out")
@@ -285,13 +316,15 @@ def test_cli_calibrate_then_search_shows_the_verdict(tiny, tmp_path, capsys):
     assert cli.main(["index", "build", str(tiny["data"] / "train"), "--model", model, "--store", index]) == 0
     assert cli.main(["calibrate", "--model", model, "--store", index, "--photos", "8", "--seed", "1"]) == 0
     out = capsys.readouterr().out
-    assert "calibration for target precision 0.95" in out and "held-out photos (seed 3" in out
+    assert "calibration for target precision 0.95, fitted on synthetic photos from the catalog" in out
+    assert "held-out synthetic photos of seed 3" in out
     kept = stored(index).calibration
     assert kept["fingerprint"] == tiny["saved"].fingerprint and kept["photos"] == 8
     photo = str(tiny["photos"][0])
     assert cli.main(["search", photo, "--model", model, "--store", index, "--json", "-k", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result["match"]) == {"verdict", "confidence"} and len(result["matches"]) == 2
+    assert set(result["match"]) == {"verdict", "confidence", "fitted_on"} and len(result["matches"]) == 2
+    assert result["match"]["fitted_on"] == "synthetic"
     assert cli.main(["search", photo, "--model", model, "--store", index, "-k", "2"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert (

@@ -444,3 +444,114 @@ def test_a_searchers_settings_are_its_defaults_and_can_be_changed(shop, catalog)
     assert len(other.search(photo).matches) == 1 and searcher.config.k == 2
     finer = searcher.with_config(SearchConfig(reranker=replace(searcher.rerank_config, features=100)))
     assert finer._features is not searcher._features and finer._features.config.features == 100
+
+
+# ---------------------------------------------------------------- regions of the photo
+
+
+class CountingEmbedder(ColourEmbedder):
+    """The colour model, counting its calls and their batch sizes."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def embed_pixels(self, pixels):
+        self.calls.append(len(pixels))
+        return super().embed_pixels(pixels)
+
+
+def cluttered() -> np.ndarray:
+    """The green shoes in the photo's centre 80%, a red shelf around them: the whole photo's
+    mean colour is nearer the olive shoes."""
+    canvas = np.zeros((100, 100, 3), np.uint8)
+    canvas[:] = (250, 10, 10)
+    canvas[10:90, 10:90] = (10, 240, 10)
+    return canvas
+
+
+def test_a_product_in_a_cluttered_photo_is_found_through_a_region(catalog):
+    embedder = CountingEmbedder()
+    searcher = Searcher(embedder, catalog, SearchConfig(rerank=False))
+    whole = searcher.search(cluttered(), 2, "any")
+    assert whole.matches[0]["id"] == "shoes/olive" and whole.region is None
+    found = searcher.search(cluttered(), 2, "any", regions="centre")
+    assert found.matches[0]["id"] == "shoes/green" and found.matches[0]["score"] == pytest.approx(1, abs=1e-5)
+    assert found.region == (0.1, 0.1, 0.9, 0.9) and found.to_dict()["region"] == [0.1, 0.1, 0.9, 0.9]
+    assert found.matches[1]["id"] == "shoes/olive"  # each product once, by its best part
+    assert "region" not in found.matches[0] and whole.to_dict()["region"] is None
+    assert embedder.calls == [1, 2]  # the whole photo and its centre in one model call
+
+    by_default = Searcher(embedder, catalog, SearchConfig(rerank=False, regions="centre"))
+    embedder.calls.clear()
+    assert by_default.search(cluttered(), 1, "any").matches[0]["id"] == "shoes/green"
+    boxed = by_default.search(cluttered(), 1, "any", box=(0, 0, 1, 1))  # a box is searched alone
+    assert boxed.matches[0]["id"] == "shoes/olive" and boxed.region is None
+    assert embedder.calls == [2, 1]
+    with pytest.raises(DataError, match="regions must be one of none, centre, got 'grid'"):
+        searcher.search(cluttered(), 1, regions="grid")
+
+
+def test_a_region_ranks_each_product_by_its_best_part_under_the_prior(catalog):
+    """category=auto over parts: the neighbours' vote and the prior see each product's best score."""
+    searcher = Searcher(ColourEmbedder(), catalog, SearchConfig(rerank=False, category_prior=0.5))
+    found = searcher.search(cluttered(), 4, "auto", regions="centre")
+    assert found.category["predicted"] == "shoes" and found.region == (0.1, 0.1, 0.9, 0.9)
+    assert [m["category"] for m in found.matches] == ["shoes", "shoes", "hats", "hats"]
+    query = searcher.query(cluttered(), regions="centre")
+    vectors = searcher.embedder.embed_pixels(query.inputs)
+    scores = {m["product_id"]: m["score"] for m in found.matches}
+    for match in searcher.search_vector(vectors[0], 4, "any").matches:  # never below the whole photo's
+        assert scores[match["product_id"]] >= match["score"] - 1e-6
+
+
+def test_a_product_verified_in_a_region_is_outlined_on_the_whole_photo(tmp_path):
+    """b's photo seen at an angle in the middle of a wide grey frame: its vector comes from the
+    centre (less grey), where the re-rank verifies it; the outline is where it lies in the whole photo."""
+    from test_rerank import perspective, textured
+
+    class GreyShareEmbedder:
+        """A stand-in model that sees how much of the input is the grey frame: all grey is a, none is b."""
+
+        image_size, dim, fingerprint = 256, 4, ColourEmbedder.fingerprint
+
+        def embed_pixels(self, pixels):
+            grey = (np.abs(np.asarray(pixels, np.float32) - 200).max(axis=3) < 1).mean(axis=(1, 2))
+            out = np.stack([grey, 1 - grey, np.zeros_like(grey), np.zeros_like(grey)], axis=1)
+            return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    files = {}
+    for name, seed in (("a0", 11), ("b0", 13)):
+        files[name] = tmp_path / f"{name}.png"
+        Image.fromarray(textured(seed)).save(files[name])
+    photos = [Photo(name[0], name, str(path), "tops") for name, path in files.items()]
+    vecs = np.asarray([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32)
+    store = build_store(f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint)
+    searcher = Searcher(GreyShareEmbedder(), store, SearchConfig(regions="centre"))
+    corners = ((150, 70), (440, 95), (420, 330), (135, 300))
+    canvas = np.full((400, 600, 3), 200, np.uint8)
+    canvas[:, 100:500] = perspective(textured(13), (400, 400), [(x - 100, y) for x, y in corners])
+    found = searcher.search(canvas, 2, "any")
+    top = found.matches[0]
+    assert top["product_id"] == "b" and top["inliers"] >= searcher.rerank_config.min_inliers
+    assert found.region == (0.1, 0.1, 0.9, 0.9)
+    assert np.abs(np.array(top["outline"]) * (600, 400) - np.array(corners)).max() < 8  # pixels of the whole photo
+    store.close()
+
+
+def test_cli_search_prints_the_part_of_the_photo_that_gave_the_answer(catalog, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("vsearch.embedder.load_embedder", lambda *args, **kwargs: ColourEmbedder())
+    photo = tmp_path / "cluttered.png"
+    Image.fromarray(cluttered()).save(photo)
+    search = ["search", str(photo), "--model", "colour", "--store", str(tmp_path / "shop.vsi"), "-k", "1"]
+    assert cli.main([*search, "--category", "any", "--no-rerank"]) == 0
+    out = capsys.readouterr().out
+    assert "shoes/olive" in out and "found in the part" not in out
+    assert cli.main([*search, "--category", "any", "--no-rerank", "--regions", "centre"]) == 0
+    out = capsys.readouterr().out
+    assert "found in the part 0.1,0.1,0.9,0.9 of the photo (regions centre)" in out and "shoes/green" in out
+    assert cli.main([*search, "--set", "regions=centre", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[: out.rindex("}") + 1])["region"] == [0.1, 0.1, 0.9, 0.9]
+    assert cli.main([*search, "--regions", "grid"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--regions must be one of none, centre, got 'grid'" in err[0]

@@ -205,6 +205,19 @@ def test_healthz_counts_products_and_photos(fake_client, fake_searcher):
     assert body["categories"] == fake_searcher.categories
 
 
+def test_healthz_says_what_the_calibration_was_fitted_on(tmp_path):
+    from vsearch.catalog.calibration import SYNTHETIC_FIT, calibrate_catalog
+
+    searcher = load_searcher(write_catalog(tmp_path))
+    with TestClient(create_app(searcher)) as client:
+        assert client.get("/healthz").json()["calibration"] is None
+        searcher.store.set_calibration(calibrate_catalog(searcher.store, searcher.embedder, photos=12, log=print))
+        body = client.get("/healthz").json()["calibration"]
+    assert body["fitted_on"] == "synthetic" and body["description"] == SYNTHETIC_FIT
+    assert body["heldout"]["photos"] == "synthetic photos of seed 2" and body["heldout"]["num_in_catalog"] == 12
+    assert set(body["heldout"]) >= {"exact_precision", "exact_precision_low", "num_exact", "exact_coverage"}
+
+
 def test_the_server_computes_the_catalogs_rerank_keypoints_at_start(fake_searcher):
     import shutil
     import time
@@ -320,6 +333,46 @@ def test_rerank_is_a_request_field_with_the_server_default(fake_searcher, monkey
         assert len(asked) == expected, (default, field)
     with TestClient(create_app(fake_searcher)) as c:
         assert post(c, photo, rerank="maybe").status_code == 422
+
+
+def test_regions_are_a_request_field_and_the_answer_says_which_part_gave_it(fake_searcher, monkeypatch):
+    """A red photo in a blue frame: its centre finds the red product, the answer says so; a box
+    searches itself alone; one model call a search."""
+    from vsearch.images import load_image
+
+    calls = []
+    embed = fake_searcher.embedder.embed_pixels
+
+    def counted(pixels):
+        calls.append(len(pixels))
+        return embed(pixels)
+
+    monkeypatch.setattr(fake_searcher.embedder, "embed_pixels", counted)
+    red = load_image(fake_searcher.image_path("red/1")).repeat(4, axis=0).repeat(4, axis=1)
+    framed = np.zeros((red.shape[0] * 5 // 4, red.shape[1] * 5 // 4, 3), np.uint8)
+    framed[:] = (30, 40, 200)
+    top, left = (framed.shape[0] - red.shape[0]) // 2, (framed.shape[1] - red.shape[1]) // 2
+    framed[top : top + red.shape[0], left : left + red.shape[1]] = red
+    photo = png(framed)
+    with TestClient(create_app(fake_searcher)) as c:  # none unless told
+        whole = post(c, photo, k=3)
+        centre = post(c, photo, k=3, regions="centre")
+        boxed = post(c, photo, k=3, regions="centre", box="0,0,1,1")
+        bad = post(c, photo, regions="grid")
+        as_query = c.post("/api/search?regions=centre&k=3", files={"file": ("q.png", photo)})
+    assert whole.status_code == centre.status_code == boxed.status_code == 200, (whole.text, centre.text)
+    assert whole.json()["region"] is None and whole.json()["matches"][0]["category"] != "red"
+    assert centre.json()["region"] == [0.1, 0.1, 0.9, 0.9] and centre.json()["matches"][0]["id"] == "red/1"
+    assert as_query.json()["region"] == [0.1, 0.1, 0.9, 0.9]
+    direct = fake_searcher.search(photo, 3, regions="centre")
+    assert [m["id"] for m in centre.json()["matches"]] == [m["id"] for m in direct.matches]
+    assert boxed.json()["region"] is None and boxed.json()["box"] == [0, 0, 1, 1]
+    assert [m["id"] for m in boxed.json()["matches"]] == [m["id"] for m in whole.json()["matches"]]
+    assert bad.status_code == 422 and bad.json()["error"] == "regions must be one of none, centre, got 'grid'"
+    assert calls == [1, 2, 1, 2, 2]  # whole, centre, box, query field, then the direct search
+    with TestClient(create_app(fake_searcher, ServerConfig(search=SearchConfig(regions="centre")))) as c:
+        assert post(c, photo, k=3).json()["region"] == [0.1, 0.1, 0.9, 0.9]  # the server's setting
+        assert post(c, photo, k=3, regions="none").json()["region"] is None
 
 
 # ---------------------------------------------------------------- the server's settings

@@ -314,7 +314,7 @@ def test_photo_over_the_pixel_limit_is_422(small_client, photo):
 
 def test_unexpected_failure_is_a_json_500(embedder, smoke_index, photo, monkeypatch):
     searcher = make_searcher(embedder, smoke_index[1])
-    monkeypatch.setattr(searcher, "search_vector", lambda *a, **kw: 1 / 0)
+    monkeypatch.setattr(searcher, "search_query", lambda *a, **kw: 1 / 0)
     with TestClient(create_app(searcher), raise_server_exceptions=False) as c:
         assert_json_error(post(c, photo), 500, "internal error (ZeroDivisionError)")
         assert c.get("/healthz").status_code == 200

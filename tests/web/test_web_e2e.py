@@ -302,6 +302,40 @@ def test_a_verified_match_is_outlined_on_the_photo(browser, fake_url, fake_searc
         page.close()
 
 
+def test_the_part_of_the_photo_that_gave_the_answer_is_drawn_dashed(browser, fake_url, fake_searcher):
+    """The region an answer carries (made up here) is drawn dashed where it says, beside the
+    verified match's outline; an answer without one draws none, and a box drawn is still the box."""
+    import json
+
+    first = {"rank": 1, "id": "red/1", "score": 0.9, "category": "red", "image_url": "/api/items/red/1/image"}
+    corners = [[0.2, 0.2], [0.7, 0.2], [0.7, 0.8], [0.2, 0.8]]
+    answer = {"category": {"mode": "any"}, "matches": [{**first, "inliers": 30, "outline": corners}], "box": None}
+    answer.update(region=[0.1, 0.1, 0.9, 0.9], elapsed_ms=1.0)
+    current = {"answer": answer}
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.route(
+        "**/api/search",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(current["answer"])),
+    )
+    try:
+        page.goto(fake_url + "/")
+        searched(page, lambda: page.set_input_files("#file", str(fake_searcher.image_path("red/1"))))
+        assert page.is_visible("#region") and page.is_visible("#outline") and page.is_hidden("#box")
+        assert page.eval_on_selector("#region", "e => getComputedStyle(e).borderTopStyle") == "dashed"
+        photo, drawn = page.locator("#preview").bounding_box(), page.locator("#region").bounding_box()
+        assert drawn["x"] == pytest.approx(photo["x"] + 0.1 * photo["width"], abs=3)
+        assert drawn["y"] == pytest.approx(photo["y"] + 0.1 * photo["height"], abs=3)
+        assert drawn["width"] == pytest.approx(0.8 * photo["width"], abs=4)
+        assert drawn["height"] == pytest.approx(0.8 * photo["height"], abs=4)
+        assert "found in the dashed part" in page.text_content("#status")
+        current["answer"] = {**answer, "region": None}
+        searched(page, lambda: page.click("#go"))
+        assert page.is_hidden("#region") and page.is_visible("#outline")
+        assert "dashed" not in page.text_content("#status")
+    finally:
+        page.close()
+
+
 # ---------------------------------------------------------------- products and filters
 
 CARDS = """els => els.map(e => ({product: e.dataset.product, src: e.querySelector('img').getAttribute('src'),

@@ -28,6 +28,11 @@ model and category. This stage learns what the scores mean from the catalog itse
 In-catalog and left-out searches are equally many, so precisions and probabilities are
 those of a stream of customer photos half of which show a product the shop sells.
 
+These photos are our generator's, made from the catalog photos themselves: the calibration
+says so (``fitted_on``, shown by ``vsearch index info``, ``/healthz`` and every verdict).
+A shop with labelled photos of its own fits on those instead
+(:mod:`vsearch.catalog.real_calibration`, ``vsearch calibrate --queries``).
+
     vsearch calibrate --model saved_models/embedding --store saved_models/catalog.vsi
 """
 
@@ -39,7 +44,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from vsearch.artifacts import provenance
-from vsearch.catalog.search import VERDICT_DEPTH, head_model, probability, ranked_features, verdicts
+from vsearch.catalog.search import (
+    SYNTHETIC_FIT,
+    VERDICT_DEPTH,
+    calibration_summary,
+    head_model,
+    probability,
+    ranked_features,
+    verdicts,
+)
 from vsearch.errors import DataError, ImageError
 from vsearch.stores.filters import Condition, Filter
 
@@ -102,9 +115,24 @@ class Samples:
     category: np.ndarray  # (n,) category of the top-1 match
     exact: np.ndarray  # (n,) bool: the top-1 is the photo's product
     present: np.ndarray  # (n,) bool: the photo's product is in the searched catalog
+    # (n,) bool: the re-rank verified the top-1 (the served road then never says "none"); None: not re-ranked
+    verified: np.ndarray | None = None
+    product: np.ndarray | None = None  # (n,) the photo's product, where searches are split by product
 
     def __len__(self) -> int:
         return len(self.top1)
+
+    def take(self, rows) -> Samples:
+        """The samples at ``rows`` (indices or a mask)."""
+        return Samples(
+            self.top1[rows],
+            self.gap[rows],
+            self.category[rows],
+            self.exact[rows],
+            self.present[rows],
+            verified=None if self.verified is None else self.verified[rows],
+            product=None if self.product is None else self.product[rows],
+        )
 
 
 def _features(hits: Sequence[dict], truth: str):
@@ -403,24 +431,43 @@ def _share(mask: np.ndarray) -> float | None:
     return float(mask.mean()) if len(mask) else None
 
 
+def sample_verdicts(calibration: dict, samples: Samples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each sample's verdict, as :meth:`vsearch.catalog.search.Searcher.search_vector` gives it
+    (from the two heads and the thresholds, and never "none" for a verified top-1), and the
+    two heads' probabilities: (verdicts, P(exact), P(in catalog))."""
+    p_exact = head_probabilities(calibration["heads"]["exact"], samples)
+    p_present = head_probabilities(calibration["heads"]["present"], samples)
+    said = verdicts(p_exact, p_present, calibration["thresholds"])
+    if samples.verified is not None:
+        said = np.where((said == "none") & samples.verified, "similar", said)
+    return said, p_exact, p_present
+
+
 def verdict_metrics(calibration: dict, samples: Samples) -> dict:
-    """How the verdicts fare on samples the calibration was not fitted on.
+    """How the verdicts fare on samples the calibration was not fitted on (:func:`verdict_figures`)."""
+    return verdict_figures(samples, *sample_verdicts(calibration, samples))
+
+
+def verdict_figures(samples: Samples, said: np.ndarray, p_exact: np.ndarray, p_present: np.ndarray) -> dict:
+    """The figures of verdicts ``said`` (with the probabilities they came from) on ``samples``.
 
     ``exact_precision``: share of "exact" answers whose top-1 is the product (in-catalog
-    and left-out searches together); ``exact_coverage``: share of in-catalog searches
+    and left-out searches together), of ``num_exact`` answers, and ``exact_precision_low``
+    its lower bound at 90% confidence (Wilson); ``exact_coverage``: share of in-catalog searches
     answered "exact"; ``false_exact_on_left_out``: share of left-out searches answered
     "exact"; ``none_on_left_out`` / ``none_on_in_catalog``: share answered "none";
     ``none_precision``: share of "none" answers to left-out searches;
     ``top1_correct``: share of in-catalog searches whose top-1 is the product (R@1);
     ``ece_exact`` / ``ece_present``: expected calibration error of the two heads.
     """
-    p_exact = head_probabilities(calibration["heads"]["exact"], samples)
-    p_present = head_probabilities(calibration["heads"]["present"], samples)
-    said = verdicts(p_exact, p_present, calibration["thresholds"])
     inside, outside = samples.present, ~samples.present
     exact, none = said == "exact", said == "none"
+    answers, right = int(exact.sum()), int(samples.exact[exact].sum())
     out = {
-        "exact_precision": float(samples.exact[exact].mean()) if exact.any() else None,
+        "exact_precision": right / answers if answers else None,
+        # what so many answers can vouch for: the precision's lower bound at 90% confidence
+        "exact_precision_low": float(wilson_interval(right, answers, CONFIDENCE_Z)[0]) if answers else None,
+        "num_exact": answers,
         "exact_coverage": _share(exact[inside]),
         "false_exact_on_left_out": _share(exact[outside]),
         "none_on_left_out": _share(none[outside]),
@@ -487,7 +534,11 @@ def calibrate_catalog(
         samples[role] = catalog_samples(store, embedder, photos, seed + offset, batch_size)
     calibration = fit_calibration(samples["fit"], samples["check"], store.fingerprint, target, wrong_none)
     calibration.update(
-        heldout=verdict_metrics(calibration, samples["heldout"]),
+        fitted_on={"kind": "synthetic", "description": SYNTHETIC_FIT, "photos": photos},
+        heldout={
+            "photos": f"synthetic photos of seed {seed + 2}",
+            **verdict_metrics(calibration, samples["heldout"]),
+        },
         photos=photos,
         seeds={"fit": seed, "check": seed + 1, "heldout": seed + 2},
         num_items=store.count()[1],
@@ -497,16 +548,18 @@ def calibrate_catalog(
 
 
 def format_calibration(calibration: dict) -> str:
-    """A few lines for a person: methods, thresholds and the held-out figures."""
+    """A few lines for a person: what it was fitted on, methods, thresholds and the held-out figures."""
     t, h = calibration["thresholds"], calibration.get("heldout") or {}
+    summary = calibration_summary(calibration)
 
     def num(value, digits=3):
         return "n/a" if value is None else f"{value:.{digits}f}"
 
     lines = [
-        f"calibration for target precision {calibration['target_precision']:.2f}: "
-        f"exact {calibration['method']['exact']}, present {calibration['method']['present']}; "
-        f"categories with their own model: {sorted(calibration['heads']['exact']['categories']) or 'none'}",
+        f"calibration for target precision {calibration['target_precision']:.2f}, fitted on "
+        f"{summary['description']}: exact {calibration['method']['exact']}, present "
+        f"{calibration['method']['present']}; categories with their own model: "
+        f"{sorted(calibration['heads']['exact']['categories']) or 'none'}",
         f"  'exact' when P(exact) >= {num(t['exact'])}"
         + (" (never: the target is out of reach)" if t["exact"] is None else "")
         + f"; 'none' when P(in catalog) <= {num(t['none'])}"
@@ -517,12 +570,14 @@ def format_calibration(calibration: dict) -> str:
         ),
     ]
     if h:
+        low = h.get("exact_precision_low")
         lines.append(
-            f"  held-out photos (seed {calibration['seeds']['heldout']}, {h['num_in_catalog']} in the catalog, "
-            f"{h['num_left_out']} left out): exact precision {num(h['exact_precision'])} at coverage "
-            f"{num(h['exact_coverage'])} (top-1 right {num(h['top1_correct'])}); false exact on left-out "
-            f"{num(h['false_exact_on_left_out'])}; none on left-out {num(h['none_on_left_out'])}, "
-            f"on in-catalog {num(h['none_on_in_catalog'])} (precision {num(h['none_precision'])}); "
-            f"ECE exact {num(h['ece_exact'], 4)}, present {num(h['ece_present'], 4)}"
+            f"  held-out {summary['heldout']['photos']} ({h['num_in_catalog']} in the catalog, "
+            f"{h['num_left_out']} not): exact precision {num(h['exact_precision'])}"
+            + (f" ({h['num_exact']} answers, >= {low:.3f} at 90% confidence)" if low is not None else "")
+            + f" at coverage {num(h['exact_coverage'])} (top-1 right {num(h['top1_correct'])}); false exact on "
+            f"photos not in the catalog {num(h['false_exact_on_left_out'])}; none on them "
+            f"{num(h['none_on_left_out'])}, on in-catalog {num(h['none_on_in_catalog'])} (precision "
+            f"{num(h['none_precision'])}); ECE exact {num(h['ece_exact'], 4)}, present {num(h['ece_present'], 4)}"
         )
     return "\n".join(lines)

@@ -18,6 +18,9 @@ and ``category``, then any attribute columns (``title``, ``price``, ``url``, ``b
    product id follows the admin API's rule (:func:`vsearch.stores.validate.check_id`), so
    every product a manifest gives can be replaced and deleted through the API.
 
+A query manifest (:func:`read_queries`: labelled customer photos, for evaluation and
+calibration) needs only ``product_id`` and ``image``.
+
 A folder laid out ``<category>/<photo>`` is the shortcut: each photo is its own product,
 with the ids of :func:`catalog_files` (a file whose id breaks the rule is skipped, and said so).
 
@@ -45,6 +48,7 @@ from vsearch.errors import DataError
 from vsearch.stores.validate import check_id, describe, out_of_range, value_problem
 
 REQUIRED = ("product_id", "image", "category")
+QUERY_COLUMNS = ("product_id", "image")  # a query manifest's (read_queries); category is optional
 TYPES = ("bool", "int", "float", "text")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 _INT = re.compile(r"[+-]?(0|[1-9][0-9]*)")
@@ -109,6 +113,26 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     table = read_table(path)
     schema = infer_schema(path, table)
     return Manifest(str(path), to_photos(path, table, schema), schema)
+
+
+def read_queries(path: str | os.PathLike) -> list[tuple[str, Photo]]:
+    """A query manifest: labelled customer photos, each with where it is in the file.
+
+    Columns ``product_id`` (the product the photo shows, in the catalog or not) and ``image``
+    (relative to the manifest's folder, or absolute), optionally ``category``; other columns
+    are not read.
+
+    Raises:
+        DataError: the file cannot be read, lacks a column, has no rows, or names a local
+            image that is not there.
+    """
+    path = Path(path)
+    table = read_table(path, QUERY_COLUMNS)
+    photos = to_photos(path, table, {})
+    for (where, row), photo in zip(table.rows, photos):
+        if "://" not in photo.image and not os.path.isfile(photo.image):
+            raise DataError(f"{path}: {where}: image {row['image']!r} not found ({photo.image})")
+    return [(where, photo) for (where, _), photo in zip(table.rows, photos)]
 
 
 def _walk(root: Path, skipped: dict[str, str]) -> list[Path]:
@@ -181,7 +205,7 @@ def folder_manifest(root: Path) -> Manifest:
 # ---------------------------------------------------------------- step 1: the file as read
 
 
-def read_table(path: Path) -> Table:
+def read_table(path: Path, required: tuple[str, ...] = REQUIRED) -> Table:
     """The columns and raw rows of a manifest file; the format is chosen by its extension."""
     fmt = FORMATS.get(path.suffix.lower())
     if not path.exists():
@@ -191,11 +215,16 @@ def read_table(path: Path) -> Table:
     if not path.is_file():
         raise DataError(f"{path}: no such manifest file")
     table = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[fmt](path)
-    missing = [c for c in REQUIRED if c not in table.columns]
+    missing = [c for c in required if c not in table.columns]
     if missing:
+        what, then = (
+            ("a manifest", "then any attributes")
+            if required == REQUIRED
+            else ("a query manifest", "and category if known")
+        )
         raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)}; a manifest needs "
-            f"{', '.join(REQUIRED)} (then any attributes), found {table.columns}"
+            f"{path}: missing column(s) {', '.join(missing)}; {what} needs "
+            f"{', '.join(required)} ({then}), found {table.columns}"
         )
     if not table.rows:
         raise DataError(f"{path}: no rows; a manifest lists one photo per row")

@@ -283,7 +283,8 @@ def rerank(
     """The short list with its first verified candidate moved to the top.
 
     Args:
-        query: The query photo: bytes, a path, RGB uint8 pixels or its :class:`Features`.
+        query: The query photo: bytes, a path, RGB uint8 pixels or its :class:`Features`; or a
+            match -> the query's :class:`Features` to verify it against (a part of the photo each).
         shortlist: Matches best first (dicts with ``path``, as :mod:`vsearch.stores` returns them).
         load: A match -> its photo's pixels or :class:`Features`, or a list of them (a product's
             photos; the best one counts). Default: :func:`catalog_features` of ``match["path"]``;
@@ -298,9 +299,12 @@ def rerank(
     head, tail = [dict(m) for m in shortlist[: config.depth]], list(shortlist[config.depth :])
     if not head:
         return tail
-    mine = query if isinstance(query, Features) else local_features(to_pixels(query), config)
+    fixed = None  # one query for every candidate; None: a function gives each its own
+    if not callable(query):
+        fixed = query if isinstance(query, Features) else local_features(to_pixels(query), config)
     counts = []
     for match in head:  # in the embedding's order, stopping at the first verified one
+        mine = fixed if fixed is not None else query(match)
         found = load(match)
         photos = list(found) if isinstance(found, (list, tuple)) else [found]
         best, shown = Verification(0), None

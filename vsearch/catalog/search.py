@@ -7,8 +7,12 @@ to what an attribute filter (:class:`vsearch.stores.filters.Filter`) keeps. Buil
 is :mod:`vsearch.catalog.building`'s job.
 
 Settings: a :class:`vsearch.config.SearchConfig` (``Searcher(embedder, store, config)``): the
-defaults of a search that does not say (``k``, ``category``, ``rerank``), the category
-prior's weight, the re-rank's settings and the photo limits.
+defaults of a search that does not say (``k``, ``category``, ``rerank``, ``regions``), the
+category prior's weight, the re-rank's settings and the photo limits.
+
+Regions (``regions="centre"``, off by default): the whole photo and its centre are embedded
+in one model call and each product is scored by its better part (:mod:`vsearch.catalog.regions`);
+the answer's ``region`` is the part that gave the first product.
 
 Category (``category=``): ``auto`` (the default) ranks by the cosine plus a soft category
 prior: the query's nearest catalog items vote for its category (a score-weighted vote), and
@@ -31,11 +35,13 @@ kept in memory.
 
 Calibrated verdict: when the catalog carries a calibration (``vsearch calibrate``, made by
 :mod:`vsearch.catalog.calibration`), every result also says what the top match means, as
-``match = {"verdict": "exact" | "similar" | "none", "confidence": p}``: ``p`` is the
-calibrated probability that the first match is the very product in the photo, from its
-score and its gap to the next product. "exact" when ``p`` reaches the calibration's
-threshold; "none" (not in the catalog) when the calibrated probability that the product
-is in the catalog at all falls to its threshold; "similar" otherwise, and when the two disagree.
+``match = {"verdict": "exact" | "similar" | "none", "confidence": p, "fitted_on": "real" |
+"synthetic"}``: ``p`` is the calibrated probability that the first match is the very product
+in the photo, from its score and its gap to the next product; ``fitted_on`` says what the
+calibration was fitted on (the shop's labelled photos, or photos made from the catalog).
+"exact" when ``p`` reaches the calibration's threshold; "none" (not in the catalog) when the
+calibrated probability that the product is in the catalog at all falls to its threshold;
+"similar" otherwise, and when the two disagree.
 A search with an attribute filter carries no verdict: it was calibrated on the whole catalog.
 """
 
@@ -53,11 +59,12 @@ from pathlib import Path
 import numpy as np
 
 from vsearch.catalog.keypoints import Entry, KeypointStore, file_stamp
+from vsearch.catalog.regions import PART, REGION_BOXES, PartFeatures, Query, best_per_product, region_inputs
 from vsearch.catalog.rerank import DecodeBudget, FeatureCache, Features, RerankConfig, catalog_features, rerank
 from vsearch.config import CATEGORY_PRIOR as CATEGORY_PRIOR  # the prior's default, named here too
 from vsearch.config import SearchConfig
 from vsearch.errors import DataError, ImageError
-from vsearch.images import Box, load_image, model_input, parse_box
+from vsearch.images import Box, load_image, model_input, parse_box, to_pixels
 from vsearch.stores import DEFAULT_STORE, Store, open_store
 from vsearch.stores.filters import Condition, Filter
 
@@ -66,6 +73,8 @@ VOTE_TEMPERATURE = 0.05  # softmax temperature over cosine scores for the vote
 # Products read, however few are shown, for the first match's gap to the next product
 # (vsearch.catalog.calibration measures the gap the same way).
 VERDICT_DEPTH = 2
+# What a calibration without labelled real photos was fitted on, said wherever it is shown.
+SYNTHETIC_FIT = "synthetic photos from the catalog: no labelled real photos given"
 WARM_BATCH = 256  # catalog photos whose keypoints warm_rerank computes before storing them
 log = logging.getLogger(__name__)
 
@@ -120,13 +129,46 @@ def verdicts(p_exact, p_present, thresholds: dict) -> np.ndarray:
 
 
 def match_verdict(calibration: dict, matches: Sequence[dict]) -> dict:
-    """``{"verdict", "confidence"}`` for a ranked list of matches under a stored calibration."""
+    """``{"verdict", "confidence", "fitted_on"}`` for a ranked list of matches under a stored calibration."""
     top1, gap = ranked_features([m["score"] for m in matches], [m["product_id"] for m in matches])
     category = matches[0].get("category", "")
     heads = calibration["heads"]
     p_exact = float(probability(head_model(heads["exact"], category), top1, gap)[0])
     p_present = float(probability(head_model(heads["present"], category), top1, gap)[0])
-    return {"verdict": str(verdicts(p_exact, p_present, calibration["thresholds"])[0]), "confidence": round(p_exact, 4)}
+    return {
+        "verdict": str(verdicts(p_exact, p_present, calibration["thresholds"])[0]),
+        "confidence": round(p_exact, 4),
+        # "real": fitted on the shop's labelled photos; "synthetic": on photos made from the catalog
+        "fitted_on": fitted_on(calibration)["kind"],
+    }
+
+
+def fitted_on(calibration: dict) -> dict:
+    """What a calibration was fitted on: ``kind`` ("real" or "synthetic") and ``description``
+    (a calibration stored before this was said is synthetic)."""
+    return calibration.get("fitted_on") or {"kind": "synthetic", "description": SYNTHETIC_FIT}
+
+
+def calibration_summary(calibration: dict) -> dict:
+    """What a calibration was fitted on and what its "exact" verdict is worth on photos it was
+    not fitted on, with the sample sizes (``/healthz``)."""
+    found, h = fitted_on(calibration), calibration.get("heldout") or {}
+    seeds = calibration.get("seeds") or {}
+    return {
+        "fitted_on": found["kind"],
+        "description": found["description"],
+        "target_precision": calibration.get("target_precision"),
+        "heldout": {
+            "photos": h.get("photos")
+            or (f"synthetic photos of seed {seeds['heldout']}" if "heldout" in seeds else None),
+            **{
+                key: h.get(key)
+                for key in ("exact_precision", "exact_precision_low", "num_exact", "exact_coverage", "num_in_catalog")
+            },
+            "num_not_in_catalog": h.get("num_left_out"),
+        },
+        "date": calibration.get("date"),
+    }
 
 
 # ---------------------------------------------------------------- answering a photo
@@ -164,12 +206,14 @@ class SearchResult:
     category: dict  # mode, predicted, confidence, applied
     match: dict | None = None  # verdict and confidence, when the catalog is calibrated
     filter: Filter | None = None
+    region: Box | None = None  # the part of the photo that gave the first match (None: the whole photo)
 
     def to_dict(self) -> dict:
         out = {
             "category": self.category,
             "filter": self.filter.to_json() if self.filter else {},
             "matches": [{"rank": r + 1, **m} for r, m in enumerate(self.matches)],
+            "region": list(self.region) if self.region is not None else None,
         }
         if self.match is not None:
             out["match"] = self.match
@@ -289,6 +333,25 @@ class Searcher:
     def _vector(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self.embedder.embed_pixels(pixels[None]), np.float32)[0]
 
+    def query(self, image, source: str = "<upload>", box=None, regions: str | None = None) -> Query:
+        """The road for a search: a photo -> the model inputs of the parts it searches
+        (:class:`~vsearch.catalog.regions.Query`): the ``box`` alone when there is one, else the
+        whole photo and the regions of the set ``regions`` (left out: ``config.regions``), each
+        cut from the upright photo at full resolution."""
+        size = int(self.embedder.image_size)
+        if box is not None:
+            box = parse_box(box)
+            return Query(self.model_input(image, source, box)[None], (box,), box)
+        regions = self.config.regions if regions is None else regions
+        if regions not in REGION_BOXES:
+            raise DataError(f"regions must be one of {', '.join(REGION_BOXES)}, got {regions!r}")
+        if not REGION_BOXES[regions]:
+            return Query(self.model_input(image, source)[None], (None,))
+        if isinstance(image, (str, os.PathLike)):
+            source = os.fsdecode(image)
+        pixels = to_pixels(image, source, self.max_pixels, self.max_bytes)
+        return Query(region_inputs(pixels, size, REGION_BOXES[regions]), (None, *REGION_BOXES[regions]))
+
     def search(
         self,
         image,
@@ -298,18 +361,38 @@ class Searcher:
         box=None,
         where: Filter | None = None,
         rerank: bool | None = None,
+        regions: str | None = None,
     ) -> SearchResult:
         """The top-k products for a photo (bytes, path or pixels), or for a ``box`` of it.
 
-        ``k``, ``category`` and ``rerank`` left out: this searcher's settings (``config``).
-        A verified product's ``outline`` is in fractions of the whole upright photo.
+        ``k``, ``category``, ``rerank`` and ``regions`` left out: this searcher's settings
+        (``config``). The photo's parts (:meth:`query`) are embedded in one model call. A
+        verified product's ``outline`` and the answer's ``region`` are in fractions of the
+        whole upright photo.
         """
-        pixels = self.model_input(image, source, box)
+        query = self.query(image, source, box, regions)
+        vectors = np.asarray(self.embedder.embed_pixels(query.inputs), np.float32)
+        return self.search_query(query, vectors, k, category, where, rerank)
+
+    def search_query(
+        self,
+        query: Query,
+        vectors: np.ndarray,
+        k: int | None = None,
+        category: str | None = None,
+        where: Filter | None = None,
+        rerank: bool | None = None,
+    ) -> SearchResult:
+        """The top-k products for a photo's parts (:meth:`query`) and their (n, D) unit vectors.
+
+        Each product is scored by its best part; with ``rerank`` (left out: ``config.rerank``)
+        each short-listed product is verified against the part that scored it. The answer's
+        ``region`` is the part that gave the first product (None: the whole photo, or the
+        customer's box); outlines are in fractions of the whole photo.
+        """
         rerank = self.config.rerank if rerank is None else rerank
-        result = self.search_vector(self._vector(pixels), k, category, where, rerank_query=pixels if rerank else None)
-        if box is not None:
-            result.matches = outlines_in_photo(result.matches, parse_box(box))
-        return result
+        result = self._answer(vectors, k, category, where, query.inputs if rerank else None)
+        return in_photo(result, query)
 
     def search_vector(
         self,
@@ -317,18 +400,34 @@ class Searcher:
         k: int | None = None,
         category: str | None = None,
         where: Filter | None = None,
-        rerank_query: np.ndarray | None = None,
+        rerank_query: np.ndarray | Features | Sequence[np.ndarray | Features] | None = None,
     ) -> SearchResult:
         """The top-k products for an embedding that pass ``where`` (see the module doc for
         ``category``), with the calibrated verdict on the first when the catalog has a calibration.
 
-        ``rerank_query``: the query's model input (or any RGB pixels of it, or its
-        :class:`~vsearch.catalog.rerank.Features`); the first ``rerank_config.depth`` products
-        are then verified against it and the first one that shows the same surface moves to
-        the top (:func:`vsearch.catalog.rerank.rerank`), with its ``outline`` in fractions of
-        ``rerank_query``.
+        ``vector``: one (D,) vector, or (n, D) vectors of parts of one photo (each product
+        scored by its best part). ``rerank_query``: the query's model input (or any RGB pixels
+        of it, or its :class:`~vsearch.catalog.rerank.Features`), or one per part (each product
+        verified against the part that scored it); the first ``rerank_config.depth`` products
+        are then verified and the first one that shows the same surface moves to the top
+        (:func:`vsearch.catalog.rerank.rerank`), with its ``outline`` in fractions of the
+        pixels it was verified in.
         ``k`` and ``category`` left out: this searcher's settings (``config``).
         """
+        result = self._answer(vector, k, category, where, rerank_query)
+        result.matches = [{key: v for key, v in m.items() if key != PART} for m in result.matches]
+        return result
+
+    def _answer(
+        self,
+        vector: np.ndarray,
+        k: int | None,
+        category: str | None,
+        where: Filter | None,
+        rerank_query: np.ndarray | Features | Sequence[np.ndarray | Features] | None,
+    ) -> SearchResult:
+        """:meth:`search_vector`'s answer, each match with the index of the part that scored it (``PART``)."""
+        vector = np.asarray(vector, np.float32).reshape(-1, self.store.dim)
         k = self.config.k if k is None else k
         category = category or self.config.category
         if k < 1:
@@ -348,7 +447,10 @@ class Searcher:
         return result
 
     def verify(
-        self, query: np.ndarray | Features, matches: list[dict], shortlist: list[dict] | None = None
+        self,
+        query: np.ndarray | Features | Sequence[np.ndarray | Features],
+        matches: list[dict],
+        shortlist: list[dict] | None = None,
     ) -> list[dict]:
         """``matches`` with the first verified product of ``shortlist`` (default: ``matches``) on top.
 
@@ -356,11 +458,14 @@ class Searcher:
         the query (one comparison per product, whatever its photo count), in the short list's
         order; examined products carry their ``inliers``, the verified one its ``outline``.
         The short list is the cosine order even when ``matches`` is ranked under the category
-        prior: a product the prior pushed down can still be verified.
+        prior: a product the prior pushed down can still be verified. ``query``: pixels or
+        :class:`~vsearch.catalog.rerank.Features` of the photo, or of each of its parts (a
+        list, or (n, S, S, 3) model inputs): a product is then verified against the part that
+        scored it (its ``PART``).
         """
         deadline = time.monotonic() + self.decode_wait_s  # for the catalog photos of this search, together
         checked = rerank(
-            query if isinstance(query, Features) else np.clip(query, 0, 255).astype(np.uint8),
+            PartFeatures(query, self.rerank_config),
             matches if shortlist is None else shortlist,
             lambda match: self._photo_features(match, deadline),
             self.rerank_config,
@@ -479,7 +584,10 @@ class Searcher:
     def _ranked(
         self, vector: np.ndarray, k: int, category: str, where: Filter | None
     ) -> tuple[SearchResult, list[dict]]:
-        """The ranked result and its short list for verification (the same products in cosine order)."""
+        """The ranked result and its short list for verification (the same products in cosine order).
+
+        ``vector``: (n, D), the parts of one photo; a product scores its best part.
+        """
         category = category or "auto"
         info: dict[str, object] = {"mode": category, "predicted": None, "confidence": None, "applied": False}
         if category == "any":
@@ -515,7 +623,8 @@ class Searcher:
         return sorted(found.values(), key=lambda m: -prior_score(m, votes, self.category_prior))[:k]
 
     def _search(self, vector: np.ndarray, k: int, where: Filter | None) -> list[dict]:
-        return self.store.search(np.asarray(vector, np.float32)[None], k, where=where or None)[0]
+        """The top k products by their best score over the (n, D) parts, in one store call."""
+        return best_per_product(self.store.search(np.asarray(vector, np.float32), k, where=where or None), k)
 
     def image_path(self, photo_id: str) -> Path:
         """A catalog photo's file (from the store's metadata, never from the caller)."""
@@ -523,6 +632,19 @@ class Searcher:
         if photo is None:
             raise KeyError(photo_id)
         return Path(photo["path"])
+
+
+def in_photo(result: SearchResult, query: Query) -> SearchResult:
+    """A result of a photo's parts (:meth:`Searcher.search_query`) told of the whole photo: its
+    ``region`` (the part that gave the first match) and outlines in fractions of the whole photo."""
+    first = result.matches[0].get(PART, 0) if result.matches else 0
+    matches = []
+    for match in result.matches:
+        part = query.boxes[match.get(PART, 0)]
+        match = {key: value for key, value in match.items() if key != PART}
+        matches.append(outlines_in_photo([match], part)[0] if part is not None else match)
+    result.matches, result.region = matches, query.region(first) if matches else None
+    return result
 
 
 def outlines_in_photo(matches: Sequence[dict], box: Box) -> list[dict]:

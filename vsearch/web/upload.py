@@ -21,28 +21,34 @@ RETRY_AFTER_S = 1  # the Retry-After of a 503
 
 
 def decode_upload(searcher, data: bytes, source: str, box=None) -> np.ndarray:
-    """Step 1, under the decode budget: encoded bytes -> the model's (S, S, 3) float32 input.
-
-    The searcher's own step (:meth:`vsearch.catalog.search.Searcher.model_input`); ``box`` is cut
-    from the upright full-resolution photo before resizing.
-    """
+    """Step 1 of a product write, under the decode budget: encoded bytes -> the model's (S, S, 3)
+    float32 input (the searcher's own step, :meth:`vsearch.catalog.search.Searcher.model_input`)."""
     return searcher.model_input(data, source, box)
 
 
+def query_upload(searcher, data: bytes, source: str, box=None, regions: str | None = None):
+    """Step 1 of a search, under the decode budget: encoded bytes -> the model inputs of the parts
+    it searches (:meth:`vsearch.catalog.search.Searcher.query`: the ``box`` alone, or the whole
+    photo and the ``regions``), each cut from the upright full-resolution photo before resizing."""
+    return searcher.query(data, source, box, regions)
+
+
 def embed_and_search(
-    metrics: ServerMetrics, searcher, pixels: np.ndarray, *, k: int, category: str, where=None, rerank: bool = True
+    metrics: ServerMetrics, searcher, query, *, k: int, category: str, where=None, rerank: bool = True
 ):
-    """Steps 2 and 3, each timed: the model call on the decoded input, then the catalog search
-    (with ``rerank``, its short list verified against the same input)."""
-    vector = timed(metrics.stage_seconds.labels("embed"), searcher.embedder.embed_pixels, pixels[None])[0]
+    """Steps 2 and 3, each timed: one model call on the query's parts (a
+    :class:`~vsearch.catalog.regions.Query`), then the catalog search (with ``rerank``, its short
+    list verified against those parts)."""
+    vectors = timed(metrics.stage_seconds.labels("embed"), searcher.embedder.embed_pixels, query.inputs)
     return timed(
         metrics.stage_seconds.labels("search"),
-        searcher.search_vector,
-        vector,
+        searcher.search_query,
+        query,
+        vectors,
         k,
         category,
         where,
-        pixels if rerank else None,
+        rerank,
     )
 
 
@@ -50,16 +56,17 @@ class BudgetedDecoder:
     """Step 1 for every photo the server takes (searches and product writes), under one budget.
 
     ``await decoder(searcher, data, name, box)``: the photo's model input once the budget
-    admits its decoded cost, or None when the budget stayed busy (answer :meth:`busy`).
-    With ``then``, the worker thread that decoded the photo goes on with ``then(pixels)``
-    (a search's steps 2 and 3) and that is the answer: one thread hand-off per search
-    instead of two. The budget is released as soon as decoding ends, either way.
+    admits its decoded cost, or None when the budget stayed busy (answer :meth:`busy`);
+    ``decode``: another step 1 for it (a search's :func:`query_upload`). With ``then``, the
+    worker thread that decoded the photo goes on with ``then(decoded)`` (a search's steps 2
+    and 3) and that is the answer: one thread hand-off per search instead of two. The budget
+    is released as soon as decoding ends, either way.
     """
 
     def __init__(self, budget: DecodeBudget, metrics: ServerMetrics, wait_s: float):
         self.budget, self.metrics, self.wait_s = budget, metrics, float(wait_s)
 
-    async def __call__(self, searcher, data: bytes, name: str, box=None, then=None):
+    async def __call__(self, searcher, data: bytes, name: str, box=None, then=None, decode=decode_upload):
         from fastapi.concurrency import run_in_threadpool
 
         from vsearch.images import image_header
@@ -86,15 +93,15 @@ class BudgetedDecoder:
             return None
         # run_in_threadpool waits for the thread even when the request is cancelled, and the
         # thread releases the budget itself
-        return await run_in_threadpool(self._decode, searcher, data, name, box, cost, then)
+        return await run_in_threadpool(self._decode, searcher, data, name, box, cost, then, decode)
 
-    def _decode(self, searcher, data: bytes, name: str, box, cost: int, then):
-        """(Worker thread) decode under the admitted ``cost``, release it, then ``then(pixels)``."""
+    def _decode(self, searcher, data: bytes, name: str, box, cost: int, then, decode):
+        """(Worker thread) decode under the admitted ``cost``, release it, then ``then(decoded)``."""
         try:
-            pixels = timed(self.metrics.stage_seconds.labels("decode"), decode_upload, searcher, data, name, box)
+            decoded = timed(self.metrics.stage_seconds.labels("decode"), decode, searcher, data, name, box)
         finally:
             self.budget.release(cost)
-        return pixels if then is None else then(pixels)
+        return decoded if then is None else then(decoded)
 
     def busy(self):
         """The 503 for a photo the budget did not admit in time."""

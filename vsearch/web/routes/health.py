@@ -1,8 +1,11 @@
 """``GET /healthz``: liveness, the catalog's size and categories, the model, the re-rank keypoints
-ready, and the store's engine (backend; for Milvus the server's version and the roads taken)."""
+ready, the store's engine (backend; for Milvus the server's version and the roads taken), and
+the calibration: what it was fitted on and its "exact" precision on held-out photos (null
+when the catalog has none)."""
 
 from fastapi import APIRouter
 
+from vsearch.catalog.search import calibration_summary
 from vsearch.stores import engine
 from vsearch.web.deps import CurrentSearcher
 
@@ -24,4 +27,5 @@ def healthz(searcher: CurrentSearcher):
         },
         "rerank_keypoints": searcher.rerank_ready,
         "store": engine(searcher.store),
+        "calibration": calibration_summary(calibration) if (calibration := searcher.store.calibration) else None,
     }

@@ -3,13 +3,17 @@
 Multipart ``file`` plus the fields of :class:`SearchFields`, each as a form field or a query
 field: ``k`` (1..100), ``category`` (``auto``: a soft prior for the voted category; ``any``;
 or a catalog category), ``box`` (``x0,y0,x1,y1``: search only that part of the photo, as
-fractions 0..1 of the upright photo), ``rerank`` (true / false) and ``filter`` (JSON over
-the catalog's attributes, e.g. ``{"price": {"lte": 50}, "brand": ["acme"], "in_stock":
-true}``, see :func:`vsearch.stores.filters.parse_json`). A field left out is the server's
-setting (``ServerConfig.search``: ``k`` 5, ``category`` auto, ``rerank`` on).
+fractions 0..1 of the upright photo), ``rerank`` (true / false), ``regions`` (``none``, or
+``centre``: the photo's centre searched beside it, :mod:`vsearch.catalog.regions`; not with
+a box) and ``filter`` (JSON over the catalog's attributes, e.g. ``{"price": {"lte": 50},
+"brand": ["acme"], "in_stock": true}``, see :func:`vsearch.stores.filters.parse_json`). A
+field left out is the server's setting (``ServerConfig.search``: ``k`` 5, ``category`` auto,
+``rerank`` on, ``regions`` none).
 
 Answers ``{"category": {...}, "filter": {...}, "matches": [{rank, product_id, id, score,
-category, attributes, image_url, inliers, outline}], "box", "elapsed_ms"}`` (``inliers``: on
+category, attributes, image_url, inliers, outline}], "box", "region", "elapsed_ms"}``
+(``region``: the part of the photo that gave the first product, ``[x0, y0, x1, y1]`` as
+fractions of the upright photo like ``box``, null for the whole photo; ``inliers``: on
 the re-rank's short list; ``outline``: on the product it verified, the four corners of its
 catalog photo in the uploaded photo, ``[[x, y], ...]`` top left, top right, bottom right,
 bottom left, as fractions of the upright photo, like ``box``): products, each once with the
@@ -29,14 +33,13 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from vsearch.catalog.products import public_item
-from vsearch.catalog.search import outlines_in_photo
-from vsearch.config import MAX_K
+from vsearch.config import MAX_K, REGION_SETS
 from vsearch.errors import DataError, ImageError
 from vsearch.images import Box, parse_box
 from vsearch.stores.filters import Filter, parse_json
 from vsearch.web.deps import CurrentSearcher, Decoder, Metrics, UploadLimit
 from vsearch.web.middleware import error_response, megabytes
-from vsearch.web.upload import embed_and_search
+from vsearch.web.upload import embed_and_search, query_upload
 
 K_HELP = f"products in the answer, 1..{MAX_K} (default: the server's search.k, 5 unless told)"
 CATEGORY_HELP = "auto (a soft prior for the category the nearest products vote for), any, or a catalog category"
@@ -44,6 +47,10 @@ BOX_HELP = "search only this part of the photo: x0,y0,x1,y1 as fractions 0..1 of
 RERANK_HELP = (
     "verify the short list with local features and put the first product showing the same surface "
     "first (true / false; default: the server's --rerank / --no-rerank, on unless told)"
+)
+REGIONS_HELP = (
+    "parts of the photo searched beside it, in the same model call: none, or centre (its centre 80%); "
+    "not with a box (default: the server's search.regions)"
 )
 FILTER_HELP = 'JSON over the attributes, e.g. {"price": {"lte": 50}, "brand": ["acme", "zeta"], "in_stock": true}'
 
@@ -58,6 +65,7 @@ class SearchFields(BaseModel):
     box: str | None = Field(None, description=BOX_HELP)
     filter: str | None = Field(None, description=FILTER_HELP)
     rerank: bool | None = Field(None, description=RERANK_HELP)
+    regions: str | None = Field(None, description=REGIONS_HELP)
 
 
 @dataclass(frozen=True)
@@ -69,12 +77,13 @@ class SearchParams:
     box: Box | None
     where: Filter
     rerank: bool
+    regions: str
 
 
 async def search_params(
     form: Annotated[SearchFields, Form()], query: Annotated[SearchFields, Query()], searcher: CurrentSearcher
 ) -> SearchParams:
-    """The request's :class:`SearchFields` -> :class:`SearchParams`; a bad category, box or filter is a 422."""
+    """The request's :class:`SearchFields` -> :class:`SearchParams`; a bad category, box, regions or filter is a 422."""
     settings = searcher.config
     category = (form.category or query.category or settings.category).strip()
     if category not in ("any", "auto", *searcher.categories):
@@ -86,12 +95,16 @@ async def search_params(
     except (ImageError, DataError) as exc:  # "box: ... is not a box inside the photo ...", "filter on 'price': ..."
         raise HTTPException(422, str(exc)) from None
     rerank = form.rerank if form.rerank is not None else query.rerank
+    regions = (form.regions or query.regions or settings.regions).strip()
+    if regions not in REGION_SETS:
+        raise HTTPException(422, f"regions must be one of {', '.join(REGION_SETS)}, got {regions!r}")
     return SearchParams(
         k=form.k or query.k or settings.k,
         category=category,
         box=box,
         where=where,
         rerank=settings.rerank if rerank is None else rerank,
+        regions=regions,
     )
 
 
@@ -119,16 +132,15 @@ async def search(
         rerank=params.rerank,
     )
     try:
-        result = await decoder(searcher, data, name, params.box, then=steps)
+        decode = partial(query_upload, regions=params.regions)
+        result = await decoder(searcher, data, name, params.box, then=steps, decode=decode)
         if result is None:
             return decoder.busy()
     except ImageError as exc:
         return error_response(422, f"{name}: {exc.reason}")
     except DataError as exc:
         return error_response(422, str(exc))
-    if params.box is not None:  # the re-rank saw the box: its outline, in fractions of the whole photo
-        result.matches = outlines_in_photo(result.matches, params.box)
-    out = result.to_dict()
+    out = result.to_dict()  # outlines and region in fractions of the whole photo
     out["matches"] = [public_item(m) for m in out["matches"]]
     out["box"] = list(params.box) if params.box is not None else None
     out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 1)
