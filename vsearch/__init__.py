@@ -3,7 +3,7 @@
 The folders are the architecture; each layer imports only the layers below it (an
 import-linter contract in pyproject.toml, run by ``make lint``)::
 
-    cli.py                         argparse only: each command calls one function of a wing
+    cli/                           argparse only: each command calls one function of a wing
     learn/   |   web/              the learning wing (TensorFlow) | the HTTP server; never each other
     catalog/                       what a shop's catalog is: manifests, products, search, calibration
     stores/                        where its vectors live: one interface, FAISS and Milvus, filters
