@@ -6,6 +6,7 @@ from conftest import ColourEmbedder
 from PIL import Image
 
 from vsearch.catalog.search import Searcher
+from vsearch.config import RerankConfig, SearchConfig
 from vsearch.learn import metrics
 from vsearch.learn.evaluate import class_retrieval
 from vsearch.learn.served_ranking import GivenVectors, class_ranking, photo_store, target_ranks
@@ -44,7 +45,10 @@ def test_the_re_rank_brings_the_photographed_item_first(shop):
     from test_rerank import warped
 
     vecs, labels, paths, store = shop
-    searcher = Searcher(GivenVectors(ColourEmbedder()), store)
+    # The toy model's input is 8 px: keypoints at 256 px and 12 inliers verify its photo (the
+    # served 512 px / 20 find spurious corners in an 8 px square enlarged 64 times).
+    config = SearchConfig(reranker=RerankConfig(side=256, min_inliers=12))
+    searcher = Searcher(GivenVectors(ColourEmbedder()), store, config)
     query = vecs[3:4].copy()  # the vector points at product 3; the photo shows the fifth by cosine
     target = int(np.argsort(-(vecs @ vecs[3]), kind="stable")[4])
     photo = warped(np.asarray(Image.open(paths[target])))
