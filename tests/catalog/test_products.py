@@ -264,6 +264,26 @@ def test_decoded_pixels_are_taken_as_given(searcher, catalog):
     assert given[0]["score"] == pytest.approx(given[1]["score"], abs=1e-6)
 
 
+def test_a_stored_write_is_answered_with_what_it_wrote(searcher, catalog, monkeypatch, caplog):
+    """Once the store has it, the write is acknowledged: deleted by another writer at once, or its
+    re-rank keypoints failing, it answers the product it stored, never an error."""
+    written = put_product(searcher, "mine", [upload("red", 5)], media_dir=catalog[1], attributes={"price": 3})
+    upsert = searcher.store.upsert
+
+    def upsert_then_deleted(photos, vectors):  # another writer's DELETE lands right after this write
+        upsert(photos, vectors)
+        searcher.store.delete(["mine"])
+
+    def failing(photos):
+        raise RuntimeError("keypoints unavailable")
+
+    monkeypatch.setattr(searcher.store, "upsert", upsert_then_deleted)
+    monkeypatch.setattr(searcher, "store_keypoints", failing)
+    again = put_product(searcher, "mine", [upload("red", 5)], media_dir=catalog[1], attributes={"price": 3})
+    assert again == written and searcher.store.get("mine") is None
+    assert "re-rank keypoints not stored (keypoints unavailable)" in caplog.text
+
+
 def test_delete_says_whether_the_product_was_there(searcher, catalog):
     put_product(searcher, "gone", [upload("red", 7)], media_dir=catalog[1])
     assert delete_product(searcher.store, "gone") is True

@@ -284,6 +284,24 @@ def test_concurrent_writers_keep_exactly_what_was_acknowledged(spec):
     assert {w % 2 for w, _, ok in results if ok} == ({1} if kinds == {int} else {0})
 
 
+def test_a_writer_kept_waiting_by_another_process_is_a_store_error(spec, monkeypatch):
+    """Another process holding the writers' lock too long (a bulk `index add`) is the store being
+    busy, not the write being wrong: a StoreError (the API's 503 with Retry-After), nothing written."""
+    from vsearch.artifacts import file_lock
+    from vsearch.errors import StoreError
+
+    store = open_store(spec)
+    monkeypatch.setattr(journal, "WRITE_WAIT_S", 0.2)
+    with file_lock(spec.split(":", 1)[1]):  # another open file: flock keeps it apart as another process' lock
+        with pytest.raises(StoreError, match="another writer still holds .* nothing was written") as error:
+            store.upsert(photos_of("c"), vectors(2, 5))
+        with pytest.raises(StoreError):
+            store.delete(["a"])
+    assert error.value.retry_after == 5 and store.get("c") is None and open_store(spec).count() == (2, 4)
+    store.upsert(photos_of("c"), vectors(2, 5))
+    assert open_store(spec).get("c") is not None
+
+
 @pytest.mark.parametrize("kind", ["exact", "hnsw"])
 def test_a_broad_filter_goes_through_faiss_with_a_selector(tmp_path, monkeypatch, kind):
     from vsearch.stores import filters

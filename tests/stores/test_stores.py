@@ -5,6 +5,7 @@ import hashlib
 
 import numpy as np
 import pytest
+import writes  # tests/writes.py: what acknowledged writes must leave
 
 from vsearch.catalog.manifest import Photo
 from vsearch.errors import DataError
@@ -433,20 +434,18 @@ def hammer(store, ids, rounds: int, seed: int, log: list, failures: list, errors
             return
 
 
+def state_of(store, product_id: str) -> dict | None:
+    """A product as a write's logged effect says it (tests/writes.py); None when it is not there."""
+    found = store.get(product_id)
+    if found is None:
+        return None
+    return {"category": found.category, "attributes": dict(found.attributes), "photos": list(found.photos)}
+
+
 def check_acknowledged(store, ids, log) -> int:
-    """Each product is as the last acknowledged write left it: one whose write no other write on it
-    started after (several overlapping ones may each be last). Returns how many writes were checked."""
-    for product_id in ids:
-        ops = [op for op in log if op[2] == product_id]
-        last = [op for op in ops if not any(other[0] > op[1] for other in ops)]
-        if not last or not all(op[4] for op in last):
-            continue  # never written, or a write that failed may have been last
-        found = store.get(product_id)
-        state = None if found is None else {k: v for k, v in found.to_dict().items() if k != "product_id"}
-        if found is not None:
-            state["photos"] = list(found.photos)
-        assert state in [op[3] for op in last], (product_id, state, [op[3] for op in last])
-    return len(log)
+    """Each product is as the last acknowledged write left it (:func:`writes.check_acknowledged`);
+    returns how many writes were checked."""
+    return writes.check_acknowledged(lambda product_id: state_of(store, product_id), ids, log)
 
 
 def test_concurrent_puts_and_deletes_keep_exactly_what_was_acknowledged(store, spec):

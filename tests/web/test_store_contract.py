@@ -3,7 +3,9 @@
 What a shop operator relies on whatever ``--store`` says: one result per product, filters,
 the admin token, a PUT found by the next search, a DELETE gone from it, 20 concurrent PUTs
 all answered 200 and all there after a restart (of the app, and of the Milvus server, killed),
-and a store that fails on its side answered 503 with ``Retry-After``, never a 4xx.
+concurrent PUTs and DELETEs of the same products leaving exactly what was acknowledged (the
+Milvus server killed under them, too), and a store that fails on its side answered 503 with
+``Retry-After``, never a 4xx.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 
 import httpx
 import numpy as np
 import pytest
+import writes  # tests/writes.py: what acknowledged writes must leave
 from fake_server import COLOURS, FINGERPRINT, ColourEmbedder, photo, png, post, write_catalog
 from fastapi.testclient import TestClient
 
@@ -110,12 +114,14 @@ def test_20_concurrent_puts_are_all_answered_and_kept_after_a_restart(shop, requ
                 with lock:
                     answers[f"conc{n}"] = r.status_code if r.status_code == 200 else f"{r.status_code} {r.text}"
 
-    with BackgroundServer(app_over(shop)) as server:
+    app = app_over(shop)
+    with BackgroundServer(app) as server:
         workers = [threading.Thread(target=client, args=(t, server)) for t in range(8)]
         for w in workers:
             w.start()
         for w in workers:
             w.join()
+    app.state.live.store.close()  # the last user of a milvus-lite file: its server stops
     assert answers == {f"conc{n}": 200 for n in range(20)}
     if shop[0].startswith("milvus:http"):
         process = request.getfixturevalue("milvus_process")
@@ -144,3 +150,113 @@ def test_a_store_failure_is_503_with_retry_after_never_a_4xx(shop, monkeypatch):
         ):
             assert r.status_code == 503 and r.headers["retry-after"] == "2", (r.status_code, r.text)
             assert "server unavailable" in r.json()["error"]
+
+
+# ---------------------------------------------------------------- concurrent PUTs and DELETEs of the same products
+
+HAMMERED = ("red/1", "blue/2", "w1", "w2", "w3")  # two of the catalog's products and three new ones
+
+
+def admin_writer(url: str, seed: int, rounds: int, log: list, wrong: list) -> None:
+    """One admin client's ``rounds`` PUTs (1-3 new photos, one of two attribute sets) or DELETEs of
+    random :data:`HAMMERED` products, logged as tests/writes.py says: a 200 (or a DELETE's 404:
+    nothing there) is acknowledged, a 503 with ``Retry-After`` is not; any other answer, or a
+    PUT answered with anything but what it wrote, goes to ``wrong``."""
+    rng = np.random.default_rng(seed)
+    with httpx.Client(base_url=url, timeout=120) as http:
+        for n in range(rounds):
+            product_id = HAMMERED[rng.integers(len(HAMMERED))]
+            started = time.monotonic()
+            if rng.random() < 0.3:
+                r = http.delete(f"/api/products/{product_id}", headers=AUTH)
+                effect, acknowledged = None, r.status_code in (200, 404)
+            else:
+                blobs = [png(photo(COLOURS["green"], 1000 * seed + 10 * n + j)) for j in range(rng.integers(1, 4))]
+                attributes = {"price": float(n), "brand": f"w{seed}"} if rng.random() < 0.5 else {"stock": n}
+                r = http.put(
+                    f"/api/products/{product_id}",
+                    files=[("files", (f"{j}.png", blob, "image/png")) for j, blob in enumerate(blobs)],
+                    data={"attributes": json.dumps(attributes), "category": "green"},
+                    headers=AUTH,
+                )
+                photos = [f"{product_id}/{hashlib.sha256(blob).hexdigest()[:16]}" for blob in blobs]
+                effect, acknowledged = (
+                    {"category": "green", "attributes": attributes, "photos": photos},
+                    r.status_code == 200,
+                )
+                if acknowledged and state(r.json()) != effect:
+                    wrong.append(("answered another product than it wrote", product_id, r.json(), effect))
+            log.append((started, time.monotonic(), product_id, effect if acknowledged else "?", acknowledged))
+            if not acknowledged and not (r.status_code == 503 and r.headers.get("retry-after")):
+                wrong.append((r.request.method, product_id, r.status_code, r.text))
+
+
+def admin_writers(url: str, rounds: int, log: list, wrong: list, seeds=range(6)) -> list[threading.Thread]:
+    threads = [threading.Thread(target=admin_writer, args=(url, seed, rounds, log, wrong)) for seed in seeds]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def state(product: dict) -> dict:
+    """A product as the API shows it -> as a write's logged effect says it."""
+    return {
+        "category": product["category"],
+        "attributes": product["attributes"],
+        "photos": [p["id"] for p in product["photos"]],
+    }
+
+
+def check_catalog(shop, log: list) -> None:
+    """The catalog, opened afresh, holds what the acknowledged writes left, in its reads, its
+    searches and its counts."""
+    with TestClient(app_over(shop)) as client:
+
+        def read(product_id: str) -> dict | None:
+            r = client.get(f"/api/products/{product_id}")
+            assert r.status_code in (200, 404), r.text
+            return state(r.json()) if r.status_code == 200 else None
+
+        writes.check_acknowledged(read, HAMMERED, log)
+        there = {product_id for product_id in HAMMERED if read(product_id) is not None}
+        matches = post(client, png(photo(COLOURS["green"], 1)), k=100, category="any").json()["matches"]
+        assert {m["product_id"] for m in matches} & set(HAMMERED) == there  # no phantom rows, none missing
+        assert client.get("/healthz").json()["products"] == 10 + len(there) == len(matches)
+        client.app.state.live.store.close()
+
+
+def test_concurrent_puts_and_deletes_of_the_same_products_keep_what_was_acknowledged(shop, request):
+    """6 admin clients PUT and DELETE 5 products at once (milvus-lite answered such PUTs 422 while
+    keeping them): every write is answered 200 (a DELETE of nothing 404), a PUT with what it
+    wrote, and the catalog holds what the last acknowledged write of each product left, after the
+    store is opened again and the Milvus server killed and started again. On the server, writers
+    then run while it is killed: each write is acknowledged or answered 503 with Retry-After, and
+    what was acknowledged is there after it."""
+    log: list = []
+    wrong: list = []
+    app = app_over(shop)
+    with BackgroundServer(app) as server:
+        for t in admin_writers(server.url, 8, log, wrong):
+            t.join()
+    app.state.live.store.close()
+    assert wrong == [] and len(log) == 48 and all(op[4] for op in log), wrong
+    server_process = request.getfixturevalue("milvus_process") if shop[0].startswith("milvus:http") else None
+    if server_process is not None:
+        server_process.stop(hard=True)
+        server_process.start()
+    check_catalog(shop, log)
+    if server_process is None:
+        return
+    app = app_over(shop)
+    with BackgroundServer(app) as server:
+        during = admin_writers(server.url, 12, log, wrong, seeds=range(10, 16))
+        time.sleep(1.0)
+        server_process.stop(hard=True)
+        server_process.start()
+        for t in during:
+            t.join()
+        for t in admin_writers(server.url, 3, log, wrong, seeds=range(20, 26)):  # once the server is back
+            t.join()
+    app.state.live.store.close()
+    assert wrong == [] and not all(op[4] for op in log[48:]), wrong  # some writes met the server down
+    check_catalog(shop, log)

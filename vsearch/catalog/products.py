@@ -20,7 +20,9 @@
    in place;
 5. ``store.upsert``: the product gets exactly these photos, category and attributes,
    persisted before it returns; then the photos' re-rank keypoints are stored beside it
-   (:meth:`vsearch.catalog.search.Searcher.store_keypoints`).
+   (:meth:`vsearch.catalog.search.Searcher.store_keypoints`; a failure there is logged, as
+   searches compute what is missing). The write is then acknowledged: the answer is the
+   product as written, never an error, whatever another writer did to it meanwhile.
 
 A photo's id is ``<product_id>/<sha256[:16]>`` of its bytes: the same photo keeps its id
 from one write to the next, and the same photo twice in one write is kept once.
@@ -39,6 +41,7 @@ carries a server path.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import time
@@ -54,7 +57,7 @@ import numpy as np
 
 from vsearch.catalog.manifest import Photo, value_type
 from vsearch.errors import DataError
-from vsearch.stores import RESERVED
+from vsearch.stores import RESERVED, Product
 from vsearch.stores.validate import INT_MAX, INT_MIN, check_id, describe, value_problem
 from vsearch.stores.validate import MAX_ID_CHARS as MAX_ID_CHARS  # the API's limit (tests and docs name it here)
 
@@ -64,6 +67,7 @@ PRIVATE_FIELDS = ("path",)  # what the store knows of a photo that must not leav
 ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 MEDIA_FILE = re.compile(r"(?P<digest>[0-9a-f]{64})\.[a-z0-9]{1,8}")  # <sha256>.<ext>: what keep_photo writes
 MEDIA_MIN_AGE_S = 600.0  # collect_media spares a file written or reused this recently
+log = logging.getLogger(__name__)
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp", "TIFF": "tif"}
 
 
@@ -288,7 +292,8 @@ def put_product(
         media_dir: Where uploaded bytes are kept (local files are used in place).
         pixels: The photos already decoded, one per upload (the server decodes under its budget).
     Returns:
-        The stored :class:`~vsearch.stores.Product`.
+        The :class:`~vsearch.stores.Product` this write stored (as ``store.get`` reads it, unless
+        another writer has replaced or deleted it since).
     Raises:
         DataError: a bad id, category or attribute (named), or no photo; nothing is written.
         ImageError: an unusable photo; nothing is written.
@@ -313,11 +318,21 @@ def put_product(
             for u in uploads
         ]
         searcher.store.upsert(photos, vectors)
-    searcher.store_keypoints(photos)  # the re-rank's, now rather than in a customer's search
-    stored = searcher.store.get(product.product_id)
-    if stored is None:  # another writer deleted it in between: say so rather than answer None
-        raise DataError(f"product {product.product_id!r} was removed while it was being written")
-    return stored
+    # Acknowledged from here on: the answer is what this write stored, not read back (another
+    # writer may have replaced or deleted the product since, and a read that fails would turn a
+    # stored write into an error).
+    written = Product(
+        product.product_id,
+        product.category,
+        dict(product.attributes),
+        tuple(p.photo_id for p in photos),
+        tuple(p.image for p in photos),
+    )
+    try:
+        searcher.store_keypoints(photos)  # the re-rank's, now rather than in a customer's search
+    except Exception as exc:  # noqa: BLE001  (a search computes what is missing; the write stands)
+        log.warning("product %r: re-rank keypoints not stored (%s)", product.product_id, exc)
+    return written
 
 
 def delete_product(store, product_id: str) -> bool:

@@ -11,8 +11,9 @@ files, where the store's state stands in them, and every step that reads or writ
 atomically. ``PATH.log`` starts with a header record naming the snapshot ``generation`` it
 extends, then one record per upsert, delete or calibration, each ``magic | length | crc32 |
 body``, appended and fsynced under the exclusive writers' lock
-(:func:`vsearch.artifacts.file_lock`). Readers open the snapshot and the log together under
-the shared lock.
+(:func:`vsearch.artifacts.file_lock`; a writer another process keeps waiting past
+``WRITE_WAIT_S`` gets a :class:`~vsearch.errors.StoreError`, the API's 503, and writes
+nothing). Readers open the snapshot and the log together under the shared lock.
 
 **Damage.** A record cut short by a crash fails its length or checksum with nothing intact
 after it (a *torn tail*): readers stop before it, the next writer cuts it off. A damaged
@@ -48,14 +49,14 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from vsearch.artifacts import _fsync_dir, file_lock, write_atomic
-from vsearch.errors import DataError
+from vsearch.errors import DataError, StoreError
 from vsearch.stores.validate import TYPES, describe
 
 FORMAT = "vsearch-catalog/3"
@@ -63,6 +64,7 @@ LOG_FORMAT = "vsearch-log/1"
 MAGIC = b"VSR1"
 HEAD = struct.Struct("<4sQI")  # magic, body length, crc32 of the body
 REMEDY = "rebuild it with `vsearch index build`"
+WRITE_WAIT_S = 600.0  # how long a writer waits for another process' write (a bulk `index add`)
 # What reading a damaged or hand-made file may raise, from zipfile, numpy's header parser
 # (ast, tokenize), json, FAISS and the checks here: all of them mean a file that cannot be used.
 DAMAGE = (
@@ -564,8 +566,17 @@ class Journal:
 
     @contextmanager
     def writing(self):
-        """This thread as the only writer of the catalog, caught up, with a log of its generation."""
-        with self.sync, file_lock(self.path):
+        """This thread as the only writer of the catalog, caught up, with a log of its generation.
+
+        Raises:
+            StoreError: another process held the writers' lock past ``WRITE_WAIT_S`` (nothing
+                written; the API's 503, worth a retry).
+        """
+        with self.sync, ExitStack() as held:
+            try:
+                held.enter_context(file_lock(self.path, timeout=WRITE_WAIT_S))
+            except DataError as exc:  # the store is busy, not the write wrong
+                raise StoreError(f"{exc}; nothing was written", retry_after=5) from None
             self.catch_up(locked=True)
             if self.log is None or self.log_gen != self.generation:
                 self.start_log()

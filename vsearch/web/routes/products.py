@@ -2,8 +2,9 @@
 
 * ``PUT /api/products/{product_id}``: multipart ``files`` (1 to 32 photos), ``attributes``
   (a JSON object of name -> value) and ``category`` (optional; a PUT replaces the whole
-  product, so an omitted one is ``""``). Answers the stored product (as ``GET`` does),
-  once the store has persisted it; the next search sees it.
+  product, so an omitted one is ``""``). Answers the product as this write stored it (as
+  ``GET`` shows it), once the store has persisted it, whatever another writer did to it
+  since; the next search sees it.
 * ``DELETE /api/products/{product_id}``: ``{"deleted": id}``, or 404 for an unknown product.
 * ``GET /api/products/{product_id}``: public; ``product_id``, ``category``, ``attributes``,
   ``photos`` (``id``, ``image_url``).
@@ -12,7 +13,10 @@ Writes need the admin token (:func:`vsearch.web.admin.require_admin`). A write t
 of :mod:`vsearch.catalog.products`; its photos go through the server's decode budget one at a
 time (503 when it stays busy) and its upload limit (413 for a photo over it, or for more than
 32 photos). A bad id, category, attribute (JSON, reserved name, wrong type) or photo is 422
-naming it, and nothing is written. Concurrent writes are serialized by the store.
+naming it, and nothing is written. Concurrent writes are serialized by the store; a store
+that fails on its side (a Milvus server down, another write holding the catalog too long)
+is 503 with ``Retry-After``, and the message says whether the write may be partly done
+(writing it again completes it).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime.
