@@ -29,12 +29,26 @@ SLOW_MODULES = {
     "test_web_e2e.py",
     "test_budget_memory.py",
     "test_integration.py",
+    "test_shutdown.py",  # servers in subprocesses, stopped by signals
+}
+# Single tests over a few seconds each (`make test-fast --durations`): they train a model or
+# hammer every store with concurrent writers.
+SLOW_TESTS = {
+    "test_training_excludes_bad_files",
+    "test_a_loss_that_is_no_longer_finite_stops_training_and_saves_nothing",
+    "test_triplet_model_save_load_compare",
+    "test_tower_outputs_unit_vectors_and_round_trips",
+    "test_concurrent_puts_and_deletes_keep_exactly_what_was_acknowledged",
+    "test_concurrent_puts_and_deletes_of_the_same_products_keep_what_was_acknowledged",
+    "test_20_concurrent_puts_are_all_answered_and_kept_after_a_restart",
+    "test_hostile_ids_are_written_read_listed_and_deleted_as_themselves",
 }
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in SLOW_MODULES:
+        slow_test = getattr(item, "originalname", item.name) in SLOW_TESTS
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in SLOW_MODULES or slow_test:
             item.add_marker(pytest.mark.slow)
 
 
