@@ -78,7 +78,8 @@ grocery-train: venv weights
 	$(VSEARCH) siamese --preset grocery
 
 # Real photos against (a) the iconic images only, (b) the iconic images plus the train photos:
-# served defaults, plain cosine and frozen ImageNet features, overall and per category.
+# the served road (the search defaults; ARGS="--preset thorough" for the regions), plain cosine
+# and frozen ImageNet features, overall and per category.
 eval-real: venv weights
 	@test -f $(GROCERY)/queries.csv || $(MAKE) grocery
 	$(VSEARCH) eval --queries $(GROCERY)/queries.csv --catalog $(GROCERY)/catalog.csv --model $(EVAL_MODEL) \

@@ -106,6 +106,29 @@ def test_eval_validation():
         c.EvalConfig(grid_queries=0)
 
 
+def test_eval_config_holds_the_search_settings_of_its_served_road(tmp_path):
+    cfg = c.apply_overrides(c.EvalConfig(), {"search.regions": "centre", "search.reranker.depth": "4"})
+    assert (
+        cfg.search.regions == "centre" and cfg.search.reranker.depth == 4 and c.EvalConfig().search == c.SearchConfig()
+    )
+    thorough = c.preset(c.EvalConfig, "thorough")
+    assert thorough.search == c.preset(c.SearchConfig, "thorough") and thorough.model_dir == c.EvalConfig().model_dir
+    c.save_json(thorough, tmp_path / "config.json")
+    assert c.load_json(c.EvalConfig, tmp_path / "config.json") == thorough
+    with pytest.raises(c.ConfigError, match="search.regions must be one of none, centre"):
+        c.apply_overrides(c.EvalConfig(), {"search.regions": "everywhere"})
+
+
+def test_overrides_from_give_back_the_config():
+    cfg = c.apply_overrides(
+        c.preset(c.SearchConfig, "thorough"), {"rerank": "false", "category_prior": "0.05", "reranker.depth": "3"}
+    )
+    settings = c.overrides_from(cfg)
+    assert settings == ["category_prior=0.05", "rerank=false", "reranker.depth=3", "regions=centre"]
+    assert c.apply_overrides(c.SearchConfig(), c.parse_overrides(settings)) == cfg
+    assert c.overrides_from(c.SearchConfig()) == [] and c.overrides_from(cfg, cfg) == []
+
+
 @pytest.mark.parametrize(
     "text, message", [(None, "cannot read it"), ("{not json", "not valid JSON"), ("[1, 2]", "expected a JSON object")]
 )

@@ -197,6 +197,10 @@ class SiameseConfig:
 class EvalConfig:
     """Stage 3, ``vsearch eval``: retrieval metrics and pictures from the exported model.
 
+    ``search`` is how the served road of ``vsearch eval --queries Q --catalog C`` answers
+    (:mod:`vsearch.learn.query_eval`): the settings a server would search with, so that the
+    road a shop serves is the road it measures (``--preset thorough``, ``--set search.regions=centre``).
+
     ``vsearch eval --preset default``
     """
 
@@ -212,6 +216,8 @@ class EvalConfig:
     seed: int = 7
     num_threads: int = 0  # TFLite model_dir: decoding and inference threads (0: every core)
     reference_dir: str = ""  # TFLite model_dir: SavedModel for parity (empty: the one it came from)
+    # the served road of `vsearch eval --queries` (SearchConfig is defined below, with serving's settings)
+    search: SearchConfig = field(default_factory=lambda: SearchConfig())
 
     def __post_init__(self):
         _check_finite(self)
@@ -473,6 +479,8 @@ PRESETS: dict[type, dict[str, Any]] = {
             grid_queries=2,
             baseline_weights="none",
         ),
+        # --queries: the served road with the photo's centre searched too (SearchConfig's thorough)
+        "thorough": lambda: EvalConfig(search=preset(SearchConfig, "thorough")),
     },
     # Serving: `smoke` keeps a test server small and quick (re-ranks 3 candidates on fewer
     # keypoints, takes small photos); `cosine` ranks by the cosine alone (no prior, no re-rank).
@@ -609,6 +617,22 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
 def to_dict(config) -> dict[str, Any]:
     """The config as plain JSON-able data, with its class name."""
     return {"__class__": type(config).__name__, **dataclasses.asdict(config)}
+
+
+def overrides_from(config, base=None) -> list[str]:
+    """The ``KEY=VALUE`` overrides (``--set``) that turn ``base`` into ``config``, in field order:
+    ``apply_overrides(base, parse_overrides(overrides_from(config, base)))`` is ``config``.
+
+    Args:
+        config: A config dataclass instance.
+        base: One of the same class (default: the class's defaults).
+    """
+    was = _flatten(dataclasses.asdict(type(config)() if base is None else base))
+    return [
+        f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+        for key, value in _flatten(dataclasses.asdict(config)).items()
+        if was.get(key) != value
+    ]
 
 
 # Values renamed since a config.json may have been written: (class name, key) -> {old: new}.

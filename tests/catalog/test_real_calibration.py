@@ -284,3 +284,63 @@ def test_cli_calibrate_on_labelled_photos(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert err.startswith("vsearch calibrate: error: ") and fragment in err and err.count("\n") == 1
     assert kept_calibration(index)["fitted_on"]["kind"] == "real"  # the refused runs changed nothing
+
+
+def test_cli_calibrate_searches_with_the_serving_settings(tmp_path, capsys, monkeypatch):
+    from vsearch import cli
+
+    monkeypatch.setattr("vsearch.embedder.load_embedder", lambda *args, **kwargs: ColourEmbedder())
+    index = str(write_catalog(tmp_path / "shop"))
+    queries = write_queries(tmp_path, shots=2)
+    common = ["--store", index, "--model", "fake", "--target-precision", "0.8"]
+    settings = ["--preset", "thorough", "--set", "rerank=false"]
+    assert cli.main(["calibrate", "--queries", str(queries), *settings, *common]) == 0
+    out = capsys.readouterr()
+    assert "searched as served (category auto, re-rank off, regions centre)" in out.err
+    assert "searches: category auto, re-rank off, regions centre" in out.out
+    road = kept_calibration(index)["road"]
+    assert (road["category"], road["rerank"], road["regions"]) == ("auto", False, "centre")
+    # without labelled photos the settings would be ignored: refused, before the model loads
+    monkeypatch.setattr("vsearch.embedder.load_embedder", lambda *args, **kwargs: pytest.fail("model loaded"))
+    assert cli.main(["calibrate", "--preset", "thorough", *common]) == 2
+    err = capsys.readouterr().err
+    assert "search setting regions=centre needs --queries" in err and err.count("\n") == 1
+    assert cli.main(["calibrate", "--queries", str(queries), "--set", "regions=everywhere", *common]) == 2
+    assert "regions must be one of none, centre" in capsys.readouterr().err
+    assert kept_calibration(index)["road"]["regions"] == "centre"  # the refused runs changed nothing
+
+
+def test_index_build_calibrate_keeps_the_synthetic_road(tmp_path, capsys, monkeypatch):
+    from vsearch import cli
+
+    monkeypatch.setattr("vsearch.embedder.load_embedder", lambda *args, **kwargs: ColourEmbedder())
+    write_catalog(tmp_path / "shop")
+    index = str(tmp_path / "built.vsi")
+    args = ["index", "build", str(tmp_path / "shop" / "photos"), "--model", "fake", "--store", index]
+    assert cli.main([*args, "--kind", "exact", "--calibrate", "--photos", "6"]) == 0
+    calibration = kept_calibration(index)
+    assert calibration["photos"] == 6 and calibration["fitted_on"]["kind"] == "synthetic" and "road" not in calibration
+
+
+def test_a_calibration_says_the_road_it_was_fitted_on(shop, tmp_path):
+    from vsearch.catalog.search import calibration_summary, road_differences
+    from vsearch.config import SearchConfig, preset
+
+    thorough = preset(SearchConfig, "thorough")
+    calibration = real.calibrate_on_queries(
+        shop, ColourEmbedder(), write_queries(tmp_path, shots=2), target=0.8, config=thorough, log=lambda _: None
+    )
+    assert (
+        calibration["road"]["regions"] == "centre" and calibration_summary(calibration)["road"] == calibration["road"]
+    )
+    assert road_differences(calibration, thorough) == {}
+    assert road_differences(calibration, SearchConfig()) == {"regions": ("centre", "none")}
+    assert road_differences(calibration, SearchConfig(category="any", rerank=False)) == {
+        "category": ("auto", "any"),
+        "rerank": (True, False),
+        "regions": ("centre", "none"),
+    }
+    before_regions = {**calibration, "road": {k: v for k, v in calibration["road"].items() if k != "regions"}}
+    assert road_differences(before_regions, thorough) == {"regions": ("none", "centre")}  # it searched whole photos
+    synthetic = {k: v for k, v in calibration.items() if k != "road"}
+    assert road_differences(synthetic, thorough) == {} and calibration_summary(synthetic)["road"] is None

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ColourEmbedder, solid
+from PIL import Image
 
 from vsearch import cli
 from vsearch import config as c
@@ -142,6 +143,68 @@ def test_every_road_on_a_tiny_shop(shop):
     json.dumps(out)  # plain values
 
 
+def framed(path: Path, inside, border, size: int = 50) -> Path:
+    """A photo of ``inside`` filling the centre 80% (the centre region), framed by ``border``."""
+    pixels = np.full((size, size, 3), border, np.uint8)
+    edge = size // 10
+    pixels[edge:-edge, edge:-edge] = inside
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_the_served_road_with_the_default_settings_answers_as_before(shop, tmp_path):
+    """regions none: the batch vector and the re-rank's model input, as the road before the
+    search settings were the served road's (``make eval-real``'s figures stay)."""
+    from vsearch.catalog.building import build_catalog
+    from vsearch.catalog.search import Searcher
+    from vsearch.embedder import embed_images
+
+    catalog, queries = shop
+    framed(catalog.parent / "phone" / "red-on-green.png", (250, 10, 10), (10, 240, 10))
+    images = [str(p) for p in sorted((catalog.parent / "phone").glob("*.*")) if p.name != "broken.jpg"]
+    store, _ = build_catalog(ColourEmbedder(), catalog, f"faiss:{tmp_path / 'c.vsi'}", kind="exact")
+    searcher = Searcher(ColourEmbedder(), store)
+    vectors = embed_images(ColourEmbedder(), images).vectors
+    road = qe.model_roads("colour", ColourEmbedder(), c.SearchConfig()).roads[0]
+    assert (road.key, road.category, road.rerank, road.regions) == ("served", "auto", True, "none")
+    before = [
+        searcher.search_vector(v, 10, "auto", rerank_query=searcher.model_input(image)).matches
+        for v, image in zip(vectors, images)
+    ]
+    assert qe.answer_queries(searcher, vectors, images, road, 10) == before
+    store.close()
+
+
+def test_the_served_road_searches_with_the_search_settings(shop, tmp_path):
+    """regions centre: a red product framed in green is pink to the whole photo, red to its centre."""
+    from vsearch.catalog.building import build_catalog
+    from vsearch.catalog.search import Searcher
+
+    catalog, _ = shop
+    photo = framed(catalog.parent / "phone" / "red-on-green.png", (250, 10, 10), (10, 240, 10))
+    queries = manifest(tmp_path / "framed.csv", [("red-hat", str(photo), "hats")])
+    thorough = c.preset(c.SearchConfig, "thorough")
+    runs = {}
+    for search in (c.SearchConfig(), thorough):
+        runs[search.regions] = qe.evaluate_queries(
+            catalog, queries, [qe.model_roads("colour", ColourEmbedder(), search)], log=lambda _: None
+        )
+    whole, centre = runs["none"]["roads"], runs["centre"]["roads"]
+    assert (
+        whole["served"]["overall"]["recall@1"] == 0.0 and runs["none"]["per_query"][0]["first"]["served"] == "pink-hat"
+    )
+    assert centre["served"]["overall"]["recall@1"] == 1.0 and centre["served"]["regions"] == "centre"
+    assert centre["served"]["name"] == "served: colour, category auto + re-rank, regions centre"
+    assert centre["cosine"]["overall"] == whole["cosine"]["overall"] and centre["cosine"]["regions"] == "none"
+    assert runs["centre"]["searcher"]["regions"] == "centre" and runs["none"]["searcher"]["regions"] == "none"
+    # the answer a server with these settings gives
+    store, _ = build_catalog(ColourEmbedder(), catalog, f"faiss:{tmp_path / 'c.vsi'}", kind="exact")
+    served = Searcher(ColourEmbedder(), store, thorough).search(photo, 10)
+    assert served.region == (0.1, 0.1, 0.9, 0.9)
+    assert runs["centre"]["per_query"][0]["first"]["served"] == served.matches[0]["product_id"] == "red-hat"
+    store.close()
+
+
 def test_queries_that_are_catalog_photos_are_flagged(shop):
     catalog, _ = shop
     out = qe.evaluate_queries(catalog, catalog, [qe.model_roads("colour", ColourEmbedder())], log=lambda _: None)
@@ -216,6 +279,37 @@ def test_run_writes_the_report_and_its_json(shop, tmp_path, numpy_model):
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["roads"]["served"]["overall"]["recall@1"] == 0.75 and saved["baseline"] is False
     assert saved["model"]["fingerprint"] == ColourEmbedder.fingerprint
+
+
+def test_the_report_states_the_search_settings_and_its_command_reproduces_them(shop, tmp_path, numpy_model, capsys):
+    catalog, queries = shop
+    out = tmp_path / "thorough.md"
+    args = ["eval", "--queries", str(queries), "--catalog", str(catalog), "--no-baseline", "--out", str(out)]
+    assert cli.main([*args, "--preset", "thorough", "--set", "search.reranker.depth=4"]) == 0
+    text, saved = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    assert (
+        "The served road answers as a server with these search settings: category auto (prior 0.02), re-rank "
+        "of the first 4 with at least 20 inliers, regions centre (the whole photo and its centre" in text
+    )
+    assert "category auto + re-rank, regions centre** | 0.750 |" in text
+    assert saved["searcher"]["regions"] == "centre" and saved["roads"]["served"]["regions"] == "centre"
+    assert saved["config"]["search"]["regions"] == "centre"
+    command = saved["command"]
+    assert "--set search.reranker.depth=4 --set search.regions=centre" in command and f"`{command}`" in text
+    # the command written gives the same settings back
+    words = command.split()
+    again = c.apply_overrides(c.EvalConfig(), c.parse_overrides([w for p, w in zip(words, words[1:]) if p == "--set"]))
+    assert again.search == c.apply_overrides(c.preset(c.SearchConfig, "thorough"), {"reranker.depth": "4"})
+    assert cli.main([*args]) == 0  # the defaults: the header as before, no --set
+    text, command = out.read_text(), json.loads(out.with_suffix(".json").read_text())["command"]
+    assert "re-rank of the first 10 with at least 20 inliers, regions none (the whole photo)" in text
+    assert "--set" not in command and "category auto + re-rank** |" in text
+
+
+def test_stage_3_refuses_search_settings_it_would_ignore(capsys):
+    assert cli.main(["eval", "--preset", "thorough"]) == 2
+    err = capsys.readouterr().err
+    assert "search.regions=centre: the search settings are for --queries and --catalog" in err and err.count("\n") == 1
 
 
 def test_run_refuses_a_report_that_is_not_markdown(shop, tmp_path):

@@ -214,8 +214,23 @@ def test_healthz_says_what_the_calibration_was_fitted_on(tmp_path):
         searcher.store.set_calibration(calibrate_catalog(searcher.store, searcher.embedder, photos=12, log=print))
         body = client.get("/healthz").json()["calibration"]
     assert body["fitted_on"] == "synthetic" and body["description"] == SYNTHETIC_FIT
+    assert body["road"] is None and body["differs_from_served"] == []  # synthetic: no served road to compare
     assert body["heldout"]["photos"] == "synthetic photos of seed 2" and body["heldout"]["num_in_catalog"] == 12
     assert set(body["heldout"]) >= {"exact_precision", "exact_precision_low", "num_exact", "exact_coverage"}
+
+
+def test_healthz_shows_the_road_the_calibration_was_fitted_on(tmp_path):
+    from vsearch.catalog.calibration import calibrate_catalog
+
+    searcher = load_searcher(write_catalog(tmp_path))
+    road = {"category": "auto", "category_prior": 0.02, "rerank": True, "regions": "none"}
+    calibration = calibrate_catalog(searcher.store, searcher.embedder, photos=12, log=print)
+    searcher.store.set_calibration({**calibration, "road": road})
+    thorough = ServerConfig(reload_interval_s=0, search=SearchConfig(regions="centre"))
+    for config, differs in ((ServerConfig(reload_interval_s=0), []), (thorough, ["regions"])):
+        with TestClient(create_app(searcher, config)) as client:
+            body = client.get("/healthz").json()["calibration"]
+        assert body["road"] == road and body["differs_from_served"] == differs
 
 
 def test_the_server_computes_the_catalogs_rerank_keypoints_at_start(fake_searcher):

@@ -479,6 +479,36 @@ def test_serve_port_in_use_exits_2_before_loading_the_model(fake_index, capsys):
     assert time.monotonic() - start < 5
 
 
+def test_serve_says_once_at_start_when_the_calibration_was_fitted_on_another_road(tmp_path, monkeypatch, capsys):
+    from fake_server import ColourEmbedder, write_catalog
+
+    from vsearch.catalog.calibration import calibrate_catalog
+    from vsearch.stores import open_store
+    from vsearch.web import server
+
+    index = write_catalog(tmp_path)
+    store = open_store(f"faiss:{index}")
+    calibration = calibrate_catalog(store, ColourEmbedder(), photos=12, log=lambda _: None)
+    store.set_calibration({**calibration, "road": {"category": "auto", "rerank": True, "regions": "none"}})
+    store.close()
+    monkeypatch.setattr("vsearch.embedder.load_embedder", lambda *args, **kwargs: ColourEmbedder())
+    monkeypatch.setattr(server, "serve", lambda app, sock, log_level="info": sock.close())  # started, not served
+    for preset, noted in (("default", False), ("thorough", True)):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        args = ["serve", "--store", f"faiss:{index}", "--model", "fake", "--port", str(port), "--preset", preset]
+        assert cli.main(args) == 0
+        err = capsys.readouterr().err
+        notes = [line for line in err.splitlines() if "calibration was fitted on" in line]
+        assert len(notes) == noted, err
+    assert notes[0] == (
+        "vsearch: note: the catalog's calibration was fitted on searches with regions none; this server searches "
+        "with regions centre, whose scores it was not fitted on: calibrate again with the serving settings "
+        "(vsearch calibrate --queries ... with the same --preset/--set)"
+    )
+
+
 def test_vsearch_serve_serves_writes_and_takes_in_other_writers(smoke_index, smoke_run, tmp_path):
     """`vsearch serve` as an operator runs it: serves, takes a product write with its token, and
     picks up `vsearch index remove` from another process."""

@@ -411,6 +411,14 @@ def fit_calibration(
         "exact": threshold_for_precision(head_probabilities(heads["exact"], check), check.exact, target),
         "none": threshold_for_rate(head_probabilities(heads["present"], check)[check.present], wrong_none),
     }
+    return new_calibration(fingerprint, heads, thresholds, target, wrong_none, selection_ece=selection)
+
+
+def new_calibration(fingerprint: str, heads: dict, thresholds: dict, target: float, wrong_none: float, **more) -> dict:
+    """The calibration a store keeps (read by :func:`vsearch.catalog.search.match_verdict`), from
+    its fitted ``heads`` (``exact`` and ``present``, :func:`fit_head`) and ``thresholds``; each
+    head's method is its global model's. ``more``: further keys, after these.
+    """
     return {
         "version": 1,
         "fingerprint": fingerprint,
@@ -420,7 +428,7 @@ def fit_calibration(
         "heads": heads,
         "thresholds": thresholds,
         "method": {name: head["global"]["method"] for name, head in heads.items()},
-        "selection_ece": selection,
+        **more,
     }
 
 
@@ -569,6 +577,12 @@ def format_calibration(calibration: dict) -> str:
             else f" (wrong on at most {calibration.get('wrong_none', DEFAULT_WRONG_NONE):.0%} of in-catalog photos)"
         ),
     ]
+    road = calibration.get("road")
+    if road:  # fitted on served searches: their settings are part of what it means
+        lines.append(
+            f"  searches: category {road.get('category')}, re-rank {'on' if road.get('rerank') else 'off'}, "
+            f"regions {road.get('regions', 'none')}"
+        )
     if h:
         low = h.get("exact_precision_low")
         lines.append(

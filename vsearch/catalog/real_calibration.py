@@ -7,8 +7,9 @@ each with the product it shows (:func:`vsearch.catalog.manifest.read_queries`), 
 fits the verdict on them and states its precision on photos the fit never saw:
 
 1. **Searches** (:func:`served_samples`): each photo answered as ``POST /api/search`` answers
-   it (a :class:`~vsearch.catalog.search.Searcher` with the serving defaults: the photo road,
-   the category prior, the re-rank of the short list), and the answer read as the verdict
+   it (a :class:`~vsearch.catalog.search.Searcher` with the search settings the server serves
+   with, ``vsearch calibrate --preset/--set``: by default the photo road, the category prior,
+   the re-rank of the short list; kept as the calibration's ``road``), and the answer read as the verdict
    reads it: top-1 score, gap to the next product, the top match's category, whether the
    re-rank verified it. The "not in the catalog" side is real photos too: the manifest's
    photos of products the catalog lacks when it has any; otherwise every photo is searched
@@ -51,6 +52,7 @@ from vsearch.catalog.calibration import (
     Samples,
     fit_head,
     head_probabilities,
+    new_calibration,
     sample_verdicts,
     threshold_for_rate,
     verdict_figures,
@@ -190,16 +192,8 @@ def fit_on_photos(
         raise ValueError(f"the target precision must be between 0 and 1, got {target}")
     heads = {outcome: fit_head(samples, outcome, "platt") for outcome in ("exact", "present")}
     in_catalog = head_probabilities(heads["present"], samples)[samples.present]
-    return {
-        "version": 1,
-        "fingerprint": fingerprint,
-        "features": ["top1", "gap"],
-        "target_precision": target,
-        "wrong_none": wrong_none,
-        "heads": heads,
-        "thresholds": {"exact": float(target), "none": threshold_for_rate(in_catalog, wrong_none)},
-        "method": {"exact": "platt", "present": "platt"},
-    }
+    thresholds = {"exact": float(target), "none": threshold_for_rate(in_catalog, wrong_none)}
+    return new_calibration(fingerprint, heads, thresholds, target, wrong_none)
 
 
 def cross_validate(
@@ -243,7 +237,8 @@ def calibrate_on_queries(
 ) -> dict:
     """Calibrates the served answers of ``store`` on the labelled photos of a query manifest;
     returns the calibration (keep it with ``store.set_calibration``), its held-out figures from
-    ``folds`` folds by product.
+    ``folds`` folds by product. The photos are searched with ``config`` (the settings the server
+    serves with), kept as the calibration's ``road``.
 
     The catalog's current calibration, if any, is measured on the same searches too (logged):
     what the one being replaced was worth on these photos.
@@ -265,7 +260,7 @@ def calibrate_on_queries(
     searcher = Searcher(embedder, store, config)
     log(
         f"{len(rows)} labelled photos of {len(products)} products ({source}), searched as served (category "
-        f"{config.category}, re-rank {'on' if config.rerank else 'off'}); not in the catalog: "
+        f"{config.category}, re-rank {'on' if config.rerank else 'off'}, regions {config.regions}); not in the catalog: "
         + (f"{len(absent)} of its products" if absent else "each photo again with its product left out")
     )
     samples = served_samples(searcher, rows, leave_out=not absent, source=source)
@@ -300,6 +295,7 @@ def calibrate_on_queries(
             "rerank": config.rerank,
             "rerank_depth": config.reranker.depth,
             "min_inliers": config.reranker.min_inliers,
+            "regions": config.regions,
         },
         seed=seed,
         num_items=store.count()[1],

@@ -75,6 +75,8 @@ VOTE_TEMPERATURE = 0.05  # softmax temperature over cosine scores for the vote
 VERDICT_DEPTH = 2
 # What a calibration without labelled real photos was fitted on, said wherever it is shown.
 SYNTHETIC_FIT = "synthetic photos from the catalog: no labelled real photos given"
+# The settings of a road whose scores a calibration is bound to (a real calibration's ``road``).
+ROAD_SETTINGS = ("category", "rerank", "regions")
 WARM_BATCH = 256  # catalog photos whose keypoints warm_rerank computes before storing them
 log = logging.getLogger(__name__)
 
@@ -149,14 +151,31 @@ def fitted_on(calibration: dict) -> dict:
     return calibration.get("fitted_on") or {"kind": "synthetic", "description": SYNTHETIC_FIT}
 
 
+def road_differences(calibration: dict, config: SearchConfig) -> dict[str, tuple]:
+    """Where the searches a calibration was fitted on (its ``road``: one fitted on labelled photos,
+    :mod:`vsearch.catalog.real_calibration`) differ from those of ``config``: setting -> (fitted
+    on, ``config``'s), for :data:`ROAD_SETTINGS`. Its verdicts read scores of that road; another
+    road's scores (the best of several parts, a re-ranked first) are not what it was fitted on.
+    A calibration without a road (synthetic) has none; one without ``regions`` searched whole photos.
+    """
+    road = calibration.get("road")
+    if not road:
+        return {}
+    fitted = {"regions": "none", **road}
+    return {
+        key: (fitted.get(key), getattr(config, key)) for key in ROAD_SETTINGS if fitted.get(key) != getattr(config, key)
+    }
+
+
 def calibration_summary(calibration: dict) -> dict:
-    """What a calibration was fitted on and what its "exact" verdict is worth on photos it was
-    not fitted on, with the sample sizes (``/healthz``)."""
+    """What a calibration was fitted on (with the searches' settings, ``road``, where known) and
+    what its "exact" verdict is worth on photos it was not fitted on, with the sample sizes (``/healthz``)."""
     found, h = fitted_on(calibration), calibration.get("heldout") or {}
     seeds = calibration.get("seeds") or {}
     return {
         "fitted_on": found["kind"],
         "description": found["description"],
+        "road": calibration.get("road"),
         "target_precision": calibration.get("target_precision"),
         "heldout": {
             "photos": h.get("photos")

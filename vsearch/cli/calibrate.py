@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
-from vsearch.cli.common import DEFAULT_MODEL, UsageError, embedder_of, log_err, store_arg, store_of
+from vsearch.cli.common import (
+    DEFAULT_MODEL,
+    UsageError,
+    embedder_of,
+    log_err,
+    serving_settings,
+    settings_args,
+    store_arg,
+    store_of,
+)
 
 
 def cmd_calibrate(args) -> int:
+    from vsearch.config import SearchConfig
+
     check_calibration_args(args)
     for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
         if value is not None and value < 1:  # before the model loads: its output is the one line
             raise UsageError(f"{flag} must be >= 1, got {value}")
+    settings = serving_settings(SearchConfig, args, {})
+    check_settings_need_queries(settings, args.queries)
     if args.queries:
         from vsearch.catalog.manifest import read_queries
 
         read_queries(args.queries)  # a bad manifest is one line before the model loads
     embedder = embedder_of(args)
     store = store_of(args, embedder)
-    calibrate(store, embedder, args)
+    calibrate(store, embedder, args, settings)
     print(f"wrote the calibration into {store.spec}")
     return 0
 
@@ -32,11 +45,26 @@ def check_calibration_args(args) -> None:
         raise UsageError("--calibrate needs --model: it searches customer photos made from the catalog")
 
 
-def calibrate(store, embedder, args) -> None:
+def check_settings_need_queries(settings, queries: str | None) -> None:
+    """Search settings other than the defaults are the road of a calibration on labelled photos
+    (``--queries``): the synthetic one searches whole photos by plain cosine whatever they say."""
+    from vsearch.config import overrides_from
+
+    changed = overrides_from(settings)
+    if changed and not queries:
+        raise UsageError(
+            f"search setting {changed[0]} needs --queries: without labelled photos the calibration "
+            "searches simulated photos, whole, by plain cosine, whatever the settings"
+        )
+
+
+def calibrate(store, embedder, args, settings=None) -> None:
     """Calibrates ``store``'s answers and keeps the calibration in it (``vsearch calibrate``,
-    ``index build --calibrate``); writes to the store meanwhile are kept."""
+    ``index build --calibrate``); writes to the store meanwhile are kept. With ``--queries`` the
+    photos are searched with ``settings`` (a :class:`~vsearch.config.SearchConfig`; default: its defaults)."""
     from vsearch.catalog.calibration import calibrate_catalog, format_calibration
     from vsearch.catalog.real_calibration import calibrate_on_queries
+    from vsearch.config import SearchConfig
 
     if getattr(args, "queries", None):
         calibration = calibrate_on_queries(
@@ -46,6 +74,7 @@ def calibrate(store, embedder, args) -> None:
             args.target_precision,
             args.wrong_none,
             args.seed,
+            config=settings or SearchConfig(),
             log=log_err,
         )
     else:
@@ -111,7 +140,9 @@ def add_calibrate_parser(sub) -> None:
         "simulated ones made from the catalog's photos. Fit calibrated probabilities (per category "
         "where there are enough photos) and the thresholds for the target precision, state the precision "
         "on photos the fit did not see, and store them in the index, so every search result "
-        "carries match: {verdict, confidence, fitted_on}.",
+        "carries match: {verdict, confidence, fitted_on}. With --queries the photos are searched with the "
+        "search settings (--preset, --set, --config: those `vsearch serve` takes under search.*, e.g. "
+        "--preset thorough); calibrate with the settings the server serves with.",
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"SavedModel folder or .tflite (default {DEFAULT_MODEL})")
     p.add_argument(
@@ -123,6 +154,7 @@ def add_calibrate_parser(sub) -> None:
         "measured on 5 folds by product (--seed deals them)",
     )
     store_arg(p)
+    settings_args(p, "--set regions=centre --set reranker.depth=20", shorthands=False)
     p.add_argument("--threads", type=int, default=None, help="inference threads (TFLite)")
     p.add_argument("--batch-size", type=int, default=32, help="images per embedding batch")
     calibration_args(p)

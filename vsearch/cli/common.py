@@ -77,12 +77,14 @@ def serving_settings(cls, args, flags: dict[str, tuple[str, object]]):
         raise
 
 
-def settings_args(p, example: str) -> None:
-    """``--preset``, ``--set`` and ``--config`` of a serving command (see :func:`serving_settings`)."""
+def settings_args(p, example: str, shorthands: bool = True) -> None:
+    """``--preset``, ``--set`` and ``--config`` of a serving command (see :func:`serving_settings`);
+    ``shorthands``: whether the command has flags that set some of them too."""
     p.add_argument(
         "--preset",
         default="default",
-        help="settings preset: default, smoke (small limits, for tests) or cosine (no category prior, no re-rank)",
+        help="settings preset: default, smoke (small limits, for tests), cosine (no category prior, no re-rank) "
+        "or thorough (the photo's centre searched too)",
     )
     p.add_argument(
         "--set",
@@ -90,7 +92,8 @@ def settings_args(p, example: str) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"override a setting, e.g. {example} (the flags below set some of them too; docs/serving.md)",
+        help=f"override a setting, e.g. {example} "
+        + ("(the flags below set some of them too; docs/serving.md)" if shorthands else "(docs/serving.md)"),
     )
     p.add_argument("--config", metavar="FILE", help="a JSON file of settings (any of them; the rest keep the defaults)")
 

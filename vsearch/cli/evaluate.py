@@ -6,7 +6,7 @@ from vsearch.cli.common import UsageError, build_config, config_args
 
 
 def cmd_eval(args) -> int:
-    from vsearch.config import EvalConfig
+    from vsearch.config import EvalConfig, overrides_from
     from vsearch.images import load_image
     from vsearch.learn.evaluate import run_eval
 
@@ -23,6 +23,9 @@ def cmd_eval(args) -> int:
             "reference_dir": args.reference,
         },
     )
+    changed = overrides_from(config.search)
+    if changed:  # stage 3's served ranking is the Searcher's defaults: a setting would be ignored
+        raise UsageError(f"search.{changed[0]}: the search settings are for --queries and --catalog, not stage 3")
     if args.query:
         load_image(args.query, config.data.max_image_pixels)  # fail fast, before loading models
     run_eval(config, query=args.query)
@@ -76,7 +79,9 @@ def add_eval_parser(sub) -> None:
     real = p.add_argument_group(
         "real photos",
         "labelled customer photos against a catalog, both manifests (product_id, image, category, ...): "
-        "R@1/5/10 and top-1 category of the served defaults, the plain cosine and frozen ImageNet features",
+        "R@1/5/10 and top-1 category of the served road, the plain cosine and frozen ImageNet features; the "
+        "served road answers with the search settings search.* (--preset thorough: the photo's centre too; "
+        "--set search.regions=centre, --set search.rerank=false, ...), as `vsearch serve` with them would",
     )
     real.add_argument("--queries", metavar="MANIFEST", help="the labelled query photos, one per row")
     real.add_argument(

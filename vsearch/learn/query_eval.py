@@ -8,10 +8,12 @@ catalog is built into a temporary store as ``vsearch index build`` builds it
 embedded through the served road (:func:`~vsearch.embedder.embed_images`) and each is answered
 by a :class:`~vsearch.catalog.search.Searcher` over that store. The roads, in one run:
 
-* ``served``: the model behind the search defaults, the category prior of ``category=auto``
-  and the re-rank of the short list (fed the query's model input, as the server feeds it):
-  what a customer gets;
-* ``cosine``: the same model and store, plain cosine (``category=any``, no re-rank);
+* ``served``: the model behind the search settings (``EvalConfig.search``, a
+  :class:`~vsearch.config.SearchConfig`: by default the category prior of ``category=auto``
+  and the re-rank of the short list; ``regions="centre"`` searches the photo's centre too),
+  each photo answered as the server answers it (:meth:`~vsearch.catalog.search.Searcher.query`,
+  then :meth:`~vsearch.catalog.search.Searcher.search_query`): what a customer gets;
+* ``cosine``: the same model and store, plain cosine (whole photo, ``category=any``, no re-rank);
 * ``frozen``: frozen ImageNet MobileNetV2 features (global average pooling), plain cosine:
   what any trained model has to beat.
 
@@ -25,11 +27,12 @@ road, and listed. The report (markdown, with JSON beside it) says where it came 
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ import numpy as np
 from vsearch import config as cfg_mod
 from vsearch.artifacts import printable, provenance, write_atomic, write_json
 from vsearch.catalog.manifest import Photo, read_manifest
-from vsearch.config import EvalConfig
+from vsearch.config import EvalConfig, SearchConfig
 from vsearch.embedder import Embedder
 from vsearch.errors import BackboneError, DataError
 
@@ -53,28 +56,34 @@ class Road:
 
     key: str
     name: str
-    category: str  # the search's category mode: "auto" (the prior) or "any" (plain cosine)
+    category: str  # the search's category mode: "auto" (the prior), "any" (plain cosine) or a category
     rerank: bool
+    regions: str = "none"  # the parts of the photo searched beside it (SearchConfig.regions)
 
 
 @dataclass(frozen=True)
 class ModelRoads:
-    """A model (an :class:`~vsearch.embedder.Embedder`) and the roads that answer with it."""
+    """A model (an :class:`~vsearch.embedder.Embedder`), the roads that answer with it, and the
+    settings of its :class:`~vsearch.catalog.search.Searcher` (the category prior, the re-rank's,
+    the photo limits)."""
 
     label: str
     embedder: Embedder
     roads: tuple[Road, ...]
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
-def model_roads(label: str, embedder) -> ModelRoads:
-    """The evaluated model's two roads: the served defaults and the plain cosine."""
+def served_road(label: str, search: SearchConfig) -> Road:
+    """The road a customer gets under the search settings ``search``."""
+    name = f"served: {label}, category {search.category}" + (" + re-rank" if search.rerank else "")
+    name += f", regions {search.regions}" if search.regions != "none" else ""
+    return Road("served", name, search.category, search.rerank, search.regions)
+
+
+def model_roads(label: str, embedder, search: SearchConfig = SearchConfig()) -> ModelRoads:
+    """The evaluated model's two roads: served under the settings ``search``, and the plain cosine."""
     return ModelRoads(
-        label,
-        embedder,
-        (
-            Road("served", f"served: {label}, category auto + re-rank", "auto", True),
-            Road("cosine", f"cosine: {label}", "any", False),
-        ),
+        label, embedder, (served_road(label, search), Road("cosine", f"cosine: {label}", "any", False)), search
     )
 
 
@@ -137,16 +146,28 @@ def confusions(first: Sequence[str], targets: Sequence[str], top: int = CONFUSIO
 
 
 def answer_queries(searcher, vectors: np.ndarray, images: Sequence[str], road: Road, k: int) -> list[list[dict]]:
-    """Each query's top-``k`` matches (products, best first) through ``searcher`` on ``road``.
+    """Each query's top-``k`` matches (products, best first) through ``searcher`` on ``road``
+    (:func:`plain_answer` or :func:`served_answer`); ``vectors``: the queries' whole-photo vectors."""
+    answer = plain_answer if road.regions == "none" and not road.rerank else served_answer
+    return [answer(searcher, vector, image, road, k) for vector, image in zip(vectors, images)]
 
-    The re-rank gets the query's model input read again with the searcher's limits, as
-    :meth:`~vsearch.catalog.search.Searcher.search` gives it.
-    """
-    out = []
-    for vector, image in zip(vectors, images):
-        pixels = searcher.model_input(image) if road.rerank else None
-        out.append(searcher.search_vector(vector, k, road.category, rerank_query=pixels).matches)
-    return out
+
+def plain_answer(searcher, vector: np.ndarray, image: str, road: Road, k: int) -> list[dict]:
+    """The matches of the whole photo's vector, without re-rank: nothing to read from the photo again."""
+    return searcher.search_vector(vector, k, road.category).matches
+
+
+def served_answer(searcher, vector: np.ndarray, image: str, road: Road, k: int) -> list[dict]:
+    """The matches :meth:`~vsearch.catalog.search.Searcher.search` gives: the photo read again
+    with the searcher's limits into the parts it searches (:meth:`~vsearch.catalog.search.Searcher.query`),
+    then :meth:`~vsearch.catalog.search.Searcher.search_query`. The whole photo alone is
+    answered with its batch-embedded ``vector``; several parts are embedded together, as served."""
+    query = searcher.query(image, regions=road.regions)
+    if len(query.inputs) == 1:
+        vectors = np.asarray(vector, np.float32)[None]
+    else:
+        vectors = np.asarray(searcher.embedder.embed_pixels(query.inputs), np.float32)
+    return searcher.search_query(query, vectors, k, road.category, rerank=road.rerank).matches
 
 
 def road_figures(
@@ -202,10 +223,15 @@ def run_model(
     try:
         start = time.perf_counter()
         done = embed_images(
-            model.embedder, [Path(q.image) for q in queries], batch_size=batch_size, progress=f"{model.label}: queries"
+            model.embedder,
+            [Path(q.image) for q in queries],
+            batch_size=batch_size,
+            max_pixels=model.search.max_pixels,  # the searcher's limits: a photo it refuses is left out here
+            max_bytes=model.search.max_bytes,
+            progress=f"{model.label}: queries",
         )
         seconds["queries"] = round(time.perf_counter() - start, 1)
-        searcher = Searcher(model.embedder, store)
+        searcher = Searcher(model.embedder, store, model.search)
         images = [queries[i].image for i in done.good]
         answers = {}
         for road in model.roads:
@@ -225,8 +251,14 @@ def run_model(
             "answers": answers,
             "seconds": seconds,
             "searcher": {
+                "category": searcher.config.category,
                 "category_prior": searcher.category_prior,
-                "rerank": {"depth": searcher.rerank_config.depth, "min_inliers": searcher.rerank_config.min_inliers},
+                "rerank": {
+                    "on": searcher.config.rerank,
+                    "depth": searcher.rerank_config.depth,
+                    "min_inliers": searcher.rerank_config.min_inliers,
+                },
+                "regions": searcher.config.regions,
             },
         }
     finally:
@@ -301,6 +333,7 @@ def evaluate_queries(
                 "model": model.label,
                 "category": road.category,
                 "rerank": road.rerank,
+                "regions": road.regions,
                 **found,
                 "seconds": {s: run["seconds"][s] for s in ("catalog", "queries", road.key)},
             }
@@ -375,7 +408,7 @@ def run_query_eval(
     for manifest in (catalog, queries):  # fail fast, before loading models
         read_manifest(manifest)
     model = load_embedder(config.model_dir, config.num_threads or None)
-    models = [model_roads(f"{model.name} ({printable(config.model_dir)})", model)]
+    models = [model_roads(f"{model.name} ({printable(config.model_dir)})", model, config.search)]
     if config.baselines:
         baseline = frozen_baseline(model.image_size, config.baseline_weights, log)
         if baseline is not None:
@@ -397,16 +430,40 @@ def run_query_eval(
 
 
 def command_line(config: EvalConfig, catalog, queries, out) -> str:
-    """The ``vsearch eval`` command that reproduces a run."""
+    """The ``vsearch eval`` command that reproduces a run: its manifests, model and report, and
+    a ``--set`` for each setting of its figures that is not the default (the served road's, and
+    the baseline's weights), whatever preset or file they came from."""
     parts = ["vsearch eval", f"--queries {printable(queries)}", f"--catalog {printable(catalog)}"]
     parts += [f"--model {printable(config.model_dir)}", f"--out {printable(out)}"]
     if not config.baselines:
         parts.append("--no-baseline")
+    settings = cfg_mod.overrides_from(config.search)
+    parts += [f"--set {shlex.quote('search.' + setting)}" for setting in settings]
+    if config.baselines and config.baseline_weights != EvalConfig().baseline_weights:
+        parts.append(f"--set {shlex.quote('baseline_weights=' + config.baseline_weights)}")
     return " ".join(parts)
 
 
 def _num(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def served_settings(searcher: dict) -> str:
+    """The served road's search settings in a sentence (``results["searcher"]``)."""
+    category, rerank = searcher["category"], searcher["rerank"]
+    mode = f"category {category}" + (f" (prior {searcher['category_prior']})" if category == "auto" else "")
+    verify = (
+        f"re-rank of the first {rerank['depth']} with at least {rerank['min_inliers']} inliers"
+        if rerank["on"]
+        else "no re-rank"
+    )
+    regions = searcher["regions"]
+    parts = (
+        "the whole photo" if regions == "none" else f"the whole photo and its {regions}, a product scored by its best"
+    )
+    return (
+        f"The served road answers as a server with these search settings: {mode}, {verify}, regions {regions} ({parts})"
+    )
 
 
 def format_markdown(results: dict) -> str:
@@ -419,10 +476,8 @@ def format_markdown(results: dict) -> str:
         f"Queries: {q['evaluated']} labelled photos of {q['products']} products (`{q['manifest']}`). Catalog: "
         f"{c['products']} products, {c['photos']} photos, {c['categories']} categories (`{c['manifest']}`). "
         f"R@k: the query's product is among the first k products answered; top-1 category: the first "
-        f"product is in the query's category. The served road is the `Searcher`'s defaults (category "
-        f"prior {results['searcher']['category_prior']}, re-rank of the first {results['searcher']['rerank']['depth']} "
-        f"with at least {results['searcher']['rerank']['min_inliers']} inliers); the cosine roads use "
-        "`category=any` without re-rank.",
+        f"product is in the query's category. {served_settings(results['searcher'])}; the cosine roads use "
+        "the whole photo, `category=any` without re-rank.",
         "",
     ]
     notes = []

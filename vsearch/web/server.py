@@ -134,6 +134,9 @@ def run(
     host, port = config.host, config.port
     sock = listen(host, port)
     searcher = Searcher.from_paths(model, f"{backend}:{where}", config.search, num_threads=num_threads)
+    note = calibration_note(searcher.store.calibration, config.search)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     warm_up(searcher)
     app = create_app(searcher, config, admin_token=admin_token, media_dir=media_dir)
     products, photos = searcher.store.count()
@@ -148,6 +151,27 @@ def run(
         f"http://{host}:{port}/ (API docs at /docs, metrics at /metrics)"
     )
     serve(app, sock, log_level)
+
+
+def calibration_note(calibration: dict | None, search) -> str | None:
+    """One line when the catalog's calibration was fitted on other searches than ``search``
+    (a :class:`~vsearch.config.SearchConfig`; :func:`~vsearch.catalog.search.road_differences`), else None."""
+    from vsearch.catalog.search import road_differences
+
+    differs = road_differences(calibration, search) if calibration else {}
+    if not differs:
+        return None
+    fitted = ", ".join(f"{key} {_setting(was)}" for key, (was, _) in differs.items())
+    served = ", ".join(f"{key} {_setting(now)}" for key, (_, now) in differs.items())
+    return (
+        f"vsearch: note: the catalog's calibration was fitted on searches with {fitted}; this server "
+        f"searches with {served}, whose scores it was not fitted on: calibrate again with the serving "
+        "settings (vsearch calibrate --queries ... with the same --preset/--set)"
+    )
+
+
+def _setting(value) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
 SHUTDOWN_GRACE_S = 10  # seconds after SIGTERM or Ctrl-C, how long running requests may take to finish
