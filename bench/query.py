@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import ROOT, output_args, publish, shown
+from bench.http_timing import COSINE_ONLY, multipart, post
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 WARMUP = 5  # the first calls trace TF functions and fill caches
@@ -104,35 +104,6 @@ def in_process(searcher, queries, k: int) -> list[dict]:
     return rows
 
 
-def multipart(name: str, data: bytes, k: int, **fields) -> tuple[bytes, str]:
-    """A ``POST /api/search`` form body (``file``, ``k`` and ``fields``) and its content type."""
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
-        for key, value in {"k": k, **fields}.items()
-    ]
-    parts += [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-        f"Content-Type: application/octet-stream\r\n\r\n".encode(),
-        data,
-        f"\r\n--{boundary}--\r\n".encode(),
-    ]
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
-def post(connection: http.client.HTTPConnection, request: tuple[str, bytes, str], k: int) -> float:
-    """One search over a kept-alive connection: seconds from sending to the last byte of the answer."""
-    name, body, content_type = request
-    start = time.perf_counter()
-    connection.request("POST", "/api/search", body, {"Content-Type": content_type})
-    response = connection.getresponse()
-    answer = response.read()
-    elapsed = time.perf_counter() - start
-    if response.status != 200 or len(json.loads(answer)["matches"]) != k:
-        raise RuntimeError(f"{name}: HTTP {response.status} {answer[:200]!r}")
-    return elapsed
-
-
 @contextmanager
 def served(model: str, store: str, threads: int | None):
     """``vsearch serve`` in its own process on a free loopback port; yields the port once /healthz answers."""
@@ -184,7 +155,7 @@ def over_http(port: int, queries, k: int, concurrency: int) -> list[dict]:
     requests = [(name, *multipart(name, data, k)) for name, data in queries]
     rows = []
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    plain = [(name, *multipart(name, data, k, category="any", rerank="false")) for name, data in queries]
+    plain = [(name, *multipart(name, data, k, **COSINE_ONLY)) for name, data in queries]
     for label, batch in (
         ("sequential (defaults: category auto, re-rank)", requests),
         ("sequential, `category=any`, `rerank=false` (cosine only)", plain),

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import ROOT, output_args, publish, shown
+from bench.http_timing import COSINE_ONLY, served_p50
 
 K = 10
 BATCH = 16  # photos whose parts go through the model together (the figures' speed, not the server's)
@@ -49,7 +50,7 @@ ROADS = {  # label -> (category, re-rank, regions)
     "served, centre": ("auto", True, "centre"),
 }
 LATENCY = {  # label -> the request's fields
-    "cosine only": {"category": "any", "rerank": "false", "regions": "none"},
+    "cosine only": {**COSINE_ONLY, "regions": "none"},
     "served": {"regions": "none"},
     "served, centre": {"regions": "centre"},
 }
@@ -89,27 +90,6 @@ def figures(results: list, truth: list[str]) -> dict:
     return {**{f"R@{k}": float((ranks < k).mean()) for k in (1, 5, 10)}, "region used": float(used)}
 
 
-def served_latency(searcher, photos: list[bytes], warmup: int = 5) -> dict[str, float]:
-    """p50 ms of ``POST /api/search`` per :data:`LATENCY` road, a photo sent on each in turn."""
-    import httpx
-
-    from vsearch.config import ServerConfig
-    from vsearch.web.app import create_app
-    from vsearch.web.server import BackgroundServer
-
-    times: dict[str, list[float]] = {name: [] for name in LATENCY}
-    app = create_app(searcher, ServerConfig(reload_interval_s=0))
-    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
-        for i, photo in enumerate(photos[:warmup] + photos):
-            for name, fields in LATENCY.items():
-                start = time.perf_counter()
-                answer = client.post("/api/search", files={"file": ("q.jpg", photo)}, data={"k": str(K), **fields})
-                if i >= warmup:
-                    times[name].append(time.perf_counter() - start)
-                answer.raise_for_status()
-    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
-
-
 def real_photos(model: str, catalog: str, queries: str, every: int, work: Path) -> dict:
     """One model's roads on the real query photos, and its served latency."""
     from vsearch.catalog.building import build_catalog
@@ -127,7 +107,7 @@ def real_photos(model: str, catalog: str, queries: str, every: int, work: Path) 
         truth = [q.product_id for q in photos]
         roads = {label: figures(answers(searcher, parts, *road), truth) for label, road in ROADS.items()}
         timed = [Path(q.image).read_bytes() for q in photos[::every]]
-        latency = served_latency(searcher, timed)
+        latency = served_p50(searcher, timed, LATENCY, K)
     finally:
         store.close()
     return {"roads": roads, "latency": latency, "queries": len(photos), "timed": len(timed), "photos": report.photos}

@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import output_args, publish, shown
+from bench.http_timing import COSINE_ONLY, served_p50
 
 LIST = 51  # cosine products per query whose inliers are computed: depth 50, and 50 without the query's own
 K = 10  # products in a served answer
@@ -64,6 +65,7 @@ SOURCES = ("input", "photo")
 SIDES = ("256", "512", "own")
 DEPTHS = (10, 50)
 THRESHOLDS = (8, 12, 15, 20, 25, 30)
+LATENCY = {"cosine only": COSINE_ONLY, "served defaults": {}}  # the walk's timed roads: label -> fields
 
 
 @dataclass(frozen=True)
@@ -285,31 +287,6 @@ def stored_keypoints(data: dict, variant: Variant) -> float:
     return done[variant]
 
 
-def served_latency(searcher, queries: list[str], settings, warmup: int = 5) -> dict:
-    """p50 ms of ``POST /api/search`` on a server over loopback (uvicorn, the app as ``vsearch
-    serve`` builds it; catalog keypoints stored beside the store), a query's photo sent
-    twice in turn: the cosine-only road (``category=any``, ``rerank=false``) and these settings."""
-    import httpx
-
-    from vsearch.config import ServerConfig
-    from vsearch.web.app import create_app
-    from vsearch.web.server import BackgroundServer
-
-    roads = {"cosine only": {"category": "any", "rerank": "false"}, "served defaults": {}}
-    times: dict[str, list[float]] = {name: [] for name in roads}
-    photos = [Path(q).read_bytes() for q in queries]
-    app = create_app(searcher.with_config(settings), ServerConfig(search=settings, reload_interval_s=0))
-    with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
-        for i, photo in enumerate(photos[:warmup] + photos):
-            for name, fields in roads.items():
-                start = time.perf_counter()
-                answer = client.post("/api/search", files={"file": ("q.jpg", photo)}, data={"k": str(K), **fields})
-                if i >= warmup:
-                    times[name].append(time.perf_counter() - start)
-                answer.raise_for_status()
-    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
-
-
 # ---------------------------------------------------------------- the run
 
 
@@ -515,7 +492,12 @@ def main() -> None:
             for data in catalogs:
                 inliers = inlier_table(variant, data["queries"], data["lists"], embedder, cache)[0]
                 check_replay(data, inliers, variant, embedder, depth, threshold)
-            timing = [served_latency(d["searcher"], d["queries"][: args.timed], settings) for d in catalogs]
+            timing = [
+                served_p50(
+                    d["searcher"], [Path(q).read_bytes() for q in d["queries"][: args.timed]], LATENCY, K, settings
+                )
+                for d in catalogs
+            ]
             ratios = [t["served defaults"] / t["cosine only"] for t in timing]
             print(
                 f"  walk {variant.name}; {depth}, {threshold}: served {', '.join(f'{r:.2f}x' for r in ratios)}",

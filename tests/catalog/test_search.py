@@ -403,13 +403,9 @@ def test_rerank_moves_the_product_showing_the_same_surface_first(tmp_path):
     store.close()
 
 
-def test_the_outline_of_a_verified_product_is_drawn_on_the_whole_photo(tmp_path):
-    """A view of b's photo in the left half of a wide photo, searched in a box around it: the
-    outline the answer carries is where that photo lies in the whole photo."""
-    from test_rerank import perspective, textured
-
-    class SharpColourEmbedder(ColourEmbedder):
-        image_size = 256  # a model input the re-rank finds keypoints in
+def textured_catalog(tmp_path):
+    """Products a and b, one textured photo each (the re-rank finds keypoints in them), at orthogonal vectors."""
+    from test_rerank import textured
 
     files = {}
     for name, seed in (("a0", 11), ("b0", 13)):
@@ -417,16 +413,41 @@ def test_the_outline_of_a_verified_product_is_drawn_on_the_whole_photo(tmp_path)
         Image.fromarray(textured(seed)).save(files[name])
     photos = [Photo(name[0], name, str(path), "tops") for name, path in files.items()]
     vecs = np.asarray([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32)
-    store = build_store(f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint)
+    return build_store(f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint)
+
+
+def b_at_an_angle(size: tuple[int, int], left: int, width: int, corners) -> np.ndarray:
+    """A grey (200) photo of ``size`` (width, height) showing b's photo at an angle in the ``width``
+    columns from ``left``, its corners at ``corners`` (pixels of the whole photo)."""
+    from test_rerank import perspective, textured
+
+    canvas = np.full((size[1], size[0], 3), 200, np.uint8)
+    canvas[:, left : left + width] = perspective(textured(13), (width, size[1]), [(x - left, y) for x, y in corners])
+    return canvas
+
+
+def outline_error(match: dict, photo: np.ndarray, corners) -> float:
+    """How far, in pixels of ``photo``, the match's outline (fractions of ``photo``) lies from ``corners``."""
+    height, width = photo.shape[:2]
+    return float(np.abs(np.array(match["outline"]) * (width, height) - np.array(corners)).max())
+
+
+def test_the_outline_of_a_verified_product_is_drawn_on_the_whole_photo(tmp_path):
+    """A view of b's photo in the left half of a wide photo, searched in a box around it: the
+    outline the answer carries is where that photo lies in the whole photo."""
+
+    class SharpColourEmbedder(ColourEmbedder):
+        image_size = 256  # a model input the re-rank finds keypoints in
+
+    store = textured_catalog(tmp_path)
     searcher = Searcher(SharpColourEmbedder(), store)
     corners = ((40, 30), (250, 55), (230, 230), (25, 200))
-    canvas = np.full((260, 600, 3), 200, np.uint8)
-    canvas[:, :300] = perspective(textured(13), (300, 260), corners)
+    canvas = b_at_an_angle((600, 260), 0, 300, corners)
     top = searcher.search(canvas, 2, "any", box=(0, 0, 0.5, 1)).matches[0]
     assert top["product_id"] == "b" and top["inliers"] >= searcher.rerank_config.min_inliers
-    assert np.abs(np.array(top["outline"]) * (600, 260) - np.array(corners)).max() < 6  # pixels of the whole photo
+    assert outline_error(top, canvas, corners) < 6  # pixels of the whole photo
     whole = searcher.search(canvas[:, :300], 2, "any").matches[0]
-    assert np.abs(np.array(whole["outline"]) * (300, 260) - np.array(corners)).max() < 6
+    assert outline_error(whole, canvas[:, :300], corners) < 6
     store.close()
 
 
@@ -507,7 +528,6 @@ def test_a_region_ranks_each_product_by_its_best_part_under_the_prior(catalog):
 def test_a_product_verified_in_a_region_is_outlined_on_the_whole_photo(tmp_path):
     """b's photo seen at an angle in the middle of a wide grey frame: its vector comes from the
     centre (less grey), where the re-rank verifies it; the outline is where it lies in the whole photo."""
-    from test_rerank import perspective, textured
 
     class GreyShareEmbedder:
         """A stand-in model that sees how much of the input is the grey frame: all grey is a, none is b."""
@@ -519,22 +539,15 @@ def test_a_product_verified_in_a_region_is_outlined_on_the_whole_photo(tmp_path)
             out = np.stack([grey, 1 - grey, np.zeros_like(grey), np.zeros_like(grey)], axis=1)
             return out / np.linalg.norm(out, axis=1, keepdims=True)
 
-    files = {}
-    for name, seed in (("a0", 11), ("b0", 13)):
-        files[name] = tmp_path / f"{name}.png"
-        Image.fromarray(textured(seed)).save(files[name])
-    photos = [Photo(name[0], name, str(path), "tops") for name, path in files.items()]
-    vecs = np.asarray([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32)
-    store = build_store(f"faiss:{tmp_path / 'c.vsi'}", photos, vecs, fingerprint=ColourEmbedder.fingerprint)
+    store = textured_catalog(tmp_path)
     searcher = Searcher(GreyShareEmbedder(), store, SearchConfig(regions="centre"))
     corners = ((150, 70), (440, 95), (420, 330), (135, 300))
-    canvas = np.full((400, 600, 3), 200, np.uint8)
-    canvas[:, 100:500] = perspective(textured(13), (400, 400), [(x - 100, y) for x, y in corners])
+    canvas = b_at_an_angle((600, 400), 100, 400, corners)
     found = searcher.search(canvas, 2, "any")
     top = found.matches[0]
     assert top["product_id"] == "b" and top["inliers"] >= searcher.rerank_config.min_inliers
     assert found.region == (0.1, 0.1, 0.9, 0.9)
-    assert np.abs(np.array(top["outline"]) * (600, 400) - np.array(corners)).max() < 8  # pixels of the whole photo
+    assert outline_error(top, canvas, corners) < 8  # pixels of the whole photo
     store.close()
 
 
