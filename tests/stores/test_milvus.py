@@ -483,6 +483,59 @@ def test_the_road_follows_the_server_version():
     assert server_roads("v2.4.5")["consistency"] == "Session"
 
 
+class GroupingServer:
+    """A client of a Milvus 2.4+ for the store: a search with ``group_by_field`` is answered
+    grouped by the server (here: the photo search of the real client, grouped by product), and
+    every search's options are recorded."""
+
+    def __init__(self, client):
+        self.client, self.searches = client, []
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def search(self, *args, group_by_field=None, group_size=None, **kwargs):
+        self.searches.append({"group_by_field": group_by_field, "group_size": group_size, "limit": kwargs["limit"]})
+        if group_by_field is None:
+            return self.client.search(*args, **kwargs)
+        photos = self.client.search(*args, **{**kwargs, "limit": 100})
+        grouped = []
+        for hits in photos:
+            seen, kept = set(), []
+            for hit in hits:
+                if hit["entity"][group_by_field] not in seen and len(kept) < kwargs["limit"]:
+                    seen.add(hit["entity"][group_by_field])
+                    kept.append(hit)
+            grouped.append(kept)
+        return grouped
+
+
+@pytest.mark.parametrize("where", [None, Filter((Condition("price", "lt", 40.0),))])
+def test_a_server_with_group_by_groups_and_answers_as_our_own_grouping(built, where):
+    """On 2.4+ the server groups (one search asking ``group_by_field=product_id``, one photo per
+    product, ``k`` products); its answer is the one this store's own grouping gives on 2.3."""
+    import copy
+
+    store, _, _ = built
+    queries = np.random.default_rng(11).normal(size=(4, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    ours = store.search(queries, 4, where=where)
+    modern = copy.copy(store)
+    modern.engine = {**store.engine, "group_by": "milvus"}
+    modern.client = server = GroupingServer(store.client)
+    answered = modern.search(queries, 4, where=where)
+    grouped = [s for s in server.searches if s["group_by_field"]]
+    assert grouped and all(s == {"group_by_field": "product_id", "group_size": 1, "limit": 4} for s in grouped)
+    assert [[(h["product_id"], h["photo_id"]) for h in hits] for hits in answered] == [
+        [(h["product_id"], h["photo_id"]) for h in hits] for hits in ours
+    ]
+    server.searches.clear()
+    older = copy.copy(store)
+    older.client = server
+    assert older.search(queries, 4, where=where) == ours
+    assert server.searches and not any(s["group_by_field"] for s in server.searches)  # 2.3: grouped here
+
+
 def test_index_info_and_the_store_say_which_server_and_road(milvus_server, capsys):
     from vsearch import cli
 
