@@ -228,8 +228,8 @@ def main(argv=None) -> int:
 
     from experiments.rerank import cached_vectors
     from vsearch.catalog.rerank import RerankConfig
-    from vsearch.catalog.search import CATEGORY_PRIOR, Searcher
-    from vsearch.config import SearchConfig
+    from vsearch.catalog.search import Searcher
+    from vsearch.config import CATEGORY_PRIOR, SearchConfig
     from vsearch.embedder import load_embedder
     from vsearch.images import load_image
     from vsearch.learn.evaluate import embed_all
@@ -384,7 +384,7 @@ def report(args, data, grid, chosen, shown_weight, halves, mixed, plain, timings
         "",
         f"The rule (best MAP@R among weights whose customer R@10 is within {args.r10_slack:g} and harder "
         f"R@10 within {args.harder_slack:g} of weight 0's) picks {chosen:g} on all items; "
-        f"`vsearch.catalog.search.CATEGORY_PRIOR` is {default:g}. Cross-fitted: the weight chosen on the even items "
+        f"`vsearch.config.CATEGORY_PRIOR` is {default:g}. Cross-fitted: the weight chosen on the even items "
         f"({halves['odd']:g}) read on the odd ones and the one chosen on the odd items ({halves['even']:g}) "
         "on the even ones: what choosing by the rule gives on items it did not see.",
     ]

@@ -236,7 +236,8 @@ def test_search_bad_category_prior_exits_2_before_loading_the_model(
 
 
 def test_search_category_prior_is_the_searchers(search_fake_catalog, canvas_file, monkeypatch, capsys):
-    from vsearch.catalog.search import CATEGORY_PRIOR, Searcher
+    from vsearch.catalog.search import Searcher
+    from vsearch.config import CATEGORY_PRIOR
 
     seen = []
     original = Searcher.__init__

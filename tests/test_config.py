@@ -285,11 +285,10 @@ def test_each_region_set_is_named_once():
 
 def test_each_serving_limit_has_one_default():
     from vsearch.catalog.rerank import RerankConfig
-    from vsearch.catalog.search import CATEGORY_PRIOR
     from vsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
     search = c.SearchConfig()
-    assert search.category_prior == CATEGORY_PRIOR and RerankConfig is c.RerankConfig
+    assert search.category_prior == c.CATEGORY_PRIOR and RerankConfig is c.RerankConfig
     assert search.max_pixels == DEFAULT_MAX_PIXELS == c.DataConfig().max_image_pixels
     assert search.max_bytes == DEFAULT_MAX_BYTES
     assert c.ServerConfig(max_upload_mb=100).max_upload_bytes == DEFAULT_MAX_BYTES  # capped by search.max_bytes

@@ -232,7 +232,7 @@ class EvalConfig:
 MB = 1024 * 1024
 MAX_K = 100  # the most products one search over HTTP returns (the API's k is 1..MAX_K)
 # `category=auto`: rank by cosine + this x the product's category's share of the vote
-# (vsearch.catalog.search; experiments/served.py chose it).
+# (vsearch.catalog.prior; experiments/served.py chose it).
 CATEGORY_PRIOR = 0.02
 RERANK_DETECTORS = ("orb", "sift")
 # The parts of a photo a search embeds beside it (vsearch.catalog.regions.REGION_BOXES holds them).

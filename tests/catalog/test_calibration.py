@@ -12,7 +12,8 @@ from vsearch.catalog import calibration as calibrate
 from vsearch.catalog.building import build_catalog
 from vsearch.catalog.calibration import Samples
 from vsearch.catalog.manifest import Photo
-from vsearch.catalog.search import Searcher, probability, ranked_features, verdicts
+from vsearch.catalog.search import Searcher
+from vsearch.catalog.verdict import SYNTHETIC_FIT, calibration_summary, probability, ranked_features
 from vsearch.errors import DataError
 from vsearch.learn import plots
 from vsearch.stores import build_store, open_store
@@ -123,23 +124,6 @@ def test_thresholds_hold_at_90_percent_confidence():
     assert calibrate.threshold_for_rate(scores, 0.05) == 0.01
     assert calibrate.threshold_for_rate(scores, 0.04) == 0.0
     assert calibrate.threshold_for_rate(np.r_[np.zeros(10), scores], 0.05) is None  # a tie of ten: too many
-
-
-def test_verdicts_follow_the_thresholds():
-    t = {"exact": 0.9, "none": 0.2}
-    assert verdicts([0.95, 0.5, 0.1, 0.95], [0.99, 0.5, 0.1, 0.1], t).tolist() == [
-        "exact",
-        "similar",
-        "none",
-        "similar",
-    ]  # the last: both heads claim it
-    assert verdicts([0.99], [0.0], {"exact": None, "none": None}).tolist() == ["similar"]
-
-
-def test_ranked_features_gap_is_to_the_next_product():
-    assert ranked_features([0.9, 0.85, 0.6], ["a", "a", "b"]) == pytest.approx((0.9, 0.3))
-    assert ranked_features([0.9, 0.8], ["a", "a"]) == pytest.approx((0.9, 0.1))  # only a lower bound
-    assert ranked_features([0.9], ["a"]) == (0.9, 0.0)
 
 
 def test_fit_calibration_chooses_by_held_out_ece_and_meets_its_target_on_new_seeds():
@@ -272,17 +256,17 @@ def test_calibrate_catalog_with_a_transparent_model(shop, catalog):
 
 def test_without_labelled_photos_the_calibration_says_it_is_synthetic(shop, catalog):
     calibration = calibrate.calibrate_catalog(catalog, ColourEmbedder(), photos=12, seed=5, log=lambda _: None)
-    assert calibration["fitted_on"] == {"kind": "synthetic", "description": calibrate.SYNTHETIC_FIT, "photos": 12}
+    assert calibration["fitted_on"] == {"kind": "synthetic", "description": SYNTHETIC_FIT, "photos": 12}
     assert calibration["heldout"]["photos"] == "synthetic photos of seed 7"
     assert "fitted on synthetic photos from the catalog: no labelled real photos given" in calibrate.format_calibration(
         calibration
     )
-    summary = calibrate.calibration_summary(calibration)
+    summary = calibration_summary(calibration)
     assert summary["fitted_on"] == "synthetic" and summary["heldout"]["num_in_catalog"] == 12
     catalog.set_calibration(calibration)
     assert Searcher(ColourEmbedder(), catalog).search(shop / "hats" / "red.jpg", 2).match["fitted_on"] == "synthetic"
     older = hand_calibration(ColourEmbedder.fingerprint)  # stored before calibrations said what they were fitted on
-    assert calibrate.calibration_summary(older)["description"] == calibrate.SYNTHETIC_FIT
+    assert calibration_summary(older)["description"] == SYNTHETIC_FIT
     catalog.set_calibration(older)
     assert Searcher(ColourEmbedder(), catalog).search(shop / "hats" / "red.jpg", 2).match["fitted_on"] == "synthetic"
 

@@ -10,7 +10,8 @@ from PIL import Image
 from vsearch.catalog import real_calibration as real
 from vsearch.catalog.calibration import Samples, calibrate_catalog, format_calibration
 from vsearch.catalog.manifest import read_manifest, read_queries
-from vsearch.catalog.search import Searcher, ranked_features
+from vsearch.catalog.search import Searcher
+from vsearch.catalog.verdict import ranked_features
 from vsearch.errors import DataError
 from vsearch.stores import build_store, open_store
 
@@ -323,7 +324,7 @@ def test_index_build_calibrate_keeps_the_synthetic_road(tmp_path, capsys, monkey
 
 
 def test_a_calibration_says_the_road_it_was_fitted_on(shop, tmp_path):
-    from vsearch.catalog.search import calibration_summary, road_differences
+    from vsearch.catalog.verdict import calibration_summary, road_differences
     from vsearch.config import SearchConfig, preset
 
     thorough = preset(SearchConfig, "thorough")

@@ -12,7 +12,8 @@ from PIL import Image
 from vsearch import cli
 from vsearch.catalog.building import build_catalog
 from vsearch.catalog.manifest import Photo
-from vsearch.catalog.search import AUTO_NEIGHBOURS, Searcher, category_votes, predict_category
+from vsearch.catalog.prior import AUTO_NEIGHBOURS, category_votes
+from vsearch.catalog.search import Searcher
 from vsearch.config import SearchConfig
 from vsearch.errors import DataError, ImageError
 from vsearch.stores import build_store, open_store
@@ -147,17 +148,6 @@ def test_products_are_grouped_and_filtered(tmp_path):
     assert none.matches == []
     with pytest.raises(DataError, match="'colour'"):
         parse_where(["colour=red"], store.schema)
-
-
-def test_predict_category():
-    matches = [
-        {"id": "a", "category": "x", "score": 0.9},
-        {"id": "b", "category": "y", "score": 0.89},
-        {"id": "c", "category": "y", "score": 0.88},
-    ]
-    assert predict_category(matches)[0] == "y" and 0.5 < predict_category(matches)[1] < 0.7
-    assert predict_category(matches, temperature=0.001)[0] == "x"
-    assert predict_category([]) == ("", 0.0)
 
 
 def brute_force_prior(vecs, cats, query, weight, keep=None):

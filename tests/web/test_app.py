@@ -206,7 +206,8 @@ def test_healthz_counts_products_and_photos(fake_client, fake_searcher):
 
 
 def test_healthz_says_what_the_calibration_was_fitted_on(tmp_path):
-    from vsearch.catalog.calibration import SYNTHETIC_FIT, calibrate_catalog
+    from vsearch.catalog.calibration import calibrate_catalog
+    from vsearch.catalog.verdict import SYNTHETIC_FIT
 
     searcher = load_searcher(write_catalog(tmp_path))
     with TestClient(create_app(searcher)) as client:

@@ -9,7 +9,7 @@ model and category. This stage learns what the scores mean from the catalog itse
    product is in the catalog) and once with its product left out (the top results over
    the whole catalog with that product dropped: the same photo, now of something the
    shop does not sell). Each search gives two features, the top-1 score and its gap to
-   the next product (:func:`vsearch.catalog.search.ranked_features`), and two outcomes: the top-1
+   the next product (:func:`vsearch.catalog.verdict.ranked_features`), and two outcomes: the top-1
    is the exact product, and the product is in the catalog at all.
 3. **Heads** (:func:`fit_head`): two calibrated probabilities, ``exact`` (the top-1 is
    the product) and ``present`` (the product is in the catalog), each per category of the
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vsearch.artifacts import provenance
-from vsearch.catalog.search import (
+from vsearch.catalog.verdict import (
     SYNTHETIC_FIT,
     VERDICT_DEPTH,
     calibration_summary,
@@ -257,7 +257,7 @@ def fit_isotonic(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_model(top1: np.ndarray, gap: np.ndarray, y: np.ndarray, method: str) -> dict:
-    """One calibration model (see :func:`vsearch.catalog.search.probability`) of outcome ``y``."""
+    """One calibration model (see :func:`vsearch.catalog.verdict.probability`) of outcome ``y``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     x = np.column_stack([top1, gap]).astype(np.float64)
@@ -415,7 +415,7 @@ def fit_calibration(
 
 
 def new_calibration(fingerprint: str, heads: dict, thresholds: dict, target: float, wrong_none: float, **more) -> dict:
-    """The calibration a store keeps (read by :func:`vsearch.catalog.search.match_verdict`), from
+    """The calibration a store keeps (read by :func:`vsearch.catalog.verdict.match_verdict`), from
     its fitted ``heads`` (``exact`` and ``present``, :func:`fit_head`) and ``thresholds``; each
     head's method is its global model's. ``more``: further keys, after these.
     """

@@ -59,7 +59,8 @@ from vsearch.catalog.calibration import (
     verdict_metrics,
 )
 from vsearch.catalog.manifest import Photo, read_queries
-from vsearch.catalog.search import VERDICT_DEPTH, Searcher, fitted_on, ranked_features
+from vsearch.catalog.search import Searcher
+from vsearch.catalog.verdict import VERDICT_DEPTH, fitted_on, ranked_features
 from vsearch.config import SearchConfig
 from vsearch.errors import DataError, ImageError
 from vsearch.stores.filters import Condition, Filter

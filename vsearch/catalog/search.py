@@ -15,14 +15,9 @@ in one model call and each product is scored by its better part (:mod:`vsearch.c
 the answer's ``region`` is the part that gave the first product.
 
 Category (``category=``): ``auto`` (the default) ranks by the cosine plus a soft category
-prior: the query's nearest catalog items vote for its category (a score-weighted vote), and
-each product gains ``category_prior`` (``CATEGORY_PRIOR``, 0.02) times its category's share
-of the vote. A confident vote lifts its category's near-ties above other categories' products
-(class MAP@R 0.861 -> 0.877 on the validation split) while a clearly closer product of
-another category keeps its place (customer-photo R@1 unchanged; a larger weight buys more
-MAP@R with harder photos' R@10: ``experiments/results/served.md``). ``score`` stays the
-cosine. The vote runs over the catalog's own categories, so it also works for a shop whose
-categories the classifier never saw. ``any`` is the plain cosine ranking; a category name restricts the results to it.
+prior (:mod:`vsearch.catalog.prior`: the query's nearest catalog items vote for its category);
+``score`` stays the cosine. ``any`` is the plain cosine ranking; a category name restricts the
+results to it.
 
 Re-ranking (``rerank=True``, on in the default settings): the first
 ``RerankConfig.depth`` products are verified against the photo with local features
@@ -34,15 +29,9 @@ the re-rank's size, under the searcher's ``decode_budget`` when it has one (a se
 kept in memory.
 
 Calibrated verdict: when the catalog carries a calibration (``vsearch calibrate``, made by
-:mod:`vsearch.catalog.calibration`), every result also says what the top match means, as
-``match = {"verdict": "exact" | "similar" | "none", "confidence": p, "fitted_on": "real" |
-"synthetic"}``: ``p`` is the calibrated probability that the first match is the very product
-in the photo, from its score and its gap to the next product; ``fitted_on`` says what the
-calibration was fitted on (the shop's labelled photos, or photos made from the catalog).
-"exact" when ``p`` reaches the calibration's threshold; "none" (not in the catalog) when the
-calibrated probability that the product is in the catalog at all falls to its threshold;
-"similar" otherwise, and when the two disagree.
-A search with an attribute filter carries no verdict: it was calibrated on the whole catalog.
+:mod:`vsearch.catalog.calibration`), every result also says what the top match means
+(``match``: :func:`vsearch.catalog.verdict.match_verdict`). A search with an attribute filter
+carries no verdict: it was calibrated on the whole catalog.
 """
 
 from __future__ import annotations
@@ -59,164 +48,18 @@ from pathlib import Path
 import numpy as np
 
 from vsearch.catalog.keypoints import Entry, KeypointStore, file_stamp
+from vsearch.catalog.prior import AUTO_NEIGHBOURS, category_votes, in_category, prior_score
 from vsearch.catalog.regions import PART, REGION_BOXES, PartFeatures, Query, best_per_product, region_inputs
 from vsearch.catalog.rerank import DecodeBudget, FeatureCache, Features, RerankConfig, catalog_features, rerank
-from vsearch.config import CATEGORY_PRIOR as CATEGORY_PRIOR  # the prior's default, named here too
+from vsearch.catalog.verdict import VERDICT_DEPTH, match_verdict
 from vsearch.config import SearchConfig
 from vsearch.errors import DataError, ImageError
 from vsearch.images import Box, load_image, model_input, parse_box, to_pixels
 from vsearch.stores import DEFAULT_STORE, Store, open_store
-from vsearch.stores.filters import Condition, Filter
+from vsearch.stores.filters import Filter
 
-AUTO_NEIGHBOURS = 10  # neighbours that vote for the query's category
-VOTE_TEMPERATURE = 0.05  # softmax temperature over cosine scores for the vote
-# Products read, however few are shown, for the first match's gap to the next product
-# (vsearch.catalog.calibration measures the gap the same way).
-VERDICT_DEPTH = 2
-# What a calibration without labelled real photos was fitted on, said wherever it is shown.
-SYNTHETIC_FIT = "synthetic photos from the catalog: no labelled real photos given"
-# The settings of a road whose scores a calibration is bound to (a real calibration's ``road``).
-ROAD_SETTINGS = ("category", "rerank", "regions")
 WARM_BATCH = 256  # catalog photos whose keypoints warm_rerank computes before storing them
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- the calibrated verdict
-
-
-def ranked_features(scores: Sequence[float], products: Sequence[str]) -> tuple[float, float]:
-    """(first match's score, its gap to the best-scored other product) of a ranked list.
-
-    The list's order may differ from the scores' (a category prior, a re-rank): the gap is to
-    the highest other score wherever it sits. With no other product in the list the gap is
-    taken to its last score (a lower bound).
-    """
-    top = float(scores[0])
-    others = [float(score) for score, product in zip(scores[1:], products[1:]) if product != products[0]]
-    return top, top - (max(others) if others else float(scores[-1]))
-
-
-def probability(model: dict, top1, gap) -> np.ndarray:
-    """A fitted calibration model's probability for (top-1 score, gap) pairs.
-
-    ``model``: standardisation (``mean``, ``scale``), a linear score (``coef``,
-    ``intercept``), then either Platt's sigmoid of it or an isotonic step function of it
-    (``edges``: each step's lowest score, ``values``: its probability).
-    """
-    x = np.column_stack([np.atleast_1d(np.asarray(top1, np.float64)), np.atleast_1d(np.asarray(gap, np.float64))])
-    z = ((x - np.asarray(model["mean"])) / np.asarray(model["scale"])) @ np.asarray(model["coef"]) + model["intercept"]
-    if model["method"] == "isotonic":
-        values = np.asarray(model["values"], np.float64)
-        step = np.searchsorted(np.asarray(model["edges"], np.float64), z, side="right") - 1
-        return values[np.clip(step, 0, len(values) - 1)]
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
-
-
-def head_model(head: dict, category: str) -> dict:
-    """A head's model for a category of the top match: its own if fitted, else the global one."""
-    return head["categories"].get(category) or head["global"]
-
-
-def verdicts(p_exact, p_present, thresholds: dict) -> np.ndarray:
-    """The verdict per query, "exact", "similar" or "none", from the two calibrated probabilities.
-
-    ``thresholds["exact"]``: ``p_exact`` at or above it says "exact"; ``thresholds["none"]``:
-    ``p_present`` at or below it says "none"; either may be None (never said). A query that
-    both would claim is "similar".
-    """
-    p_exact, p_present = np.atleast_1d(p_exact), np.atleast_1d(p_present)
-    exact = p_exact >= thresholds["exact"] if thresholds.get("exact") is not None else np.zeros(len(p_exact), bool)
-    none = p_present <= thresholds["none"] if thresholds.get("none") is not None else np.zeros(len(p_present), bool)
-    return np.where(exact & ~none, "exact", np.where(none & ~exact, "none", "similar"))
-
-
-def match_verdict(calibration: dict, matches: Sequence[dict]) -> dict:
-    """``{"verdict", "confidence", "fitted_on"}`` for a ranked list of matches under a stored calibration."""
-    top1, gap = ranked_features([m["score"] for m in matches], [m["product_id"] for m in matches])
-    category = matches[0].get("category", "")
-    heads = calibration["heads"]
-    p_exact = float(probability(head_model(heads["exact"], category), top1, gap)[0])
-    p_present = float(probability(head_model(heads["present"], category), top1, gap)[0])
-    return {
-        "verdict": str(verdicts(p_exact, p_present, calibration["thresholds"])[0]),
-        "confidence": round(p_exact, 4),
-        # "real": fitted on the shop's labelled photos; "synthetic": on photos made from the catalog
-        "fitted_on": fitted_on(calibration)["kind"],
-    }
-
-
-def fitted_on(calibration: dict) -> dict:
-    """What a calibration was fitted on: ``kind`` ("real" or "synthetic") and ``description``
-    (a calibration stored before this was said is synthetic)."""
-    return calibration.get("fitted_on") or {"kind": "synthetic", "description": SYNTHETIC_FIT}
-
-
-def road_differences(calibration: dict, config: SearchConfig) -> dict[str, tuple]:
-    """Where the searches a calibration was fitted on (its ``road``: one fitted on labelled photos,
-    :mod:`vsearch.catalog.real_calibration`) differ from those of ``config``: setting -> (fitted
-    on, ``config``'s), for :data:`ROAD_SETTINGS`. Its verdicts read scores of that road; another
-    road's scores (the best of several parts, a re-ranked first) are not what it was fitted on.
-    A calibration without a road (synthetic) has none; one without ``regions`` searched whole photos.
-    """
-    road = calibration.get("road")
-    if not road:
-        return {}
-    fitted = {"regions": "none", **road}
-    return {
-        key: (fitted.get(key), getattr(config, key)) for key in ROAD_SETTINGS if fitted.get(key) != getattr(config, key)
-    }
-
-
-def calibration_summary(calibration: dict) -> dict:
-    """What a calibration was fitted on (with the searches' settings, ``road``, where known) and
-    what its "exact" verdict is worth on photos it was not fitted on, with the sample sizes (``/healthz``)."""
-    found, h = fitted_on(calibration), calibration.get("heldout") or {}
-    seeds = calibration.get("seeds") or {}
-    return {
-        "fitted_on": found["kind"],
-        "description": found["description"],
-        "road": calibration.get("road"),
-        "target_precision": calibration.get("target_precision"),
-        "heldout": {
-            "photos": h.get("photos")
-            or (f"synthetic photos of seed {seeds['heldout']}" if "heldout" in seeds else None),
-            **{
-                key: h.get(key)
-                for key in ("exact_precision", "exact_precision_low", "num_exact", "exact_coverage", "num_in_catalog")
-            },
-            "num_not_in_catalog": h.get("num_left_out"),
-        },
-        "date": calibration.get("date"),
-    }
-
-
-# ---------------------------------------------------------------- answering a photo
-
-
-def category_votes(matches: Sequence[dict], temperature: float = VOTE_TEMPERATURE) -> dict[str, float]:
-    """Score-weighted vote of the neighbours' categories: category -> share of the vote (sums to 1)."""
-    if not matches:
-        return {}
-    scores = np.array([m["score"] for m in matches], np.float64)
-    weights = np.exp((scores - scores.max()) / temperature)
-    votes: dict[str, float] = {}
-    for match, weight in zip(matches, weights):
-        votes[match.get("category", "")] = votes.get(match.get("category", ""), 0.0) + float(weight)
-    return {name: vote / float(weights.sum()) for name, vote in votes.items()}
-
-
-def predict_category(matches: Sequence[dict], temperature: float = VOTE_TEMPERATURE) -> tuple[str, float]:
-    """The vote's winner: (category, share of the vote); ("", 0.0) without neighbours."""
-    votes = category_votes(matches, temperature)
-    if not votes:
-        return "", 0.0
-    best = max(votes, key=lambda name: votes[name])
-    return best, votes[best]
-
-
-def prior_score(match: dict, votes: dict[str, float], weight: float) -> float:
-    """A product's rank score under the category prior: cosine + weight x its category's share."""
-    return float(match["score"]) + weight * votes.get(match.get("category", ""), 0.0)
 
 
 @dataclass
@@ -628,8 +471,9 @@ class Searcher:
     def _with_prior(
         self, vector: np.ndarray, k: int, neighbours: list[dict], votes: dict[str, float], where: Filter | None
     ) -> list[dict]:
-        """The top k by :func:`prior_score`, exactly: ``neighbours`` (the top by cosine) plus, for each
-        voted category whose products beyond them could still climb into the top k, its own top k."""
+        """The top k by :func:`~vsearch.catalog.prior.prior_score`, exactly: ``neighbours`` (the top
+        by cosine) plus, for each voted category whose products beyond them could still climb into
+        the top k, its own top k."""
         found = {m["product_id"]: m for m in neighbours}
         if len(neighbours) >= max(k, AUTO_NEIGHBOURS):  # else the list already holds every product that passes
             floor = float(neighbours[-1]["score"])  # no product outside the list scores higher
@@ -675,11 +519,6 @@ def outlines_in_photo(matches: Sequence[dict], box: Box) -> list[dict]:
         else m
         for m in matches
     ]
-
-
-def in_category(category: str, where: Filter | None = None) -> Filter:
-    """``where`` and ``category == category``."""
-    return Filter((Condition("category", "eq", category),)).and_(where)
 
 
 def thumbnails(matches: Sequence[dict], size: int = 160, load: Callable[[str], np.ndarray] | None = None):

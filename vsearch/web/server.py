@@ -155,8 +155,8 @@ def run(
 
 def calibration_note(calibration: dict | None, search) -> str | None:
     """One line when the catalog's calibration was fitted on other searches than ``search``
-    (a :class:`~vsearch.config.SearchConfig`; :func:`~vsearch.catalog.search.road_differences`), else None."""
-    from vsearch.catalog.search import road_differences
+    (a :class:`~vsearch.config.SearchConfig`; :func:`~vsearch.catalog.verdict.road_differences`), else None."""
+    from vsearch.catalog.verdict import road_differences
 
     differs = road_differences(calibration, search) if calibration else {}
     if not differs:

@@ -6,7 +6,8 @@ precision on held-out photos (null when the catalog has none)."""
 
 from fastapi import APIRouter
 
-from vsearch.catalog.search import Searcher, calibration_summary, road_differences
+from vsearch.catalog.search import Searcher
+from vsearch.catalog.verdict import calibration_summary, road_differences
 from vsearch.stores import engine
 from vsearch.web.deps import CurrentSearcher
 
