@@ -65,9 +65,7 @@ def store(spec, monkeypatch):
     """Six plain products p0..p5 of two photos; listings page three rows at a time, so a
     hostile id falls at the end of a page, where the next page's cursor is written."""
     if spec.startswith("milvus"):
-        from vsearch.stores import milvus  # noqa
-
-        monkeypatch.setattr(milvus, "PAGE", 3)
+        monkeypatch.setattr("vsearch.stores.milvus.store.PAGE", 3)
     photos = [
         Photo(f"p{p}", f"p{p}/{n}", f"/img/p{p}_{n}.jpg", "hats" if p % 2 else "shoes", {"brand": "acme", "price": p})
         for p in range(6)

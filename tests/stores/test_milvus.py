@@ -333,7 +333,7 @@ def test_server_catalogs_are_shared_rebuilt_at_once_and_named(milvus_server):
 
 
 def test_where_it_cannot_open_it_says_so(lite, monkeypatch, tmp_path):
-    from vsearch.stores import milvus, open_store
+    from vsearch.stores import open_store
 
     with pytest.raises(DataError, match="no such milvus-lite store"):
         open_store(f"milvus:{tmp_path}/none.db")
@@ -344,7 +344,7 @@ def test_where_it_cannot_open_it_says_so(lite, monkeypatch, tmp_path):
     build(f"{lite}#there", products=1).close()
     with pytest.raises(DataError, match="no vsearch catalog named 'absent'"):
         open_store(f"milvus:{lite}#absent")
-    monkeypatch.setattr(milvus, "CONNECT_TIMEOUT_S", 1)
+    monkeypatch.setattr("vsearch.stores.milvus.connection.CONNECT_TIMEOUT_S", 1)
     from vsearch.stores.milvus_embedded import free_port
 
     with pytest.raises(DataError, match="cannot open Milvus.*is the server running"):

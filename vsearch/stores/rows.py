@@ -190,7 +190,7 @@ def calibration_problem(calibration: dict, fingerprint: str) -> str:
 
 
 def _calibration_model_ok(model) -> bool:
-    """A model :func:`vsearch.catalog.search.probability` can evaluate: numbers where it reads them."""
+    """A model :func:`vsearch.catalog.verdict.probability` can evaluate: numbers where it reads them."""
 
     def numbers(value, size=None) -> bool:
         return (
