@@ -536,6 +536,28 @@ def test_a_server_with_group_by_groups_and_answers_as_our_own_grouping(built, wh
     assert server.searches and not any(s["group_by_field"] for s in server.searches)  # 2.3: grouped here
 
 
+def test_a_store_opened_on_a_server_first_reads_strongly(milvus_server, monkeypatch):
+    """A fresh process has no Session of its own: its first read waits for the server to have
+    applied every acknowledged write (after a server restart a count read too early said 3 of
+    13 products); a milvus-lite file needs no such read."""
+    from pymilvus import MilvusClient
+
+    from vsearch.stores import open_store
+
+    build(f"{milvus_server}#catchup", products=3).close()
+    levels: list = []
+    real = MilvusClient.query
+
+    def query(self, *args, **kwargs):
+        levels.append(kwargs.get("consistency_level"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MilvusClient, "query", query)
+    store = open_store(f"milvus:{milvus_server}#catchup")
+    assert levels == ["Strong"] and store.count() == (3, 6)
+    store.close()
+
+
 def test_index_info_and_the_store_say_which_server_and_road(milvus_server, capsys):
     from vsearch import cli
 

@@ -160,6 +160,13 @@ class _Collection:
         self.client.load_collection(self.name)
         return getattr(self.client, method)(*args, **kwargs)
 
+    def catch_up(self) -> None:
+        """One ``Strong`` read: the server has applied every write acknowledged before this store
+        opened, so this store's ``Session`` reads (which wait only for its own writes) see them all.
+        A fresh process has no writes of its own, and a server that has just restarted replays its
+        log in its own time: its first counts and searches could miss products stored before."""
+        self._count("", "Strong")
+
     def _count(self, expression: str, consistency: str = READ) -> int:
         with _Calls(self.spec):
             rows = self._read(

@@ -100,7 +100,10 @@ def open(where: str, expected_fingerprint: str | None = None) -> MilvusStore:  #
         with _Calls(spec):
             if client.has_collection(name):
                 client.load_collection(name)  # after a restart collections come up released
-        return MilvusStore(spec, client, name, local, expected_fingerprint, uri=uri)
+        store = MilvusStore(spec, client, name, local, expected_fingerprint, uri=uri)
+        if not store.lite:
+            store.catch_up()
+        return store
     except BaseException:
         _release(client, local)
         raise
